@@ -1,0 +1,1 @@
+"""voxloc clients: camera producers, subscribers, recorders, REST client, dashboard, CLI."""

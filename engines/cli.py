@@ -1,0 +1,104 @@
+"""Engine subcommands: ``train`` (and the settings options shared by the others)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from engines.config import Geometry, NoiseParams, PSFParams, SimSettings
+
+
+def add_settings_options(p: argparse.ArgumentParser) -> None:
+    """Microscope options shared by train / simulate / evaluate."""
+    g = p.add_argument_group("microscope (defaults: paper Tables 2-3)")
+    g.add_argument("--planes", type=int, default=None, help="focal planes (2-8, default 4)")
+    g.add_argument("--px-nm", type=float, default=None, help="pixel size, nm (default 192)")
+    g.add_argument("--dz-nm", type=float, default=None, help="plane spacing, nm (default 400)")
+    g.add_argument("--psf", type=Path, default=None,
+                   help="PSF JSON (PSFParams fields, e.g. from `voxloc calibrate psf`)")
+    g.add_argument("--camera", choices=["paper", "emccd", "scmos"], default=None,
+                   help="noise model: paper (Table 3) or a real camera (default paper)")
+    g.add_argument("--camera-json", type=Path, default=None,
+                   help="NoiseParams JSON (gain, baseline, read noise, ...)")
+    g.add_argument("--drift-max-nm", type=float, default=None,
+                   help="max per-plane lateral drift vs plane 0, nm (default 48)")
+
+
+def settings_from_args(args: argparse.Namespace, base: SimSettings | None = None) -> SimSettings:
+    base = base or SimSettings()
+    geom = base.geometry.model_dump()
+    for field, attr in (("planes", "planes"), ("px_nm", "px_nm"), ("dz_nm", "dz_nm")):
+        if getattr(args, attr, None) is not None:
+            geom[field] = getattr(args, attr)
+    psf = base.psf.model_dump()
+    if getattr(args, "psf", None):
+        psf.update(_read_json(args.psf, "psf"))
+    noise = base.noise.model_dump()
+    if getattr(args, "camera_json", None):
+        noise.update(_read_json(args.camera_json, "camera"))
+    if getattr(args, "camera", None):
+        noise["mode"] = args.camera
+    drift = base.drift_max_nm
+    if getattr(args, "drift_max_nm", None) is not None:
+        drift = args.drift_max_nm
+    return SimSettings(
+        geometry=Geometry(**geom),
+        psf=PSFParams(**psf),
+        noise=NoiseParams(**noise),
+        drift_max_nm=drift,
+        weight_min=base.weight_min,
+        weight_max=base.weight_max,
+        margin_px=base.margin_px,
+    )
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read {what} settings {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} settings {path}: expected a JSON object, got {type(data).__name__}")
+    return data.get(what, data) if what == "psf" else data
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from engines.train import TrainConfig, train
+
+    settings = settings_from_args(args)
+    cfg = TrainConfig(
+        out_dir=args.out, name=args.name or args.out.name, version=args.model_version,
+        steps=args.steps, batch=args.batch, crop_px=args.crop, molecules=tuple(args.molecules),
+        lr=args.lr, lr_final=args.lr_final if args.lr_final is not None else args.lr,
+        seed=args.seed, checkpoint_every=args.checkpoint_every, threads=args.threads,
+        device=args.device, bf16=args.bf16,
+    )
+    out = train(cfg, settings, resume=args.resume)
+    print(f"model written to {out}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model on simulated frames",
+                       description="Train the voxel-wise regression FCN on frames simulated "
+                       "on the fly; writes a model directory (weights.pt + model.json).")
+    p.add_argument("-o", "--out", type=Path, required=True, help="model directory to write")
+    p.add_argument("--name", default=None, help="model name (default: directory name)")
+    p.add_argument("--model-version", default="1", help="model version string")
+    p.add_argument("--steps", type=int, default=5000, help="optimizer steps")
+    p.add_argument("--batch", type=int, default=50, help="frames per step (paper: 50)")
+    p.add_argument("--crop", type=int, default=32, help="training frame size, px")
+    p.add_argument("--molecules", type=int, nargs=2, default=[5, 90], metavar=("LO", "HI"),
+                   help="molecules per 64x64 frame area, drawn uniformly per frame")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (paper 1e-3)")
+    p.add_argument("--lr-final", type=float, default=None,
+                   help="cosine-decay the rate to this value (default: constant)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster on new CPUs)")
+    add_settings_options(p)
+    p.set_defaults(func=_cmd_train)

@@ -1,0 +1,43 @@
+"""Network output -> localizations, on whatever device the output lives on.
+
+Threshold tau on the voxel confidence gives one localization per positive voxel
+(paper Sec. 4.2); its position is the voxel corner plus the regressed sub-voxel offset.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from engines.config import Geometry
+
+
+def decode(
+    output: torch.Tensor, threshold: float, *, px_nm: float, dz_nm: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gather localizations from a network output.
+
+    Args:
+        output: ``(B, P, 4, H, W)`` sigmoid outputs (confidence, zeta x, y, z).
+        threshold: voxels with confidence > threshold are localizations.
+
+    Returns:
+        ``(frame (N,) int64, xyz_nm (N, 3) float32, confidence (N,) float32)`` on the
+        output's device; rows are ordered by frame, then plane, row, column.
+    """
+    conf = output[:, :, 0]
+    b, k, i, j = torch.nonzero(conf > threshold, as_tuple=True)
+    zeta = output[b, k, 1:, i, j]
+    xyz = torch.stack(
+        [
+            (j.to(zeta.dtype) + zeta[:, 0]) * px_nm,
+            (i.to(zeta.dtype) + zeta[:, 1]) * px_nm,
+            (k.to(zeta.dtype) + zeta[:, 2]) * dz_nm,
+        ],
+        dim=-1,
+    )
+    return b, xyz.float(), conf[b, k, i, j].float()
+
+
+def decode_geometry(output: torch.Tensor, threshold: float, geom: Geometry):
+    """:func:`decode` with the pixel and plane spacing of ``geom``."""
+    return decode(output, threshold, px_nm=geom.px_nm, dz_nm=geom.dz_nm)

@@ -1,0 +1,25 @@
+"""The voxloc exception hierarchy.
+
+Foreign errors are translated where they enter (``raise ... from``); HTTP errors exist
+only in the API layer.
+"""
+
+
+class VoxlocError(Exception):
+    """Base class of every error voxloc raises on purpose."""
+
+
+class EngineError(VoxlocError):
+    """A model or inference backend cannot do what was asked (bad model, bad batch)."""
+
+
+class FormatError(VoxlocError):
+    """A file or array does not have the expected format (shape, dtype, planes, content)."""
+
+
+class StreamError(VoxlocError):
+    """A wire message or stream is malformed or out of protocol."""
+
+
+class ModelNotFoundError(EngineError):
+    """No model of that name or directory exists."""

@@ -1,0 +1,166 @@
+"""Training on frames simulated on the fly (paper Sec. 4.2), with checkpoints and resume."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from engines.config import SimSettings
+from engines.loss import voxel_loss
+from engines.modeldir import ModelInfo, save_model
+from engines.network import VoxelNet
+from engines.psf import peak
+from engines.simulator import Simulator
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+REFERENCE_AREA_PX = 64 * 64  # molecule counts are given per 64x64 frame (paper Table 3)
+
+
+@dataclass
+class TrainConfig:
+    out_dir: Path
+    name: str = "model"
+    version: str = "1"
+    steps: int = 5000
+    batch: int = 50
+    crop_px: int = 32
+    molecules: tuple[int, int] = (5, 80)
+    lr: float = 1e-3
+    lr_final: float = 1e-3
+    seed: int = 0
+    checkpoint_every: int = 200
+    threads: int | None = None
+    device: str = "cpu"
+    bf16: bool = False
+    command: str = field(default_factory=lambda: " ".join(sys.argv))
+
+
+def input_normalisation(settings: SimSettings) -> tuple[float, float]:
+    """(offset, scale) mapping raw frames to roughly zero background and unit peaks."""
+    n = settings.noise
+    offset = n.expected_background(settings.psf.b)
+    in_focus_peak = float(peak(torch.tensor(0.0), settings.psf))
+    scale = n.intensity_scale() * in_focus_peak * 0.5
+    return offset, max(scale, 1e-6)
+
+
+def _lr_at(cfg: TrainConfig, step: int) -> float:
+    """Cosine from ``lr`` to ``lr_final``; constant when they are equal (the paper)."""
+    t = min(step / max(cfg.steps, 1), 1.0)
+    return cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + math.cos(math.pi * t))
+
+
+def _crop_molecules(cfg: TrainConfig) -> tuple[int, int]:
+    ratio = cfg.crop_px * cfg.crop_px / REFERENCE_AREA_PX
+    lo, hi = cfg.molecules
+    return max(0, round(lo * ratio)), max(1, round(hi * ratio))
+
+
+def train(cfg: TrainConfig, settings: SimSettings, *, resume: bool = False) -> Path:
+    """Train a model and write its directory; returns the directory."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    offset, scale = input_normalisation(settings)
+    info = ModelInfo(
+        name=cfg.name, version=cfg.version, settings=settings,
+        input_offset=offset, input_scale=scale,
+    )
+    net = info.build().to(cfg.device, memory_format=torch.channels_last)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
+    sim = Simulator(settings, seed=cfg.seed, device=cfg.device)
+    start = 0
+    ema: float | None = None
+    ckpt_path = out / CHECKPOINT
+    if resume:
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+        ckpt = torch.load(ckpt_path, map_location=cfg.device, weights_only=False)
+        net.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sim.gen.set_state(ckpt["sim_rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        start = ckpt["step"]
+        ema = ckpt.get("loss_ema")
+        log.info("resumed from %s at step %d", ckpt_path, start)
+
+    mol = _crop_molecules(cfg)
+    net.train()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train",
+               dynamic_ncols=True, mininterval=2.0)
+    t0 = time.perf_counter()
+    done = 0
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(cfg, step)
+        batch = sim.sample(cfg.batch, mol, height=cfg.crop_px, width=cfg.crop_px)
+        frames = batch.frames.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(torch.device(cfg.device).type, torch.bfloat16, enabled=cfg.bf16):
+            logits = net.logits(frames)
+        loss, parts = voxel_loss(logits.float(), batch.targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        value = float(loss.detach())
+        ema = value if ema is None else 0.98 * ema + 0.02 * value
+        done += cfg.batch
+        fps = done / (time.perf_counter() - t0)
+        bar.set_postfix(loss=f"{ema:.4f}", bce=f"{parts['bce']:.3f}", l1=f"{parts['l1']:.3f}",
+                        fps=f"{fps:.0f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            _checkpoint(ckpt_path, net, opt, sim, step + 1, ema)
+            info.training = _training_record(cfg, settings, step + 1, ema)
+            save_model(net, info, out)
+    bar.close()
+    info.training = _training_record(cfg, settings, cfg.steps, ema)
+    save_model(net, info, out)
+    return out
+
+
+def _checkpoint(path: Path, net: VoxelNet, opt, sim: Simulator, step: int, ema) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": net.state_dict(),
+            "optimizer": opt.state_dict(),
+            "sim_rng": sim.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "step": step,
+            "loss_ema": ema,
+        },
+        tmp,
+    )
+    tmp.replace(path)
+
+
+def _training_record(cfg: TrainConfig, settings: SimSettings, step: int, ema) -> dict:
+    return {
+        "command": cfg.command,
+        "seed": cfg.seed,
+        "steps_done": step,
+        "steps": cfg.steps,
+        "batch": cfg.batch,
+        "crop_px": cfg.crop_px,
+        "molecules_per_64x64": list(cfg.molecules),
+        "lr": cfg.lr,
+        "lr_final": cfg.lr_final,
+        "bf16": cfg.bf16,
+        "frames_seen": step * cfg.batch,
+        "final_loss_ema": ema,
+        "torch": torch.__version__,
+    }

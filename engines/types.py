@@ -1,0 +1,45 @@
+"""Types shared across engines, service and clients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Column order of localization arrays on the wire and in the CSV (CONVENTIONS.md).
+LOC_COLUMNS: tuple[str, ...] = ("frame", "x [nm]", "y [nm]", "z [nm]", "confidence")
+
+
+@dataclass(frozen=True)
+class Localizations:
+    """Localizations of one frame (one time point).
+
+    Attributes:
+        frame: frame index, counting from 0.
+        xyz_nm: ``(N, 3)`` float32 positions (x, y, z), nm, CONVENTIONS.md geometry.
+        confidence: ``(N,)`` float32 voxel probability in [0, 1].
+    """
+
+    frame: int
+    xyz_nm: np.ndarray
+    confidence: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.confidence.shape[0])
+
+    def to_array(self) -> np.ndarray:
+        """``(N, 5)`` float64 rows in :data:`LOC_COLUMNS` order (frame counts from 0)."""
+        out = np.empty((len(self), 5), dtype=np.float64)
+        out[:, 0] = self.frame
+        out[:, 1:4] = self.xyz_nm
+        out[:, 4] = self.confidence
+        return out
+
+    @classmethod
+    def from_array(cls, frame: int, rows: np.ndarray) -> Localizations:
+        rows = np.asarray(rows).reshape(-1, 5)
+        return cls(frame, rows[:, 1:4].astype(np.float32), rows[:, 4].astype(np.float32))
+
+    @classmethod
+    def empty(cls, frame: int) -> Localizations:
+        return cls(frame, np.zeros((0, 3), np.float32), np.zeros((0,), np.float32))

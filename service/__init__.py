@@ -1,0 +1,2 @@
+"""voxloc service: the live pipeline (ingest, aligner, batcher, inference, publisher) and
+its FastAPI control plane."""
