@@ -14,6 +14,7 @@ from engines.errors import VoxlocError
 COMMAND_MODULES = (
     "engines.cli",
     "engines.cli_engines",
+    "engines.cli_evaluate",
     "service.cli",
     "clients.commands",
     "engines.calibration.cli",

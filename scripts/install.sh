@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs voxloc into the current Python environment.
+#   bash scripts/install.sh          # the package and its runtime dependencies
+#   bash scripts/install.sh --test   # + test tools and Debian's chromium for browser tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+# torch is pinned here, not in pyproject: this release is a local CPU wheel on our dev/CI
+# machines (fast, no multi-GB download) and a CUDA build from PyPI on a user's GPU box.
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  "$PY" -m pip install -q "torch==2.13.0"
+fi
+if [ "${1:-}" = "--test" ]; then
+  "$PY" -m pip install -q -e ".[test]"
+  if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+      || echo "install.sh: chromium not installed; browser tests will be skipped" >&2
+  fi
+else
+  "$PY" -m pip install -q -e .
+fi
