@@ -1,0 +1,163 @@
+"""The evaluation protocol (paper Sec. 4.2, Table 4, Figs. 7-8) on simulated test frames.
+
+Frames come from :class:`~engines.simulator.Simulator` with the model's own settings and
+``margin_px = 0`` (every molecule lies inside the frame, exactly ``molecules`` per frame).
+One pass per batch runs the torch network (voxel confusion matrix against
+``SimBatch.targets``) and the inference engine of the chosen backend (molecule metrics);
+localizations at the lowest threshold are filtered by confidence for the higher ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engines.config import SimSettings
+from engines.evaluate.matching import Matching, match_localizations
+from engines.evaluate.metrics import VoxelConfusion, voxel_confusion
+from engines.inference import Engine, create_engine
+from engines.modeldir import ModelInfo, load_model
+from engines.network import VoxelNet
+from engines.simulator import Simulator
+
+log = logging.getLogger(__name__)
+
+REFERENCE_AREA_PX = 64 * 64  # densities are given per 64x64 frame, as in the paper
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What ``voxloc evaluate`` runs; ``molecules`` and ``densities`` are per 64x64 area."""
+
+    model: str = "default"
+    frames: int = 500
+    molecules: int = 50
+    size: int = 64
+    seed: int = 0
+    thresholds: tuple[float, ...] = (0.5, 0.9)
+    backend: str = "auto"
+    low_density_molecules: int = 10
+    low_density_frames: int = 200
+    densities: tuple[int, ...] = (5, 10, 25, 50, 100, 150)
+    sweep_frames: int = 100
+    crlb_samples: int = 500
+    batch_frames: int = 50  # per 64x64 area; fewer frames per batch for larger sizes
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.frames >= 1, f"--frames must be >= 1, got {self.frames}"),
+            (self.molecules >= 1, f"--molecules must be >= 1, got {self.molecules}"),
+            (16 <= self.size <= 4096, f"--size must be in 16..4096 px, got {self.size}"),
+            (len(self.thresholds) >= 1, "at least one threshold is needed"),
+            (all(0.0 < t < 1.0 for t in self.thresholds),
+             f"thresholds must lie in (0, 1), got {list(self.thresholds)}"),
+            (self.low_density_frames >= 0 and self.sweep_frames >= 0,
+             "frame counts must be >= 0"),
+            (all(d >= 1 for d in self.densities),
+             f"densities must be >= 1 molecule, got {list(self.densities)}"),
+            (self.crlb_samples >= 1, f"CRLB samples must be >= 1, got {self.crlb_samples}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        object.__setattr__(self, "thresholds", tuple(sorted(set(self.thresholds))))
+
+    def per_frame(self, molecules_per_64: int) -> int:
+        """Molecules per frame of ``size x size`` at the density of ``molecules_per_64``."""
+        return max(1, round(molecules_per_64 * self.size * self.size / REFERENCE_AREA_PX))
+
+    @property
+    def batch(self) -> int:
+        return max(1, self.batch_frames * REFERENCE_AREA_PX // (self.size * self.size))
+
+
+@dataclass
+class SetResult:
+    """Pooled results of one test set, per threshold."""
+
+    frames: int
+    molecules_per_frame: int
+    drift: bool
+    voxel: dict[float, VoxelConfusion] = field(default_factory=dict)
+    matching: dict[float, Matching] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class Evaluator:
+    """Holds the model (torch net + engine) and runs test sets through it."""
+
+    def __init__(self, cfg: EvalConfig) -> None:
+        self.cfg = cfg
+        self.engine: Engine = create_engine(cfg.model, cfg.backend, threshold=cfg.thresholds[0])
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        net, info = load_model(self.engine.model_dir, device=self.device)
+        self.net: VoxelNet = net
+        self.info: ModelInfo = info
+        self.settings: SimSettings = info.settings.model_copy(update={"margin_px": 0})
+
+    @property
+    def model_dir(self) -> Path:
+        return self.engine.model_dir
+
+    def run_set(self, *, frames: int, molecules: int, seed: int, drift: bool) -> SetResult:
+        """Simulate ``frames`` frames of ``size x size`` with ``molecules`` each; score them."""
+        cfg = self.cfg
+        taus = cfg.thresholds
+        sim = Simulator(self.settings, seed=seed)
+        result = SetResult(frames, molecules, drift, {t: VoxelConfusion() for t in taus})
+        parts: dict[float, list[Matching]] = {t: [] for t in taus}
+        t0 = time.perf_counter()
+        for start in range(0, frames, cfg.batch):
+            n = min(cfg.batch, frames - start)
+            batch = sim.sample(n, molecules, height=cfg.size, width=cfg.size, drift=drift)
+            with torch.inference_mode():
+                conf = self.net(batch.frames.to(self.device))[:, :, 0].cpu()
+            labels = batch.targets[:, :, 0]
+            for t in taus:
+                result.voxel[t].add(voxel_confusion(conf, labels, t))
+            locs = self.engine.infer(batch.frames.numpy(), threshold=taus[0], first_frame=start)
+            for b, loc in enumerate(locs):
+                truth = batch.molecules(b).numpy()
+                for t in taus:
+                    keep = loc.confidence > t
+                    parts[t].append(match_localizations(loc.xyz_nm[keep], truth))
+        result.matching = {t: Matching.concat(parts[t]) for t in taus}
+        result.seconds = time.perf_counter() - t0
+        log.info("evaluated %d frames with %d molecules each (drift %s) in %.1f s",
+                 frames, molecules, "on" if drift else "off", result.seconds)
+        return result
+
+    def density_um3(self, molecules: int) -> float:
+        """Molecules per cubic micrometre of the imaged volume of one frame."""
+        g = self.settings.geometry
+        side_um = self.cfg.size * g.px_nm / 1000.0
+        return molecules / (side_um * side_um * g.depth_nm / 1000.0)
+
+
+def seeds(seed: int) -> dict[str, int]:
+    """Independent seeds of the test sets, so each set is reproducible on its own."""
+    return {"main": seed, "low_density": seed + 1, "crlb": seed + 2, "sweep": seed + 3}
+
+
+def sweep(ev: Evaluator) -> list[tuple[int, SetResult]]:
+    """Density sweep (Fig. 7): one set per density, drift on."""
+    cfg = ev.cfg
+    if cfg.sweep_frames == 0:
+        return []
+    base = seeds(cfg.seed)["sweep"]
+    return [
+        (d, ev.run_set(frames=cfg.sweep_frames, molecules=cfg.per_frame(d),
+                       seed=base + 1000 * i, drift=True))
+        for i, d in enumerate(sorted(set(cfg.densities)))
+    ]
+
+
+def np_float(x: float | np.floating) -> float | None:
+    """JSON-safe float: NaN and inf become None."""
+    x = float(x)
+    return x if np.isfinite(x) else None
