@@ -1,38 +1,67 @@
 """The engine interface: raw frame batches in, per-frame localizations out.
 
-Validation, dtype handling, threshold and splitting per frame are written once here;
-a backend implements :meth:`Engine._run`, which returns the localizations of a validated
-float32 batch already thresholded and gathered on its device.
+Written once here for every backend: validation (planes, dtype, finite values, empty
+frames), threshold checks, splitting a batch into chunks a backend can take (a TensorRT
+profile's largest batch, a bound on pixels per call that keeps CPU memory flat), padding
+the batch to a power of two where a backend keeps per-shape state (CUDA graphs), dropping
+the padding's localizations, translating backend failures into :class:`EngineError`, and
+splitting the flat result per frame. A backend implements :meth:`Engine._run`, which
+returns the localizations of one validated float32 chunk, thresholded and gathered on its
+device, so only localizations cross back to the host.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from engines.errors import EngineError, FormatError
+from engines.errors import EngineError, FormatError, VoxlocError
 from engines.modeldir import ModelInfo, read_info, resolve_model
 from engines.types import Localizations
 
 log = logging.getLogger(__name__)
 
 ACCEPTED_DTYPES = (np.uint16, np.float32, np.float64, np.uint8, np.int16, np.int32)
+# pixels (batch x H x W) per backend call: bounds peak activation memory (~2 kB per pixel
+# in float32) without costing throughput, since the work per pixel is the same
+DEFAULT_MAX_PIXELS = 1 << 21
+
+FlatLocs = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+class BackendUnavailableError(EngineError, ImportError):
+    """A backend's package or hardware is missing; the message names what to install."""
 
 
 class Engine(ABC):
-    """Runs one model. Thread-safe: calls are serialised by a lock."""
+    """Runs one model. Thread-safe: calls are serialised by a lock.
+
+    Class attributes a backend may set: ``max_batch`` (largest batch per call, None for
+    no limit), ``max_pixels`` (largest batch x H x W per call) and ``pad_batch`` (pad
+    each chunk to a power of two with blank frames, for backends with per-shape state).
+    """
 
     backend: str = "abstract"
+    device: str = "cpu"
+    max_batch: int | None = None
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    pad_batch: bool = False
 
     def __init__(self, model: str | Path, *, threshold: float = 0.5) -> None:
         self.model_dir = resolve_model(model)
         self.info: ModelInfo = read_info(self.model_dir)
         self.threshold = threshold
         self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} model={self.info.name!r} on {self.device}>"
 
     @property
     def planes(self) -> int:
@@ -44,9 +73,7 @@ class Engine(ABC):
 
     @threshold.setter
     def threshold(self, value: float) -> None:
-        if not 0.0 <= float(value) < 1.0:
-            raise ValueError(f"threshold must be in [0, 1), got {value}")
-        self._threshold = float(value)
+        self._threshold = check_threshold(value)
 
     def validate(self, frames: np.ndarray) -> np.ndarray:
         """Check a batch and return it as C-contiguous float32 ``(B, P, H, W)``."""
@@ -69,7 +96,8 @@ class Engine(ABC):
             raise FormatError(f"empty batch: frames of shape {arr.shape}")
         out = np.ascontiguousarray(arr, dtype=np.float32)
         if arr.dtype.kind == "f" and not np.isfinite(out).all():
-            raise FormatError(f"frames contain {int((~np.isfinite(out)).sum())} NaN/inf values")
+            raise FormatError(f"frames contain {int((~np.isfinite(out)).sum())} NaN/inf values"
+                              f" (frames of shape {arr.shape})")
         return out
 
     def infer(self, frames: np.ndarray, threshold: float | None = None,
@@ -82,23 +110,80 @@ class Engine(ABC):
             first_frame: frame index of ``frames[0]``; later frames count up from it.
         """
         batch = self.validate(frames)
-        tau = self.threshold if threshold is None else float(threshold)
+        tau = self.threshold if threshold is None else check_threshold(threshold)
+        parts: list[FlatLocs] = []
         with self._lock:
-            frame_idx, xyz, conf = self._run(batch, tau)
+            for start, chunk in self._chunks(batch):
+                f, xyz, conf = self._run_chunk(chunk, tau)
+                parts.append((f + start, xyz, conf))
+        frame_idx, xyz, conf = (np.concatenate(col) for col in zip(*parts, strict=True))
         return split_per_frame(frame_idx, xyz, conf, batch.shape[0], first_frame)
 
+    def _chunks(self, batch: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        b, _, h, w = batch.shape
+        size = b if self.max_batch is None else min(b, self.max_batch)
+        if self.max_pixels is not None:
+            size = max(1, min(size, self.max_pixels // (h * w)))
+        for start in range(0, b, size):
+            yield start, batch[start:start + size]
+
+    def _run_chunk(self, chunk: np.ndarray, threshold: float) -> FlatLocs:
+        n = chunk.shape[0]
+        if self.pad_batch:
+            chunk = pad_to_bucket(chunk, self.info.input_offset, self.max_batch)
+        try:
+            f, xyz, conf = self._run(chunk, threshold)
+        except VoxlocError:
+            raise
+        except Exception as exc:  # foreign runtime errors (ORT, TensorRT, CUDA, OOM)
+            raise EngineError(f"{self.backend} inference on {self.device} failed for a batch "
+                              f"of shape {chunk.shape}: {exc}") from exc
+        f = np.asarray(f, dtype=np.int64)
+        if chunk.shape[0] != n:
+            keep = f < n
+            f, xyz, conf = f[keep], xyz[keep], conf[keep]
+        return f, np.asarray(xyz, np.float32), np.asarray(conf, np.float32)
+
     @abstractmethod
-    def _run(self, frames: np.ndarray, threshold: float
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Backend work: ``(B, P, H, W)`` float32 -> (frame (N,), xyz_nm (N, 3), conf (N,))."""
+    def _run(self, frames: np.ndarray, threshold: float) -> FlatLocs:
+        """Backend work: ``(B, P, H, W)`` float32 -> (frame (N,), xyz_nm (N, 3), conf (N,)).
+
+        Rows must be ordered by frame (index within ``frames``).
+        """
 
     def warmup(self, height: int = 64, width: int = 64, batch: int = 1) -> None:
         """Run once on a blank batch (allocations, kernel selection, graph capture)."""
         bg = self.info.input_offset
-        self._run(np.full((batch, self.planes, height, width), bg, np.float32), 0.99)
+        self.infer(np.full((batch, self.planes, height, width), bg, np.float32), 0.99)
 
     def close(self) -> None:
-        """Release device resources."""
+        """Release device resources (backends with any extend this)."""
+        log.debug("closing %r", self)
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_threshold(value: float) -> float:
+    tau = float(value)
+    if not 0.0 <= tau < 1.0:
+        raise ValueError(f"threshold must be in [0, 1), got {value}")
+    return tau
+
+
+def pad_to_bucket(chunk: np.ndarray, fill: float, cap: int | None = None) -> np.ndarray:
+    """Pad the batch axis with blank (``fill``) frames up to the next power of two."""
+    n = chunk.shape[0]
+    bucket = 1 << (n - 1).bit_length()
+    if cap is not None:
+        bucket = min(bucket, max(cap, n))
+    if bucket == n:
+        return chunk
+    pad = np.full((bucket - n, *chunk.shape[1:]), fill, dtype=chunk.dtype)
+    return np.concatenate([chunk, pad])
 
 
 def split_per_frame(frame_idx: np.ndarray, xyz: np.ndarray, conf: np.ndarray,
@@ -116,23 +201,49 @@ def split_per_frame(frame_idx: np.ndarray, xyz: np.ndarray, conf: np.ndarray,
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 
-def create_engine(model: str | Path = "default", backend: str = "auto", *,
-                  threshold: float = 0.5, device: str | None = None) -> Engine:
-    """Build an engine; ``auto`` picks the fastest backend this machine can run."""
-    if backend == "auto":
-        from engines.inference.auto import pick_backend
-
-        backend, device = pick_backend(device)
+def backend_class(backend: str) -> type[Engine]:
+    """The engine class of a backend name (imports it; may raise BackendUnavailableError)."""
     if backend == "torch":
         from engines.inference.torch_backend import TorchEngine
 
-        return TorchEngine(model, threshold=threshold, device=device or "cpu")
+        return TorchEngine
     if backend == "onnxruntime":
         from engines.inference.onnx_backend import OnnxEngine
 
-        return OnnxEngine(model, threshold=threshold, device=device or "cpu")
+        return OnnxEngine
     if backend == "tensorrt":
         from engines.inference.tensorrt_backend import TensorRTEngine
 
-        return TensorRTEngine(model, threshold=threshold)
+        return TensorRTEngine
     raise EngineError(f"unknown backend {backend!r}; expected auto or one of {BACKENDS}")
+
+
+def create_engine(model: str | Path = "default", backend: str = "auto", *,
+                  threshold: float = 0.5, device: str | None = None,
+                  **options: Any) -> Engine:
+    """Build an engine; ``auto`` picks the fastest backend this machine can run.
+
+    ``options`` go to the backend (e.g. ``precision="fp16"``, ``cuda_graphs=True``,
+    ``threads=2``); with ``auto`` each candidate gets the options it accepts, and a
+    candidate that fails to start is logged and skipped.
+    """
+    if backend != "auto":
+        cls = backend_class(backend)
+        kwargs = {"device": device} if device is not None else {}
+        return cls(model, threshold=threshold, **kwargs, **options)
+    from engines.inference.auto import candidates
+
+    errors = []
+    for name, dev, reason in candidates(device):
+        try:
+            cls = backend_class(name)
+            accepted = inspect.signature(cls.__init__).parameters
+            kw = {k: v for k, v in options.items() if k in accepted}
+            engine = cls(model, threshold=threshold, device=dev, **kw)
+        except EngineError as exc:
+            log.warning("auto backend: %s on %s unavailable (%s); trying the next", name, dev, exc)
+            errors.append(f"{name} on {dev}: {exc}")
+            continue
+        log.info("auto backend: %s on %s (%s)", name, dev, reason)
+        return engine
+    raise EngineError("no inference backend could start: " + "; ".join(errors))

@@ -1,0 +1,109 @@
+"""ONNX Runtime backend: the decoding graph of :mod:`engines.export` in one session.
+
+The CPU execution provider is always there; ``device="cuda"`` (or ``"cuda:N"``) uses the
+CUDA execution provider of ``onnxruntime-gpu`` (``pip install voxloc[gpu]``), with the
+TensorRT execution provider in front when ``trt_ep=True``. The threshold is a graph input,
+so changing it never rebuilds anything, and only the ``(N, 5)`` localization rows come
+back from the device. The ONNX is exported into the model directory (or the cache, for a
+read-only one) on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from engines.errors import EngineError
+from engines.export import (
+    INPUT_FRAMES,
+    INPUT_THRESHOLD,
+    OUTPUT_LOCS,
+    cache_root,
+    onnx_for_engine,
+    read_onnx_metadata,
+)
+from engines.inference.base import BackendUnavailableError, Engine, FlatLocs
+
+log = logging.getLogger(__name__)
+
+
+class OnnxEngine(Engine):
+    backend = "onnxruntime"
+
+    def __init__(self, model: str | Path, *, threshold: float = 0.5, device: str = "cpu",
+                 threads: int | None = None, trt_ep: bool = False,
+                 onnx_path: Path | None = None) -> None:
+        super().__init__(model, threshold=threshold)
+        self.device = device
+        path = Path(onnx_path) if onnx_path else onnx_for_engine(self.model_dir, self.info)
+        meta = read_onnx_metadata(path)
+        if meta.get("planes") != str(self.planes):
+            raise EngineError(f"{path} takes {meta.get('planes')} planes but model "
+                              f"{self.info.name!r} has {self.planes}")
+        self.onnx_path = path
+        self.session = make_session(path, device, threads=threads, trt_ep=trt_ep)
+        self._threshold_buf = np.zeros(1, np.float32)
+        log.info("onnxruntime engine: %s with %s", path, self.session.get_providers())
+
+    def _run(self, frames: np.ndarray, threshold: float) -> FlatLocs:
+        self._threshold_buf[0] = threshold
+        (locs,) = self.session.run(
+            [OUTPUT_LOCS], {INPUT_FRAMES: frames, INPUT_THRESHOLD: self._threshold_buf}
+        )
+        return locs[:, 0].astype(np.int64), locs[:, 1:4], locs[:, 4]
+
+
+def providers_for(device: str, *, trt_ep: bool = False) -> list:
+    """Execution providers (with options) for ``cpu``, ``cuda`` or ``cuda:N``."""
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise EngineError(f"onnxruntime runs on 'cpu', 'cuda' or 'cuda:N', got device {device!r}")
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        raise BackendUnavailableError(
+            f"device {device!r} asked for, but onnxruntime {ort.__version__} has no CUDA "
+            f"execution provider (has {available}); pip install voxloc[gpu]"
+        )
+    dev_id = int(index or 0)
+    providers: list = [("CUDAExecutionProvider", {"device_id": dev_id}), "CPUExecutionProvider"]
+    if trt_ep:
+        if "TensorrtExecutionProvider" not in available:
+            raise BackendUnavailableError("trt_ep=True, but onnxruntime has no TensorRT "
+                                          "execution provider; pip install voxloc[tensorrt,gpu]")
+        cache = cache_root() / "ort-trt"
+        cache.mkdir(parents=True, exist_ok=True)
+        providers.insert(0, ("TensorrtExecutionProvider", {
+            "device_id": dev_id, "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache),
+        }))
+    return providers
+
+
+def make_session(path: Path, device: str, *, threads: int | None = None,
+                 trt_ep: bool = False) -> ort.InferenceSession:
+    """An inference session with all graph optimisations; EngineError if the file is bad."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = threads if threads is not None else _default_threads()
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    providers = providers_for(device, trt_ep=trt_ep)
+    try:
+        return ort.InferenceSession(str(path), opts, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+        raise EngineError(f"onnxruntime cannot load {path}: {exc}") from exc
+
+
+def _default_threads() -> int:
+    """One intra-op thread per core this process may use (ORT's own default ignores affinity)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
