@@ -223,6 +223,14 @@ def onnx_for_engine(model_dir: Path, info: ModelInfo) -> Path:
                       f"{candidates[1].parent} is writable; set VOXLOC_CACHE")
 
 
+def artifact_dir(model_dir: Path, info: ModelInfo, name: str) -> Path:
+    """``<model_dir>/<name>`` if writable (and not a shipped model), else the cache's."""
+    shipped = model_dir.resolve().is_relative_to(SHIPPED_MODELS.resolve())
+    if not shipped and _writable(model_dir / name):
+        return model_dir / name
+    return cache_dir_for(model_dir, info) / name
+
+
 def _writable(folder: Path) -> bool:
     """Try it (``os.access`` says yes to root on read-only mounts)."""
     try:

@@ -1,0 +1,201 @@
+"""TensorRT backend (optional extra: ``pip install voxloc[tensorrt]``), TensorRT 10 API.
+
+Builds an engine from the decoding ONNX (:mod:`engines.export`) with one optimisation
+profile over batch and H x W (:class:`~engines.inference.engine_cache.Profile`), FP32 or
+FP16, and caches the serialised engine keyed by TensorRT version, GPU, compute capability,
+profile, precision and ONNX hash; a stale or foreign cache entry is rebuilt.
+
+Device buffers are torch CUDA tensors (torch is a dependency anyway; no pycuda context
+juggling): the input is copied from pinned memory, the threshold lives in a 1-element
+device tensor, and the data-dependent ``locs (N, 5)`` output (``NonZero`` in the graph)
+is served by an ``IOutputAllocator`` that grows one buffer and keeps it, so only the N
+localization rows are copied back. All TensorRT and CUDA work runs on one worker thread
+that owns the CUDA context; :meth:`Engine.infer` may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engines.errors import EngineError
+from engines.export import INPUT_FRAMES, INPUT_THRESHOLD, OUTPUT_LOCS, artifact_dir, onnx_for_engine
+from engines.inference.base import BackendUnavailableError, Engine, FlatLocs
+from engines.inference.engine_cache import CacheKey, EngineCache, Profile
+
+try:
+    import tensorrt as trt
+except ImportError as _exc:
+    raise BackendUnavailableError(
+        "the tensorrt backend needs TensorRT 10 and an NVIDIA GPU: pip install voxloc[tensorrt]"
+    ) from _exc
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16")
+_TRT_LEVELS = {
+    trt.ILogger.INTERNAL_ERROR: logging.CRITICAL, trt.ILogger.ERROR: logging.ERROR,
+    trt.ILogger.WARNING: logging.WARNING, trt.ILogger.INFO: logging.DEBUG,
+    trt.ILogger.VERBOSE: logging.DEBUG,
+}
+
+
+class _TrtLogger(trt.ILogger):
+    """TensorRT's messages into Python logging (its INFO is chatty: logged at DEBUG)."""
+
+    def __init__(self) -> None:
+        trt.ILogger.__init__(self)
+
+    def log(self, severity: Any, msg: str) -> None:
+        log.log(_TRT_LEVELS.get(severity, logging.INFO), "TensorRT: %s", msg)
+
+
+_LOGGER = _TrtLogger()
+
+
+class _OutputAllocator(trt.IOutputAllocator):
+    """Serves the data-dependent ``locs`` output from one growing device buffer."""
+
+    def __init__(self, device: torch.device) -> None:
+        trt.IOutputAllocator.__init__(self)
+        self.device = device
+        self.buffer = torch.empty(4096, dtype=torch.uint8, device=device)
+        self.shape: tuple[int, ...] | None = None
+
+    def reallocate_output(self, tensor_name: str, memory: int, size: int, alignment: int) -> int:
+        if size > self.buffer.numel():
+            self.buffer = torch.empty(max(int(size), 2 * self.buffer.numel()),
+                                      dtype=torch.uint8, device=self.device)
+        return self.buffer.data_ptr()
+
+    def reallocate_output_async(self, tensor_name: str, memory: int, size: int,
+                                alignment: int, stream: int) -> int:
+        return self.reallocate_output(tensor_name, memory, size, alignment)
+
+    def notify_shape(self, tensor_name: str, shape: Any) -> None:
+        self.shape = tuple(int(d) for d in shape)
+
+    def rows(self) -> torch.Tensor:
+        """The last output as a ``(N, 5)`` float32 device view."""
+        if self.shape is None or len(self.shape) != 2:
+            raise EngineError(f"TensorRT reported output shape {self.shape} for {OUTPUT_LOCS!r}")
+        n = self.shape[0]
+        return self.buffer[: n * 5 * 4].view(torch.float32).view(n, 5)
+
+
+def build_serialized(onnx_path: Path, planes: int, profile: Profile, precision: str,
+                     workspace_gib: float = 4.0) -> bytes:
+    """Parse the ONNX and build a serialised engine for ``profile`` at ``precision``."""
+    builder = trt.Builder(_LOGGER)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, _LOGGER)
+    if not parser.parse(Path(onnx_path).read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineError(f"TensorRT cannot parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    opt_profile = builder.create_optimization_profile()
+    opt_profile.set_shape(INPUT_FRAMES, *profile.shapes(planes))
+    config.add_optimization_profile(opt_profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineError(f"TensorRT failed to build an engine from {onnx_path} "
+                          f"(profile {profile}, {precision}); see the log above")
+    return bytes(serialized)
+
+
+class TensorRTEngine(Engine):
+    backend = "tensorrt"
+
+    def __init__(self, model: str | Path, *, threshold: float = 0.5, device: str = "cuda",
+                 precision: str = "fp32", profile: Profile | None = None,
+                 cache_dir: Path | None = None, rebuild: bool = False) -> None:
+        super().__init__(model, threshold=threshold)
+        if precision not in PRECISIONS:
+            raise EngineError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if not torch.cuda.is_available():
+            raise BackendUnavailableError(
+                f"the tensorrt backend needs an NVIDIA GPU; torch {torch.__version__} sees none")
+        self._dev = torch.device(device)
+        if self._dev.type != "cuda":
+            raise EngineError(f"the tensorrt backend runs on cuda devices, got {device!r}")
+        self.device, self.precision = str(self._dev), precision
+        self.profile = profile or Profile()
+        self.max_batch = self.profile.max_batch
+        onnx_path = onnx_for_engine(self.model_dir, self.info)
+        self.key = CacheKey(
+            model=self.info.name, onnx_sha256=hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+            trt_version=trt.__version__, gpu_name=torch.cuda.get_device_name(self._dev),
+            compute_capability=".".join(map(str, torch.cuda.get_device_capability(self._dev))),
+            precision=precision, profile=self.profile)
+        self.cache = EngineCache(cache_dir or artifact_dir(self.model_dir, self.info, "engines"))
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxloc-tensorrt")
+        self._worker.submit(self._setup, onnx_path, rebuild).result()
+        log.info("tensorrt engine: %s (%s, profile %s)", self.engine_path, precision, self.profile)
+
+    def _setup(self, onnx_path: Path, rebuild: bool) -> None:
+        """On the worker thread: load or build the engine, make context, stream, buffers."""
+        torch.cuda.set_device(self._dev)
+        self._runtime = trt.Runtime(_LOGGER)
+        self._engine, self.engine_path = self.cache.get_or_build(
+            self.key,
+            lambda: build_serialized(onnx_path, self.planes, self.profile, self.precision),
+            self._runtime.deserialize_cuda_engine, force=rebuild)
+        self._context = self._engine.create_execution_context()
+        if self._context is None:
+            raise EngineError(f"TensorRT cannot create an execution context for "
+                              f"{self.engine_path} (out of GPU memory?)")
+        self._stream = torch.cuda.Stream(self._dev)
+        self._threshold_dev = torch.zeros(1, dtype=torch.float32, device=self._dev)
+        self._allocator = _OutputAllocator(self._dev)
+        if not self._context.set_output_allocator(OUTPUT_LOCS, self._allocator):
+            raise EngineError(f"TensorRT refused an output allocator for {OUTPUT_LOCS!r}")
+        self._context.set_tensor_address(INPUT_THRESHOLD, self._threshold_dev.data_ptr())
+
+    def _run(self, frames: np.ndarray, threshold: float) -> FlatLocs:
+        self.profile.check_frame(frames.shape[2], frames.shape[3])
+        return self._worker.submit(self._execute, frames, threshold).result()
+
+    def _execute(self, frames: np.ndarray, threshold: float) -> FlatLocs:
+        ctx = self._context
+        with torch.cuda.stream(self._stream):
+            x = torch.from_numpy(frames).pin_memory().to(self._dev, non_blocking=True)
+            self._threshold_dev.fill_(threshold)
+            if not ctx.set_input_shape(INPUT_FRAMES, tuple(x.shape)):
+                raise EngineError(f"TensorRT rejected input shape {tuple(x.shape)} "
+                                  f"(profile {self.profile})")
+            ctx.set_tensor_address(INPUT_FRAMES, x.data_ptr())
+            if not ctx.execute_async_v3(self._stream.cuda_stream):
+                raise EngineError(f"TensorRT execution failed for input shape {tuple(x.shape)}")
+            self._stream.synchronize()
+            locs = self._allocator.rows().cpu().numpy()
+        return locs[:, 0].astype(np.int64), locs[:, 1:4], locs[:, 4]
+
+    def close(self) -> None:
+        def release() -> None:
+            self._context = self._engine = None
+            torch.cuda.empty_cache()
+
+        self._worker.submit(release).result()
+        self._worker.shutdown()
+        super().close()
+
+
+def build_engine(model: str | Path, *, precision: str = "fp32", profile: Profile | None = None,
+                 device: str = "cuda", cache_dir: Path | None = None,
+                 rebuild: bool = False) -> Path:
+    """Build (or find) the cached engine of ``model``; returns its path."""
+    engine = TensorRTEngine(model, precision=precision, profile=profile, device=device,
+                            cache_dir=cache_dir, rebuild=rebuild)
+    try:
+        return engine.engine_path
+    finally:
+        engine.close()
