@@ -1,0 +1,95 @@
+"""Batcher: a bounded queue of frame sets between the aligner and the engine.
+
+``get_batch`` returns up to ``max_batch`` sets, waiting at most ``max_delay_s`` after the
+oldest queued set arrived (Triton's ``max_queue_delay``). When the queue is full the
+named :class:`~service.settings.DropPolicy` decides; every drop is counted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+from service.settings import DropPolicy
+from service.stats import ServiceStats
+from service.types import Batch, FrameSet
+
+
+class Batcher:
+    def __init__(self, *, queue_size: int, policy: DropPolicy, stats: ServiceStats) -> None:
+        self._queue: deque[tuple[float, FrameSet]] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self.stats = stats
+        self.queue_size = queue_size
+        self.policy = DropPolicy(policy)
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def configure(self, *, queue_size: int | None = None,
+                  policy: DropPolicy | str | None = None) -> None:
+        """Change size or policy at run time; shrinking drops the oldest (counted)."""
+        with self._cond:
+            if policy is not None:
+                self.policy = DropPolicy(policy)
+            if queue_size is not None:
+                if queue_size < 1:
+                    raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+                self.queue_size = queue_size
+                excess = len(self._queue) - queue_size
+                for _ in range(max(excess, 0)):
+                    self._queue.popleft()
+                if excess > 0:
+                    self.stats.queue_dropped("resize", excess)
+            self._cond.notify_all()
+
+    def put(self, frame_set: FrameSet) -> float:
+        """Queue a frame set; returns the seconds spent blocked (``block`` policy only)."""
+        blocked_s = 0.0
+        with self._cond:
+            if len(self._queue) >= self.queue_size and not self._closed:
+                if self.policy is DropPolicy.DROP_OLDEST:
+                    self._queue.popleft()
+                    self.stats.queue_dropped(self.policy.value)
+                elif self.policy is DropPolicy.REJECT:
+                    self.stats.queue_dropped(self.policy.value)
+                    return 0.0
+                else:
+                    t0 = time.monotonic()
+                    while (len(self._queue) >= self.queue_size and not self._closed
+                           and self.policy is DropPolicy.BLOCK):
+                        self._cond.wait(0.1)
+                    blocked_s = time.monotonic() - t0
+                    if len(self._queue) >= self.queue_size:  # closed or policy changed
+                        self._queue.popleft()
+                        self.stats.queue_dropped(self.policy.value)
+            self._queue.append((time.monotonic(), frame_set))
+            self._cond.notify_all()
+        return blocked_s
+
+    def get_batch(self, max_batch: int, max_delay_s: float, timeout_s: float) -> Batch | None:
+        """Up to ``max_batch`` sets, or None if nothing arrived within ``timeout_s``."""
+        with self._cond:
+            if not self._queue:
+                self._cond.wait(timeout_s)
+                if not self._queue:
+                    return None
+            deadline = self._queue[0][0] + max_delay_s
+            while len(self._queue) < max_batch and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            n = min(max_batch, len(self._queue))
+            sets = [self._queue.popleft()[1] for _ in range(n)]
+            self._cond.notify_all()
+        return Batch(sets)
+
+    def close(self) -> None:
+        """Wake every waiter; later puts no longer block."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()

@@ -1,0 +1,150 @@
+"""Inference stage: the running engine and model swaps (Triton's semantics).
+
+A new model is loaded and warmed up beside the running one (on the caller's thread),
+then staged; the inference thread switches to it between two batches, so no frame set
+is lost and every batch is served by exactly one model. A load that fails leaves the
+running model untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engines.errors import EngineError, ModelNotFoundError, VoxlocError
+from engines.inference import Engine, create_engine
+from engines.types import Localizations
+from service.stats import ServiceStats
+from service.types import Batch
+
+log = logging.getLogger(__name__)
+
+SWITCH_WAIT_S = 30.0
+
+
+class ModelBusyError(EngineError):
+    """Another model load is in progress."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """An engine ready to serve, and what it is."""
+
+    engine: Engine
+    name: str
+    version: str
+    backend: str
+    model_dir: Path
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "backend": self.backend,
+                "dir": str(self.model_dir), "planes": self.engine.planes}
+
+
+class ModelManager:
+    """Owns the active model; ``load`` stages a new one, ``current`` switches to it."""
+
+    def __init__(self, *, backend: str, planes: int, height: int, width: int,
+                 warmup_batch: int, stats: ServiceStats) -> None:
+        self.backend = backend
+        self.planes, self.height, self.width = planes, height, width
+        self.warmup_batch = warmup_batch
+        self.stats = stats
+        self._active: LoadedModel | None = None
+        self._staged: LoadedModel | None = None
+        self._switched = threading.Event()
+        self._state_lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        self.loading: str | None = None
+        self.serving = False  # True while an inference thread calls current()
+
+    @property
+    def active(self) -> LoadedModel | None:
+        return self._active
+
+    def load(self, name: str) -> tuple[LoadedModel, LoadedModel | None]:
+        """Load, warm up and switch to ``name``; returns (new, previous).
+
+        Raises :class:`ModelNotFoundError`, :class:`ModelBusyError` or
+        :class:`EngineError` (with the reason); the running model keeps serving.
+        """
+        if not self._load_lock.acquire(blocking=False):
+            raise ModelBusyError(f"cannot load {name!r}: model {self.loading!r} is loading")
+        try:
+            self.loading = name
+            try:
+                new = self._build(name)
+            except VoxlocError:
+                self.stats.load_failed()
+                raise
+            return new, self._switch_to(new)
+        finally:
+            self.loading = None
+            self._load_lock.release()
+
+    def _build(self, name: str) -> LoadedModel:
+        try:
+            engine = create_engine(name, self.backend)
+        except (ModelNotFoundError, EngineError):
+            raise
+        except Exception as exc:  # backends raise their own types (ImportError, RuntimeError)
+            raise EngineError(f"model {name!r} cannot be loaded: {exc}") from exc
+        if engine.planes != self.planes:
+            engine.close()
+            raise EngineError(f"model {name!r} expects {engine.planes} planes, the service "
+                              f"streams {self.planes}")
+        try:
+            engine.warmup(self.height, self.width, self.warmup_batch)
+        except Exception as exc:
+            engine.close()
+            raise EngineError(f"model {name!r} failed its warm-up: {exc}") from exc
+        info = engine.info
+        log.info("model %s (version %s, %s) loaded and warmed", info.name, info.version,
+                 engine.backend)
+        return LoadedModel(engine, info.name, info.version, engine.backend, engine.model_dir)
+
+    def _switch_to(self, new: LoadedModel) -> LoadedModel | None:
+        previous = self._active
+        if not self.serving:
+            self._install(new)
+            return previous
+        with self._state_lock:
+            self._switched.clear()
+            self._staged = new
+        if not self._switched.wait(SWITCH_WAIT_S):
+            with self._state_lock:
+                if self._staged is new:  # the inference thread is stuck: install directly
+                    self._staged = None
+                    self._install(new)
+        return previous
+
+    def current(self) -> LoadedModel | None:
+        """The model for the next batch (switches to a staged one): inference thread only."""
+        if self._staged is not None:
+            with self._state_lock:
+                if self._staged is not None:
+                    self._install(self._staged)
+                    self._staged = None
+                    self._switched.set()
+        return self._active
+
+    def _install(self, new: LoadedModel) -> None:
+        old, self._active = self._active, new
+        self.stats.model_switched(new.name, new.version, new.backend, first=old is None)
+        if old is not None and old.engine is not new.engine:
+            log.info("switched model %s -> %s", old.name, new.name)
+            old.engine.close()
+
+    def close(self) -> None:
+        if self._active is not None:
+            self._active.engine.close()
+
+
+def run_batch(model: LoadedModel, batch: Batch, threshold: float) -> list[Localizations]:
+    """Localizations of every frame set of ``batch``, carrying each set's frame index."""
+    results = model.engine.infer(batch.stack(), threshold)
+    return [Localizations(fs.frame, r.xyz_nm, r.confidence)
+            for fs, r in zip(batch.sets, results, strict=True)]

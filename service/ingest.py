@@ -1,0 +1,157 @@
+"""Ingest: one bound PULL socket per camera; every message is decoded and validated.
+
+PUSH/PULL (cameras connect, the service binds) gives backpressure instead of silent
+drops, and a camera that goes away and comes back reconnects on its own; a socket
+monitor tracks the connection state. Every refused message is counted per camera under
+a :class:`~service.wire.Reject` reason (docs/protocol.md Sec. 2.3).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from service.settings import CameraSettings, StreamSettings
+from service.stats import ServiceStats
+from service.types import CameraState
+from service.wire import FrameMessage, Reject, WireError, decode_frame
+
+log = logging.getLogger(__name__)
+
+DRAIN_PER_POLL = 32  # messages taken from one camera before looking at the others
+_MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+
+
+@dataclass
+class CameraEndpoint:
+    """One camera's socket, its monitor and its lifecycle state."""
+
+    settings: CameraSettings
+    sock: zmq.Socket
+    monitor: zmq.Socket
+    endpoint: str
+    state: CameraState = CameraState.WAITING
+    peers: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+
+class Ingest:
+    """Receives and validates camera messages; the pipeline's ingest thread drives it."""
+
+    def __init__(self, ctx: zmq.Context, *, cameras: list[CameraSettings],
+                 stream: StreamSettings, stats: ServiceStats) -> None:
+        self.stream = stream
+        self.stats = stats
+        self.cameras: list[CameraEndpoint] = []
+        self.poller = zmq.Poller()
+        self._by_socket: dict[zmq.Socket, CameraEndpoint] = {}
+        self._by_monitor: dict[zmq.Socket, CameraEndpoint] = {}
+        try:
+            for cam in cameras:
+                self._bind(ctx, cam)
+        except Exception:
+            self.close()
+            raise
+
+    def _bind(self, ctx: zmq.Context, cam: CameraSettings) -> None:
+        sock = ctx.socket(zmq.PULL)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, self.stream.rcvhwm)
+        try:
+            sock.bind(cam.endpoint)
+        except zmq.ZMQError as exc:
+            sock.close()
+            raise OSError(f"cannot bind camera {cam.name!r} endpoint {cam.endpoint!r}: "
+                          f"{exc}") from exc
+        monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
+        ep = CameraEndpoint(cam, sock, monitor, sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        self.cameras.append(ep)
+        self._by_socket[sock] = ep
+        self._by_monitor[monitor] = ep
+        self.poller.register(sock, zmq.POLLIN)
+        self.poller.register(monitor, zmq.POLLIN)
+        log.info("camera %s (plane %d) on %s", cam.name, cam.plane, ep.endpoint)
+
+    def receive(self, timeout_ms: int) -> Iterator[tuple[CameraEndpoint, FrameMessage]]:
+        """Valid frames that arrived within ``timeout_ms``; rejects are counted here."""
+        for sock, _ in self.poller.poll(timeout_ms):
+            if sock in self._by_monitor:
+                self._monitor_event(self._by_monitor[sock])
+                continue
+            cam = self._by_socket[sock]
+            for _ in range(DRAIN_PER_POLL):
+                try:
+                    parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                msg = self._validate(cam, parts)
+                if msg is not None:
+                    yield cam, msg
+
+    def _validate(self, cam: CameraEndpoint, parts: list) -> FrameMessage | None:
+        self.stats.frame_in(cam.name)
+        if cam.state is not CameraState.STREAMING:
+            cam.state = CameraState.STREAMING
+        try:
+            msg = decode_frame(parts)
+            self._check(cam.settings, msg)
+        except WireError as exc:
+            self.stats.reject(cam.name, exc.reason.value)
+            log.debug("camera %s: rejected (%s): %s", cam.name, exc.reason.value, exc)
+            return None
+        except Exception as exc:  # anything the decoder did not foresee is still garbage
+            self.stats.reject(cam.name, Reject.MALFORMED.value)
+            log.debug("camera %s: rejected (malformed): %r", cam.name, exc)
+            return None
+        return msg
+
+    def _check(self, cam: CameraSettings, msg: FrameMessage) -> None:
+        s = self.stream
+        if msg.source != cam.name:
+            raise WireError(Reject.SOURCE, f"expected source {cam.name!r} on {cam.endpoint}, "
+                            f"got {msg.source!r}")
+        if msg.plane != cam.plane:
+            raise WireError(Reject.PLANE, f"camera {cam.name!r} is plane {cam.plane}, "
+                            f"got plane {msg.plane}")
+        if cam.dtype is not None and msg.image.dtype.name != cam.dtype:
+            raise WireError(Reject.DTYPE, f"camera {cam.name!r} sends {cam.dtype}, "
+                            f"got {msg.image.dtype.name}")
+        if msg.image.shape != (s.height, s.width):
+            raise WireError(Reject.SHAPE, f"expected {s.height}x{s.width} from camera "
+                            f"{cam.name!r}, got {msg.image.shape[0]}x{msg.image.shape[1]}")
+        if msg.image.dtype.kind == "f" and not np.isfinite(msg.image).all():
+            raise WireError(Reject.NONFINITE, f"camera {cam.name!r} frame {msg.frame} has "
+                            "NaN/inf pixels")
+
+    def _monitor_event(self, cam: CameraEndpoint) -> None:
+        try:
+            event = recv_monitor_message(cam.monitor, zmq.NOBLOCK)["event"]
+        except zmq.Again:
+            return
+        if event == zmq.EVENT_ACCEPTED:
+            cam.peers += 1
+            self.stats.connection(cam.name, connected=True)
+            if cam.state in (CameraState.WAITING, CameraState.DISCONNECTED):
+                cam.state = CameraState.CONNECTED
+            log.info("camera %s connected", cam.name)
+        elif event == zmq.EVENT_DISCONNECTED:
+            cam.peers = max(cam.peers - 1, 0)
+            self.stats.connection(cam.name, connected=False)
+            if cam.peers == 0:
+                cam.state = CameraState.DISCONNECTED
+            log.info("camera %s disconnected", cam.name)
+
+    def close(self) -> None:
+        for cam in self.cameras:
+            cam.sock.disable_monitor()
+            cam.monitor.close(linger=0)
+            cam.sock.close(linger=0)
+        self.cameras.clear()

@@ -1,0 +1,257 @@
+"""The live pipeline: ingest -> aligner -> batcher -> inference -> publisher.
+
+Two threads: the ingest thread owns the camera sockets, registers and assembles frame
+sets and queues them; the inference thread takes batches, runs the active model and
+publishes. Each ZeroMQ socket is used by one thread only. The control plane talks to
+the pipeline through the methods here, never to the stages directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import zmq
+
+from engines.errors import VoxlocError
+from service.aligner import FrameAssembler, PlaneWarp
+from service.batcher import Batcher
+from service.inference import LoadedModel, ModelManager, run_batch
+from service.ingest import CameraEndpoint, Ingest
+from service.publisher import Publisher
+from service.settings import CameraRegistration, RuntimeConfig, ServiceSettings
+from service.stats import ServiceStats
+from service.types import LocalizationObserver, PipelineState
+from service.wire import FrameMessage
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 20
+IDLE_TICK_S = 0.05
+JOIN_TIMEOUT_S = 10.0
+
+
+class Pipeline:
+    """Owns the stages, their threads and the lifecycle state."""
+
+    def __init__(self, settings: ServiceSettings, *, context: zmq.Context | None = None) -> None:
+        self.settings = settings
+        self.state = PipelineState.CREATED
+        self.stats = ServiceStats([c.name for c in settings.cameras])
+        self._config = settings.runtime_config()
+        self._registration = {c.name: c.registration() for c in settings.cameras}
+        s = settings.stream
+        self._warps = {name: PlaneWarp.from_registration(r, s.height, s.width)
+                       for name, r in self._registration.items()}
+        self._own_ctx = context is None
+        self._ctx = context or zmq.Context()
+        self.assembler = FrameAssembler(
+            planes=s.planes, height=s.height, width=s.width,
+            timeout_s=self._config.assembly_timeout_ms / 1e3, window=s.window, stats=self.stats)
+        self.batcher = Batcher(queue_size=self._config.queue_size,
+                               policy=self._config.drop_policy, stats=self.stats)
+        self.models = ModelManager(backend=settings.inference.backend, planes=s.planes,
+                                   height=s.height, width=s.width,
+                                   warmup_batch=self._config.max_batch, stats=self.stats)
+        self.ingest: Ingest | None = None
+        self.publisher: Publisher | None = None
+        self._observers: list[LocalizationObserver] = []
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.stats.p_queue.labels("batcher").set_function(lambda: self.batcher.depth)
+        self.stats.p_queue.labels("assembler").set_function(lambda: self.assembler.depth)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Load the configured model, bind every socket, start the threads."""
+        if self.state is not PipelineState.CREATED:
+            raise RuntimeError(f"pipeline can start once, it is {self.state.value}")
+        self.state = PipelineState.STARTING
+        try:
+            self.models.load(self.settings.inference.model)
+            self.ingest = Ingest(self._ctx, cameras=self.settings.cameras,
+                                 stream=self.settings.stream, stats=self.stats)
+            self.publisher = Publisher(self._ctx, endpoint=self.settings.stream.publish,
+                                       source=self.settings.name,
+                                       sndhwm=self.settings.stream.sndhwm, stats=self.stats)
+            self.publisher.observers.extend(self._observers)
+        except BaseException:
+            self.state = PipelineState.FAILED
+            self._close_sockets()
+            raise
+        self.models.serving = True
+        for name, target in (("voxloc-ingest", self._ingest_loop),
+                             ("voxloc-inference", self._inference_loop)):
+            t = threading.Thread(target=self._guard, args=(target,), name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        self.state = PipelineState.RUNNING
+        log.info("pipeline running: %d cameras, model %s", len(self.settings.cameras),
+                 self.models.active.name if self.models.active else None)
+
+    def stop(self) -> None:
+        """Stop the threads and close every socket; safe to call twice."""
+        if self.state in (PipelineState.STOPPED, PipelineState.CREATED):
+            self.state = PipelineState.STOPPED
+            return
+        if self.state is not PipelineState.FAILED:
+            self.state = PipelineState.STOPPING
+        self._stop.set()
+        self.batcher.close()
+        for t in self._threads:
+            t.join(JOIN_TIMEOUT_S)
+            if t.is_alive():
+                log.warning("thread %s did not stop within %.0f s", t.name, JOIN_TIMEOUT_S)
+        self.models.serving = False
+        self._close_sockets()
+        self.models.close()
+        if self.state is not PipelineState.FAILED:
+            self.state = PipelineState.STOPPED
+        log.info("pipeline stopped")
+
+    def _close_sockets(self) -> None:
+        if self.ingest is not None:
+            self.ingest.close()
+        if self.publisher is not None:
+            self.publisher.close()
+        if self._own_ctx:
+            self._ctx.term()
+
+    def _guard(self, target: Any) -> None:
+        try:
+            target()
+        except Exception:
+            log.exception("pipeline thread %s failed", threading.current_thread().name)
+            self.state = PipelineState.FAILED
+            self._stop.set()
+            self.batcher.close()
+
+    def __enter__(self) -> Pipeline:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def ready(self) -> bool:
+        return self.state is PipelineState.RUNNING and self.models.active is not None
+
+    # -- threads --------------------------------------------------------------------------
+    def _ingest_loop(self) -> None:
+        assert self.ingest is not None
+        while not self._stop.is_set():
+            for cam, msg in self.ingest.receive(POLL_MS):
+                self._accept(cam, msg)
+                self._flush()
+            self._flush()
+
+    def _accept(self, cam: CameraEndpoint, msg: FrameMessage) -> None:
+        reason = self.assembler.check(msg.plane, msg.frame)
+        if reason is not None:
+            self.stats.reject(cam.name, reason.value)
+            return
+        buf = self.assembler.slot(msg.plane, msg.frame, msg.t_ns)
+        self._warps[cam.name].apply(msg.image, out=buf)
+        self.assembler.commit(msg.plane, msg.frame, msg.t_ns)
+        self.stats.frame_ok(cam.name, msg.frame)
+
+    def _flush(self) -> None:
+        for frame_set in self.assembler.pop_ready():
+            blocked_s = self.batcher.put(frame_set)
+            if blocked_s:
+                self.assembler.pause(blocked_s)
+
+    def _inference_loop(self) -> None:
+        assert self.publisher is not None
+        while not self._stop.is_set():
+            self.publisher.poll_subscriptions()
+            self.models.current()  # switch to a staged model even while idle
+            cfg = self._config
+            batch = self.batcher.get_batch(cfg.max_batch, cfg.max_delay_ms / 1e3, IDLE_TICK_S)
+            if batch is None or not batch.sets:
+                continue
+            model = self.models.current()
+            assert model is not None
+            cfg = self._config  # threshold as of this batch
+            try:
+                locs = run_batch(model, batch, cfg.threshold)
+            except VoxlocError as exc:
+                log.error("batch of frames %d..%d failed: %s", batch.sets[0].frame,
+                          batch.sets[-1].frame, exc)
+                self.stats.set_dropped("engine_error", len(batch))
+                continue
+            self.stats.batch_done(len(batch))
+            self.publisher.publish(batch, locs, model, cfg.threshold)
+
+    # -- control plane --------------------------------------------------------------------
+    @property
+    def config(self) -> RuntimeConfig:
+        return self._config
+
+    def update_config(self, changes: dict[str, Any]) -> RuntimeConfig:
+        """Validate and apply ``changes``; the threshold applies from the next batch."""
+        new = RuntimeConfig.model_validate({**self._config.model_dump(), **changes})
+        self.batcher.configure(queue_size=new.queue_size, policy=new.drop_policy)
+        self.assembler.timeout_s = new.assembly_timeout_ms / 1e3
+        self._config = new
+        log.info("config: %s", changes)
+        return new
+
+    @property
+    def registration(self) -> dict[str, CameraRegistration]:
+        return dict(self._registration)
+
+    def update_registration(self, changes: dict[str, dict[str, Any]]) -> None:
+        """Replace the registration of the named cameras (all validated before any apply)."""
+        unknown = sorted(set(changes) - set(self._registration))
+        if unknown:
+            raise KeyError(f"unknown camera(s) {unknown}; configured: "
+                           f"{sorted(self._registration)}")
+        s = self.settings.stream
+        regs = dict(self._registration)
+        for name, fields in changes.items():
+            regs[name] = CameraRegistration.model_validate(
+                {**regs[name].model_dump(), **fields})
+        warps = {name: PlaneWarp.from_registration(r, s.height, s.width)
+                 for name, r in regs.items()}
+        self._registration, self._warps = regs, warps  # the ingest thread reads _warps
+        log.info("registration updated for %s", sorted(changes))
+
+    def load_model(self, name: str) -> tuple[LoadedModel, LoadedModel | None]:
+        return self.models.load(name)
+
+    def add_observer(self, observer: LocalizationObserver) -> None:
+        """Call ``observer.observe(msg)`` for every published localization message."""
+        if self.publisher is not None:
+            self.publisher.observers.append(observer)
+        self._observers.append(observer)
+
+    # -- read -----------------------------------------------------------------------------
+    def camera_endpoints(self) -> dict[str, str]:
+        """Actual bound endpoints (random ports resolved)."""
+        return {c.name: c.endpoint for c in (self.ingest.cameras if self.ingest else [])}
+
+    @property
+    def publish_endpoint(self) -> str | None:
+        return self.publisher.endpoint if self.publisher else None
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything ``GET /stats`` reports (docs/protocol.md Sec. 5)."""
+        out = self.stats.snapshot()
+        out["state"] = self.state.value
+        active = self.models.active
+        out["model"] = active.describe() if active else None
+        for cam in self.ingest.cameras if self.ingest else []:
+            out["cameras"][cam.name].update(endpoint=cam.endpoint, plane=cam.settings.plane,
+                                            state=cam.state.value)
+        out["assembler"]["pending"] = self.assembler.depth
+        out["batcher"].update(depth=self.batcher.depth, queue_size=self.batcher.queue_size,
+                              policy=self.batcher.policy.value)
+        pub = self.publisher
+        out["publisher"].update(endpoint=pub.endpoint if pub else None,
+                                seq=pub.seq if pub else -1,
+                                subscribers=pub.subscribers if pub else 0)
+        out["observers"] = pub.observer_stats() if pub else {}
+        return out

@@ -1,0 +1,209 @@
+"""Counters, rates and latency percentiles of the live pipeline, mirrored as Prometheus
+metrics in a per-service registry (so several services can live in one process)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import Counter as PromCounter
+
+RATE_WINDOW_S = 5.0
+LATENCY_SAMPLES = 2048
+_LATENCY_BUCKETS_S = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class _Rate:
+    """Events per second over the last ``RATE_WINDOW_S``."""
+
+    def __init__(self) -> None:
+        self._events: deque[tuple[float, int]] = deque()
+
+    def add(self, n: int = 1, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._events.append((now, n))
+        self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        while self._events and now - self._events[0][0] > RATE_WINDOW_S:
+            self._events.popleft()
+
+    def per_s(self) -> float:
+        now = time.monotonic()
+        self._prune(now)
+        n = sum(k for _, k in self._events)
+        span = now - self._events[0][0] if self._events else 0.0
+        return (n - 1) / span if n >= 2 and span > 0 else 0.0
+
+
+class CameraCounters:
+    def __init__(self) -> None:
+        self.frames_in = 0
+        self.frames_ok = 0
+        self.rejects: Counter[str] = Counter()
+        self.connects = 0
+        self.disconnects = 0
+        self.last_frame: int | None = None
+
+
+class ServiceStats:
+    """Thread-safe counters every stage reports to; ``snapshot()`` feeds ``GET /stats``."""
+
+    def __init__(self, cameras: list[str]) -> None:
+        self._lock = threading.Lock()
+        self.started = time.monotonic()
+        self.cameras = {name: CameraCounters() for name in cameras}
+        self.assembled = 0
+        self.set_drops: Counter[str] = Counter({"timeout": 0, "missing": 0, "overflow": 0})
+        self.queue_drops = 0
+        self.batches = 0
+        self.batched_sets = 0
+        self.published = 0
+        self.model_swaps = 0
+        self.failed_loads = 0
+        self._rate_in = _Rate()
+        self._rate_out = _Rate()
+        self._latency_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self.registry = CollectorRegistry()
+        self._prom_init()
+
+    def _prom_init(self) -> None:
+        r = self.registry
+        self.p_frames = PromCounter("voxloc_camera_frames", "camera messages received",
+                                    ["camera"], registry=r)
+        self.p_rejects = PromCounter("voxloc_camera_rejects", "camera messages rejected",
+                                     ["camera", "reason"], registry=r)
+        self.p_assembled = PromCounter("voxloc_framesets_assembled", "complete frame sets",
+                                       registry=r)
+        self.p_dropped = PromCounter("voxloc_framesets_dropped", "frame sets dropped",
+                                     ["stage", "reason"], registry=r)
+        self.p_batches = PromCounter("voxloc_batches", "engine batches", registry=r)
+        self.p_batch_size = Histogram("voxloc_batch_size", "frame sets per batch", registry=r,
+                                      buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        self.p_published = PromCounter("voxloc_framesets_published",
+                                       "localization messages published", registry=r)
+        self.p_latency = Histogram("voxloc_latency_seconds", "camera timestamp to publish",
+                                   registry=r, buckets=_LATENCY_BUCKETS_S)
+        self.p_swaps = PromCounter("voxloc_model_swaps", "model switches", registry=r)
+        self.p_failed = PromCounter("voxloc_model_load_failures", "failed model loads",
+                                    registry=r)
+        self.p_queue = Gauge("voxloc_queue_depth", "items waiting", ["queue"], registry=r)
+        self.p_subscribers = Gauge("voxloc_subscribers", "localization subscribers",
+                                   registry=r)
+        self.p_model = Gauge("voxloc_model_info", "active model", ["name", "version", "backend"],
+                             registry=r)
+
+    # -- ingest ---------------------------------------------------------------------------
+    def frame_in(self, camera: str) -> None:
+        with self._lock:
+            self.cameras[camera].frames_in += 1
+        self.p_frames.labels(camera).inc()
+
+    def frame_ok(self, camera: str, frame: int) -> None:
+        with self._lock:
+            cam = self.cameras[camera]
+            cam.frames_ok += 1
+            cam.last_frame = frame if cam.last_frame is None else max(cam.last_frame, frame)
+
+    def reject(self, camera: str, reason: str) -> None:
+        with self._lock:
+            self.cameras[camera].rejects[reason] += 1
+        self.p_rejects.labels(camera, reason).inc()
+
+    def connection(self, camera: str, connected: bool) -> None:
+        with self._lock:
+            cam = self.cameras[camera]
+            if connected:
+                cam.connects += 1
+            else:
+                cam.disconnects += 1
+
+    # -- assembly, queue, inference, publish ----------------------------------------------
+    def set_assembled(self) -> None:
+        with self._lock:
+            self.assembled += 1
+            self._rate_in.add()
+        self.p_assembled.inc()
+
+    def set_dropped(self, reason: str, n: int = 1) -> None:
+        with self._lock:
+            self.set_drops[reason] += n
+        self.p_dropped.labels("assembler", reason).inc(n)
+
+    def queue_dropped(self, policy: str, n: int = 1) -> None:
+        with self._lock:
+            self.queue_drops += n
+        self.p_dropped.labels("batcher", policy).inc(n)
+
+    def batch_done(self, size: int) -> None:
+        with self._lock:
+            self.batches += 1
+            self.batched_sets += size
+        self.p_batches.inc()
+        self.p_batch_size.observe(size)
+
+    def published_one(self, latency_ns: int) -> None:
+        with self._lock:
+            self.published += 1
+            self._rate_out.add()
+            self._latency_ms.append(latency_ns / 1e6)
+        self.p_published.inc()
+        self.p_latency.observe(max(latency_ns, 0) / 1e9)
+
+    def model_switched(self, name: str, version: str, backend: str, first: bool) -> None:
+        with self._lock:
+            self.model_swaps += 0 if first else 1
+        if not first:
+            self.p_swaps.inc()
+        self.p_model.clear()
+        self.p_model.labels(name, version, backend).set(1)
+
+    def load_failed(self) -> None:
+        with self._lock:
+            self.failed_loads += 1
+        self.p_failed.inc()
+
+    # -- read -----------------------------------------------------------------------------
+    def latency_ms(self) -> dict[str, float | int | None]:
+        with self._lock:
+            samples = np.asarray(self._latency_ms, dtype=np.float64)
+        if samples.size == 0:
+            return {"p50": None, "p99": None, "count": 0}
+        p50, p99 = np.percentile(samples, [50, 99])
+        return {"p50": round(float(p50), 3), "p99": round(float(p99), 3),
+                "count": int(samples.size)}
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters (JSON-ready); the pipeline adds endpoints, states and depths."""
+        with self._lock:
+            cameras = {
+                name: {"frames_in": c.frames_in, "frames_ok": c.frames_ok,
+                       "rejects": dict(c.rejects), "connects": c.connects,
+                       "disconnects": c.disconnects, "last_frame": c.last_frame}
+                for name, c in self.cameras.items()
+            }
+            rejects: Counter[str] = Counter()
+            for c in self.cameras.values():
+                rejects.update(c.rejects)
+            out = {
+                "uptime_s": round(time.monotonic() - self.started, 3),
+                "cameras": cameras,
+                "rejects": dict(rejects),
+                "assembler": {"assembled": self.assembled, "dropped": dict(self.set_drops)},
+                "batcher": {"dropped": self.queue_drops},
+                "inference": {
+                    "batches": self.batches, "frame_sets": self.batched_sets,
+                    "mean_batch_size": round(self.batched_sets / self.batches, 3)
+                    if self.batches else 0.0,
+                    "model_swaps": self.model_swaps, "failed_loads": self.failed_loads,
+                },
+                "publisher": {"published": self.published},
+                "fps_in": round(self._rate_in.per_s(), 2),
+                "fps_out": round(self._rate_out.per_s(), 2),
+            }
+        out["latency_ms"] = self.latency_ms()
+        return out
