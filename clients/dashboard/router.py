@@ -1,0 +1,109 @@
+"""FastAPI routes of the live dashboard (the page, its assets, the image stream, reset)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, Response, StreamingResponse
+
+from clients.dashboard.live import LiveImage
+from clients.render import RenderMode, RenderSettings
+
+STATIC = Path(__file__).parent / "static"
+ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
+HEARTBEAT_S = 10.0
+
+
+def create_router(locs_endpoint: str, *, nm_per_px: float = 24.0,
+                  extent_nm: tuple[float, float] = (64 * 192.0, 64 * 192.0),
+                  z_range_nm: tuple[float, float] = (0.0, 1600.0), mode: RenderMode = "hist",
+                  interval_s: float = 0.5) -> APIRouter:
+    """The dashboard as an ``APIRouter`` to include at ``/``.
+
+    Args:
+        locs_endpoint: the service's localization stream (its XPUB endpoint; a bind
+            address such as ``tcp://*:5560`` is connected to on 127.0.0.1).
+        nm_per_px: lateral scale of the live image (24 nm as in Fig. 11b).
+        extent_nm: (width, height) initially covered from (0, 0); grows when
+            localizations land beyond it.
+        z_range_nm: depth range of the colour map.
+        mode: ``hist`` (2D histogram) or ``gauss`` (Gaussian-blurred) rendering.
+        interval_s: at most one image update per interval.
+    """
+    live = LiveImage(locs_endpoint, RenderSettings(nm_per_px=nm_per_px, z_range_nm=z_range_nm,
+                                                   mode=mode),
+                     extent_nm, interval_s=interval_s)
+
+    @asynccontextmanager
+    async def lifespan(_app: Any) -> AsyncIterator[None]:
+        live.start()
+        yield
+        live.stop()
+
+    router = APIRouter(lifespan=lifespan, tags=["dashboard"])
+    router.live = live  # type: ignore[attr-defined]  # for tests and embedding apps
+    _add_routes(router, live)
+    return router
+
+
+def _add_routes(router: APIRouter, live: LiveImage) -> None:
+    @router.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        live.start()
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @router.get("/dashboard/static/{name}", include_in_schema=False)
+    def asset(name: str) -> Response:
+        if name not in ASSETS:
+            return Response(status_code=404)
+        return FileResponse(STATIC / name, media_type=ASSETS[name])
+
+    @router.get("/dashboard/info")
+    def info() -> dict[str, Any]:
+        """Scale, depth range and colour bar of the live image."""
+        return live.describe()
+
+    @router.get("/dashboard/image.png")
+    def image() -> Response:
+        """The latest rendered image (PNG)."""
+        import base64
+
+        live.start()
+        return Response(base64.b64decode(live.snapshot.png_b64), media_type="image/png")
+
+    @router.post("/dashboard/reset")
+    def reset() -> dict[str, Any]:
+        """Clear the accumulated image (this dashboard's view only; the service is untouched)."""
+        live.reset()
+        return {"reset": True, "version": live.snapshot.version}
+
+    @router.get("/dashboard/events")
+    async def events(request: Request) -> StreamingResponse:
+        """Server-sent events: one ``image`` event per new rendering."""
+        live.start()
+        return StreamingResponse(_event_stream(live, request.is_disconnected),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _event_stream(live: LiveImage, disconnected: Callable) -> AsyncIterator[str]:
+    sent, idle = -1, 0.0
+    poll_s = min(live.interval_s, 0.25)
+    while not await disconnected():
+        snap = live.snapshot
+        if snap.version != sent and snap.png_b64:
+            sent, idle = snap.version, 0.0
+            data = {"version": snap.version, "png": snap.png_b64, "width": snap.width_px,
+                    "height": snap.height_px, **snap.info}
+            yield f"event: image\ndata: {json.dumps(data)}\n\n"
+        elif idle >= HEARTBEAT_S:
+            idle = 0.0
+            yield ": heartbeat\n\n"
+        await asyncio.sleep(poll_s)
+        idle += poll_s

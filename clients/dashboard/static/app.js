@@ -1,0 +1,153 @@
+// voxloc live dashboard: image over server-sent events, stats and controls over the REST API.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { dragging: false, statsUpdates: 0 };
+
+function authHeaders() {
+  const token = localStorage.getItem("voxloc-token") || "";
+  return token ? { Authorization: "Bearer " + token } : {};
+}
+
+async function api(method, path, body) {
+  const opts = { method, headers: { ...authHeaders() } };
+  if (body !== undefined) {
+    opts.headers["Content-Type"] = "application/json";
+    opts.body = JSON.stringify(body);
+  }
+  const resp = await fetch(path, opts);
+  const data = await resp.json().catch(() => ({}));
+  if (!resp.ok) throw new Error(data.detail || resp.status + " " + resp.statusText);
+  return data;
+}
+
+function say(msg, bad) {
+  const el = $("ctlmsg");
+  el.textContent = msg;
+  el.style.color = bad ? "#ff7b7b" : "";
+}
+
+// ---- image stream -------------------------------------------------------------------
+function connectEvents() {
+  const es = new EventSource("/dashboard/events");
+  es.addEventListener("image", (ev) => {
+    const d = JSON.parse(ev.data);
+    $("sr").src = "data:image/png;base64," + d.png;
+    $("sr").dataset.version = d.version;
+    const model = d.model ? `${d.model} v${d.model_version}, threshold ${d.threshold}` : "";
+    $("imginfo").textContent =
+      `${d.frames} frame sets, ${d.localizations} localizations` +
+      (d.frame !== undefined ? `, last frame ${d.frame}` : "") + (model ? ` — ${model}` : "");
+    $("missed").textContent = d.missed;
+  });
+  es.onopen = () => { $("conn").textContent = "live"; $("conn").className = "pill ok"; };
+  es.onerror = () => { $("conn").textContent = "reconnecting…"; $("conn").className = "pill bad"; };
+}
+
+async function loadInfo() {
+  const info = await api("GET", "/dashboard/info");
+  $("cbar").style.background = `linear-gradient(to top, ${info.colorbar.join(", ")})`;
+  $("zmin").textContent = Math.round(info.z_min_nm);
+  $("zmax").textContent = Math.round(info.z_max_nm);
+}
+
+// ---- stats ----------------------------------------------------------------------------
+const fmt = (v, digits = 1) => (typeof v === "number" ? v.toFixed(digits) : "–");
+
+function renderDrops(s) {
+  const rows = [];
+  const asm = (s.assembler && s.assembler.dropped) || {};
+  for (const [k, v] of Object.entries(asm)) rows.push([`frame sets: ${k}`, v]);
+  if (s.batcher) rows.push([`batcher (${s.batcher.policy})`, s.batcher.dropped]);
+  for (const [k, v] of Object.entries(s.rejects || {})) rows.push([`rejected: ${k}`, v]);
+  $("drops").innerHTML = rows.map(([k, v]) => `<tr><th>${k}</th><td>${v}</td></tr>`).join("");
+}
+
+function renderCameras(cams) {
+  const body = $("cameras").querySelector("tbody");
+  body.innerHTML = Object.entries(cams || {}).map(([name, c]) => {
+    const rej = Object.entries(c.rejects || {}).map(([k, v]) => `${k}: ${v}`).join(", ") || "0";
+    return `<tr><td>${name}</td><td>${c.plane}</td><td>${c.state}</td>` +
+      `<td>${c.frames_in}</td><td>${c.last_frame ?? "–"}</td><td>${rej}</td></tr>`;
+  }).join("");
+}
+
+async function pollStats() {
+  try {
+    const s = await api("GET", "/stats");
+    $("fps_in").textContent = fmt(s.fps_in);
+    $("fps_out").textContent = fmt(s.fps_out);
+    const lat = s.latency_ms || {};
+    $("latency").textContent = `${fmt(lat.p50)} / ${fmt(lat.p99)} ms`;
+    $("batch").textContent = fmt(s.inference && s.inference.mean_batch_size, 2);
+    $("depth").textContent = s.batcher ? s.batcher.depth : "–";
+    $("published").textContent = s.publisher ? s.publisher.published : "–";
+    renderDrops(s);
+    renderCameras(s.cameras);
+    state.statsUpdates += 1;
+    document.body.dataset.statsUpdates = state.statsUpdates;
+  } catch (err) {
+    $("conn").textContent = "service unreachable";
+    $("conn").className = "pill bad";
+  }
+}
+
+// ---- controls -------------------------------------------------------------------------
+async function pollConfig() {
+  if (state.dragging) return;
+  try {
+    const c = await api("GET", "/config");
+    $("threshold").value = c.threshold;
+    $("thrval").textContent = Number(c.threshold).toFixed(2);
+  } catch (err) { /* shown by pollStats */ }
+}
+
+async function loadModels() {
+  try {
+    const m = await api("GET", "/models");
+    const active = m.active ? m.active.name : "";
+    $("model").innerHTML = (m.available || []).map((a) =>
+      `<option value="${a.name}"${a.name === active ? " selected" : ""}>` +
+      `${a.name} (v${a.version}, ${a.planes} planes)</option>`).join("");
+  } catch (err) { say("cannot list models: " + err.message, true); }
+}
+
+function wireControls() {
+  const thr = $("threshold");
+  thr.addEventListener("input", () => {
+    state.dragging = true;
+    $("thrval").textContent = Number(thr.value).toFixed(2);
+  });
+  thr.addEventListener("change", async () => {
+    try {
+      const c = await api("PUT", "/config", { threshold: Number(thr.value) });
+      say(`threshold ${Number(c.threshold).toFixed(2)} from the next batch`);
+    } catch (err) { say("threshold: " + err.message, true); }
+    state.dragging = false;
+  });
+  $("model").addEventListener("change", async (ev) => {
+    const name = ev.target.value;
+    say(`loading ${name}…`);
+    try {
+      const r = await api("POST", `/models/${encodeURIComponent(name)}/load`);
+      say(`serving ${r.active.name} v${r.active.version}`);
+    } catch (err) { say("model: " + err.message, true); }
+    loadModels();
+  });
+  $("reset").addEventListener("click", async () => {
+    try { await api("POST", "/dashboard/reset"); say("image cleared"); }
+    catch (err) { say("reset: " + err.message, true); }
+  });
+  const tok = $("token");
+  tok.value = localStorage.getItem("voxloc-token") || "";
+  tok.addEventListener("change", () => localStorage.setItem("voxloc-token", tok.value));
+}
+
+wireControls();
+loadInfo();
+loadModels();
+connectEvents();
+pollStats();
+pollConfig();
+setInterval(pollStats, 1000);
+setInterval(pollConfig, 3000);
