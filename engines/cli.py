@@ -1,4 +1,4 @@
-"""Engine subcommands: ``train`` (and the settings options shared by the others)."""
+"""Engine subcommands: ``train``, ``simulate``, ``localize`` (and the shared microscope options)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,8 @@ def _read_json(path: Path, what: str) -> dict:
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read {what} settings {path}: {exc}") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"{what} settings {path}: expected a JSON object, got {type(data).__name__}")
+        raise ValueError(
+            f"{what} settings {path}: expected a JSON object, got {type(data).__name__}")
     return data.get(what, data) if what == "psf" else data
 
 
@@ -102,3 +103,81 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster on new CPUs)")
     add_settings_options(p)
     p.set_defaults(func=_cmd_train)
+    _register_simulate(sub)
+    _register_localize(sub)
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from engines.io.simstack import SimStackConfig, simulate_stack
+
+    settings = settings_from_args(args)
+    settings = settings.model_copy(
+        update={"geometry": settings.geometry.with_size(args.size, args.size)})
+    cfg = SimStackConfig(frames=args.frames, molecules=args.molecules, seed=args.seed,
+                         per_plane=args.per_plane, dtype=args.dtype, drift=not args.no_drift,
+                         progress=not args.quiet)
+    res = simulate_stack(args.out, settings, cfg)
+    shape = "x".join(map(str, res.shape))
+    print(f"wrote {', '.join(map(str, res.stacks))} ({shape} TZYX {res.dtype}) and "
+          f"ground truth {res.truth} ({res.molecules} molecules)")
+    return 0
+
+
+def _register_simulate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("simulate", help="write a simulated test stack and its ground truth",
+                       description="Simulate frames with the paper's observation model and "
+                       "write an ImageJ TZYX TIFF (or one TIFF per plane) plus the ground "
+                       "truth as NAME_truth.csv (localization CSV format + weight column).")
+    p.add_argument("-o", "--out", type=Path, required=True, help="stack TIFF to write")
+    p.add_argument("--frames", type=int, default=20, help="frames (time points)")
+    p.add_argument("--molecules", type=int, default=50, help="molecules per frame")
+    p.add_argument("--size", type=int, default=64, help="frame height and width, px")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-plane", action="store_true",
+                   help="one TIFF per plane: NAME_plane0.tif, NAME_plane1.tif, ...")
+    p.add_argument("--dtype", choices=["auto", "uint16", "float32"], default="auto",
+                   help="pixel type (auto: float32 for paper noise, uint16 for cameras; "
+                   "uint16 rounds and clips to [0, 65535])")
+    p.add_argument("--no-drift", action="store_true", help="no per-plane lateral drift")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_settings_options(p)
+    p.set_defaults(func=_cmd_simulate)
+
+
+def _cmd_localize(args: argparse.Namespace) -> int:
+    from engines.localize import LocalizeOptions, localize_files
+
+    opts = LocalizeOptions(model=args.model, backend=args.backend, device=args.device,
+                           threshold=args.threshold, batch=args.batch, px_nm=args.px_nm,
+                           dz_nm=args.dz_nm, progress=not args.quiet)
+    res = localize_files(args.inputs, args.out, opts)
+    rate = res.frames / res.seconds if res.seconds > 0 else float("inf")
+    print(f"{res.localizations} localizations in {res.frames} frames -> {res.output} "
+          f"(model {res.model} v{res.model_version}, {res.backend}, {rate:.1f} frames/s)")
+    return 0
+
+
+def _register_localize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("localize", help="localize molecules in a TIFF stack",
+                       description="Localize every frame of a TZYX/TCYX TIFF (or one TIFF per "
+                       "plane, in plane order) and write a ThunderSTORM CSV (.csv) or a "
+                       "Picasso HDF5 + yaml (.h5). Streams in batches; the output appears "
+                       "only when the whole stack is done.")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+                   help="one multi-plane TIFF, or one TIFF per plane")
+    p.add_argument("-o", "--out", type=Path, required=True, help="OUT.csv or OUT.h5")
+    p.add_argument("--model", default="default", help="model name or directory")
+    p.add_argument("--threshold", type=float, default=0.5, help="confidence threshold tau")
+    p.add_argument("--batch", type=int, default=16, help="frames per inference batch")
+    p.add_argument("--backend", default="auto",
+                   choices=["auto", "torch", "onnxruntime", "tensorrt"])
+    p.add_argument("--device", default=None, help="device for the backend (cpu, cuda)")
+    p.add_argument("--px-nm", type=float, default=None,
+                   help="your camera pixel size, nm (default: the model's). Positions are "
+                   "rescaled from the model's pixel grid; the network itself still sees "
+                   "pixels, so this is right only if your PSF in pixels matches the model's")
+    p.add_argument("--dz-nm", type=float, default=None,
+                   help="your plane spacing, nm (default: the model's); z is rescaled the "
+                   "same way")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_localize)
