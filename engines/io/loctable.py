@@ -241,9 +241,11 @@ def read_csv(path: Path) -> LocTable:
     if header is None or tuple(header[:5]) != LOC_COLUMNS:
         raise FormatError(f"{path}: expected the header {','.join(LOC_COLUMNS)}, got "
                           f"{','.join(header or [])!r}")
-    data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
-    if data.size == 0:
-        data = np.zeros((0, len(header)))
+    with open(path) as fh:
+        fh.readline()
+        body = fh.read()
+    data = (np.loadtxt(body.splitlines(), delimiter=",", ndmin=2) if body.strip()
+            else np.zeros((0, len(header))))
     extra = {name: data[:, 5 + i] for i, name in enumerate(header[5:])}
     return LocTable(data[:, 0].astype(np.int64) - 1, data[:, 1:4], data[:, 4], extra)
 

@@ -45,6 +45,11 @@ def small_stack(tmp_path_factory) -> tuple[Path, Path]:
     return res.stacks[0], res.truth
 
 
-def files_in(directory: Path) -> list[str]:
+@pytest.fixture
+def files_in() -> Callable[[Path], list[str]]:
     """Every entry of a directory, hidden ones too (leftover temp files show up here)."""
-    return sorted(p.name for p in Path(directory).iterdir())
+
+    def listing(directory: Path) -> list[str]:
+        return sorted(p.name for p in Path(directory).iterdir())
+
+    return listing
