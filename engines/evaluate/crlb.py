@@ -32,13 +32,22 @@ import numpy as np
 import torch
 
 from engines.config import NoiseParams, SimSettings
-from engines.psf import render_planes
+from engines.psf import render_planes, width_nm
 
 log = logging.getLogger(__name__)
 
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
 
-WINDOW_PX = 31  # odd; +-15 px holds the widest PSF of the 1.6 um stack (r <~ 4 px)
+PSF_HALF_WIDTHS = 5.0  # the window reaches this many PSF sigmas of the most defocused plane
+
+
+def window_px(settings: SimSettings) -> int:
+    """Odd window side, px, that holds the widest PSF of the stack to 5 sigma."""
+    g = settings.geometry
+    planes = torch.tensor(settings.focal_planes_nm(), dtype=torch.float64)
+    defocus = torch.cat([planes, planes - g.depth_nm])  # molecule at z = 0 or z = depth
+    r_max = float(width_nm(defocus, settings.psf).max())
+    return 2 * math.ceil(PSF_HALF_WIDTHS * r_max / g.px_nm) + 1
 
 
 @dataclass(frozen=True)
@@ -101,7 +110,7 @@ def pixel_information(mu: torch.Tensor, noise: NoiseParams, *, shot_noise: bool 
 
 
 def mean_jacobian(
-    theta: torch.Tensor, settings: SimSettings, window_px: int = WINDOW_PX
+    theta: torch.Tensor, settings: SimSettings, window: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean image and its derivatives for molecules in a local window.
 
@@ -112,13 +121,14 @@ def mean_jacobian(
         ``mu`` ``(N, P, S, S)`` and ``jac`` ``(4, N, P, S, S)`` (d mu / d theta_q).
     """
     g = settings.geometry
+    side = window or window_px(settings)
     focal = torch.tensor(settings.focal_planes_nm(), dtype=torch.float64)
     drift = torch.zeros(theta.shape[0], g.planes, 2, dtype=torch.float64)
 
     def mean(t: torch.Tensor) -> torch.Tensor:
         return render_planes(
             t[:, None, :3], t[:, None, 3], drift, focal,
-            px_nm=g.px_nm, height=window_px, width=window_px, psf=settings.psf,
+            px_nm=g.px_nm, height=side, width=side, psf=settings.psf,
         ) + settings.psf.b
 
     mu = mean(theta)
@@ -131,21 +141,21 @@ def mean_jacobian(
 
 
 def fisher_information(theta: torch.Tensor, settings: SimSettings, *,
-                       shot_noise: bool = False) -> torch.Tensor:
+                       shot_noise: bool = False, window: int | None = None) -> torch.Tensor:
     """``(N, 4, 4)`` Fisher information of (x, y, z, w) for each molecule of ``theta``."""
-    mu, jac = mean_jacobian(theta, settings)
+    mu, jac = mean_jacobian(theta, settings, window)
     j_pix = pixel_information(mu, settings.noise, shot_noise=shot_noise)
     return torch.einsum("anpij,bnpij,npij->nab", jac, jac, j_pix)
 
 
 def random_molecules(settings: SimSettings, samples: int, seed: int = 0,
-                     window_px: int = WINDOW_PX) -> torch.Tensor:
+                     window: int | None = None) -> torch.Tensor:
     """``(samples, 4)`` molecules in the window's centre pixel: sub-pixel x, y uniform,
     z uniform over the stack depth, weight uniform in [weight_min, weight_max]."""
     g = settings.geometry
     gen = torch.Generator().manual_seed(seed)
     u = torch.rand(samples, 4, generator=gen, dtype=torch.float64)
-    centre = window_px // 2
+    centre = (window or window_px(settings)) // 2
     return torch.stack([
         (centre + u[:, 0]) * g.px_nm,
         (centre + u[:, 1]) * g.px_nm,
@@ -155,11 +165,12 @@ def random_molecules(settings: SimSettings, samples: int, seed: int = 0,
 
 
 def bound_from_theta(theta: torch.Tensor, settings: SimSettings, *,
-                     shot_noise: bool = False) -> CRLBResult:
+                     shot_noise: bool = False, window: int | None = None) -> CRLBResult:
     """Average CRLB over the given molecules (``(N, 4)`` as in :func:`mean_jacobian`)."""
     if theta.shape[0] == 0:
         raise ValueError("the CRLB needs at least one molecule")
-    info = fisher_information(theta.to(torch.float64), settings, shot_noise=shot_noise)
+    info = fisher_information(theta.to(torch.float64), settings, shot_noise=shot_noise,
+                              window=window)
     var = torch.diagonal(torch.linalg.inv(info), dim1=-2, dim2=-1)  # (N, 4)
     mean_var = var.mean(dim=0)
     if not torch.isfinite(mean_var).all() or (mean_var[:3] < 0).any():
@@ -172,7 +183,7 @@ def bound_from_theta(theta: torch.Tensor, settings: SimSettings, *,
         "scmos": "sCMOS: shot noise + read noise + ADU step",
     }[mode]
     if shot_noise:
-        method = "shifted Poisson, variance mu + lambda + sigma^2 (shot noise on signal)"
+        method = "shifted-Poisson approximation, variance mu + lambda + sigma^2"
     vx, vy, vz = (float(v) for v in mean_var[:3])
     return CRLBResult(
         method=method, samples=int(theta.shape[0]),

@@ -60,10 +60,10 @@ def plot_jaccard_vs_density(points: list[tuple[float, SetResult]], thresholds: t
 def plot_error_histograms(low: tuple[float, SetResult], high: tuple[float, SetResult],
                           thresholds: tuple[float, ...], path: Path) -> Path:
     """Fig. 8: histograms of dx, dy, dz at the lowest and highest density, per threshold."""
-    taus = (thresholds[0], thresholds[-1])
-    fig = Figure(figsize=(10, 7.5), layout="constrained")
-    axes = fig.subplots(2, 2, squeeze=False)
-    bins = np.linspace(-250, 250, 101)
+    taus = sorted({thresholds[0], thresholds[-1]})
+    fig = Figure(figsize=(5 * len(taus), 7.5), layout="constrained")
+    axes = fig.subplots(2, len(taus), squeeze=False)
+    bins = np.linspace(-300, 300, 121)  # errors beyond +-300 nm land in the end bins
     for row, (density, result) in enumerate((low, high)):
         for col, tau in enumerate(taus):
             ax = axes[row][col]
@@ -73,7 +73,8 @@ def plot_error_histograms(low: tuple[float, SetResult], high: tuple[float, SetRe
                         color=COLOURS[name], label=f"{name}: sd {_mean_std(delta[:, a])[1]:.1f} nm")
             ax.set(title=f"tau = {tau:g}, density = {density:.3g} /um^3 "
                          f"({result.molecules_per_frame} per frame)",
-                   xlabel="estimated - true [nm]", ylabel="matched localizations")
+                   xlabel="estimated - true [nm] (clipped at +-300)",
+                   ylabel="matched localizations")
             ax.legend(fontsize=8)
             ax.grid(alpha=0.3)
     return _save(fig, path)

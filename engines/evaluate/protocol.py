@@ -57,8 +57,20 @@ def run_evaluation(cfg: EvalConfig, out_dir: Path) -> dict[str, Any]:
     """Run the main set, the low-density set with its CRLB and the density sweep;
     write ``report.json`` and the PNG figures into ``out_dir``; return the report."""
     t0 = time.perf_counter()
-    out_dir = prepare_output(out_dir)
-    ev = Evaluator(cfg)
+    ev = Evaluator(cfg)  # first, so a bad model leaves no report directory behind
+    try:
+        report = _run_sets(ev, prepare_output(out_dir))
+    finally:
+        ev.close()
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    out_dir = Path(out_dir)
+    write_json(report, out_dir / REPORT_JSON)
+    log.info("report written to %s", out_dir / REPORT_JSON)
+    return report
+
+
+def _run_sets(ev: Evaluator, out_dir: Path) -> dict[str, Any]:
+    cfg = ev.cfg
     report = _header(ev)
     s = seeds(cfg.seed)
     main = ev.run_set(frames=cfg.frames, molecules=cfg.per_frame(cfg.molecules),
@@ -83,7 +95,4 @@ def run_evaluation(cfg: EvalConfig, out_dir: Path) -> dict[str, Any]:
         report["plots"]["error_histograms"] = plot_error_histograms(
             dens_points[0], dens_points[-1], cfg.thresholds, out_dir / "error_histograms.png"
         ).name
-    report["seconds"] = round(time.perf_counter() - t0, 1)
-    write_json(report, out_dir / REPORT_JSON)
-    log.info("report written to %s", out_dir / REPORT_JSON)
     return report

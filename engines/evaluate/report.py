@@ -167,8 +167,8 @@ def format_table(report: dict[str, Any]) -> str:
                   f"{_f(low['rmse_over_crlb_axial'], '.2f')}x"]
         s = low.get("crlb_shot_noise_on_signal")
         if s:
-            lines.append(f"  (if the Poisson term were shot noise on the signal, {s['method']}: "
-                         f"lateral {_f(s['lateral_nm'], '.2f')} nm, axial "
+            lines.append(f"  (bound if the Poisson term were shot noise on the signal, "
+                         f"{s['method']}: lateral {_f(s['lateral_nm'], '.2f')} nm, axial "
                          f"{_f(s['axial_nm'], '.2f')} nm)")
     sweep = report.get("density_sweep") or []
     if sweep:

@@ -100,6 +100,9 @@ class Evaluator:
         self.info: ModelInfo = info
         self.settings: SimSettings = info.settings.model_copy(update={"margin_px": 0})
 
+    def close(self) -> None:
+        self.engine.close()
+
     @property
     def model_dir(self) -> Path:
         return self.engine.model_dir
