@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,6 +24,8 @@ from service.types import FrameSet
 from service.wire import Reject
 
 log = logging.getLogger(__name__)
+
+RECENT_RELEASED = 4096  # released frame indices remembered to tell duplicates from stale
 
 
 class PlaneWarp:
@@ -105,6 +108,8 @@ class FrameAssembler:
         self._pending: dict[int, _Pending] = {}
         self._next: int | None = None
         self._released_any = False
+        self._recent: set[int] = set()              # recently released frame indices
+        self._recent_order: deque[int] = deque()
 
     @property
     def depth(self) -> int:
@@ -121,7 +126,8 @@ class FrameAssembler:
     def check(self, plane: int, frame: int) -> Reject | None:
         """Why this plane cannot be accepted (``stale``/``duplicate``), or None."""
         if self._next is not None and frame < self._next and self._released_any:
-            return Reject.STALE
+            # every plane of a released set arrived, so this one is a second copy
+            return Reject.DUPLICATE if frame in self._recent else Reject.STALE
         pending = self._pending.get(frame)
         if pending is not None and pending.have[plane]:
             return Reject.DUPLICATE
@@ -167,6 +173,10 @@ class FrameAssembler:
         p = self._pending.pop(frame)
         self._next = frame + 1
         self._released_any = True
+        self._recent.add(frame)
+        self._recent_order.append(frame)
+        if len(self._recent_order) > RECENT_RELEASED:
+            self._recent.discard(self._recent_order.popleft())
         self.stats.set_assembled()
         return FrameSet(frame, p.planes, p.t_cam_ns, p.t_recv_ns)
 
