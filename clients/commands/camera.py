@@ -1,0 +1,140 @@
+"""``voxloc camera``: simulated or replayed cameras pushing frames to the service."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import threading
+from pathlib import Path
+
+from engines.cli import add_settings_options, settings_from_args
+
+log = logging.getLogger(__name__)
+
+
+def build_scene(args: argparse.Namespace):  # -> clients.scene.Scene
+    from clients.scene import Misalignment, Scene, SceneConfig
+
+    settings = settings_from_args(args)
+    settings = settings.model_copy(
+        update={"geometry": settings.geometry.with_size(args.height, args.width)})
+    misalign = None if args.no_misalign else Misalignment(
+        max_shift_px=args.misalign_px, max_rotation_deg=args.misalign_deg,
+        max_scale=args.misalign_scale)
+    return Scene(SceneConfig(settings=settings, molecules=args.molecules,
+                             structure=args.structure, filaments=args.filaments,
+                             misalign=misalign,
+                             stage_drift_nm_per_frame=tuple(args.stage_drift_nm),
+                             seed=args.seed))
+
+
+def _register_service(url: str, token: str | None, names: list[str], scene) -> None:
+    from clients.control import ControlClient
+
+    cams = {name: {"affine": affine} for name, affine in zip(names, scene.registration(),
+                                                              strict=False)}
+    with ControlClient(url, token=token) as ctl:
+        ctl.set_registration(cams)
+    log.info("registration of %d cameras set on %s", len(cams), url)
+
+
+def _cmd_camera(args: argparse.Namespace) -> int:
+    import torch
+
+    from clients.camera import (
+        CameraPublisher,
+        SimulatedSource,
+        TiffSource,
+        default_endpoint,
+        run_cameras,
+    )
+
+    torch.set_num_threads(1)  # the scene is tiny; leave the cores to the service
+    n_planes = len(args.tiff) if args.tiff else (args.planes or 4)
+    planes = args.plane if args.plane else list(range(n_planes))
+    names = [f"{args.name_prefix}{k}" for k in range(n_planes)]
+    if args.endpoint and len(args.endpoint) != len(planes):
+        raise ValueError(f"got {len(args.endpoint)} --endpoint values for planes {planes}")
+    endpoints = args.endpoint or [default_endpoint(k, args.host, args.base_port) for k in planes]
+    if args.tiff:
+        if args.plane:
+            raise ValueError("--plane selects simulated cameras; with --tiff give one stack "
+                             "per camera in plane order")
+        source = TiffSource(args.tiff, planes, start=args.start_frame, frames=args.frames,
+                            loop=args.loop)
+    else:
+        scene = build_scene(args)
+        if args.registration_out:
+            args.registration_out.write_text(json.dumps(
+                {"cameras": {n: {"plane": k, "affine": a} for k, (n, a) in
+                             enumerate(zip(names, scene.registration(), strict=True))}},
+                indent=2))
+        if args.register:
+            _register_service(args.register, args.token, names, scene)
+        source = SimulatedSource(scene, planes, start=args.start_frame, frames=args.frames)
+    pubs = {k: CameraPublisher(ep, names[k], k, sndhwm=args.sndhwm)
+            for k, ep in zip(planes, endpoints, strict=True)}
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"cameras {[names[k] for k in planes]} -> {endpoints} at {args.rate:g} Hz "
+          "(Ctrl-C to stop)", flush=True)
+    try:
+        sent = run_cameras(source, pubs, args.rate, stop)
+    finally:
+        for pub in pubs.values():
+            pub.close()
+    dropped = {pubs[k].camera: pubs[k].stats.dropped_total for k in planes}
+    print(f"sent {sent} frame sets; published "
+          f"{[p.stats.published for p in pubs.values()]}, dropped {dropped}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "camera", help="run simulated (or replayed) cameras that push frames to the service",
+        description="Push camera frames to a running `voxloc serve`: one or all cameras of a "
+        "simulated quad-plane microscope (density, rate, per-camera misalignment and drift, "
+        "filament structure as in the paper's Fig. 11), or per-camera TIFF stacks replayed "
+        "at a rate. Each camera connects a PUSH socket to its service endpoint.")
+    g = p.add_argument_group("cameras and endpoints")
+    g.add_argument("--plane", type=int, action="append", default=None, metavar="K",
+                   help="run only camera K (repeat for several; default all)")
+    g.add_argument("--endpoint", action="append", default=None,
+                   help="endpoint per selected camera, in order (default "
+                   "tcp://HOST:BASE_PORT+K)")
+    g.add_argument("--host", default="127.0.0.1", help="service host (default 127.0.0.1)")
+    g.add_argument("--base-port", type=int, default=5550, help="port of cam0 (default 5550)")
+    g.add_argument("--name-prefix", default="cam", help="camera names PREFIX0.. (default cam)")
+    g.add_argument("--rate", type=float, default=20.0, help="frame sets per second (0: max)")
+    g.add_argument("--frames", type=int, default=None, help="stop after N frame sets")
+    g.add_argument("--start-frame", type=int, default=0,
+                   help="first frame index (continue an acquisition after a restart)")
+    g.add_argument("--sndhwm", type=int, default=8, help="send queue per camera, frames")
+    s = p.add_argument_group("simulation")
+    s.add_argument("--molecules", type=int, default=30, help="blinking molecules per frame")
+    s.add_argument("--structure", choices=["filaments", "uniform"], default="filaments")
+    s.add_argument("--filaments", type=int, default=6, help="number of filaments")
+    s.add_argument("--height", type=int, default=64, help="frame height, px")
+    s.add_argument("--width", type=int, default=64, help="frame width, px")
+    s.add_argument("--misalign-px", type=float, default=1.5, help="max camera shift, px")
+    s.add_argument("--misalign-deg", type=float, default=0.5, help="max camera rotation, deg")
+    s.add_argument("--misalign-scale", type=float, default=0.005, help="max scale error")
+    s.add_argument("--no-misalign", action="store_true", help="cameras perfectly aligned")
+    s.add_argument("--stage-drift-nm", type=float, nargs=2, default=[0.0, 0.0],
+                   metavar=("X", "Y"), help="sample drift per frame, nm")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--registration-out", type=Path, default=None,
+                   help="write the registration that undoes the misalignment (JSON)")
+    s.add_argument("--register", metavar="URL", default=None,
+                   help="PUT that registration to the service at URL before streaming")
+    s.add_argument("--token", default=None, help="API token for --register "
+                   "(default $VOXLOC_TOKEN)")
+    add_settings_options(p)
+    r = p.add_argument_group("replay")
+    r.add_argument("--tiff", type=Path, nargs="+", default=None,
+                   help="one single-camera TIFF stack per plane, in plane order")
+    r.add_argument("--loop", action="store_true", help="replay the stacks forever")
+    p.set_defaults(func=_cmd_camera)

@@ -1,0 +1,196 @@
+"""``voxloc demo``: service + four simulated cameras + dashboard, in one command.
+
+The service and the cameras run as child processes (``voxloc serve``, ``voxloc camera``)
+with their logs in a temporary directory; this process prints the dashboard URL and a
+live one-line status from ``GET /stats``, and on Ctrl-C (or after ``--duration``) stops
+the cameras, then the service, and waits for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+STOP_TIMEOUT_S = 15.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def demo_config(api_port: int, locs_port: int, camera_ports: list[int], model: str,
+                threshold: float) -> str:
+    """The demo's service settings (docs/protocol.md Sec. 7) as TOML."""
+    cams = "".join(
+        f'\n[[cameras]]\nname = "cam{k}"\nplane = {k}\nendpoint = "tcp://127.0.0.1:{port}"\n'
+        for k, port in enumerate(camera_ports))
+    return (f'[api]\nhost = "127.0.0.1"\nport = {api_port}\n\n'
+            f'[stream]\npublish = "tcp://127.0.0.1:{locs_port}"\nplanes = {len(camera_ports)}\n'
+            f"height = 64\nwidth = 64\n\n"
+            f'[inference]\nmodel = "{model}"\nthreshold = {threshold}\n' + cams)
+
+
+def _spawn(args: list[str], log_path: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    with open(log_path, "w") as log:
+        # own process group: the terminal's Ctrl-C reaches only us; we stop children in order
+        return subprocess.Popen([sys.executable, "-m", "clients.cli", *args], stdout=log,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen, name: str) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            print(f"\n{name} did not stop in {STOP_TIMEOUT_S:.0f} s; killing it", flush=True)
+            proc.kill()
+            proc.wait()
+
+
+def status_line(s: dict[str, Any], t0: float) -> str:
+    cams = s.get("cameras", {})
+    frames_in = sum(c.get("frames_in", 0) for c in cams.values())
+    lat = s.get("latency_ms") or {}
+    asm = (s.get("assembler") or {}).get("dropped", {})
+    drops = sum(asm.values()) + (s.get("batcher") or {}).get("dropped", 0)
+    rejects = sum((s.get("rejects") or {}).values())
+    model = (s.get("model") or {}).get("name", "-")
+    pub = (s.get("publisher") or {}).get("published", 0)
+
+    def num(v: Any) -> str:
+        return f"{v:.0f}" if isinstance(v, (int, float)) else "-"
+
+    return (f"[{time.monotonic() - t0:5.0f} s] {model}: in {num(s.get('fps_in'))} fps, "
+            f"out {num(s.get('fps_out'))} fps, latency p50 {num(lat.get('p50'))} / "
+            f"p99 {num(lat.get('p99'))} ms, {pub} frame sets published, "
+            f"{frames_in} frames in, drops {drops}, rejects {rejects}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from clients.control import ControlClient
+
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per status poll
+    api_port = args.port or free_port()
+    locs_port = args.locs_port or free_port()
+    cam_ports = ([args.camera_base_port + k for k in range(4)] if args.camera_base_port
+                 else [free_port() for _ in range(4)])
+    workdir = Path(tempfile.mkdtemp(prefix="voxloc-demo-"))
+    config = workdir / "voxloc.toml"
+    config.write_text(demo_config(api_port, locs_port, cam_ports, args.model, args.threshold))
+    url = f"http://127.0.0.1:{api_port}"
+    print(f"voxloc demo: starting the service (logs in {workdir})", flush=True)
+    service = _spawn(["serve", "--config", str(config)], workdir / "service.log")
+    cameras: subprocess.Popen | None = None
+    t0 = time.monotonic()
+    try:
+        with ControlClient(url) as ctl:
+            _wait_ready(ctl, service, workdir / "service.log", args.ready_timeout)
+            cameras = _spawn(
+                ["camera", "--rate", str(args.rate), "--molecules", str(args.molecules),
+                 "--seed", str(args.seed), "--register", url,
+                 *[a for p in cam_ports for a in ("--endpoint", f"tcp://127.0.0.1:{p}")]],
+                workdir / "cameras.log")
+            print(f"\n  dashboard:      {url}/\n  API docs:       {url}/docs\n"
+                  f"  localizations:  tcp://127.0.0.1:{locs_port}   (try: voxloc record -o "
+                  f"locs.csv --endpoint tcp://127.0.0.1:{locs_port})\n"
+                  f"  control:        voxloc ctl --url {url} status\n\n"
+                  "Ctrl-C stops everything.\n", flush=True)
+            _status_loop(ctl, service, cameras, t0, args.duration, workdir)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("\nstopping cameras and service...", flush=True)
+        if cameras is not None:
+            _stop(cameras, "cameras")
+        _stop(service, "service")
+        print(f"stopped (logs in {workdir})", flush=True)
+    return 0
+
+
+def _raise_interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _wait_ready(ctl: Any, service: subprocess.Popen, log: Path, timeout_s: float) -> None:
+    from clients.control import ControlError
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if service.poll() is not None:
+            raise ControlError(f"the service exited with code {service.returncode}; its log "
+                               f"{log} ends with:\n{_tail(log)}")
+        try:
+            if ctl.ready():
+                return
+        except ControlError:
+            pass  # not listening yet
+        time.sleep(0.3)
+    raise ControlError(f"the service was not ready after {timeout_s:.0f} s; see {log}")
+
+
+def _status_loop(ctl: Any, service: subprocess.Popen, cameras: subprocess.Popen, t0: float,
+                 duration_s: float | None, workdir: Path) -> None:
+    from clients.control import ControlError
+
+    tty = sys.stdout.isatty()
+    last_print = 0.0
+    while duration_s is None or time.monotonic() - t0 < duration_s:
+        for proc, name in ((service, "service"), (cameras, "cameras")):
+            if proc.poll() is not None:
+                log = workdir / f"{name}.log"
+                raise ControlError(f"{name} exited with code {proc.returncode}; {log} ends "
+                                   f"with:\n{_tail(log)}")
+        try:
+            line = status_line(ctl.stats(), t0)
+        except ControlError as exc:
+            line = f"stats unavailable: {exc}"
+        if tty:
+            print("\r\033[K" + line, end="", flush=True)
+        elif time.monotonic() - last_print >= 5.0:
+            print(line, flush=True)
+            last_print = time.monotonic()
+        time.sleep(1.0)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo", help="service + four simulated cameras + live dashboard, in one command",
+        description="Start the service, four simulated cameras (filament sample, per-camera "
+        "misalignment with the matching registration) and the web dashboard; print the URL "
+        "and a live status line; Ctrl-C stops everything. Runs on a CPU.")
+    p.add_argument("--port", type=int, default=8750, help="dashboard/API port (0: any free)")
+    p.add_argument("--locs-port", type=int, default=0,
+                   help="localization stream port (default: any free)")
+    p.add_argument("--camera-base-port", type=int, default=0,
+                   help="cam0's port, cam1..3 follow (default: any free)")
+    p.add_argument("--rate", type=float, default=10.0,
+                   help="frame sets per second (default 10: sustainable on a laptop CPU)")
+    p.add_argument("--molecules", type=int, default=30, help="blinking molecules per frame")
+    p.add_argument("--model", default="default", help="model name or directory")
+    p.add_argument("--threshold", type=float, default=0.5, help="initial threshold")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    p.add_argument("--ready-timeout", type=float, default=180.0,
+                   help="seconds to wait for the model to load and warm up")
+    p.set_defaults(func=_cmd_demo)
