@@ -10,10 +10,15 @@ from typing import Any
 
 from engines.evaluate.crlb import CRLBResult
 from engines.evaluate.metrics import MoleculeStats
-from engines.evaluate.runner import SetResult, np_float
+from engines.evaluate.runner import SetResult
 from engines.modeldir import read_info, write_info
 
 REPORT_VERSION = 1
+
+
+def np_float(x: float) -> float | None:
+    """JSON-safe float: NaN and inf become None."""
+    return x if math.isfinite(x) else None
 
 
 def _clean(obj: Any) -> Any:
@@ -138,22 +143,8 @@ def _molecule_line(row: dict[str, Any]) -> str:
             f"{_f(m['efficiency_lateral']):>6s} {_f(m['efficiency_axial']):>6s}")
 
 
-def format_table(report: dict[str, Any]) -> str:
-    """Human-readable summary of a report (distances in nm, efficiencies in %)."""
-    p, mdl = report["protocol"], report["model"]
-    shape = f"{p['size']}x{p['size']}x{p['planes']} x {p['frames']} frames"
-    lines = [
-        f"model {mdl['name']} v{mdl['version']} ({mdl['dir']}), backend {report['backend']}",
-        f"protocol: {shape}, {p['molecules_per_frame']} molecules/frame, drift on, "
-        f"seed {p['seed']}; matching greedy nearest-first within {p['lateral_tol_nm']:g} nm "
-        f"lateral / {p['axial_tol_nm']:g} nm axial",
-        "",
-    ]
-    for row in report["results"]:
-        lines += _confusion_lines(row, shape)
-    lines += ["Molecules (distances nm, E in %):", MOL_HEADER]
-    lines += [_molecule_line(row) for row in report["results"]]
-    low = report.get("low_density")
+def _low_density_lines(low: dict[str, Any] | None) -> list[str]:
+    lines: list[str] = []
     if low:
         c = low["crlb"]
         lines += ["", f"Low density: {low['molecules_per_frame']} molecules/frame, no drift, "
@@ -170,7 +161,11 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(f"  (bound if the Poisson term were shot noise on the signal, "
                          f"{s['method']}: lateral {_f(s['lateral_nm'], '.2f')} nm, axial "
                          f"{_f(s['axial_nm'], '.2f')} nm)")
-    sweep = report.get("density_sweep") or []
+    return lines
+
+
+def _sweep_lines(sweep: list[dict[str, Any]]) -> list[str]:
+    lines: list[str] = []
     if sweep:
         lines += ["", f"Density sweep ({sweep[0]['frames']} frames per density, drift on):",
                   f"  {'mol/64x64':>9s} {'mol/frame':>9s} {'per um^3':>9s} {'tau':>4s} "
@@ -183,6 +178,26 @@ def format_table(report: dict[str, Any]) -> str:
                     f"{pt['density_per_um3']:>9.3f} {row['threshold']:>4g} "
                     f"{_f(row['voxel']['jaccard'], '.3f'):>8s} {_f(m['jaccard'], '.3f'):>7s} "
                     f"{_f(m['rmse_lateral_nm']):>9s} {_f(m['rmse_axial_nm']):>8s}")
+    return lines
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Human-readable summary of a report (distances in nm, efficiencies in %)."""
+    p, mdl = report["protocol"], report["model"]
+    shape = f"{p['size']}x{p['size']}x{p['planes']} x {p['frames']} frames"
+    lines = [
+        f"model {mdl['name']} v{mdl['version']} ({mdl['dir']}), backend {report['backend']}",
+        f"protocol: {shape}, {p['molecules_per_frame']} molecules/frame, drift on, "
+        f"seed {p['seed']}; matching greedy nearest-first within {p['lateral_tol_nm']:g} nm "
+        f"lateral / {p['axial_tol_nm']:g} nm axial",
+        "",
+    ]
+    for row in report["results"]:
+        lines += _confusion_lines(row, shape)
+    lines += ["Molecules (distances nm, E in %):", MOL_HEADER]
+    lines += [_molecule_line(row) for row in report["results"]]
+    lines += _low_density_lines(report.get("low_density"))
+    lines += _sweep_lines(report.get("density_sweep") or [])
     if report.get("plots"):
         lines += ["", "plots: " + ", ".join(report["plots"].values())]
     return "\n".join(lines)

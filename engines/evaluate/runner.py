@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from engines.config import SimSettings
@@ -159,8 +158,3 @@ def sweep(ev: Evaluator) -> list[tuple[int, SetResult]]:
         for i, d in enumerate(sorted(set(cfg.densities)))
     ]
 
-
-def np_float(x: float | np.floating) -> float | None:
-    """JSON-safe float: NaN and inf become None."""
-    x = float(x)
-    return x if np.isfinite(x) else None
