@@ -8,9 +8,9 @@ formats and the Picasso yaml documents come from :mod:`engines.io.loctable`):
 
 * CSV: each batch of rows goes out in one ``write(2)`` call on an ``O_APPEND`` file, so
   a kill leaves whole rows only.
-* HDF5: the ``locs`` dataset is resized, written and ``flush()`` ed per batch; the yaml
-  sidecar is rewritten atomically (temp file + rename) at start, every second and at the
-  end. A kill *between* batches leaves a consistent file; a kill during the
+* HDF5: the ``locs`` dataset is resized, written and ``flush()`` ed per batch; before
+  that, the yaml sidecar (``Frames``) is rewritten atomically (temp file + rename).
+  A kill *between* batches leaves a consistent file; a kill during the
   sub-millisecond write of a batch can leave HDF5 metadata half-written (HDF5 is not
   journaled) -- record CSV where that matters.
 """
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 PICASSO_FIELDS = (("frame", "u4"), ("x", "f4"), ("y", "f4"), ("z", "f4"), ("confidence", "f4"))
 MAX_DRAIN = 256  # messages written per flush at most
-META_EVERY_S = 1.0
 
 
 class StreamWriter(ABC):
@@ -59,6 +58,7 @@ class StreamWriter(ABC):
         rows = [m.locs.to_array() for m in messages]
         arr = np.concatenate(rows) if rows else np.zeros((0, 5))
         self.frames = max([self.frames] + [m.frame + 1 for m in messages])
+        self.sync_meta()  # metadata first: it may run ahead of the rows, never behind
         if len(arr):
             self._append(arr)
             self.rows += len(arr)
@@ -67,7 +67,7 @@ class StreamWriter(ABC):
     def _append(self, rows: np.ndarray) -> None: ...
 
     def sync_meta(self) -> None:  # noqa: B027 - CSV has no metadata to bring up to date
-        """Bring metadata (frame count) on disk up to date; cheap, call now and then."""
+        """Bring metadata (frame count) on disk up to date."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -169,7 +169,7 @@ def record(sub: LocalizationSubscriber, writer: StreamWriter, *, max_frames: int
     ``idle_timeout_s`` without a message, or ``stop`` is set. Closes ``writer``."""
     stop = stop or threading.Event()
     t_end = None if duration_s is None else time.monotonic() + duration_s
-    messages, last_meta, last_msg = 0, time.monotonic(), time.monotonic()
+    messages, last_msg = 0, time.monotonic()
     try:
         while not stop.is_set():
             now = time.monotonic()
@@ -184,9 +184,6 @@ def record(sub: LocalizationSubscriber, writer: StreamWriter, *, max_frames: int
                 writer.append(batch)
                 messages += len(batch)
                 last_msg = time.monotonic()
-            if time.monotonic() - last_meta >= META_EVERY_S:
-                writer.sync_meta()
-                last_meta = time.monotonic()
             if max_frames is not None and messages >= max_frames:
                 break
     finally:
