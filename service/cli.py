@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -31,11 +34,43 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         app = create_app(pipeline)
         config = uvicorn.Config(app, host=settings.api.host, port=settings.api.port,
                                 log_level="info", access_log=False)
-        # uvicorn handles SIGINT/SIGTERM: serve() returns and the pipeline stops below
-        uvicorn.Server(config).run()
+        server = _make_server(config)
+        with _stop_on_signals(server):
+            server.run()
     finally:
         pipeline.stop()
     return 0
+
+
+def _make_server(config: object) -> object:
+    """uvicorn's server without its own signal capture: uvicorn re-raises the signal after
+    its shutdown, which would end the process before the pipeline stops."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return Server(config)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(server: object) -> Iterator[None]:
+    """SIGINT/SIGTERM ask the server to exit; a second SIGINT forces it."""
+
+    def handle(sig: int, _frame: object) -> None:
+        log.info("received %s, stopping", signal.Signals(sig).name)
+        if getattr(server, "should_exit", False) and sig == signal.SIGINT:
+            server.force_exit = True  # type: ignore[attr-defined]
+        server.should_exit = True  # type: ignore[attr-defined]
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from engines.errors import EngineError, ModelNotFoundError, VoxlocError
 from engines.inference import Engine, create_engine
+from engines.modeldir import read_info, resolve_model
 from engines.types import Localizations
 from service.stats import ServiceStats
 from service.types import Batch
@@ -86,6 +87,10 @@ class ModelManager:
             self._load_lock.release()
 
     def _build(self, name: str) -> LoadedModel:
+        planes = read_info(resolve_model(name)).planes  # refuse before loading weights
+        if planes != self.planes:
+            raise EngineError(f"model {name!r} expects {planes} planes, the service "
+                              f"streams {self.planes}")
         try:
             engine = create_engine(name, self.backend)
         except (ModelNotFoundError, EngineError):

@@ -71,9 +71,9 @@ class Publisher:
                               model=model.name, model_version=model.version,
                               threshold=threshold, t_cam_ns=fs.t_cam_ns,
                               t_recv_ns=fs.t_recv_ns, t_pub_ns=t_pub, locs=loc)
-            self._sock.send_multipart(encode_locs(msg), copy=False)
             self._seq += 1
-            self.stats.published_one(t_pub - fs.t_cam_ns)
+            self.stats.published_one(t_pub - fs.t_cam_ns)  # counted before anyone can see it
+            self._sock.send_multipart(encode_locs(msg), copy=False)
             for obs in self.observers:
                 try:
                     obs.observe(msg)

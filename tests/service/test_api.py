@@ -1,0 +1,146 @@
+"""The control plane on a running pipeline: health, models, config, registration, auth,
+stats and Prometheus metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.api import create_app
+
+
+def test_health_models_and_openapi(service: object) -> None:
+    c = service.client
+    assert c.get("/health/live").json() == {"status": "live", "state": "running"}
+    ready = c.get("/health/ready")
+    assert ready.status_code == 200 and ready.json()["model"] == "tiny"
+    models = c.get("/models").json()
+    assert models["active"]["name"] == "tiny" and models["loading"] is None
+    assert {"tiny", "tiny2", "default"} <= {m["name"] for m in models["available"]}
+    paths = c.get("/openapi.json").json()["paths"]
+    for path in ("/health/live", "/health/ready", "/models", "/models/{name}/load", "/config",
+                 "/registration", "/stats", "/metrics"):
+        assert path in paths
+    assert c.get("/docs").status_code == 200
+
+
+def test_not_ready_after_stop(make_service: Callable) -> None:
+    svc = make_service()
+    svc.pipeline.stop()
+    r = svc.client.get("/health/ready")
+    assert r.status_code == 503 and "stopped" in r.json()["detail"]
+
+
+@pytest.mark.timeout(60)
+def test_threshold_change_applies_to_later_frame_sets(service: object,
+                                                      sim_frames: tuple) -> None:
+    frames = sim_frames[0]
+    service.send_set(0, frames[0])
+    assert service.receive(1)[0].threshold == 0.7
+    r = service.client.put("/config", json={"threshold": 0.65, "max_batch": 2})
+    assert r.status_code == 200
+    assert r.json()["threshold"] == 0.65 and r.json()["max_batch"] == 2
+    assert service.client.get("/config").json()["threshold"] == 0.65
+    service.send_set(1, frames[1])
+    msg = service.receive(1)[0]
+    assert msg.threshold == 0.65 and (msg.locs.confidence > 0.65).all()
+
+
+@pytest.mark.parametrize(("body", "needle"), [
+    ({"threshold": 1.5}, "1.5"),
+    ({"drop_policy": "sometimes"}, "sometimes"),
+    ({"max_batch": 0}, "max_batch"),
+    ({"colour": "red"}, "colour"),
+])
+def test_bad_config_is_refused_with_the_value(service: object, body: dict,
+                                              needle: str) -> None:
+    r = service.client.put("/config", json=body)
+    assert r.status_code == 422 and needle in r.text
+    assert service.client.get("/config").json()["threshold"] == 0.7
+
+
+def test_registration_roundtrip_and_validation(service: object) -> None:
+    c = service.client
+    reg = c.get("/registration").json()["cameras"]
+    assert reg["cam2"] == {"plane": 2, "affine": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],
+                           "gain_adu": 1.0, "baseline_adu": 0.0}
+    r = c.put("/registration", json={"cameras": {"cam2": {"affine": [[1, 0, 2], [0, 1, 0]],
+                                                          "gain_adu": 3}}})
+    assert r.status_code == 200
+    assert r.json()["cameras"]["cam2"]["affine"][0] == [1.0, 0.0, 2.0]
+    assert r.json()["cameras"]["cam2"]["gain_adu"] == 3.0
+    assert not service.pipeline._warps["cam2"].identity
+    singular = c.put("/registration", json={"cameras": {"cam1": {"affine": [[1, 2, 0],
+                                                                            [2, 4, 0]]}}})
+    assert singular.status_code == 422 and "singular" in singular.text
+    unknown = c.put("/registration", json={"cameras": {"cam7": {"gain_adu": 2}}})
+    assert unknown.status_code == 422 and "cam7" in unknown.text
+    bad_gain = c.put("/registration", json={"cameras": {"cam1": {"gain_adu": -1}}})
+    assert bad_gain.status_code == 422
+    assert c.get("/registration").json()["cameras"]["cam1"]["gain_adu"] == 1.0
+
+
+def test_mutating_endpoints_need_the_token(service: object) -> None:
+    client = TestClient(create_app(service.pipeline, token="s3cret", dashboard=False))
+    with client:
+        assert client.put("/config", json={"threshold": 0.6}).status_code == 401
+        bad = {"Authorization": "Bearer nope"}
+        assert client.put("/config", json={"threshold": 0.6}, headers=bad).status_code == 401
+        assert client.post("/models/tiny2/load", headers=bad).status_code == 401
+        assert client.put("/registration", json={"cameras": {}}).status_code == 401
+        good = {"Authorization": "Bearer s3cret"}
+        assert client.put("/config", json={"threshold": 0.6}, headers=good).status_code == 200
+        assert client.get("/config").json()["threshold"] == 0.6   # reads need no token
+        assert client.get("/stats").status_code == 200
+
+
+@pytest.mark.timeout(60)
+def test_stats_and_metrics_after_traffic(service: object, sim_frames: tuple) -> None:
+    frames = sim_frames[0]
+    for i in range(5):
+        service.send_set(i, frames[i])
+    service.receive(5)
+    s = service.stats()
+    assert s["state"] == "running" and s["model"]["name"] == "tiny"
+    assert s["cameras"]["cam0"]["frames_in"] == 5 and s["cameras"]["cam0"]["state"] == "streaming"
+    assert s["cameras"]["cam0"]["endpoint"].startswith("tcp://127.0.0.1:")
+    assert s["assembler"]["assembled"] == 5 and s["publisher"]["published"] == 5
+    assert s["publisher"]["subscribers"] == 1 and s["publisher"]["seq"] == 4
+    assert s["inference"]["frame_sets"] == 5 and s["inference"]["mean_batch_size"] >= 1
+    assert s["latency_ms"]["count"] == 5 and s["latency_ms"]["p99"] >= s["latency_ms"]["p50"]
+    assert s["batcher"] == {"dropped": 0, "depth": 0, "queue_size": 64, "policy": "block"}
+    text = service.client.get("/metrics").text
+    assert "voxloc_framesets_published_total 5.0" in text
+    assert 'voxloc_camera_frames_total{camera="cam3"} 5.0' in text
+    assert 'voxloc_model_info{backend="torch",name="tiny",version="tiny-1"} 1.0' in text
+    assert 'voxloc_queue_depth{queue="batcher"}' in text
+
+
+class Counting:
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.frames: list[int] = []
+
+    def observe(self, msg: object) -> None:
+        self.frames.append(msg.frame)
+
+    def stats(self) -> dict:
+        return {"seen": len(self.frames)}
+
+
+@pytest.mark.timeout(60)
+def test_observers_see_every_published_frame_set(service: object, sim_frames: tuple) -> None:
+    obs = Counting()
+    service.pipeline.add_observer(obs)
+    for i in range(3):
+        service.send_set(i, sim_frames[0][i])
+    service.receive(3)
+    deadline = time.monotonic() + 30   # observers run right after the message is sent
+    while len(obs.frames) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert obs.frames == [0, 1, 2]
+    assert service.stats()["observers"] == {"counting": {"seen": 3}}
