@@ -28,6 +28,7 @@ from engines.errors import FormatError
 from engines.inference import Engine, create_engine
 from engines.io.loctable import TableMeta, TableWriter, open_table_writer, table_format
 from engines.io.stacks import Stack, open_stack
+from engines.modeldir import resolve_model
 from engines.types import Localizations
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,8 @@ def localize_files(inputs: Sequence[str | Path], output: str | Path,
     inputs = [Path(p) for p in inputs]
     if any(p.resolve() == output.resolve() for p in inputs):
         raise FormatError(f"output {output} is also an input")
-    engine = create_engine(opts.model, opts.backend, threshold=opts.threshold,
+    model_dir = resolve_model(opts.model)  # unknown model: one clear error, before backends
+    engine = create_engine(model_dir, opts.backend, threshold=opts.threshold,
                            device=opts.device)
     try:
         with open_stack(inputs, engine.planes) as stack:
@@ -99,7 +101,7 @@ def localize_stack(engine: Engine, stack: Stack, writer: TableWriter, opts: Loca
     g = engine.info.settings.geometry
     scale = np.array([px_nm / g.px_nm, px_nm / g.px_nm, dz_nm / g.dz_nm], np.float32)
     bar = tqdm(total=stack.frames, desc="localize", unit="frame", dynamic_ncols=True,
-               disable=not opts.progress, mininterval=0.5)
+               disable=None if opts.progress else True, mininterval=0.5)
     try:
         for first, frames in stack.batches(opts.batch):
             check_finite(frames, first, stack)

@@ -116,7 +116,8 @@ def _simulate_into(frames: np.ndarray, settings: SimSettings, cfg: SimStackConfi
     """Fill ``frames`` chunk by chunk; returns the ground truth (frame from 0)."""
     sim = Simulator(settings, seed=cfg.seed)
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    bar = tqdm(total=cfg.frames, desc="simulate", unit="frame", disable=not cfg.progress)
+    bar = tqdm(total=cfg.frames, desc="simulate", unit="frame",
+               disable=None if cfg.progress else True)  # None: off when not a terminal
     for t0 in range(0, cfg.frames, CHUNK_FRAMES):
         n = min(CHUNK_FRAMES, cfg.frames - t0)
         batch = sim.sample(n, cfg.molecules, drift=cfg.drift)
