@@ -129,7 +129,7 @@ def simulate_registration_beads(
 
 def simulate_bead_zstacks(
     settings: SimSettings, *, z_step_nm: float = 50.0, z_range_nm: tuple[float, float] | None = None,
-    spacing_px: int = 20, brightness: float = 20.0, seed: int = 0,
+    spacing_px: int = 24, brightness: float = 20.0, seed: int = 0,
 ) -> BeadZStacks:
     """One z-stack per plane of beads on a grid (``spacing_px`` apart, jittered).
 

@@ -160,17 +160,19 @@ def match_affine(src: np.ndarray, dst: np.ndarray, ms: MatchSettings, *, size_px
         return IDENTITY.copy(), np.zeros(0, int), np.zeros(0, int)
     mapped = np.einsum("kij,nj->kni", hyp[:, :, :2], src) + hyp[:, None, :, 2]
     dist, _ = tree.query(mapped.reshape(-1, 2), distance_upper_bound=ms.inlier_px)
-    votes = np.isfinite(dist).reshape(len(hyp), -1).sum(axis=1)
-    affine = hyp[int(np.argmax(votes))]
+    # MSAC: truncated squared distance ranks hypotheses by accuracy, not only by count
+    loss = np.minimum(dist, ms.inlier_px).reshape(len(hyp), -1) ** 2
+    affine = hyp[int(np.argmin(loss.sum(axis=1)))]
     tol = ms.inlier_px
-    for _ in range(8):
+    for _ in range(10):
         si, di = _mutual_pairs(apply_affine(affine, src), dst, tol)
         if len(si) < 3:
             break
         affine = fit_affine(src[si], dst[di])
         res = np.linalg.norm(apply_affine(affine, src[si]) - dst[di], axis=1)
-        # robust scale: merged bead pairs shift a centre by up to a pixel in one camera
-        tol = float(np.clip(5.0 * 1.4826 * np.median(res), 0.1, ms.inlier_px))
+        # 3x the median 2D residual is ~3.5 sigma per axis; merged bead pairs can shift a
+        # centre by up to a pixel in one camera and must drop out
+        tol = float(np.clip(3.0 * np.median(res), 0.1, ms.inlier_px))
     si, di = _mutual_pairs(apply_affine(affine, src), dst, tol)
     return affine, si, di
 

@@ -129,11 +129,12 @@ def fit_gaussians(rois: np.ndarray, init: np.ndarray | None = None, *, iters: in
     model, jac = _model_and_jac(p, s)
     cost = ((model - data) ** 2).sum(axis=1)
     for _ in range(iters):
-        jtj = np.einsum("nki,nkj->nij", jac, jac)
-        jtr = np.einsum("nki,nk->ni", jac, data - model)
-        diag = np.einsum("nii->ni", jtj)
+        jac_t = jac.transpose(0, 2, 1)
+        jtj = jac_t @ jac
+        jtr = (jac_t @ (data - model)[..., None])[..., 0]
+        diag = np.diagonal(jtj, axis1=1, axis2=2)
         reg = lam[:, None] * diag + 1e-9 * diag.max(axis=1, keepdims=True) + 1e-12
-        damped = jtj + np.einsum("ni,ij->nij", reg, np.eye(5))
+        damped = jtj + reg[:, :, None] * np.eye(5)
         step = np.linalg.solve(damped, jtr[..., None])[..., 0]
         trial = p + step
         trial[:, SIGMA] = np.abs(trial[:, SIGMA]) + 1e-6
