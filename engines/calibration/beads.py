@@ -58,7 +58,10 @@ def random_affines(
     planes: int, *, height: int, width: int, max_rotation_deg: float = 2.0,
     max_scale: float = 0.02, max_shift_px: float = 10.0, seed: int = 0,
 ) -> np.ndarray:
-    """``(P, 2, 3)`` random camera -> reference affines about the image centre (plane 0: identity)."""
+    """``(P, 2, 3)`` random camera -> reference affines about the image centre.
+
+    Plane 0 is the reference: identity.
+    """
     rng = np.random.default_rng(seed)
     centre = np.array([width / 2.0, height / 2.0])
     out = np.zeros((planes, 2, 3))
@@ -128,7 +131,8 @@ def simulate_registration_beads(
 
 
 def simulate_bead_zstacks(
-    settings: SimSettings, *, z_step_nm: float = 50.0, z_range_nm: tuple[float, float] | None = None,
+    settings: SimSettings, *, z_step_nm: float = 50.0,
+    z_range_nm: tuple[float, float] | None = None,
     spacing_px: int = 24, brightness: float = 20.0, seed: int = 0,
 ) -> BeadZStacks:
     """One z-stack per plane of beads on a grid (``spacing_px`` apart, jittered).

@@ -24,7 +24,7 @@ def read_stacks(paths: list[Path], planes: int, what: str) -> list[np.ndarray]:
             arrays.append(np.asarray(tifffile.imread(path)))
         except (OSError, ValueError, tifffile.TiffFileError) as exc:
             raise FormatError(f"cannot read {what} {path}: {exc}") from exc
-    for path, arr in zip(paths, arrays):
+    for path, arr in zip(paths, arrays, strict=True):
         if arr.dtype.kind == "u" and (arr == np.iinfo(arr.dtype).max).mean() > 1e-4:
             log.warning("%s: %.2f%% of pixels saturated (%d): bead centres, widths and a' will "
                         "be biased; record with less light or exposure", path,

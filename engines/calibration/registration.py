@@ -59,8 +59,9 @@ class CameraFit:
         rot = np.degrees(np.arctan2(lin[1, 0], lin[0, 0]))
         sx, sy = np.linalg.norm(lin, axis=0)
         tx, ty = self.affine[:, 2]
-        return (f"{self.name} (plane {self.plane}): {self.detected} beads, {self.matched} matched, "
-                f"residual rms {self.rms_nm:.1f} nm (max {self.max_nm:.1f}); rotation {rot:+.3f} deg, "
+        return (f"{self.name} (plane {self.plane}): {self.detected} beads, {self.matched} "
+                f"matched, residual rms {self.rms_nm:.1f} nm (max {self.max_nm:.1f}); "
+                f"rotation {rot:+.3f} deg, "
                 f"scale {sx:.4f}/{sy:.4f}, shift ({tx:+.2f}, {ty:+.2f}) px")
 
 
@@ -135,7 +136,8 @@ def _hypotheses(src: np.ndarray, dst: np.ndarray, cand: list[list[int]], ms: Mat
     good = np.abs(det) > 4.0  # twice the triangle area, px^2: drop near-collinear triples
     aff = np.linalg.solve(design[good], d[good]).transpose(0, 2, 1)
     sv = np.linalg.svd(aff[:, :, :2], compute_uv=False)
-    plausible = (sv.min(axis=1) > 1 - 2 * ms.max_scale - 0.02) & (sv.max(axis=1) < 1 + 2 * ms.max_scale + 0.02)
+    slack = 2 * ms.max_scale + 0.02
+    plausible = (sv.min(axis=1) > 1 - slack) & (sv.max(axis=1) < 1 + slack)
     return aff[plausible]
 
 
@@ -201,7 +203,7 @@ def fit_registration(
     if len(names) != planes:
         raise FormatError(f"expected {planes} camera names, got {len(names)}: {names}")
     spots: list[Spots] = []
-    for name, img in zip(names, images):
+    for name, img in zip(names, images, strict=True):
         sp = detect_spots(mean_image(img, name), threshold_sigma=threshold_sigma,
                           roi_half_px=roi_half_px)
         if len(sp) < ms.min_matches:

@@ -80,7 +80,8 @@ def initial_guess(rois: np.ndarray) -> np.ndarray:
     grid = np.arange(s, dtype=np.float64)
     x0 = (sig.sum(axis=1) * grid).sum(axis=1) / tot
     y0 = (sig.sum(axis=2) * grid).sum(axis=1) / tot
-    r2 = (grid[None, None, :] - x0[:, None, None]) ** 2 + (grid[None, :, None] - y0[:, None, None]) ** 2
+    r2 = ((grid[None, None, :] - x0[:, None, None]) ** 2
+          + (grid[None, :, None] - y0[:, None, None]) ** 2)
     var = (sig * r2).sum(axis=(1, 2)) / tot / 2.0
     sigma = np.clip(np.sqrt(var), 0.5, s / 3.0)
     amp = np.maximum(rois.max(axis=(1, 2)) - off, 1e-6)
