@@ -22,8 +22,8 @@ HEARTBEAT_S = 10.0
 
 def create_router(locs_endpoint: str, *, nm_per_px: float = 24.0,
                   extent_nm: tuple[float, float] = (64 * 192.0, 64 * 192.0),
-                  z_range_nm: tuple[float, float] = (0.0, 1600.0), mode: RenderMode = "hist",
-                  interval_s: float = 0.5) -> APIRouter:
+                  z_range_nm: tuple[float, float] = (0.0, 1600.0), mode: RenderMode = "gauss",
+                  sigma_nm: float = 20.0, interval_s: float = 0.5) -> APIRouter:
     """The dashboard as an ``APIRouter`` to include at ``/``.
 
     Args:
@@ -33,11 +33,11 @@ def create_router(locs_endpoint: str, *, nm_per_px: float = 24.0,
         extent_nm: (width, height) initially covered from (0, 0); grows when
             localizations land beyond it.
         z_range_nm: depth range of the colour map.
-        mode: ``hist`` (2D histogram) or ``gauss`` (Gaussian-blurred) rendering.
+        mode: ``hist`` (2D histogram) or ``gauss`` (Gaussian-blurred, ``sigma_nm``).
         interval_s: at most one image update per interval.
     """
     live = LiveImage(locs_endpoint, RenderSettings(nm_per_px=nm_per_px, z_range_nm=z_range_nm,
-                                                   mode=mode),
+                                                   mode=mode, sigma_nm=sigma_nm),
                      extent_nm, interval_s=interval_s)
 
     @asynccontextmanager

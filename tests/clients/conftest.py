@@ -10,8 +10,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import h5py
 import httpx
+import numpy as np
 import pytest
+import yaml
 import zmq
 
 from clients.commands.demo import free_port
@@ -74,3 +77,27 @@ def _wait_streaming(d: Demo, timeout_s: float) -> None:
             pass
         time.sleep(0.5)
     pytest.fail(f"demo not streaming after {timeout_s} s:\n{d.log.read_text()}")
+
+
+def check_picasso(path: Path, frames_at_least: int) -> None:
+    """The Picasso HDF5 layout: locs fields/dtypes (x, y in px) and the yaml keys."""
+    with h5py.File(path, "r") as f:
+        locs = f["locs"]
+        dt = locs.dtype
+        assert dt["frame"] == np.dtype("u4")
+        for name in ("x", "y", "z", "confidence"):
+            assert dt[name] == np.dtype("f4"), name
+        rec = locs[...]
+    docs = list(yaml.safe_load_all(path.with_suffix(".yaml").read_text()))
+    merged = {k: v for d in docs for k, v in d.items()}
+    for key in ("Frames", "Height", "Width", "Pixelsize", "Byte Order", "Data Type"):
+        assert key in merged, key
+    assert merged["Frames"] >= frames_at_least
+    assert merged["Frames"] > int(rec["frame"].max())
+    assert (rec["x"] >= -1).all() and (rec["x"] < merged["Width"] + 1).all()  # pixels
+    assert (rec["y"] >= -1).all() and (rec["y"] < merged["Height"] + 1).all()
+
+
+@pytest.fixture
+def picasso_check():
+    return check_picasso

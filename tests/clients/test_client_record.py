@@ -15,7 +15,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import yaml
 import zmq
 
 from clients.record import open_stream_writer, record
@@ -117,25 +116,6 @@ def test_record_writes_every_frame_in_format(ctx: zmq.Context, xpub, tmp_path: P
     assert np.allclose(table.confidence, rows[:, 4], atol=1e-4)
 
 
-def check_picasso(path: Path, frames_at_least: int) -> None:
-    """The Picasso HDF5 layout: locs fields/dtypes (x, y in px) and the yaml keys."""
-    with h5py.File(path, "r") as f:
-        locs = f["locs"]
-        dt = locs.dtype
-        assert dt["frame"] == np.dtype("u4")
-        for name in ("x", "y", "z", "confidence"):
-            assert dt[name] == np.dtype("f4"), name
-        rec = locs[...]
-    docs = list(yaml.safe_load_all(path.with_suffix(".yaml").read_text()))
-    merged = {k: v for d in docs for k, v in d.items()}
-    for key in ("Frames", "Height", "Width", "Pixelsize", "Byte Order", "Data Type"):
-        assert key in merged, key
-    assert merged["Frames"] >= frames_at_least
-    assert merged["Frames"] > int(rec["frame"].max())
-    assert (rec["x"] >= -1).all() and (rec["x"] < merged["Width"] + 1).all()  # pixels
-    assert (rec["y"] >= -1).all() and (rec["y"] < merged["Height"] + 1).all()
-
-
 def _spawn_record(out: Path, endpoint: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "clients.cli", "record", "-o", str(out), "--endpoint", endpoint],
@@ -170,8 +150,8 @@ def _wait_subscriber_up(sock: zmq.Socket, proc: subprocess.Popen) -> None:
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("suffix", [".csv", ".h5"])
-def test_sigkilled_recording_keeps_every_frame_written(xpub, tmp_path: Path,
-                                                       suffix: str) -> None:
+def test_sigkilled_recording_keeps_every_frame_written(xpub, tmp_path: Path, suffix: str,
+                                                       picasso_check) -> None:
     """Frames the recorder had written survive SIGKILL, as complete frames."""
     sock, endpoint = xpub
     out = tmp_path / f"killed{suffix}"
@@ -188,7 +168,7 @@ def test_sigkilled_recording_keeps_every_frame_written(xpub, tmp_path: Path,
     assert np.allclose(table.xyz_nm, expected[:, 1:4], atol=0.01)
     if suffix == ".h5":
         deadline = time.monotonic() + 5
-        check_picasso(out, frames_at_least=0)
+        picasso_check(out, frames_at_least=0)
         assert time.monotonic() < deadline
 
 
@@ -225,7 +205,8 @@ def test_csv_killed_while_streaming_keeps_a_complete_prefix(xpub, tmp_path: Path
     assert all(counts[i] == 2 + i % 5 for i in range(k + 1))  # no partial frame
 
 
-def test_record_cli_stops_on_sigint_and_summarises(xpub, tmp_path: Path) -> None:
+def test_record_cli_stops_on_sigint_and_summarises(xpub, tmp_path: Path,
+                                                   picasso_check) -> None:
     sock, endpoint = xpub
     out = tmp_path / "cli.h5"
     proc = _spawn_record(out, endpoint)
@@ -237,7 +218,7 @@ def test_record_cli_stops_on_sigint_and_summarises(xpub, tmp_path: Path) -> None
     text = proc.communicate(timeout=30)[0].decode()
     assert proc.returncode == 0, text
     assert "wrote 10 localizations from 5 frame sets" in text
-    check_picasso(out, frames_at_least=5)
+    picasso_check(out, frames_at_least=5)
 
 
 def test_stream_writer_refuses_bad_paths(tmp_path: Path) -> None:

@@ -1,0 +1,94 @@
+"""Rendering: pixel placement, depth colours, colour bar, files and the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clients.render import DepthHistogram, RenderSettings, lut, render, save_image
+from engines.io.loctable import LocTable, TableMeta, open_table_writer
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_histogram_places_counts_and_mean_depth() -> None:
+    hist = DepthHistogram(10.0, 100.0, 50.0)
+    hist.add(np.array([[5, 5, 100], [7, 3, 300], [95, 45, 1500], [-1, 5, 0]]))
+    assert hist.shape == (5, 10)
+    assert hist.counts[0, 0] == 2 and hist.zsum[0, 0] == pytest.approx(400)
+    assert hist.counts[4, 9] == 1
+    assert (hist.total, hist.outside) == (3, 1)
+    hist.add(np.array([[2000, 10, 0]]))  # beyond the grid: it grows
+    assert hist.shape[1] >= 201 and hist.counts[1, 200] == 1
+    hist.reset()
+    assert hist.counts.sum() == 0 and hist.total == 0
+
+
+def test_render_colours_by_depth() -> None:
+    settings = RenderSettings(nm_per_px=10.0, z_range_nm=(0.0, 1000.0), cmap="viridis")
+    rgb = render(np.array([[15, 15, 0.0], [75, 15, 1000.0]]), settings, (100.0, 30.0))
+    assert rgb.shape == (3, 10, 3) and rgb.dtype == np.uint8
+    table = lut("viridis")
+    assert np.array_equal(rgb[1, 1], table[0]) and np.array_equal(rgb[1, 7], table[255])
+    assert rgb.sum() == rgb[1, 1].sum() + rgb[1, 7].sum()  # nothing elsewhere
+
+
+def test_gauss_mode_spreads_and_keeps_colour() -> None:
+    settings = RenderSettings(nm_per_px=10.0, mode="gauss", sigma_nm=15.0,
+                              z_range_nm=(0.0, 1000.0), cmap="viridis")
+    rgb = render(np.array([[55, 55, 500.0]] * 3), settings, (110.0, 110.0))
+    lit = rgb.sum(-1) > 0
+    assert lit.sum() > 9 and lit[5, 5]
+    hue = rgb[5, 5] / rgb[5, 5].max()
+    ref = lut("viridis")[127] / lut("viridis")[127].max()
+    assert np.allclose(hue, ref, atol=0.05)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"nm_per_px": 0}, "nm per pixel"), ({"mode": "dots"}, "render mode"),
+    ({"z_range_nm": (5.0, 5.0)}, "z range"), ({"cmap": "nope"}, "unknown colour map"),
+])
+def test_render_settings_refuse_bad_values(bad: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        RenderSettings(**bad)
+
+
+def test_save_png_with_colorbar_and_tiff(tmp_path: Path) -> None:
+    settings = RenderSettings(nm_per_px=10.0)
+    rgb = np.zeros((200, 120, 3), np.uint8)
+    rgb[50, 60] = 255
+    png = save_image(tmp_path / "a.png", rgb, settings)
+    img = np.asarray(Image.open(png))
+    assert img.shape[0] == 200 and img.shape[1] > 120 + 16  # image + bar + labels
+    assert np.array_equal(img[:, :120], rgb)
+    assert img[:, 120:].sum() > 0
+    tif = save_image(tmp_path / "a.tif", rgb, settings, colorbar=False)
+    assert np.array_equal(np.asarray(Image.open(tif)), rgb)
+    with pytest.raises(Exception, match="png"):
+        save_image(tmp_path / "a.jpg", rgb, settings)
+
+
+def test_render_cli_from_csv(tmp_path: Path) -> None:
+    meta = TableMeta(frames=2, height=8, width=8, px_nm=100.0, dz_nm=400.0, planes=4)
+    table = LocTable(np.array([0, 1]), np.array([[150.0, 150, 200], [650, 650, 1400]]),
+                     np.array([0.9, 0.95]))
+    with open_table_writer(tmp_path / "t.csv", meta) as w:
+        w.write_table(table)
+    out = tmp_path / "t.png"
+    done = subprocess.run([sys.executable, "-m", "clients.cli", "render", str(tmp_path / "t.csv"),
+                           "-o", str(out), "--nm-per-px", "50", "--fov-px", "8", "8",
+                           "--px-nm", "100", "--no-colorbar"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    img = np.asarray(Image.open(out))
+    assert img.shape == (16, 16, 3)
+    assert img[3, 3].sum() > 0 and img[13, 13].sum() > 0 and img.sum(-1).astype(bool).sum() == 2
+    bad = subprocess.run([sys.executable, "-m", "clients.cli", "render", str(tmp_path / "t.csv"),
+                          "-o", str(tmp_path / "t.bmp")], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "t.bmp" in bad.stderr
