@@ -122,9 +122,12 @@ def test_serve_becomes_ready_and_stops_on_sigterm(tmp_path: Path) -> None:
             proc.wait(10)
 
 
-def test_serve_reports_a_bad_config_in_one_line(tmp_path: Path) -> None:
+def test_serve_reports_a_bad_config_in_one_line(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    from clients.cli import main
+
     bad = tmp_path / "bad.toml"
     bad.write_text('[api]\nhost = "0.0.0.0"\n')
-    r = subprocess.run([sys.executable, "-m", "clients.cli", "serve", "--config", str(bad)],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "voxloc serve: error:" in r.stderr and "loopback" in r.stderr
+    assert main(["serve", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "voxloc serve: error:" in err and "loopback" in err

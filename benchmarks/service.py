@@ -1,0 +1,235 @@
+"""Live-service benchmark: offered-load sweep from 4 producer processes at 64x64x4.
+
+For each offered rate the four camera processes (PUSH, one per plane) send frame sets on
+an absolute schedule; a SUB socket in this process receives the localizations. Reports
+delivered fps, dropped frame sets (as the service counts them), latency p50/p99 (camera
+timestamp -> publish), and the ratio of the service's saturated throughput to the raw
+engine throughput measured in the same run (engine alone, same model, backend and batch
+size, before and after the sweep).
+
+    python benchmarks/service.py            # full sweep (~1-2 min)
+    python benchmarks/service.py --quick    # a few short steps (~30 s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# run as a script, this file's folder comes first on sys.path and this file's name would
+# shadow the `service` package (and engines.py the `engines` package)
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
+import numpy as np  # noqa: E402
+import zmq  # noqa: E402
+
+SIDE = 64
+PLANES = 4
+
+
+def producer(endpoint: str, name: str, plane: int, images: np.ndarray, conn) -> None:
+    """Camera process: on ``(first, count, rate_hz, t0)`` send ``count`` frames, reply."""
+    from service.wire import encode_frame
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.SNDHWM, 8)
+    sock.connect(endpoint)
+    while True:
+        job = conn.recv()
+        if job is None:
+            break
+        first, count, rate_hz, t0 = job
+        for i in range(count):
+            if rate_hz > 0:
+                delay = t0 + i / rate_hz - time.time()
+                if delay > 0:
+                    time.sleep(delay)
+            img = images[(first + i) % len(images)]
+            sock.send_multipart(encode_frame(name, plane, first + i, img, time.time_ns()),
+                                copy=False)
+        conn.send(count)
+    sock.close(linger=1000)
+    ctx.term()
+
+
+class Subscriber(threading.Thread):
+    """Collects ``(frame, t_cam_ns, t_pub_ns)`` of every localization message."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
+        super().__init__(daemon=True)
+        self.sock = ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sock.connect(endpoint)
+        self.rows: list[tuple[int, int, int]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        from service.wire import decode_locs
+
+        while not self.stop.is_set():
+            if self.sock.poll(50):
+                m = decode_locs(self.sock.recv_multipart())
+                self.rows.append((m.frame, m.t_cam_ns, m.t_pub_ns))
+        self.sock.close(linger=0)
+
+
+@dataclass
+class Step:
+    offered_fps: float  # 0: unpaced (as fast as the service takes them)
+    policy: str
+    sent: int
+    delivered: int
+    dropped: int
+    delivered_fps: float  # unpaced: steady state, after the first batch was published
+    p50_ms: float
+    p99_ms: float
+    mean_batch: float
+
+
+def engine_fps(engine: object, frames: np.ndarray, batch: int, seconds: float) -> float:
+    """Raw engine throughput on batches of ``batch`` frame sets (frame sets / s)."""
+    engine.infer(frames[:batch])
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        i = (n // batch * batch) % (len(frames) - batch)
+        engine.infer(frames[i:i + batch])
+        n += batch
+    return n / (time.perf_counter() - t0)
+
+
+def run_step(pipeline, conns, sub: Subscriber, first: int, count: int, rate: float,
+             policy: str) -> Step:
+    pipeline.update_config({"drop_policy": policy})
+    before = pipeline.snapshot()
+    t0 = time.time() + 0.2
+    for c in conns:
+        c.send((first, count, rate, t0))
+    for c in conns:
+        c.recv()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # drain: every set published or counted as dropped
+        s = pipeline.snapshot()
+        done = (s["publisher"]["published"] - before["publisher"]["published"]
+                + _drops(s) - _drops(before))
+        if done >= count and pipeline.batcher.depth == 0:
+            break
+        time.sleep(0.02)
+    time.sleep(0.1)
+    after = pipeline.snapshot()
+    rows = [r for r in sub.rows if first <= r[0] < first + count]
+    lat = np.array([(p - c) / 1e6 for _, c, p in rows]) if rows else np.zeros(1)
+    span_s = (max(p for *_, p in rows) / 1e9 - t0) if rows else 1.0
+    if rate == 0 and len(rows) > 1:  # unpaced: steady state after the first batch
+        pubs = sorted(p for *_, p in rows)
+        later = [p for p in pubs if p > pubs[0] + 1_000_000]
+        span_s = (pubs[-1] - pubs[0]) / 1e9
+        rows_fps = len(later) / span_s if span_s > 0 else 0.0
+    else:
+        rows_fps = len(rows) / span_s
+    batches = after["inference"]["batches"] - before["inference"]["batches"]
+    sets = after["inference"]["frame_sets"] - before["inference"]["frame_sets"]
+    return Step(rate, policy, count, len(rows), _drops(after) - _drops(before),
+                round(rows_fps, 2), round(float(np.percentile(lat, 50)), 1),
+                round(float(np.percentile(lat, 99)), 1), round(sets / max(batches, 1), 2))
+
+
+def _drops(s: dict) -> int:
+    return sum(s["assembler"]["dropped"].values()) + s["batcher"]["dropped"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="short steps, fewer rates")
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--json", type=Path, default=None, help="also write results here")
+    args = ap.parse_args(argv)
+
+    from engines.config import SimSettings
+    from engines.inference import create_engine
+    from engines.simulator import Simulator
+    from service.pipeline import Pipeline
+    from service.settings import CameraSettings, ServiceSettings
+
+    frames = Simulator(SimSettings(), seed=3).sample(64, (5, 40)).frames.numpy()
+    step_s = 3.0 if args.quick else 8.0
+    engine = create_engine(args.model, args.backend)
+    raw_before = engine_fps(engine, frames, args.max_batch, step_s / 2)
+    cams = [CameraSettings(name=f"cam{k}", plane=k, endpoint="tcp://127.0.0.1:*")
+            for k in range(PLANES)]
+    settings = ServiceSettings(
+        cameras=cams, stream={"publish": "tcp://127.0.0.1:*", "assembly_timeout_ms": 1000},
+        inference={"model": args.model, "backend": args.backend, "max_batch": args.max_batch,
+                   "max_delay_ms": 5, "queue_size": 64})
+    ctx = zmq.Context()
+    pipeline = Pipeline(settings)
+    pipeline.start()
+    sub = Subscriber(ctx, pipeline.publish_endpoint)
+    sub.start()
+    while pipeline.publisher.subscribers < 1:
+        time.sleep(0.01)
+    spawn = mp.get_context("spawn")
+    conns, procs = [], []
+    for k, (name, ep) in enumerate(pipeline.camera_endpoints().items()):
+        a, b = spawn.Pipe()
+        p = spawn.Process(target=producer, args=(ep, name, k, frames[:, k].copy(), b))
+        p.start()
+        conns.append(a)
+        procs.append(p)
+    fractions = (0.5, 1.0, 1.5) if args.quick else (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
+    steps: list[Step] = []
+    first = 0
+    try:
+        for frac in fractions:
+            rate = round(frac * raw_before, 2)
+            count = max(int(rate * step_s), 8)
+            steps.append(run_step(pipeline, conns, sub, first, count, rate, "drop_oldest"))
+            first += count
+        count = max(int(raw_before * step_s * 2), 16)
+        sat = run_step(pipeline, conns, sub, first, count, 0.0, "block")
+        steps.append(sat)
+    finally:
+        for c in conns:
+            c.send(None)
+        for p in procs:
+            p.join(10)
+        sub.stop.set()
+        sub.join(5)
+        pipeline.stop()
+        ctx.term()
+    raw_after = engine_fps(engine, frames, args.max_batch, step_s / 2)
+    raw = (raw_before + raw_after) / 2
+    report(steps, raw_before, raw_after, sat.delivered_fps / raw, args)
+    if args.json:
+        args.json.write_text(json.dumps({"steps": [asdict(s) for s in steps],
+                                         "engine_fps": [raw_before, raw_after],
+                                         "ratio": sat.delivered_fps / raw}, indent=2))
+    return 0
+
+
+def report(steps: list[Step], raw_before: float, raw_after: float, ratio: float,
+           args: argparse.Namespace) -> None:
+    print(f"model {args.model}, backend {args.backend}, {PLANES}x{SIDE}x{SIDE}, "
+          f"max_batch {args.max_batch}; 4 producer processes")
+    print(f"{'offered fps':>11} {'policy':>11} {'sent':>6} {'delivered':>9} {'dropped':>7} "
+          f"{'deliv. fps':>10} {'p50 ms':>8} {'p99 ms':>8} {'batch':>6}")
+    for s in steps:
+        offered = f"{s.offered_fps:.1f}" if s.offered_fps else "unpaced"
+        print(f"{offered:>11} {s.policy:>11} {s.sent:>6} {s.delivered:>9} {s.dropped:>7} "
+              f"{s.delivered_fps:>10.1f} {s.p50_ms:>8.1f} {s.p99_ms:>8.1f} {s.mean_batch:>6.2f}")
+    print(f"raw engine: {raw_before:.1f} fps before, {raw_after:.1f} fps after the sweep")
+    print(f"service throughput / raw engine throughput: {ratio:.3f} (target >= 0.9)")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
