@@ -129,10 +129,11 @@ def _register_simulate(sub: argparse._SubParsersAction) -> None:
                        "write an ImageJ TZYX TIFF (or one TIFF per plane) plus the ground "
                        "truth as NAME_truth.csv (localization CSV format + weight column).")
     p.add_argument("-o", "--out", type=Path, required=True, help="stack TIFF to write")
-    p.add_argument("--frames", type=int, default=20, help="frames (time points)")
-    p.add_argument("--molecules", type=int, default=50, help="molecules per frame")
-    p.add_argument("--size", type=int, default=64, help="frame height and width, px")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frames", type=int, default=20, help="frames (time points, default 20)")
+    p.add_argument("--molecules", type=int, default=50,
+                   help="mean molecules per frame (default 50, paper Table 3)")
+    p.add_argument("--size", type=int, default=64, help="frame height and width, px (64)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     p.add_argument("--per-plane", action="store_true",
                    help="one TIFF per plane: NAME_plane0.tif, NAME_plane1.tif, ...")
     p.add_argument("--dtype", choices=["auto", "uint16", "float32"], default="auto",
@@ -166,11 +167,14 @@ def _register_localize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
                    help="one multi-plane TIFF, or one TIFF per plane")
     p.add_argument("-o", "--out", type=Path, required=True, help="OUT.csv or OUT.h5")
-    p.add_argument("--model", default="default", help="model name or directory")
-    p.add_argument("--threshold", type=float, default=0.5, help="confidence threshold tau")
-    p.add_argument("--batch", type=int, default=16, help="frames per inference batch")
+    p.add_argument("--model", default="default",
+                   help="model name or directory (default: the shipped 'default')")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="confidence threshold tau (default 0.5)")
+    p.add_argument("--batch", type=int, default=16, help="frames per inference batch (16)")
     p.add_argument("--backend", default="auto",
-                   choices=["auto", "torch", "onnxruntime", "tensorrt"])
+                   choices=["auto", "torch", "onnxruntime", "tensorrt"],
+                   help="inference backend (auto: the fastest this machine runs)")
     p.add_argument("--device", default=None, help="device for the backend (cpu, cuda)")
     p.add_argument("--px-nm", type=float, default=None,
                    help="your camera pixel size, nm (default: the model's). Positions are "
