@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -82,13 +81,14 @@ def simulate_stack(out: Path, settings: SimSettings, cfg: SimStackConfig) -> Sim
     dtype = stack_dtype(settings, cfg.dtype)
     stacks, truth_path = output_paths(out, g.planes, cfg.per_plane)
     shape = (cfg.frames, g.planes, g.height, g.width)
-    temps = [reserve_temp(p) for p in stacks]
-    scratch = tempfile.NamedTemporaryFile(prefix=".voxloc-sim-", suffix=".npy",
-                                          dir=Path(out).parent, delete=False)
-    scratch.close()
+    temps: list[Path] = []
+    scratch: Path | None = None
     frames = None
     try:
-        frames = np.lib.format.open_memmap(scratch.name, mode="w+", dtype=dtype, shape=shape)
+        for p in stacks:
+            temps.append(reserve_temp(p))
+        scratch = reserve_temp(Path(out).with_name(Path(out).name + ".frames.npy"))
+        frames = np.lib.format.open_memmap(scratch, mode="w+", dtype=dtype, shape=shape)
         truth = _simulate_into(frames, settings, cfg)
         frames.flush()
         for k, tmp in enumerate(temps):
@@ -106,7 +106,8 @@ def simulate_stack(out: Path, settings: SimSettings, cfg: SimStackConfig) -> Sim
         raise
     finally:
         del frames
-        Path(scratch.name).unlink(missing_ok=True)
+        if scratch is not None:
+            scratch.unlink(missing_ok=True)
     log.info("wrote %s and %s (%d molecules)", ", ".join(map(str, stacks)), truth_path,
              len(truth))
     return SimStackResult(stacks, truth_path, len(truth), str(dtype), shape, settings)

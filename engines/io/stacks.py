@@ -52,7 +52,8 @@ class TiffSource:
             raise FormatError(f"{self.path}: empty stack (shape {self.shape}, no pixels)")
         self.dtype = np.dtype(series.dtype).newbyteorder("=")
         if self.dtype not in ACCEPTED_DTYPES:
-            raise FormatError(f"{self.path}: expected uint16 or float32 pixels, got {self.dtype}")
+            raise FormatError(f"{self.path}: expected uint16 or float32 pixels (or uint8, int16, "
+                              f"int32, float64), got {self.dtype}")
         if "Y" not in self.axes or "X" not in self.axes:
             raise FormatError(f"{self.path}: no image axes Y, X in TIFF axes {self.axes!r}")
         self._y, self._x = self.axes.index("Y"), self.axes.index("X")
