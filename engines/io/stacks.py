@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import mmap
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -58,7 +59,9 @@ class TiffSource:
             raise FormatError(f"{self.path}: no image axes Y, X in TIFF axes {self.axes!r}")
         self._y, self._x = self.axes.index("Y"), self.axes.index("X")
         self.height, self.width = self.shape[self._y], self.shape[self._x]
+        self._check_complete()
         self._roles(planes)
+        self._map: mmap.mmap | None = None
         self._mm = self._try_memmap(series)
         if self._mm is None:
             page_shape = tuple(series.keyframe.shape)
@@ -67,6 +70,15 @@ class TiffSource:
                 raise FormatError(f"{self.path}: unsupported TIFF layout (shape {self.shape}, "
                                   f"pages of shape {page_shape})")
             self._lead_shape = self.shape[:nlead]
+
+    def _check_complete(self) -> None:
+        """ImageJ files state their image count: a truncated file holds fewer."""
+        meta = self._tif.imagej_metadata or {}
+        stated = int(meta.get("images", 0) or 0)
+        held = math.prod(self.shape) // (self.height * self.width)
+        if stated > held:
+            raise FormatError(f"{self.path}: truncated or corrupted TIFF: its ImageJ metadata "
+                              f"states {stated} images, the file holds {held}")
 
     def _roles(self, planes: int) -> None:
         """Find the frame and plane axes among the non-image axes."""
@@ -100,14 +112,23 @@ class TiffSource:
                               "expected TZYX or TCYX")
 
     def _try_memmap(self, series) -> np.ndarray | None:
-        if series.dataoffset is None:
+        """A read-only view of the file's pixels if they lie contiguous and uncompressed."""
+        offset = series.dataoffset
+        dtype = np.dtype(series.dtype).newbyteorder(self._tif.byteorder)  # the file's order
+        if offset is None:
             return None
-        try:
-            mm = tifffile.memmap(self.path, mode="r", series=0)
-        except (ValueError, OSError) as exc:
-            log.debug("%s: not memory-mappable (%s); reading page by page", self.path, exc)
+        nbytes = math.prod(self.shape) * dtype.itemsize
+        if offset + nbytes > self.path.stat().st_size:
+            log.warning("%s: file shorter than its pixel data (truncated?)", self.path)
             return None
-        return mm.reshape(self.shape)
+        with open(self.path, "rb") as fh:
+            self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        return np.ndarray(self.shape, dtype=dtype, buffer=self._map, offset=offset)
+
+    def _release_pages(self) -> None:
+        """Drop mapped pages already read, so resident memory stays at about one batch."""
+        if self._map is not None and hasattr(mmap, "MADV_DONTNEED"):
+            self._map.madvise(mmap.MADV_DONTNEED)
 
     @property
     def memory_mapped(self) -> bool:
@@ -135,6 +156,8 @@ class TiffSource:
         else:
             part = self._read_pages(t0, t1)
         out = np.array(part, dtype=self.dtype, order="C", copy=True)  # never a memmap view
+        del part
+        self._release_pages()
         return out.reshape(n, self.planes, self.height, self.width)
 
     def _read_pages(self, t0: int, t1: int) -> np.ndarray:
@@ -159,6 +182,12 @@ class TiffSource:
 
     def close(self) -> None:
         self._mm = None
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:  # a caller still holds a view; the GC closes it later
+                pass
+            self._map = None
         self._tif.close()
 
 

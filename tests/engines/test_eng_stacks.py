@@ -140,3 +140,12 @@ def test_plain_page_sequence_must_divide_into_planes(tmp_path):
     tifffile.imwrite(path, STACK.reshape(T * P, H, W)[:-1], imagej=True)
     with pytest.raises(FormatError, match=r"19 images .* not a multiple of 4 planes"):
         open_stack([path], P)
+
+
+def test_truncated_imagej_file_is_reported(tmp_path):
+    path = _imagej(tmp_path / "cut.tif")[0]
+    with open(path, "r+b") as fh:
+        fh.truncate(path.stat().st_size // 2)
+    with pytest.raises(FormatError, match=r"cut.tif: truncated or corrupted TIFF: its ImageJ "
+                                          r"metadata states 20 images, the file holds 1"):
+        open_stack([path], P)
