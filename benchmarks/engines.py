@@ -24,6 +24,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -105,6 +106,7 @@ class LongRun:
     seconds: float
     frames_per_s: float
     window_frames_per_s: list[float] = field(default_factory=list)
+    window_rss_mb: list[float] = field(default_factory=list)
     rss_start_mb: float = 0.0
     rss_end_mb: float = 0.0
 
@@ -178,7 +180,9 @@ def time_config(runners: list[Runner], frames: np.ndarray, min_time_s: float,
 
 
 def run_grid(runners: list[Runner], model: str, sizes: list[int], batches: list[int],
-             min_time_s: float, max_calls: int) -> list[Row]:
+             min_time_s: float, max_calls: int,
+             on_row: Callable[[list[Row]], None] | None = None) -> list[Row]:
+    """Time every configuration; ``on_row`` sees the rows so far after each one."""
     planes = load_model(model)[1].planes
     rows: list[Row] = []
     for size in sizes:
@@ -197,6 +201,8 @@ def run_grid(runners: list[Runner], model: str, sizes: list[int], batches: list[
                 base = next(x for x in rows[-len(runners):]
                             if x.backend == "paper-style" and x.device == row.device)
                 row.ratio_to_paper = row.frames_per_s / base.frames_per_s
+            if on_row:
+                on_row(rows)
     return rows
 
 
@@ -206,7 +212,7 @@ def long_run(model: str, frames_total: int, size: int, batch: int) -> LongRun:
     frames = make_frames(model, size, batch, seed=1)
     engine.infer(frames)
     rss0 = rss_mb()
-    windows, done, t_start = [], 0, time.perf_counter()
+    windows, window_rss, done, t_start = [], [], 0, time.perf_counter()
     window = max(batch, frames_total // 10)
     t_win, win_done = t_start, 0
     while done < frames_total:
@@ -216,10 +222,11 @@ def long_run(model: str, frames_total: int, size: int, batch: int) -> LongRun:
         if win_done >= window:
             now = time.perf_counter()
             windows.append(win_done / (now - t_win))
+            window_rss.append(rss_mb())
             t_win, win_done = now, 0
     seconds = time.perf_counter() - t_start
     result = LongRun(engine.backend, engine.device, size, batch, done, seconds, done / seconds,
-                     windows, rss0, rss_mb())
+                     windows, window_rss, rss0, rss_mb())
     engine.close()
     return result
 
@@ -256,7 +263,8 @@ def print_table(rows: list[Row], long: LongRun | None) -> None:
         print(f"\nlong run: {long.backend} on {long.device}, {long.frames} frames of "
               f"{long.size}x{long.size}, batch {long.batch}: {long.frames_per_s:.1f} frames/s "
               f"({long.seconds:.0f} s); windows first/last {w[0]:.1f}/{w[-1]:.1f} frames/s; "
-              f"RSS {long.rss_start_mb:.0f} MB -> {long.rss_end_mb:.0f} MB")
+              f"RSS {long.rss_start_mb:.0f} MB -> {long.rss_end_mb:.0f} MB "
+              f"(per window: {', '.join(f'{m:.0f}' for m in long.window_rss_mb)})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,19 +291,25 @@ def main(argv: list[str] | None = None) -> int:
         500 if args.quick else 10_000)
     model = str(resolve_model(args.model))
     info = machine()
-    runners = build_runners(model, args.backends)
-    rows = run_grid(runners, model, sizes, batches, min_time, args.max_calls)
-    default_cpu = create_engine(model, "auto", device="cpu")
-    for r in rows:
-        r.default_cpu_engine = (r.backend == default_cpu.backend and r.device == "cpu")
+    # the long run first, then the grid from small to large frames; the JSON is rewritten
+    # after every configuration so an interrupted run keeps what it measured
     long = long_run(model, long_frames, args.long_size, args.long_batch) if long_frames else None
-    info["load_avg_end"] = os.getloadavg()
+    default_cpu = create_engine(model, "auto", device="cpu").backend
+    runners = build_runners(model, args.backends)
+
+    def save(rows: list[Row], complete: bool = False) -> None:
+        for r in rows:
+            r.default_cpu_engine = r.backend == default_cpu and r.device == "cpu"
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "complete": complete, "machine": {**info, "load_avg_now": os.getloadavg()},
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "long_run": asdict(long) if long else None, "rows": [asdict(r) for r in rows],
+        }, indent=2) + "\n")
+
+    rows = run_grid(runners, model, sizes, batches, min_time, args.max_calls, on_row=save)
+    save(rows, complete=True)
     print_table(rows, long)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({
-        "machine": info, "args": {k: str(v) for k, v in vars(args).items()},
-        "rows": [asdict(r) for r in rows], "long_run": asdict(long) if long else None,
-    }, indent=2) + "\n")
     print(f"\nJSON written to {args.json}")
     return 0
 
