@@ -162,7 +162,14 @@ class TensorRTEngine(Engine):
 
     def _run(self, frames: np.ndarray, threshold: float) -> FlatLocs:
         self.profile.check_frame(frames.shape[2], frames.shape[3])
-        return self._worker.submit(self._execute, frames, threshold).result()
+        n = frames.shape[0]
+        if n < self.profile.min_batch:  # blank frames up to the profile's smallest batch
+            blank = np.full((self.profile.min_batch - n, *frames.shape[1:]),
+                            self.info.input_offset, np.float32)
+            frames = np.concatenate([frames, blank])
+        f, xyz, conf = self._worker.submit(self._execute, frames, threshold).result()
+        keep = f < n
+        return f[keep], xyz[keep], conf[keep]
 
     def _execute(self, frames: np.ndarray, threshold: float) -> FlatLocs:
         ctx = self._context
