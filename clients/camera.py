@@ -190,25 +190,42 @@ class SimulatedSource:
 
 
 class TiffSource:
-    """Frame sets replayed from one single-camera TIFF stack ``(T, H, W)`` per plane."""
+    """Frame sets replayed from one single-camera TIFF stack ``(T, H, W)`` per plane.
+
+    Stacks stored one page per frame are read page by page as they are replayed; other
+    layouts (e.g. frames as samples of one page) are loaded into memory.
+    """
 
     def __init__(self, paths: Sequence[Path], planes: Sequence[int], *, start: int = 0,
                  frames: int | None = None, loop: bool = False) -> None:
-        import tifffile
-
         if len(paths) != len(planes):
             raise ValueError(f"got {len(paths)} TIFF stacks for {len(planes)} planes "
                              f"{list(planes)}")
         self.planes, self.start, self.frames, self.loop = list(planes), start, frames, loop
-        self._tifs = []
-        for path in paths:
-            try:
-                self._tifs.append(tifffile.TiffFile(path))
-            except (OSError, ValueError, tifffile.TiffFileError) as exc:
-                raise FormatError(f"cannot read TIFF stack {path}: {exc}") from exc
-        self.length = min(len(t.pages) for t in self._tifs)
+        self._tifs: list[object] = []
+        self._stacks = [self._open(Path(p)) for p in paths]
+        self.length = min(len(s) for s in self._stacks)
         if self.length == 0:
-            raise FormatError(f"TIFF stacks {[str(p) for p in paths]} hold no pages")
+            raise FormatError(f"TIFF stacks {[str(p) for p in paths]} hold no frames")
+
+    def _open(self, path: Path) -> Sequence[np.ndarray]:
+        import tifffile
+
+        try:
+            tif = tifffile.TiffFile(path)
+            self._tifs.append(tif)
+            series = tif.series[0]
+            shape = tuple(series.shape)
+            if len(shape) == 2:
+                shape = (1, *shape)
+            if len(shape) != 3:
+                raise FormatError(f"{path}: expected a single-camera stack (T, H, W), got "
+                                  f"shape {shape} (axes {series.axes})")
+            if len(series.pages) == shape[0]:
+                return _LazyPages(series.pages)
+            return series.asarray().reshape(shape)
+        except (OSError, ValueError, tifffile.TiffFileError) as exc:
+            raise FormatError(f"cannot read TIFF stack {path}: {exc}") from exc
 
     def __iter__(self) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
         n, i = 0, self.start
@@ -216,19 +233,32 @@ class TiffSource:
             page = n % self.length
             if page == 0 and n and not self.loop:
                 return
-            yield i, {k: self._read(t, page) for k, t in zip(self.planes, self._tifs, strict=True)}
+            yield i, {k: _as_frame_dtype(s[page]) for k, s in zip(self.planes, self._stacks,
+                                                                   strict=True)}
             n, i = n + 1, i + 1
-
-    @staticmethod
-    def _read(tif: object, page: int) -> np.ndarray:
-        img = tif.pages[page].asarray()  # type: ignore[attr-defined]
-        if img.dtype.name not in FRAME_DTYPES:
-            img = img.astype(np.float32) if img.dtype.kind == "f" else img.astype(np.uint16)
-        return img
 
     def close(self) -> None:
         for t in self._tifs:
-            t.close()
+            t.close()  # type: ignore[attr-defined]
+
+
+class _LazyPages:
+    """Pages of a TIFF series read on access."""
+
+    def __init__(self, pages: Sequence) -> None:
+        self._pages = pages
+
+    def __len__(self) -> int:
+        return len(self._pages)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self._pages[i].asarray()
+
+
+def _as_frame_dtype(img: np.ndarray) -> np.ndarray:
+    if img.dtype.name in FRAME_DTYPES:
+        return img
+    return img.astype(np.float32) if img.dtype.kind == "f" else img.astype(np.uint16)
 
 
 def run_cameras(source: Iterator[tuple[int, dict[int, np.ndarray]]] | SimulatedSource

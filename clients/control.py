@@ -129,8 +129,14 @@ class ControlClient:
         return self._call("GET", "/registration")
 
     def set_registration(self, cameras: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        """``{"cam1": {"affine": [[...], [...]], "gain_adu": 1.0, "baseline_adu": 0}}``."""
-        return self._call("PUT", "/registration", json={"cameras": cameras})
+        """``{"cam1": {"affine": [[...], [...]], "gain_adu": 1.0, "baseline_adu": 0}}``.
+
+        The read-only ``plane`` of :meth:`registration` answers is left out, so an answer
+        saved earlier can be sent back as it is.
+        """
+        body = {name: {k: v for k, v in cam.items() if k != "plane"}
+                for name, cam in cameras.items()}
+        return self._call("PUT", "/registration", json={"cameras": body})
 
     # -- stats ----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

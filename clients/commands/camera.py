@@ -5,16 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from clients.commands.record import stop_on_signals
 from engines.cli import add_settings_options, settings_from_args
+
+if TYPE_CHECKING:
+    from clients.camera import SimulatedSource
+    from clients.scene import Scene
 
 log = logging.getLogger(__name__)
 
 
-def build_scene(args: argparse.Namespace):  # -> clients.scene.Scene
+def build_scene(args: argparse.Namespace) -> Scene:
     from clients.scene import Misalignment, Scene, SceneConfig
 
     settings = settings_from_args(args)
@@ -30,12 +35,25 @@ def build_scene(args: argparse.Namespace):  # -> clients.scene.Scene
                              seed=args.seed))
 
 
-def _register_service(url: str, token: str | None, names: list[str], scene) -> None:
+def _simulated_source(args: argparse.Namespace, planes: list[int]) -> SimulatedSource:
+    from clients.camera import SimulatedSource
+
+    scene = build_scene(args)
+    names = [f"{args.name_prefix}{k}" for k in range(scene.planes)]
+    reg = {n: {"affine": a} for n, a in zip(names, scene.registration(), strict=True)}
+    if args.registration_out:  # the body PUT /registration takes
+        args.registration_out.write_text(json.dumps({"cameras": reg}, indent=2))
+    if args.register:
+        _register_service(args.register, args.token, reg, args.wait_ready)
+    return SimulatedSource(scene, planes, start=args.start_frame, frames=args.frames)
+
+
+def _register_service(url: str, token: str | None, cams: dict, wait_s: float) -> None:
     from clients.control import ControlClient
 
-    cams = {name: {"affine": affine} for name, affine in zip(names, scene.registration(),
-                                                              strict=False)}
     with ControlClient(url, token=token) as ctl:
+        if wait_s > 0:
+            ctl.wait_ready(wait_s)
         ctl.set_registration(cams)
     log.info("registration of %d cameras set on %s", len(cams), url)
 
@@ -43,46 +61,42 @@ def _register_service(url: str, token: str | None, names: list[str], scene) -> N
 def _cmd_camera(args: argparse.Namespace) -> int:
     import torch
 
-    from clients.camera import (
-        CameraPublisher,
-        SimulatedSource,
-        TiffSource,
-        default_endpoint,
-        run_cameras,
-    )
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the scene is tiny; leave the cores to the service
-    n_planes = len(args.tiff) if args.tiff else (args.planes or 4)
-    planes = args.plane if args.plane else list(range(n_planes))
-    names = [f"{args.name_prefix}{k}" for k in range(n_planes)]
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from clients.camera import CameraPublisher, TiffSource, default_endpoint, run_cameras
+
+    if args.tiff:
+        planes = args.plane or list(range(len(args.tiff)))
+        if len(args.tiff) != len(planes):
+            raise ValueError(f"got {len(args.tiff)} TIFF stacks for planes {planes}: give one "
+                             "stack per camera, in plane order")
+    else:
+        planes = args.plane or list(range(args.planes or 4))
+    names = {k: f"{args.name_prefix}{k}" for k in planes}
     if args.endpoint and len(args.endpoint) != len(planes):
         raise ValueError(f"got {len(args.endpoint)} --endpoint values for planes {planes}")
     endpoints = args.endpoint or [default_endpoint(k, args.host, args.base_port) for k in planes]
     if args.tiff:
-        if args.plane:
-            raise ValueError("--plane selects simulated cameras; with --tiff give one stack "
-                             "per camera in plane order")
         source = TiffSource(args.tiff, planes, start=args.start_frame, frames=args.frames,
                             loop=args.loop)
     else:
-        scene = build_scene(args)
-        if args.registration_out:
-            args.registration_out.write_text(json.dumps(
-                {"cameras": {n: {"plane": k, "affine": a} for k, (n, a) in
-                             enumerate(zip(names, scene.registration(), strict=True))}},
-                indent=2))
-        if args.register:
-            _register_service(args.register, args.token, names, scene)
-        source = SimulatedSource(scene, planes, start=args.start_frame, frames=args.frames)
+        source = _simulated_source(args, planes)
     pubs = {k: CameraPublisher(ep, names[k], k, sndhwm=args.sndhwm)
             for k, ep in zip(planes, endpoints, strict=True)}
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     print(f"cameras {[names[k] for k in planes]} -> {endpoints} at {args.rate:g} Hz "
           "(Ctrl-C to stop)", flush=True)
     try:
-        sent = run_cameras(source, pubs, args.rate, stop)
+        with stop_on_signals(stop):
+            sent = run_cameras(source, pubs, args.rate, stop)
     finally:
         for pub in pubs.values():
             pub.close()
@@ -130,6 +144,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="write the registration that undoes the misalignment (JSON)")
     s.add_argument("--register", metavar="URL", default=None,
                    help="PUT that registration to the service at URL before streaming")
+    s.add_argument("--wait-ready", type=float, default=0.0, metavar="S",
+                   help="with --register: first wait up to S seconds for the service to be "
+                   "ready (model loaded)")
     s.add_argument("--token", default=None, help="API token for --register "
                    "(default $VOXLOC_TOKEN)")
     add_settings_options(p)

@@ -94,16 +94,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     url = f"http://127.0.0.1:{api_port}"
     print(f"voxloc demo: starting the service (logs in {workdir})", flush=True)
     service = _spawn(["serve", "--config", str(config)], workdir / "service.log")
-    cameras: subprocess.Popen | None = None
+    # the cameras start loading at once, then wait for the model to be ready themselves
+    cameras = _spawn(
+        ["camera", "--rate", str(args.rate), "--molecules", str(args.molecules),
+         "--seed", str(args.seed), "--register", url, "--wait-ready", str(args.ready_timeout),
+         *[a for p in cam_ports for a in ("--endpoint", f"tcp://127.0.0.1:{p}")]],
+        workdir / "cameras.log")
     t0 = time.monotonic()
     try:
         with ControlClient(url) as ctl:
             _wait_ready(ctl, service, workdir / "service.log", args.ready_timeout)
-            cameras = _spawn(
-                ["camera", "--rate", str(args.rate), "--molecules", str(args.molecules),
-                 "--seed", str(args.seed), "--register", url,
-                 *[a for p in cam_ports for a in ("--endpoint", f"tcp://127.0.0.1:{p}")]],
-                workdir / "cameras.log")
             print(f"\n  dashboard:      {url}/\n  API docs:       {url}/docs\n"
                   f"  localizations:  tcp://127.0.0.1:{locs_port}   (try: voxloc record -o "
                   f"locs.csv --endpoint tcp://127.0.0.1:{locs_port})\n"
@@ -114,8 +114,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         pass
     finally:
         print("\nstopping cameras and service...", flush=True)
-        if cameras is not None:
-            _stop(cameras, "cameras")
+        _stop(cameras, "cameras")
         _stop(service, "service")
         print(f"stopped (logs in {workdir})", flush=True)
     return 0

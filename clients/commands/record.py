@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM set ``stop`` (a clean end) instead of interrupting; restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT,
+                                                                     signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
@@ -18,9 +35,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
                      data_type="float32", info={"Recorded by": "voxloc record"})
     writer = open_stream_writer(args.out, meta)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    with LocalizationSubscriber(args.endpoint) as sub:
+    with stop_on_signals(stop), LocalizationSubscriber(args.endpoint) as sub:
         print(f"recording {args.endpoint} -> {args.out} (Ctrl-C to stop)", flush=True)
         result = record(sub, writer, max_frames=args.frames, duration_s=args.duration,
                         idle_timeout_s=args.idle_timeout, stop=stop)

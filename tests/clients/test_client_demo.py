@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
+from clients.cli import main
 from clients.control import ControlClient, ControlError
 from engines.io.loctable import read_table
 
@@ -34,9 +35,11 @@ NONBLANK_JS = """() => {
 }"""
 
 
-def _voxloc(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "clients.cli", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+def _voxloc(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    """The real ``voxloc`` entry point, in this process."""
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
 @pytest.mark.browser
@@ -100,17 +103,20 @@ def test_reset_clears_the_live_image(demo) -> None:
 
 
 @pytest.mark.timeout(150)
-def test_record_demo_stream_to_csv_and_picasso_hdf5(demo, tmp_path: Path,
-                                                   picasso_check) -> None:
+def test_record_demo_stream_to_csv_and_picasso_hdf5(demo, tmp_path: Path, picasso_check,
+                                                   capsys: pytest.CaptureFixture) -> None:
     csv, h5 = tmp_path / "demo.csv", tmp_path / "demo.h5"
-    procs = [subprocess.Popen([sys.executable, "-m", "clients.cli", "record", "-o", str(out),
-                               "--endpoint", demo.locs_endpoint, "--frames", "30"],
-                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for out in (csv, h5)]
-    for p in procs:
-        out = p.communicate(timeout=100)[0]
-        assert p.returncode == 0, out
-        assert "from 30 frame sets" in out and "0 messages missed" in out
+    proc = subprocess.Popen([sys.executable, "-m", "clients.cli", "record", "-o", str(h5),
+                             "--endpoint", demo.locs_endpoint, "--frames", "30"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    code, out, err = _voxloc(capsys, "record", "-o", str(csv), "--endpoint",
+                             demo.locs_endpoint, "--frames", "30")
+    assert code == 0, err
+    outputs = [out, proc.communicate(timeout=100)[0]]
+    assert proc.returncode == 0, outputs[1]
+    for text in outputs:
+        assert "from 30 frame sets" in text and "0 messages missed" in text
     for path in (csv, h5):
         table = read_table(path)
         assert len(table) > 30  # ~30 molecules per frame at threshold 0.5
@@ -124,8 +130,8 @@ def test_record_demo_stream_to_csv_and_picasso_hdf5(demo, tmp_path: Path,
     picasso_check(h5, frames_at_least=30)
 
     img = tmp_path / "demo.png"
-    done = _voxloc("render", str(h5), "-o", str(img), "--nm-per-px", "48")
-    assert done.returncode == 0, done.stderr
+    code, _, err = _voxloc(capsys, "render", str(h5), "-o", str(img), "--nm-per-px", "48")
+    assert code == 0, err
     from PIL import Image
 
     arr = np.asarray(Image.open(img))
@@ -133,7 +139,7 @@ def test_record_demo_stream_to_csv_and_picasso_hdf5(demo, tmp_path: Path,
 
 
 @pytest.mark.timeout(120)
-def test_control_client_against_the_service(demo) -> None:
+def test_control_client_against_the_service(demo, capsys: pytest.CaptureFixture) -> None:
     with ControlClient(demo.url) as ctl:
         assert ctl.ready()
         models = ctl.models()
@@ -157,10 +163,10 @@ def test_control_client_against_the_service(demo) -> None:
         stats = ctl.stats()
         assert stats["publisher"]["published"] > 0
         assert "voxloc_" in ctl.metrics()
-    done = _voxloc("ctl", "--url", demo.url, "status")
-    assert done.returncode == 0 and "model default" in done.stdout, done.stderr
-    done = _voxloc("ctl", "--url", demo.url, "threshold", "1.5")
-    assert done.returncode == 2 and "threshold" in done.stderr
+    code, out, err = _voxloc(capsys, "ctl", "--url", demo.url, "status")
+    assert code == 0 and "model default" in out, err
+    code, _, err = _voxloc(capsys, "ctl", "--url", demo.url, "threshold", "1.5")
+    assert code == 2 and "threshold" in err
 
 
 def test_control_client_unreachable_service() -> None:

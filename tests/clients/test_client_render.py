@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from clients.cli import main
 from clients.render import DepthHistogram, RenderSettings, lut, render, save_image
 from engines.io.loctable import LocTable, TableMeta, open_table_writer
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_histogram_places_counts_and_mean_depth() -> None:
@@ -73,22 +70,18 @@ def test_save_png_with_colorbar_and_tiff(tmp_path: Path) -> None:
         save_image(tmp_path / "a.jpg", rgb, settings)
 
 
-def test_render_cli_from_csv(tmp_path: Path) -> None:
+def test_render_cli_from_csv(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     meta = TableMeta(frames=2, height=8, width=8, px_nm=100.0, dz_nm=400.0, planes=4)
     table = LocTable(np.array([0, 1]), np.array([[150.0, 150, 200], [650, 650, 1400]]),
                      np.array([0.9, 0.95]))
     with open_table_writer(tmp_path / "t.csv", meta) as w:
         w.write_table(table)
     out = tmp_path / "t.png"
-    done = subprocess.run([sys.executable, "-m", "clients.cli", "render", str(tmp_path / "t.csv"),
-                           "-o", str(out), "--nm-per-px", "50", "--fov-px", "8", "8",
-                           "--px-nm", "100", "--no-colorbar"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    code = main(["render", str(tmp_path / "t.csv"), "-o", str(out), "--nm-per-px", "50",
+                 "--fov-px", "8", "8", "--px-nm", "100", "--no-colorbar"])
+    assert code == 0, capsys.readouterr().err
     img = np.asarray(Image.open(out))
     assert img.shape == (16, 16, 3)
     assert img[3, 3].sum() > 0 and img[13, 13].sum() > 0 and img.sum(-1).astype(bool).sum() == 2
-    bad = subprocess.run([sys.executable, "-m", "clients.cli", "render", str(tmp_path / "t.csv"),
-                          "-o", str(tmp_path / "t.bmp")], cwd=REPO, capture_output=True,
-                         text=True, timeout=120)
-    assert bad.returncode == 2 and "t.bmp" in bad.stderr
+    assert main(["render", str(tmp_path / "t.csv"), "-o", str(tmp_path / "t.bmp")]) == 2
+    assert "t.bmp" in capsys.readouterr().err

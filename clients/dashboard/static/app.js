@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { dragging: false, statsUpdates: 0 };
+const state = { dragging: false, edits: 0, statsUpdates: 0 };
 
 function authHeaders() {
   const token = localStorage.getItem("voxloc-token") || "";
@@ -95,8 +95,10 @@ async function pollStats() {
 // ---- controls -------------------------------------------------------------------------
 async function pollConfig() {
   if (state.dragging) return;
+  const edits = state.edits;
   try {
     const c = await api("GET", "/config");
+    if (state.dragging || edits !== state.edits) return;  // moved while we asked: stale
     $("threshold").value = c.threshold;
     $("thrval").textContent = Number(c.threshold).toFixed(2);
   } catch (err) { /* shown by pollStats */ }
@@ -112,19 +114,35 @@ async function loadModels() {
   } catch (err) { say("cannot list models: " + err.message, true); }
 }
 
+// one PUT at a time, the latest value wins (key presses fire a change each)
+const thrSend = { inFlight: false, pending: null };
+
+async function sendThreshold(value) {
+  state.edits += 1;
+  thrSend.pending = value;
+  state.dragging = true;
+  if (thrSend.inFlight) return;
+  thrSend.inFlight = true;
+  while (thrSend.pending !== null) {
+    const v = thrSend.pending;
+    thrSend.pending = null;
+    try {
+      const c = await api("PUT", "/config", { threshold: v });
+      say(`threshold ${Number(c.threshold).toFixed(2)} from the next batch`);
+    } catch (err) { say("threshold: " + err.message, true); }
+  }
+  thrSend.inFlight = false;
+  state.dragging = false;
+}
+
 function wireControls() {
   const thr = $("threshold");
   thr.addEventListener("input", () => {
     state.dragging = true;
+    state.edits += 1;
     $("thrval").textContent = Number(thr.value).toFixed(2);
   });
-  thr.addEventListener("change", async () => {
-    try {
-      const c = await api("PUT", "/config", { threshold: Number(thr.value) });
-      say(`threshold ${Number(c.threshold).toFixed(2)} from the next batch`);
-    } catch (err) { say("threshold: " + err.message, true); }
-    state.dragging = false;
-  });
+  thr.addEventListener("change", () => sendThreshold(Number(thr.value)));
   $("model").addEventListener("change", async (ev) => {
     const name = ev.target.value;
     say(`loading ${name}…`);
