@@ -31,13 +31,20 @@ import numpy as np
 
 from clients.subscriber import LocalizationSubscriber
 from engines.io.atomic import OutputError, atomic_output
-from engines.io.loctable import CSV_FMT, TableMeta, picasso_info, table_format
+from engines.io.loctable import (
+    CSV_FMT,
+    LocTable,
+    TableMeta,
+    picasso_dtype,
+    picasso_info,
+    picasso_records,
+    table_format,
+)
 from engines.types import LOC_COLUMNS
 from service.wire import LocsMessage
 
 log = logging.getLogger(__name__)
 
-PICASSO_FIELDS = (("frame", "u4"), ("x", "f4"), ("y", "f4"), ("z", "f4"), ("confidence", "f4"))
 MAX_DRAIN = 256  # messages written per flush at most
 
 
@@ -108,7 +115,7 @@ class Hdf5StreamWriter(StreamWriter):
 
         super().__init__(path, meta)
         self.yaml_path = self.path.with_suffix(".yaml")
-        self.dtype = np.dtype(list(PICASSO_FIELDS))
+        self.dtype = picasso_dtype()
         try:
             self._h5 = h5py.File(self.path, "w")
         except OSError as exc:
@@ -120,12 +127,8 @@ class Hdf5StreamWriter(StreamWriter):
         self.sync_meta()
 
     def _append(self, rows: np.ndarray) -> None:
-        rec = np.zeros(len(rows), self.dtype)
-        rec["frame"] = rows[:, 0]
-        rec["x"] = rows[:, 1] / self.meta.px_nm
-        rec["y"] = rows[:, 2] / self.meta.px_nm
-        rec["z"] = rows[:, 3]
-        rec["confidence"] = rows[:, 4]
+        table = LocTable(rows[:, 0].astype(np.int64), rows[:, 1:4], rows[:, 4])
+        rec = picasso_records(table, self.meta.px_nm, self.dtype)
         n = self._ds.shape[0]
         self._ds.resize((n + len(rec),))
         self._ds[n:] = rec

@@ -162,8 +162,7 @@ class Hdf5Writer(TableWriter):
         super().__init__(path, meta, extra_columns)
         self.yaml_path = self.path.with_suffix(".yaml")
         self._yaml_tmp = reserve_temp(self.yaml_path)
-        fields = [("frame", "u4"), ("x", "f4"), ("y", "f4"), ("z", "f4"), ("confidence", "f4")]
-        self.dtype = np.dtype(fields + [(c, "f4") for c in self.extra_columns])
+        self.dtype = picasso_dtype(self.extra_columns)
         try:
             self._h5 = h5py.File(self._tmp, "w")
         except OSError as exc:
@@ -173,14 +172,7 @@ class Hdf5Writer(TableWriter):
                                            dtype=self.dtype, chunks=(16384,))
 
     def _append(self, table: LocTable) -> None:
-        rec = np.zeros(len(table), self.dtype)
-        rec["frame"] = table.frame
-        rec["x"] = table.xyz_nm[:, 0] / self.meta.px_nm
-        rec["y"] = table.xyz_nm[:, 1] / self.meta.px_nm
-        rec["z"] = table.xyz_nm[:, 2]
-        rec["confidence"] = table.confidence
-        for c in self.extra_columns:
-            rec[c] = table.extra[c]
+        rec = picasso_records(table, self.meta.px_nm, self.dtype)
         n = self._ds.shape[0]
         self._ds.resize((n + len(rec),))
         self._ds[n:] = rec
@@ -199,6 +191,25 @@ class Hdf5Writer(TableWriter):
         self._yaml_tmp.write_text(yaml.dump_all(picasso_info(self.meta), sort_keys=False))
         self._yaml_tmp.replace(self.yaml_path)  # the .h5 last: it marks a finished run
         return super().commit()
+
+
+def picasso_dtype(extra_columns: Sequence[str] = ()) -> np.dtype:
+    """Record dtype of the Picasso ``locs`` dataset (also used by ``voxloc record``)."""
+    fields = [("frame", "u4"), ("x", "f4"), ("y", "f4"), ("z", "f4"), ("confidence", "f4")]
+    return np.dtype(fields + [(c, "f4") for c in extra_columns])
+
+
+def picasso_records(table: LocTable, px_nm: float, dtype: np.dtype) -> np.ndarray:
+    """``table`` as Picasso records: frame from 0, x and y in pixels, z in nm."""
+    rec = np.zeros(len(table), dtype)
+    rec["frame"] = table.frame
+    rec["x"] = table.xyz_nm[:, 0] / px_nm
+    rec["y"] = table.xyz_nm[:, 1] / px_nm
+    rec["z"] = table.xyz_nm[:, 2]
+    rec["confidence"] = table.confidence
+    for c in dtype.names[5:]:
+        rec[c] = table.extra[c]
+    return rec
 
 
 def picasso_info(meta: TableMeta) -> list[dict[str, Any]]:
