@@ -168,6 +168,7 @@ def save_stacks(stacks: list[np.ndarray], out_dir: Path, stem: str) -> list[Path
     paths = []
     for k, arr in enumerate(stacks):
         path = out_dir / f"{stem}{k}.tif"
-        tifffile.imwrite(path, np.clip(np.round(arr), 0, 65535).astype(np.uint16))
+        tifffile.imwrite(path, np.clip(np.round(arr), 0, 65535).astype(np.uint16),
+                         photometric="minisblack")
         paths.append(path)
     return paths
