@@ -42,9 +42,12 @@ from engines.modeldir import SHIPPED_MODELS, WEIGHTS, ModelInfo, load_model, res
 log = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
-EXPORT_VERSION = "1"  # bump when the graph's inputs, outputs or decoding change
+EXPORT_VERSION = "2"  # bump when the graph's inputs, outputs, decoding or node names change
 OPSET = 17
 INPUT_FRAMES, INPUT_THRESHOLD, OUTPUT_LOCS = "frames", "threshold", "locs"
+# node-name prefix of the decoding: TensorRT keeps these layers in float32 under FP16,
+# since (column + zeta) * px in float16 would be off by up to half a pixel at column 1000
+DECODE_PREFIX = "decode/"
 
 
 def cache_root() -> Path:
@@ -94,6 +97,10 @@ def build_onnx(model_dir: Path) -> onnx.ModelProto:
             x = f"relu{n}"
     nodes.append(helper.make_node("Sigmoid", [x], ["y"]))
     dec_nodes, dec_inits = _decode_nodes("y", p, px_nm=g.px_nm, dz_nm=g.dz_nm)
+    for node in nodes:
+        node.name = f"net/{node.output[0]}"
+    for node in dec_nodes:
+        node.name = f"{DECODE_PREFIX}{node.output[0]}"
     graph = helper.make_graph(
         nodes + dec_nodes, "voxloc_decoding",
         [helper.make_tensor_value_info(INPUT_FRAMES, TensorProto.FLOAT,

@@ -25,7 +25,14 @@ import numpy as np
 import torch
 
 from engines.errors import EngineError
-from engines.export import INPUT_FRAMES, INPUT_THRESHOLD, OUTPUT_LOCS, artifact_dir, onnx_for_engine
+from engines.export import (
+    DECODE_PREFIX,
+    INPUT_FRAMES,
+    INPUT_THRESHOLD,
+    OUTPUT_LOCS,
+    artifact_dir,
+    onnx_for_engine,
+)
 from engines.inference.base import BackendUnavailableError, Engine, FlatLocs
 from engines.inference.engine_cache import CacheKey, EngineCache, Profile
 
@@ -102,6 +109,8 @@ def build_serialized(onnx_path: Path, planes: int, profile: Profile, precision: 
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     if precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        _keep_decode_fp32(network)
     opt_profile = builder.create_optimization_profile()
     opt_profile.set_shape(INPUT_FRAMES, *profile.shapes(planes))
     config.add_optimization_profile(opt_profile)
@@ -110,6 +119,23 @@ def build_serialized(onnx_path: Path, planes: int, profile: Profile, precision: 
         raise EngineError(f"TensorRT failed to build an engine from {onnx_path} "
                           f"(profile {profile}, {precision}); see the log above")
     return bytes(serialized)
+
+
+def _keep_decode_fp32(network: Any) -> None:
+    """Pin the float layers of the decoding (nm arithmetic) to float32 under FP16."""
+    pinned = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        outputs = [layer.get_output(k) for k in range(layer.num_outputs)]
+        if DECODE_PREFIX in layer.name and all(o.dtype == trt.float32 for o in outputs):
+            layer.precision = trt.float32
+            for k in range(layer.num_outputs):
+                layer.set_output_type(k, trt.float32)
+            pinned += 1
+    if not pinned:
+        raise EngineError(f"no {DECODE_PREFIX!r} layers found to keep in float32; the ONNX "
+                          "is not a voxloc export")
+    log.debug("kept %d decoding layers in float32", pinned)
 
 
 class TensorRTEngine(Engine):

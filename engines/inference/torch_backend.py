@@ -85,6 +85,8 @@ class TorchEngine(Engine):
         if self._torch_device.type == "cuda":
             x = x.pin_memory().to(self._torch_device, non_blocking=True)
         out = self._graph(x)(x) if self.cuda_graphs else self.net(x)
+        # decode in float32: (column + zeta) * px in float16 is off by up to half a pixel
+        out = out.float()
         b, xyz, conf = decode(out, threshold, px_nm=g.px_nm, dz_nm=g.dz_nm)
         return b.cpu().numpy(), xyz.cpu().numpy(), conf.cpu().numpy()
 

@@ -9,7 +9,13 @@ import torch
 from inference_parity import HAS_TRT
 
 from clients.cli import main
-from engines.export import EXPORT_VERSION, ONNX_FILE, export_onnx, weights_sha256
+from engines.export import (
+    DECODE_PREFIX,
+    EXPORT_VERSION,
+    ONNX_FILE,
+    export_onnx,
+    weights_sha256,
+)
 from engines.inference import create_engine
 from engines.inference.fused import FusedVoxelNet
 from engines.modeldir import SHIPPED_MODELS, load_model
@@ -28,6 +34,8 @@ def test_graph_contract(model_dir):
     assert meta["voxloc_export_version"] == EXPORT_VERSION
     ops = {n.op_type for n in model.graph.node}
     assert {"NonZero", "GatherND", "Greater"} <= ops and "BatchNormalization" not in ops
+    decode_ops = {n.op_type for n in model.graph.node if n.name.startswith(DECODE_PREFIX)}
+    assert {"NonZero", "GatherND", "Add", "Mul"} <= decode_ops and "Conv" not in decode_ops
 
 
 def test_fresh_export_is_not_redone_unless_forced(model_dir):
