@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import zmq
@@ -175,6 +176,7 @@ class Pipeline:
             model = self.models.current()
             assert model is not None
             cfg = self._config  # threshold as of this batch
+            t0 = time.perf_counter()
             try:
                 locs = run_batch(model, batch, cfg.threshold)
             except VoxlocError as exc:
@@ -182,7 +184,7 @@ class Pipeline:
                           batch.sets[-1].frame, exc)
                 self.stats.set_dropped("engine_error", len(batch))
                 continue
-            self.stats.batch_done(len(batch))
+            self.stats.batch_done(len(batch), time.perf_counter() - t0)
             self.publisher.publish(batch, locs, model, cfg.threshold)
 
     # -- control plane --------------------------------------------------------------------

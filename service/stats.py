@@ -62,6 +62,7 @@ class ServiceStats:
         self.queue_drops = 0
         self.batches = 0
         self.batched_sets = 0
+        self.engine_s = 0.0
         self.published = 0
         self.model_swaps = 0
         self.failed_loads = 0
@@ -84,6 +85,8 @@ class ServiceStats:
         self.p_batches = PromCounter("voxloc_batches", "engine batches", registry=r)
         self.p_batch_size = Histogram("voxloc_batch_size", "frame sets per batch", registry=r,
                                       buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        self.p_engine = PromCounter("voxloc_engine_seconds", "time spent in the engine",
+                                    registry=r)
         self.p_published = PromCounter("voxloc_framesets_published",
                                        "localization messages published", registry=r)
         self.p_latency = Histogram("voxloc_latency_seconds", "camera timestamp to publish",
@@ -139,11 +142,13 @@ class ServiceStats:
             self.queue_drops += n
         self.p_dropped.labels("batcher", policy).inc(n)
 
-    def batch_done(self, size: int) -> None:
+    def batch_done(self, size: int, engine_s: float) -> None:
         with self._lock:
             self.batches += 1
             self.batched_sets += size
+            self.engine_s += engine_s
         self.p_batches.inc()
+        self.p_engine.inc(engine_s)
         self.p_batch_size.observe(size)
 
     def published_one(self, latency_ns: int) -> None:
@@ -199,6 +204,7 @@ class ServiceStats:
                     "batches": self.batches, "frame_sets": self.batched_sets,
                     "mean_batch_size": round(self.batched_sets / self.batches, 3)
                     if self.batches else 0.0,
+                    "engine_busy_s": round(self.engine_s, 3),
                     "model_swaps": self.model_swaps, "failed_loads": self.failed_loads,
                 },
                 "publisher": {"published": self.published},

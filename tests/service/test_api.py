@@ -144,3 +144,12 @@ def test_observers_see_every_published_frame_set(service: object, sim_frames: tu
         time.sleep(0.01)
     assert obs.frames == [0, 1, 2]
     assert service.stats()["observers"] == {"counting": {"seen": 3}}
+
+
+def test_dashboard_router_is_included_when_installed(service: object) -> None:
+    pytest.importorskip("clients.dashboard", reason="clients.dashboard not installed")
+    app = create_app(service.pipeline, dashboard=True)
+    with TestClient(app) as client:
+        page = client.get("/")
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        assert client.get("/stats").status_code == 200   # the service routes stay intact
