@@ -96,7 +96,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     settings = settings.model_copy(update={"geometry": g})
     aff = bd.random_affines(g.planes, height=g.height, width=g.width, seed=args.seed)
     # beads outshine dyes; on a camera keep them below uint16 saturation
-    bright = 20.0 if settings.noise.mode == "paper" else 2.0
+    bright = 20.0 if settings.noise.mode == "paper" else 4.0
     reg = bd.simulate_registration_beads(settings, aff, beads=args.beads, seed=args.seed,
                                          brightness=bright)
     zs = bd.simulate_bead_zstacks(settings, z_step_nm=args.z_step_nm, seed=args.seed,
