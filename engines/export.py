@@ -38,6 +38,7 @@ from onnx import TensorProto, helper, numpy_helper
 from engines.errors import EngineError
 from engines.inference.fused import fold_batchnorm
 from engines.modeldir import SHIPPED_MODELS, WEIGHTS, ModelInfo, load_model, resolve_model
+from engines.network import VoxelNet
 
 log = logging.getLogger(__name__)
 
@@ -77,25 +78,7 @@ def build_onnx(model_dir: Path) -> onnx.ModelProto:
     net, info = load_model(model_dir)
     g = info.settings.geometry
     p = info.planes
-    nodes: list[onnx.NodeProto] = []
-    inits = [
-        _const("offset", np.float32(info.input_offset)),
-        _const("scale", np.float32(info.input_scale)),
-    ]
-    nodes += [helper.make_node("Sub", [INPUT_FRAMES, "offset"], ["x_sub"]),
-              helper.make_node("Div", ["x_sub", "scale"], ["x0"])]
-    x = "x0"
-    for n, layer in enumerate(fold_batchnorm(net)):
-        w, b, out = f"conv{n}_w", f"conv{n}_b", f"conv{n}"
-        inits += [numpy_helper.from_array(layer.weight, w), numpy_helper.from_array(layer.bias, b)]
-        pad = layer.kernel // 2
-        nodes.append(helper.make_node("Conv", [x, w, b], [out], kernel_shape=[layer.kernel] * 2,
-                                      pads=[pad] * 4, strides=[1, 1]))
-        x = out
-        if layer.relu:
-            nodes.append(helper.make_node("Relu", [x], [f"relu{n}"]))
-            x = f"relu{n}"
-    nodes.append(helper.make_node("Sigmoid", [x], ["y"]))
+    nodes, inits = _network_nodes(net, info)
     dec_nodes, dec_inits = _decode_nodes("y", p, px_nm=g.px_nm, dz_nm=g.dz_nm)
     for node in nodes:
         node.name = f"net/{node.output[0]}"
@@ -119,6 +102,27 @@ def build_onnx(model_dir: Path) -> onnx.ModelProto:
     })
     onnx.checker.check_model(model)
     return model
+
+
+def _network_nodes(net: VoxelNet, info: ModelInfo):
+    """Normalisation, the BN-folded convolutions and the sigmoid: ``frames`` -> ``y``."""
+    mk = helper.make_node
+    inits = [_const("offset", np.float32(info.input_offset)),
+             _const("scale", np.float32(info.input_scale))]
+    nodes = [mk("Sub", [INPUT_FRAMES, "offset"], ["x_sub"]), mk("Div", ["x_sub", "scale"], ["x0"])]
+    x = "x0"
+    for n, layer in enumerate(fold_batchnorm(net)):
+        w, b, out = f"conv{n}_w", f"conv{n}_b", f"conv{n}"
+        inits += [numpy_helper.from_array(layer.weight, w), numpy_helper.from_array(layer.bias, b)]
+        pad = layer.kernel // 2
+        nodes.append(mk("Conv", [x, w, b], [out], kernel_shape=[layer.kernel] * 2,
+                        pads=[pad] * 4, strides=[1, 1]))
+        x = out
+        if layer.relu:
+            nodes.append(mk("Relu", [x], [f"relu{n}"]))
+            x = f"relu{n}"
+    nodes.append(mk("Sigmoid", [x], ["y"]))
+    return nodes, inits
 
 
 def _decode_nodes(y: str, planes: int, *, px_nm: float, dz_nm: float):
