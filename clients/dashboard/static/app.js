@@ -54,22 +54,31 @@ async function loadInfo() {
 // ---- stats ----------------------------------------------------------------------------
 const fmt = (v, digits = 1) => (typeof v === "number" ? v.toFixed(digits) : "–");
 
+function row(cells, header) {
+  const tr = document.createElement("tr");
+  cells.forEach((text, i) => {
+    const td = document.createElement(header && i === 0 ? "th" : "td");
+    td.textContent = text;
+    tr.appendChild(td);
+  });
+  return tr;
+}
+
 function renderDrops(s) {
   const rows = [];
   const asm = (s.assembler && s.assembler.dropped) || {};
   for (const [k, v] of Object.entries(asm)) rows.push([`frame sets: ${k}`, v]);
   if (s.batcher) rows.push([`batcher (${s.batcher.policy})`, s.batcher.dropped]);
   for (const [k, v] of Object.entries(s.rejects || {})) rows.push([`rejected: ${k}`, v]);
-  $("drops").innerHTML = rows.map(([k, v]) => `<tr><th>${k}</th><td>${v}</td></tr>`).join("");
+  $("drops").replaceChildren(...rows.map((r) => row(r, true)));
 }
 
 function renderCameras(cams) {
   const body = $("cameras").querySelector("tbody");
-  body.innerHTML = Object.entries(cams || {}).map(([name, c]) => {
+  body.replaceChildren(...Object.entries(cams || {}).map(([name, c]) => {
     const rej = Object.entries(c.rejects || {}).map(([k, v]) => `${k}: ${v}`).join(", ") || "0";
-    return `<tr><td>${name}</td><td>${c.plane}</td><td>${c.state}</td>` +
-      `<td>${c.frames_in}</td><td>${c.last_frame ?? "–"}</td><td>${rej}</td></tr>`;
-  }).join("");
+    return row([name, c.plane, c.state, c.frames_in, c.last_frame ?? "–", rej], false);
+  }));
 }
 
 async function pollStats() {
@@ -108,9 +117,15 @@ async function loadModels() {
   try {
     const m = await api("GET", "/models");
     const active = m.active ? m.active.name : "";
-    $("model").innerHTML = (m.available || []).map((a) =>
-      `<option value="${a.name}"${a.name === active ? " selected" : ""}>` +
-      `${a.name} (v${a.version}, ${a.planes} planes)</option>`).join("");
+    $("model").replaceChildren(...(m.available || []).map((a) => {
+      const opt = document.createElement("option");
+      opt.value = a.name;
+      opt.selected = a.name === active;
+      opt.disabled = Boolean(a.error);
+      opt.textContent = a.error ? `${a.name} (unusable: ${a.error})`
+        : `${a.name} (v${a.version}, ${a.planes} planes)`;
+      return opt;
+    }));
   } catch (err) { say("cannot list models: " + err.message, true); }
 }
 
