@@ -221,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios = [sat / ((a + b) / 2) for sat, a, b in zip(sats, raws[1:-1], raws[2:], strict=True)]
     in_run = [s.delivered_fps / s.engine_fps_in_run for s in steps
               if s.offered_fps == 0 and s.engine_fps_in_run > 0]
+    args.backend = f"{args.backend} ({engine.backend})"
     report(steps, raws, ratios, in_run, args)
     if args.json:
         args.json.write_text(json.dumps({"steps": [asdict(s) for s in steps],

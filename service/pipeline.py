@@ -80,6 +80,7 @@ class Pipeline:
         except BaseException:
             self.state = PipelineState.FAILED
             self._close_sockets()
+            self.models.close()
             raise
         self.models.serving = True
         for name, target in (("voxloc-ingest", self._ingest_loop),
@@ -116,7 +117,7 @@ class Pipeline:
             self.ingest.close()
         if self.publisher is not None:
             self.publisher.close()
-        if self._own_ctx:
+        if self._own_ctx and not self._ctx.closed:
             self._ctx.term()
 
     def _guard(self, target: Any) -> None:
