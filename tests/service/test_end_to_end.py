@@ -134,3 +134,20 @@ def test_registered_frames_localize_like_aligned_ones(sim_frames: tuple,
     served = recall([m.locs for m in msgs], batch, n)
     assert aligned > 0.3, f"the shipped model finds only {aligned:.0%} of the molecules"
     assert served > 0.8 * aligned, f"registered recall {served:.2f} vs aligned {aligned:.2f}"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["onnxruntime", "auto"])
+def test_service_runs_each_cpu_backend(backend: str, make_service: Callable,
+                                       sim_frames: tuple) -> None:
+    frames = sim_frames[0][:16]
+    svc = make_service(backend=backend)
+    threshold = svc.pipeline.config.threshold
+    for i in range(len(frames)):
+        svc.send_set(i, frames[i])
+    msgs = svc.receive(len(frames))
+    served_by = svc.pipeline.models.active.engine
+    assert [m.frame for m in msgs] == list(range(16))
+    reference = create_engine("tiny", served_by.backend).infer(frames, threshold)
+    for m, ref in zip(msgs, reference, strict=True):
+        assert_same_locs(m.locs.to_array(), ref.to_array(), threshold, m.frame)
