@@ -226,7 +226,8 @@ class Pipeline:
         return self.models.load(name)
 
     def add_observer(self, observer: LocalizationObserver) -> None:
-        """Call ``observer.observe(msg)`` for every published localization message."""
+        """Call ``observer.observe(msg, planes)`` for every published localization message
+        (see :class:`~service.types.LocalizationObserver`)."""
         if self.publisher is not None:
             self.publisher.observers.append(observer)
         self._observers.append(observer)

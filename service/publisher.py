@@ -76,7 +76,7 @@ class Publisher:
             self._sock.send_multipart(encode_locs(msg), copy=False)
             for obs in self.observers:
                 try:
-                    obs.observe(msg)
+                    obs.observe(msg, fs.planes)
                 except Exception:  # an observer must never stop the stream
                     log.exception("localization observer %r failed", obs.name)
 

@@ -62,12 +62,15 @@ class Batch:
 class LocalizationObserver(Protocol):
     """Called by the publisher with every published localization message, in frame order.
 
-    ``observe`` runs on the inference thread: keep it short (or hand off to a thread).
+    ``observe(msg, planes)`` gets the message and the frame set it was computed from:
+    ``planes`` is ``(P, H, W)`` float32, registered into the reference plane, model units
+    (read-only by convention; keeping a reference is fine). It runs on the inference
+    thread right after the message was sent: keep it short (or hand off to a thread).
     ``stats`` (optional) is merged into ``GET /stats`` under ``observers[name]``.
     """
 
     name: str
 
-    def observe(self, msg: LocsMessage) -> None: ...
+    def observe(self, msg: LocsMessage, planes: np.ndarray) -> None: ...
 
     def stats(self) -> dict[str, Any]: ...

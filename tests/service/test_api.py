@@ -124,9 +124,11 @@ class Counting:
 
     def __init__(self) -> None:
         self.frames: list[int] = []
+        self.shapes: set[tuple] = set()
 
-    def observe(self, msg: object) -> None:
+    def observe(self, msg: object, planes: object) -> None:
         self.frames.append(msg.frame)
+        self.shapes.add((planes.shape, planes.dtype.name))
 
     def stats(self) -> dict:
         return {"seen": len(self.frames)}
@@ -142,7 +144,7 @@ def test_observers_see_every_published_frame_set(service: object, sim_frames: tu
     deadline = time.monotonic() + 30   # observers run right after the message is sent
     while len(obs.frames) < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert obs.frames == [0, 1, 2]
+    assert obs.frames == [0, 1, 2] and obs.shapes == {((4, 64, 64), "float32")}
     assert service.stats()["observers"] == {"counting": {"seen": 3}}
 
 
