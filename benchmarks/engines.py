@@ -307,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             "long_run": asdict(long) if long else None, "rows": [asdict(r) for r in rows],
         }, indent=2) + "\n")
 
+    save([])
     rows = run_grid(runners, model, sizes, batches, min_time, args.max_calls, on_row=save)
     save(rows, complete=True)
     print_table(rows, long)
