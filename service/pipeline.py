@@ -15,6 +15,7 @@ from typing import Any
 
 import zmq
 
+from engines.calibration.drift import DriftEstimator
 from engines.errors import VoxlocError
 from service.aligner import FrameAssembler, PlaneWarp
 from service.batcher import Batcher
@@ -71,6 +72,8 @@ class Pipeline:
         self.state = PipelineState.STARTING
         try:
             self.models.load(self.settings.inference.model)
+            if self.settings.drift.enabled:
+                self.add_observer(DriftEstimator.for_pipeline(self))
             self.ingest = Ingest(self._ctx, cameras=self.settings.cameras,
                                  stream=self.settings.stream, stats=self.stats)
             self.publisher = Publisher(self._ctx, endpoint=self.settings.stream.publish,
@@ -105,6 +108,10 @@ class Pipeline:
             t.join(JOIN_TIMEOUT_S)
             if t.is_alive():
                 log.warning("thread %s did not stop within %.0f s", t.name, JOIN_TIMEOUT_S)
+        for obs in self._observers:  # observers with a worker thread (drift) stop it here
+            close = getattr(obs, "close", None)
+            if callable(close):
+                close()
         self.models.serving = False
         self._close_sockets()
         self.models.close()

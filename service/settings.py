@@ -21,6 +21,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from engines.calibration.drift import DriftSettings
+
 IDENTITY_AFFINE: tuple[tuple[float, float, float], ...] = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
 _ENDPOINT = re.compile(r"^(tcp://[^:/]+:(\*|\d{1,5})|ipc://.+|inproc://.+)$")
 
@@ -163,6 +165,7 @@ class ServiceSettings(BaseSettings):
     stream: StreamSettings = StreamSettings()
     inference: InferenceSettings = InferenceSettings()
     cameras: list[CameraSettings] = Field(default_factory=default_cameras)
+    drift: DriftSettings = DriftSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -1,238 +1,294 @@
-"""Residual lateral misregistration of each plane, estimated from the localizations alone.
+"""Live estimation of each plane's residual lateral offset in the service (issue 6, item 4).
 
-A plane whose camera is off by ``delta_k`` in x/y biases the molecules localized mostly
-from that plane, i.e. those in its depth slab ``[k dz, (k + 1) dz)`` (paper Fig. 7b).
-A structure that is continuous in depth (filaments) then shows a lateral jump of
-``delta_k - delta_{k-1}`` where it crosses the boundary ``z = k dz`` between two slabs.
-
-The jump is measured like redundant cross-correlation drift correction measures drift
-between time bins, here between thin depth bands on both sides of each boundary:
-
-* ``cross``: the 2D histogram of lateral differences of all pairs (lower band, upper band)
-  across the boundary. For a filament crossing the boundary it is a streak along the
-  filament's lateral direction, starting at the jump.
-* ``ref``: the same histogram for two bands with the same spacing *inside* a slab
-  (no jump): the same streaks, starting at 0.
-
-The sub-bin peak of the cross-correlation of ``cross`` with ``ref`` is the jump, free of
-the bias an inclined structure gives a plain peak fit. Bands leave a gap around the
-boundary because the axial error moves molecules across it. Jumps are chained from the
-reference plane (0) upwards.
+A localization observer: it measures, at the published localizations, where each
+molecule sits in every registered plane (:mod:`engines.calibration.plane_offsets`),
+keeps a sliding window of those measurements, reports the per-plane offsets to plane 0
+(``GET /stats`` under ``observers.drift``, Prometheus ``voxloc_plane_offset_nm``) and
+optionally feeds them back into the registration.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
+import time
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from scipy import ndimage, signal
-from scipy.spatial import cKDTree
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from engines.calibration.plane_offsets import (
+    OffsetEstimate,
+    Patches,
+    PlaneMeasurements,
+    cut_patches,
+    fit_planes,
+    solve_offsets,
+)
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class DriftSettings:
-    """Geometry of the bands and the sliding window. Lengths in nm."""
+class DriftSettings(BaseModel):
+    """Live plane-offset estimation (``[drift]`` in the service settings)."""
 
-    planes: int = 4
-    dz_nm: float = 400.0
-    window_locs: int = 20_000
-    band_nm: float = 120.0
-    gap_nm: float = 40.0
-    radius_nm: float = 300.0
-    max_offset_nm: float = 150.0
-    bin_nm: float = 10.0
-    min_pairs: int = 50
-    every_frames: int = 50
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def __post_init__(self) -> None:
-        if 3 * self.gap_nm + 2 * self.band_nm > self.dz_nm:
-            raise ValueError(f"3 * gap_nm + 2 * band_nm = {3 * self.gap_nm + 2 * self.band_nm} "
-                             f"must fit in one slab (dz_nm {self.dz_nm})")
-        if self.planes < 2:
-            raise ValueError(f"need at least 2 planes, got {self.planes}")
+    enabled: bool = Field(False, description="estimate plane offsets in the live service")
+    window_locs: int = Field(20_000, ge=100, le=10_000_000,
+                             description="sliding window: molecules measured most recently")
+    every_sets: int = Field(1, ge=1, le=100_000, description="measure every n-th frame set")
+    max_locs_per_set: int = Field(256, ge=1, le=100_000)
+    queue_sets: int = Field(32, ge=1, le=10_000,
+                            description="frame sets waiting for the fit; more are dropped")
+    patch_px: int = Field(9, ge=5, le=31, description="odd patch side, pixels")
+    isolation_px: float = Field(5.0, ge=0, le=100,
+                                description="skip localizations with a neighbour this close")
+    max_shift_px: float = Field(2.0, gt=0, le=10,
+                                description="fitted centre this far from the seed: rejected")
+    max_busy_fraction: float = Field(0.5, gt=0, le=1,
+                                     description="share of one core the fitting may use")
+    update_sets: int = Field(20, ge=1, le=100_000,
+                             description="re-estimate after this many measured frame sets")
+    feedback: bool = Field(False, description="shift the registration by confident estimates")
+    feedback_min_locs: int = Field(2000, ge=10)
+    feedback_min_nm: float = Field(5.0, ge=0, description="smaller offsets are left alone")
+    feedback_settle_sets: int = Field(
+        200, ge=0, description="frame sets ignored after a feedback (still in the queues)")
 
-
-@dataclass(frozen=True)
-class DriftEstimate:
-    """Attributes:
-    offsets_nm: ``(P, 2)`` estimated (x, y) offset of each plane's slab vs plane 0, nm
-        (row 0 is 0; NaN where a boundary below had too few pairs).
-    pairs: ``(P - 1,)`` signal pairs across each boundary.
-    locs: localizations in the window.
-    """
-
-    offsets_nm: np.ndarray
-    pairs: np.ndarray
-    locs: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "offsets_nm": [[_num(v) for v in row] for row in self.offsets_nm],
-            "pairs": [int(v) for v in self.pairs],
-            "locs": self.locs,
-        }
+    @model_validator(mode="after")
+    def _odd_patch(self) -> DriftSettings:
+        if self.patch_px % 2 == 0:
+            raise ValueError(f"patch_px must be odd, got {self.patch_px}")
+        return self
 
 
-def _num(v: float) -> float | None:
-    return None if not np.isfinite(v) else round(float(v), 2)
+# -- live estimator ------------------------------------------------------------------------
+class _Metrics:
+    """Prometheus mirror of the estimate, in the service's registry."""
 
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.offset = Gauge("voxloc_plane_offset_nm", "residual lateral offset to plane 0",
+                            ["plane", "axis"], registry=registry)
+        self.se = Gauge("voxloc_plane_offset_se_nm", "standard error of the plane offset",
+                        ["plane", "axis"], registry=registry)
+        self.locs = Gauge("voxloc_plane_offset_locs", "localizations behind the plane offset",
+                          ["plane"], registry=registry)
+        self.dropped = Counter("voxloc_drift_dropped_sets",
+                               "frame sets not measured: the drift queue was full",
+                               registry=registry)
+        self.feedbacks = Counter("voxloc_drift_feedbacks",
+                                 "registration corrections by the drift estimator",
+                                 registry=registry)
 
-def _pair_hist(lower: np.ndarray, upper: np.ndarray, radius: float, bin_nm: float,
-               centre: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-    """2D histogram of ``upper - lower - centre`` lateral differences within ``radius``.
-
-    Zero-mean inside the disc: pairs of unrelated molecules are uniform and would pull a
-    peak towards the disc centre.
-    """
-    n = int(np.ceil(radius / bin_nm))
-    hist = np.zeros((2 * n + 1, 2 * n + 1))
-    if len(lower) == 0 or len(upper) == 0:
-        return hist, 0
-    c = np.zeros(2) if centre is None else centre
-    pairs = cKDTree(upper - c).sparse_distance_matrix(cKDTree(lower), radius,
-                                                      output_type="ndarray")
-    if len(pairs):
-        d = upper[pairs["i"]] - c - lower[pairs["j"]]
-        ix = np.round(d / bin_nm).astype(int) + n
-        np.add.at(hist, (ix[:, 1], ix[:, 0]), 1.0)
-    yy, xx = np.mgrid[-n:n + 1, -n:n + 1]
-    disc = np.hypot(xx, yy) * bin_nm <= radius
-    hist[disc] -= hist[disc].mean()
-    hist[~disc] = 0.0
-    return ndimage.gaussian_filter(hist, 1.0), len(pairs)
-
-
-def _subbin_peak(corr: np.ndarray) -> tuple[float, float]:
-    """(dx, dy) of the maximum relative to the centre, bins, by a 3-point parabola per axis."""
-    iy, ix = np.unravel_index(np.argmax(corr), corr.shape)
-    iy = int(np.clip(iy, 1, corr.shape[0] - 2))
-    ix = int(np.clip(ix, 1, corr.shape[1] - 2))
-
-    def vertex(a: float, b: float, c: float) -> float:
-        den = a - 2 * b + c
-        return 0.0 if den >= 0 else 0.5 * (a - c) / den
-
-    dx = ix + vertex(*corr[iy, ix - 1:ix + 2])
-    dy = iy + vertex(*corr[iy - 1:iy + 2, ix])
-    return dx - (corr.shape[1] - 1) / 2, dy - (corr.shape[0] - 1) / 2
-
-
-def boundary_jump(xyz_nm: np.ndarray, boundary_nm: float, s: DriftSettings
-                  ) -> tuple[np.ndarray, int]:
-    """Lateral jump ``(dx, dy)`` nm of the structure across ``z = boundary_nm`` and the
-    number of pairs it rests on."""
-    z = xyz_nm[:, 2]
-    g, h, b = s.gap_nm, s.band_nm, boundary_nm
-
-    def band(lo: float) -> np.ndarray:
-        return xyz_nm[(z >= lo) & (z < lo + h), :2]
-
-    l1, u1 = band(b - g - h), band(b + g)
-    l2, u2 = band(b - 3 * g - 2 * h), band(b + 3 * g + h)
-    ref = (_pair_hist(l2, l1, s.radius_nm, s.bin_nm)[0]
-           + _pair_hist(u1, u2, s.radius_nm, s.bin_nm)[0])
-    if not np.any(ref):
-        return np.full(2, np.nan), 0
-    jump = np.zeros(2)
-    m = int(np.ceil(s.max_offset_nm / s.bin_nm))
-    for _ in range(3):
-        # the cross pattern is cut to the same disc as the reference, around the current
-        # estimate, so that streaks of inclined filaments are truncated alike
-        cross, n_cross = _pair_hist(l1, u1, s.radius_nm, s.bin_nm, centre=jump)
-        if n_cross < s.min_pairs:
-            return np.full(2, np.nan), n_cross
-        corr = signal.fftconvolve(cross, ref[::-1, ::-1], mode="same")
-        c = corr.shape[0] // 2
-        step = np.array(_subbin_peak(corr[c - m:c + m + 1, c - m:c + m + 1])) * s.bin_nm
-        jump = jump + step
-        if np.hypot(*step) < 0.5 or np.hypot(*jump) > s.max_offset_nm:
-            break
-    return jump, n_cross
-
-
-def estimate_offsets(xyz_nm: np.ndarray, settings: DriftSettings) -> DriftEstimate:
-    """Offsets of every plane's slab vs plane 0 from ``(N, 3)`` localizations, nm."""
-    xyz = np.asarray(xyz_nm, dtype=np.float64).reshape(-1, 3)
-    offsets = np.zeros((settings.planes, 2))
-    pairs = np.zeros(settings.planes - 1, dtype=int)
-    for k in range(1, settings.planes):
-        jump, pairs[k - 1] = boundary_jump(xyz, k * settings.dz_nm, settings)
-        offsets[k] = offsets[k - 1] + jump
-    return DriftEstimate(offsets, pairs, len(xyz))
+    def update(self, est: OffsetEstimate) -> None:
+        for k in range(len(est.offsets_nm)):
+            for i, axis in enumerate("xy"):
+                self.offset.labels(str(k), axis).set(est.offsets_nm[k, i])
+                self.se.labels(str(k), axis).set(est.se_nm[k, i])
+            self.locs.labels(str(k)).set(int(est.locs[k]))
 
 
 class DriftEstimator:
-    """Sliding-window estimator fed with published localizations (a service observer).
+    """Sliding-window plane-offset estimator; a service localization observer.
 
-    ``observe`` appends a frame's localizations and re-estimates every ``every_frames``
-    frames; ``stats`` reports the last estimate for ``GET /stats``.
+    ``observe(msg, planes)`` (inference thread) cuts patches around the isolated
+    localizations and queues them (bounded: a full queue drops the set and counts it);
+    a worker thread fits them, keeps the last ``window_locs`` measured localizations
+    and re-estimates. With ``feedback`` on, a confident estimate is handed to
+    ``correct(offsets_nm)`` (the pipeline shifts the registration), the window restarts
+    and the next ``feedback_settle_sets`` frame sets (registered before) are skipped.
     """
 
     name = "drift"
 
-    def __init__(self, settings: DriftSettings | None = None) -> None:
+    def __init__(self, settings: DriftSettings | None = None, *, px_nm: float, planes: int,
+                 registry: CollectorRegistry | None = None,
+                 correct: Callable[[np.ndarray], None] | None = None) -> None:
+        if px_nm <= 0 or planes < 2:
+            raise ValueError(f"need px_nm > 0 and at least 2 planes, got px_nm {px_nm}, "
+                             f"planes {planes}")
         self.settings = settings or DriftSettings()
-        self._chunks: deque[np.ndarray] = deque()
-        self._count = 0
-        self._frames = 0
+        self.px_nm, self.planes = float(px_nm), int(planes)
+        self._correct = correct
+        self._metrics = _Metrics(registry) if registry is not None else None
+        self._queue: queue.Queue[Patches] = queue.Queue(self.settings.queue_sets)
+        self._window: deque[PlaneMeasurements] = deque()
         self._lock = threading.Lock()
-        self._last: DriftEstimate | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last: OffsetEstimate | None = None
+        self._count = {"seen": 0, "measured": 0, "dropped": 0, "feedbacks": 0}
+        self._window_locs = 0
+        self._pending = 0      # measured sets since the last estimate
+        self._settle = 0
 
-    def add(self, xyz_nm: np.ndarray) -> None:
-        """Append ``(N, 3)`` localizations, dropping the oldest beyond the window."""
-        arr = np.asarray(xyz_nm, dtype=np.float64).reshape(-1, 3)
+    # -- inference thread -----------------------------------------------------------------
+    def observe(self, msg: Any, planes: np.ndarray) -> None:
+        """``msg``: a :class:`service.wire.LocsMessage`; ``planes`` its ``(P, H, W)`` set."""
+        self._count["seen"] += 1
+        if self._settle > 0:
+            self._settle -= 1
+            return
+        if (self._count["seen"] - 1) % self.settings.every_sets or len(msg.locs.xyz_nm) == 0:
+            return
+        if planes.shape[0] != self.planes:
+            raise ValueError(f"expected {self.planes} planes, got a frame set of shape "
+                             f"{planes.shape}")
+        s = self.settings
+        patches = cut_patches(planes, msg.locs.xyz_nm[:, :2], px_nm=self.px_nm,
+                              patch_px=s.patch_px, isolation_px=s.isolation_px,
+                              max_locs=s.max_locs_per_set)
+        if len(patches):
+            self.submit(patches)
+
+    def submit(self, patches: Patches) -> None:
+        """Queue the patches of one frame set for the worker (dropped when full)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="voxloc-drift", daemon=True)
+            self._thread.start()
+        try:
+            self._queue.put_nowait(patches)
+        except queue.Full:
+            self._count["dropped"] += 1
+            if self._metrics:
+                self._metrics.dropped.inc()
+
+    # -- worker thread --------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._step()
+            except Exception:  # keep measuring the next sets; a bad batch is logged
+                log.exception("drift estimator step failed")
+
+    def _step(self) -> None:
+        try:
+            parts = [self._queue.get(timeout=0.1)]
+        except queue.Empty:
+            if self._pending:  # the stream paused: bring the estimate up to date
+                self.estimate()
+            return
+        t0 = time.perf_counter()
+        while len(parts) < self.settings.queue_sets:
+            try:
+                parts.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        self._measure(Patches.concat(parts), len(parts))
+        # stay below max_busy_fraction of one core: sets arriving meanwhile may be dropped
+        self._stop.wait((time.perf_counter() - t0) * (1.0 / self.settings.max_busy_fraction - 1.0))
+
+    def _measure(self, patches: Patches, sets: int) -> None:
+        meas = fit_planes(patches, px_nm=self.px_nm, max_shift_px=self.settings.max_shift_px)
         with self._lock:
-            self._chunks.append(arr)
-            self._count += len(arr)
-            while self._chunks and self._count - len(self._chunks[0]) >= self.settings.window_locs:
-                self._count -= len(self._chunks.popleft())
+            self._window.append(meas)
+            self._window_locs += len(meas)
+            while self._window_locs - len(self._window[0]) >= self.settings.window_locs:
+                self._window_locs -= len(self._window.popleft())
+            self._count["measured"] += sets
+            self._pending += sets
+        if self._pending >= self.settings.update_sets:
+            self.estimate()
 
-    def window(self) -> np.ndarray:
+    def estimate(self) -> OffsetEstimate:
+        """Re-estimate from the window now (the worker does this as data arrives)."""
         with self._lock:
-            chunks = list(self._chunks)
-        return np.concatenate(chunks) if chunks else np.zeros((0, 3))
-
-    def estimate(self) -> DriftEstimate:
-        est = estimate_offsets(self.window(), self.settings)
+            meas = PlaneMeasurements.concat(list(self._window), self.planes)
+            included = self._pending
+        est = solve_offsets(meas)
         with self._lock:
             self._last = est
+            self._pending = max(self._pending - included, 0)
+        if self._metrics:
+            self._metrics.update(est)
+        if self.settings.feedback and self._correct is not None:
+            self._maybe_correct(est)
         return est
 
-    def observe(self, msg: Any) -> None:
-        """Service hook: ``msg`` is a :class:`service.wire.LocsMessage`."""
-        self.add(msg.locs.xyz_nm)
-        self._frames += 1
-        if self._frames % self.settings.every_frames == 0:
-            est = self.estimate()
-            log.debug("drift estimate %s", est.to_dict())
+    def _maybe_correct(self, est: OffsetEstimate) -> None:
+        s = self.settings
+        if est.molecules < s.feedback_min_locs or not np.isfinite(est.offsets_nm).all():
+            return
+        size = np.hypot(*est.offsets_nm.T)
+        confident = (size > s.feedback_min_nm) & (size > 3.0 * np.hypot(*est.se_nm.T))
+        if not confident[1:].any():
+            return
+        offsets = np.where(confident[:, None], est.offsets_nm, 0.0)
+        log.info("drift feedback: shifting planes %s by %s nm (from %d localizations)",
+                 np.flatnonzero(confident).tolist(), np.round(offsets[confident], 1).tolist(),
+                 est.molecules)
+        self._correct(offsets)
+        self.reset(settle_sets=s.feedback_settle_sets)
+        self._count["feedbacks"] += 1
+        if self._metrics:
+            self._metrics.feedbacks.inc()
+
+    # -- control --------------------------------------------------------------------------
+    def reset(self, settle_sets: int = 0) -> None:
+        """Empty the window and the queue; skip the next ``settle_sets`` frame sets."""
+        self._settle = settle_sets
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        with self._lock:
+            self._window.clear()
+            self._window_locs = 0
+            self._pending = 0
 
     def stats(self) -> dict[str, Any]:
+        """What ``GET /stats`` shows under ``observers.drift``."""
         with self._lock:
-            last = self._last
-            count = self._count
-        out: dict[str, Any] = {"window_locs": count, "frames": self._frames}
-        out.update(last.to_dict() if last else {"offsets_nm": None})
+            last, window, pending = self._last, self._window_locs, self._pending
+        out: dict[str, Any] = {
+            "window_locs": window, "sets_seen": self._count["seen"],
+            "sets_measured": self._count["measured"], "sets_dropped": self._count["dropped"],
+            "queued": self._queue.qsize(), "sets_not_estimated": pending,
+            "feedback": self.settings.feedback,
+            "feedbacks": self._count["feedbacks"]}
+        out.update(last.to_dict() if last else {"planes": None})
         return out
 
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
 
-def corrected_affines(affines: dict[str, np.ndarray], planes: dict[str, int],
-                      offsets_nm: np.ndarray, px_nm: float) -> dict[str, np.ndarray]:
-    """Registration fed back: shift each camera's affine so its plane's offset vanishes.
+    @classmethod
+    def for_pipeline(cls, pipeline: Any) -> DriftEstimator:
+        """The estimator of a started ``service.pipeline.Pipeline`` (model loaded): pixel
+        size from its model, gauges in its registry, feedback into its registration."""
+        settings: DriftSettings = pipeline.settings.drift
+        geometry = pipeline.models.active.engine.info.settings.geometry
+        planes_of = {c.name: c.plane for c in pipeline.settings.cameras}
 
-    A slab that appears displaced by ``+offset`` comes from a camera mapped ``offset`` too
-    far; the translation of its affine (reference pixels) is reduced by ``offset / px_nm``.
+        def correct(offsets_nm: np.ndarray) -> None:
+            pipeline.update_registration(registration_changes(
+                pipeline.registration, planes_of, offsets_nm, geometry.px_nm))
+
+        return cls(settings, px_nm=geometry.px_nm, planes=pipeline.settings.stream.planes,
+                   registry=pipeline.stats.registry, correct=correct)
+
+
+def registration_changes(registration: dict[str, Any], planes: dict[str, int],
+                         offsets_nm: np.ndarray, px_nm: float) -> dict[str, dict[str, Any]]:
+    """``PUT /registration`` changes that cancel ``offsets_nm`` ``(P, 2)``.
+
+    A plane whose molecules appear displaced by ``+offset`` comes from a camera mapped
+    ``offset`` too far: the translation of its affine (reference pixels) is reduced by
+    ``offset / px_nm``. Cameras of planes without an offset are left out.
     """
     out = {}
-    for name, aff in affines.items():
-        new = np.array(aff, dtype=np.float64)
+    for name, reg in registration.items():
         off = offsets_nm[planes[name]]
-        if np.all(np.isfinite(off)):
-            new[:, 2] -= off / px_nm
-        out[name] = new
+        if np.all(np.isfinite(off)) and np.any(off != 0):
+            affine = np.array(reg.affine, dtype=np.float64)
+            affine[:, 2] -= off / px_nm
+            out[name] = {"affine": affine.tolist()}
     return out
