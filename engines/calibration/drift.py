@@ -58,7 +58,8 @@ class DriftSettings(BaseModel):
     feedback_min_locs: int = Field(2000, ge=10)
     feedback_min_nm: float = Field(5.0, ge=0, description="smaller offsets are left alone")
     feedback_settle_sets: int = Field(
-        200, ge=0, description="frame sets ignored after a feedback (still in the queues)")
+        200, ge=0, description="frame sets ignored after a feedback when the pipeline cannot "
+        "say from which frame on the correction applies")
 
     @model_validator(mode="after")
     def _odd_patch(self) -> DriftSettings:
@@ -100,15 +101,17 @@ class DriftEstimator:
     localizations and queues them (bounded: a full queue drops the set and counts it);
     a worker thread fits them, keeps the last ``window_locs`` measured localizations
     and re-estimates. With ``feedback`` on, a confident estimate is handed to
-    ``correct(offsets_nm)`` (the pipeline shifts the registration), the window restarts
-    and the next ``feedback_settle_sets`` frame sets (registered before) are skipped.
+    ``correct(offsets_nm)``: the pipeline shifts the registration and returns the first
+    frame index registered with the shift. The window restarts and the frame sets before
+    that index (registered before, still in the queues) are skipped; if ``correct``
+    returns None, the next ``feedback_settle_sets`` frame sets are.
     """
 
     name = "drift"
 
     def __init__(self, settings: DriftSettings | None = None, *, px_nm: float, planes: int,
                  registry: CollectorRegistry | None = None,
-                 correct: Callable[[np.ndarray], None] | None = None) -> None:
+                 correct: Callable[[np.ndarray], int | None] | None = None) -> None:
         if px_nm <= 0 or planes < 2:
             raise ValueError(f"need px_nm > 0 and at least 2 planes, got px_nm {px_nm}, "
                              f"planes {planes}")
@@ -125,14 +128,15 @@ class DriftEstimator:
         self._count = {"seen": 0, "measured": 0, "dropped": 0, "feedbacks": 0}
         self._window_locs = 0
         self._pending = 0      # measured sets since the last estimate
-        self._settle = 0
+        self._settle = 0       # frame sets still to skip after a feedback
+        self._first_frame = 0  # frame sets before this index are skipped
 
     # -- inference thread -----------------------------------------------------------------
     def observe(self, msg: Any, planes: np.ndarray) -> None:
         """``msg``: a :class:`service.wire.LocsMessage`; ``planes`` its ``(P, H, W)`` set."""
         self._count["seen"] += 1
-        if self._settle > 0:
-            self._settle -= 1
+        if self._settle > 0 or msg.frame < self._first_frame:
+            self._settle = max(self._settle - 1, 0)
             return
         if (self._count["seen"] - 1) % self.settings.every_sets or len(msg.locs.xyz_nm) == 0:
             return
@@ -222,16 +226,20 @@ class DriftEstimator:
         log.info("drift feedback: shifting planes %s by %s nm (from %d localizations)",
                  np.flatnonzero(confident).tolist(), np.round(offsets[confident], 1).tolist(),
                  est.molecules)
-        self._correct(offsets)
-        self.reset(settle_sets=s.feedback_settle_sets)
+        first_frame = self._correct(offsets)
+        if first_frame is None:
+            self.reset(settle_sets=s.feedback_settle_sets)
+        else:
+            self.reset(first_frame=first_frame)
         self._count["feedbacks"] += 1
         if self._metrics:
             self._metrics.feedbacks.inc()
 
     # -- control --------------------------------------------------------------------------
-    def reset(self, settle_sets: int = 0) -> None:
-        """Empty the window and the queue; skip the next ``settle_sets`` frame sets."""
-        self._settle = settle_sets
+    def reset(self, *, settle_sets: int = 0, first_frame: int = 0) -> None:
+        """Empty the window and the queue; then skip the next ``settle_sets`` frame sets
+        and those before frame index ``first_frame``."""
+        self._settle, self._first_frame = settle_sets, first_frame
         while True:
             try:
                 self._queue.get_nowait()
@@ -268,9 +276,14 @@ class DriftEstimator:
         geometry = pipeline.models.active.engine.info.settings.geometry
         planes_of = {c.name: c.plane for c in pipeline.settings.cameras}
 
-        def correct(offsets_nm: np.ndarray) -> None:
+        def correct(offsets_nm: np.ndarray) -> int:
             pipeline.update_registration(registration_changes(
                 pipeline.registration, planes_of, offsets_nm, geometry.px_nm))
+            # frames are registered on arrival: every frame received so far (queued behind
+            # the engine) used the old registration; +2 covers one being registered now
+            seen = [c.last_frame for c in pipeline.stats.cameras.values()
+                    if c.last_frame is not None]
+            return max(seen, default=-1) + 2
 
         return cls(settings, px_nm=geometry.px_nm, planes=pipeline.settings.stream.planes,
                    registry=pipeline.stats.registry, correct=correct)
