@@ -86,6 +86,7 @@ def train(cfg: TrainConfig, settings: SimSettings, *, resume: bool = False) -> P
     sim = Simulator(settings, seed=cfg.seed, device=cfg.device)
     start = 0
     ema: float | None = None
+    history: list[str] = []
     ckpt_path = out / CHECKPOINT
     if resume:
         if not ckpt_path.is_file():
@@ -98,6 +99,9 @@ def train(cfg: TrainConfig, settings: SimSettings, *, resume: bool = False) -> P
         start = ckpt["step"]
         ema = ckpt.get("loss_ema")
         log.info("resumed from %s at step %d", ckpt_path, start)
+        history = ckpt.get("history", []) + [f"resumed at step {start}: {cfg.command}"]
+    else:
+        history = [cfg.command]
 
     mol = _crop_molecules(cfg)
     net.train()
@@ -123,16 +127,17 @@ def train(cfg: TrainConfig, settings: SimSettings, *, resume: bool = False) -> P
         bar.set_postfix(loss=f"{ema:.4f}", bce=f"{parts['bce']:.3f}", l1=f"{parts['l1']:.3f}",
                         fps=f"{fps:.0f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            _checkpoint(ckpt_path, net, opt, sim, step + 1, ema)
-            info.training = _training_record(cfg, settings, step + 1, ema)
+            _checkpoint(ckpt_path, net, opt, sim, step + 1, ema, history)
+            info.training = _training_record(cfg, step + 1, ema, history)
             save_model(net, info, out)
     bar.close()
-    info.training = _training_record(cfg, settings, cfg.steps, ema)
+    info.training = _training_record(cfg, cfg.steps, ema, history)
     save_model(net, info, out)
     return out
 
 
-def _checkpoint(path: Path, net: VoxelNet, opt, sim: Simulator, step: int, ema) -> None:
+def _checkpoint(path: Path, net: VoxelNet, opt, sim: Simulator, step: int, ema,
+                history: list[str]) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(
         {
@@ -142,15 +147,17 @@ def _checkpoint(path: Path, net: VoxelNet, opt, sim: Simulator, step: int, ema) 
             "torch_rng": torch.get_rng_state(),
             "step": step,
             "loss_ema": ema,
+            "history": history,
         },
         tmp,
     )
     tmp.replace(path)
 
 
-def _training_record(cfg: TrainConfig, settings: SimSettings, step: int, ema) -> dict:
+def _training_record(cfg: TrainConfig, step: int, ema, history: list[str]) -> dict:
     return {
         "command": cfg.command,
+        "history": history,
         "seed": cfg.seed,
         "steps_done": step,
         "steps": cfg.steps,
