@@ -98,26 +98,31 @@ class DriftEstimator:
     """Sliding-window plane-offset estimator; a service localization observer.
 
     ``observe(msg, planes)`` (inference thread) cuts patches around the isolated
-    localizations and queues them (bounded: a full queue drops the set and counts it);
-    a worker thread fits them, keeps the last ``window_locs`` measured localizations
-    and re-estimates. With ``feedback`` on, a confident estimate is handed to
-    ``correct(offsets_nm)``: the pipeline shifts the registration and returns the first
-    frame index registered with the shift. The window restarts and the frame sets before
-    that index (registered before, still in the queues) are skipped; if ``correct``
-    returns None, the next ``feedback_settle_sets`` frame sets are.
+    localizations, notes the resampling fractions of the current registration
+    (``affines()``, ``(P, 2, 3)``: the fits model the registration's bilinear resampling,
+    which otherwise moves the peak of in-focus spots by up to ~8 nm) and queues them
+    (bounded: a full queue drops the set and counts it). A worker thread fits them,
+    keeps the last ``window_locs`` measured localizations and re-estimates. With
+    ``feedback`` on, a confident estimate is handed to ``correct(offsets_nm)``: the
+    pipeline shifts the registration and returns the first frame index registered with
+    the shift. The window restarts and the frame sets before that index (registered
+    before, still in the queues) are skipped; if ``correct`` returns None, the next
+    ``feedback_settle_sets`` frame sets are.
     """
 
     name = "drift"
 
     def __init__(self, settings: DriftSettings | None = None, *, px_nm: float, planes: int,
                  registry: CollectorRegistry | None = None,
-                 correct: Callable[[np.ndarray], int | None] | None = None) -> None:
+                 correct: Callable[[np.ndarray], int | None] | None = None,
+                 affines: Callable[[], np.ndarray | None] | None = None) -> None:
         if px_nm <= 0 or planes < 2:
             raise ValueError(f"need px_nm > 0 and at least 2 planes, got px_nm {px_nm}, "
                              f"planes {planes}")
         self.settings = settings or DriftSettings()
         self.px_nm, self.planes = float(px_nm), int(planes)
         self._correct = correct
+        self._affines = affines
         self._metrics = _Metrics(registry) if registry is not None else None
         self._queue: queue.Queue[Patches] = queue.Queue(self.settings.queue_sets)
         self._window: deque[PlaneMeasurements] = deque()
@@ -146,7 +151,8 @@ class DriftEstimator:
         s = self.settings
         patches = cut_patches(planes, msg.locs.xyz_nm[:, :2], px_nm=self.px_nm,
                               patch_px=s.patch_px, isolation_px=s.isolation_px,
-                              max_locs=s.max_locs_per_set)
+                              max_locs=s.max_locs_per_set,
+                              affines=self._affines() if self._affines else None)
         if len(patches):
             self.submit(patches)
 
@@ -275,6 +281,11 @@ class DriftEstimator:
         settings: DriftSettings = pipeline.settings.drift
         geometry = pipeline.models.active.engine.info.settings.geometry
         planes_of = {c.name: c.plane for c in pipeline.settings.cameras}
+        by_plane = sorted(planes_of, key=planes_of.__getitem__)
+
+        def affines() -> np.ndarray:
+            reg = pipeline.registration
+            return np.array([reg[name].affine for name in by_plane], dtype=np.float64)
 
         def correct(offsets_nm: np.ndarray) -> int:
             pipeline.update_registration(registration_changes(
@@ -286,7 +297,7 @@ class DriftEstimator:
             return max(seen, default=-1) + 2
 
         return cls(settings, px_nm=geometry.px_nm, planes=pipeline.settings.stream.planes,
-                   registry=pipeline.stats.registry, correct=correct)
+                   registry=pipeline.stats.registry, correct=correct, affines=affines)
 
 
 def registration_changes(registration: dict[str, Any], planes: dict[str, int],

@@ -49,11 +49,14 @@ class Patches:
         pixels: ``(M, P, S, S)`` float32, model units.
         gx, gy: ``(M, S)`` float64 pixel-centre x of the columns / y of the rows, pixels,
             relative to each localization.
+        frac: ``(M, P, 2)`` float64 bilinear resampling fractions (x, y) each plane's
+            registration used around the patch (0: not resampled).
     """
 
     pixels: np.ndarray
     gx: np.ndarray
     gy: np.ndarray
+    frac: np.ndarray
 
     def __len__(self) -> int:
         return len(self.pixels)
@@ -61,15 +64,35 @@ class Patches:
     @staticmethod
     def concat(parts: list[Patches]) -> Patches:
         return Patches(*(np.concatenate([getattr(p, f) for p in parts])
-                         for f in ("pixels", "gx", "gy")))
+                         for f in ("pixels", "gx", "gy", "frac")))
+
+
+def bilinear_fractions(affines: np.ndarray | None, col: np.ndarray, row: np.ndarray
+                       ) -> np.ndarray:
+    """``(M, P, 2)`` sub-pixel fractions at which the registration (service/aligner.py:
+    camera sampled bilinearly at ``A^-1`` of each reference pixel centre) resampled
+    reference pixels ``(row, col)`` of each plane; ``affines`` ``(P, 2, 3)``, None or an
+    identity: not resampled (0). The fraction of the patch's centre pixel stands for the
+    whole patch (rotations and scales of a registration are small)."""
+    if affines is None:
+        return np.zeros((len(col), 1, 2))
+    a = np.asarray(affines, np.float64)
+    ref = np.stack([col + 0.5, row + 0.5], -1)[:, None, :] - a[None, :, :, 2]   # (M, P, 2)
+    cam = np.einsum("pij,mpj->mpi", np.linalg.inv(a[:, :, :2]), ref) - 0.5
+    frac = cam - np.floor(cam)
+    identity = np.all(a == np.eye(2, 3), axis=(1, 2))
+    frac[:, identity] = 0.0
+    return frac
 
 
 def cut_patches(frames: np.ndarray, xy_nm: np.ndarray, *, px_nm: float, patch_px: int = 9,
-                isolation_px: float = 4.0, max_locs: int | None = None) -> Patches:
+                isolation_px: float = 4.0, max_locs: int | None = None,
+                affines: np.ndarray | None = None) -> Patches:
     """Patches of every plane around the isolated localizations ``xy_nm`` ``(N, 2)``.
 
     ``frames`` ``(P, H, W)`` are registered frames; pixel ``(i, j)`` has its centre at
-    ``((j + 0.5) px_nm, (i + 0.5) px_nm)``. Localizations with a neighbour closer than
+    ``((j + 0.5) px_nm, (i + 0.5) px_nm)``; ``affines`` ``(P, 2, 3)`` the registration
+    they went through (None: none). Localizations with a neighbour closer than
     ``isolation_px`` or whose patch leaves the frame are skipped; at most ``max_locs``.
     """
     _, h, w = frames.shape
@@ -85,73 +108,89 @@ def cut_patches(frames: np.ndarray, xy_nm: np.ndarray, *, px_nm: float, patch_px
     cols = col[inside, None] + off
     rows = row[inside, None] + off
     pixels = frames[:, rows[:, :, None], cols[:, None, :]]          # (P, M, S, S)
+    frac = bilinear_fractions(affines, col[inside], row[inside])
     return Patches(np.ascontiguousarray(np.moveaxis(pixels, 0, 1), dtype=np.float32),
-                   cols + 0.5 - xy_px[inside, :1], rows + 0.5 - xy_px[inside, 1:])
+                   cols + 0.5 - xy_px[inside, :1], rows + 0.5 - xy_px[inside, 1:],
+                   np.broadcast_to(frac, (len(cols), frames.shape[0], 2)).copy())
+
+
+def _profile(d: np.ndarray, inv: np.ndarray, frac: np.ndarray) -> np.ndarray:
+    """1D profile of the fitted spot along one axis and its derivatives' building blocks:
+    ``(M, 3, S)`` = ``sum_c w_c e(u_c) u_c^k`` for k = 0, 1, 2 with ``e(u) =
+    exp(-u^2 inv / 2)``, over the two taps of a bilinear resampling at fraction ``frac``
+    (``u = d - frac`` with weight ``1 - frac``, ``u = d - frac + 1`` with weight
+    ``frac``; ``frac = 0`` is a plain Gaussian). Products, not ``**``: numpy's float power
+    is slow."""
+    out = np.zeros((d.shape[0], 3, d.shape[1]))
+    for w, shift in ((1.0 - frac, frac), (frac, frac - 1.0)):
+        u = d - shift[:, None]
+        e = w[:, None] * np.exp(-0.5 * u * u * inv[:, None])
+        out[:, 0] += e
+        out[:, 1] += e * u
+        out[:, 2] += e * u * u
+    return out
 
 
 class _Separable:
-    """A symmetric Gaussian ``a exp(-r^2 / 2 s^2) + b`` on each patch's pixel grid, with the
-    normal matrix and gradient of its least-squares fit computed from 1D moments (the
-    Gaussian is separable), so one iteration costs a few passes over the pixels."""
+    """A symmetric Gaussian ``a exp(-r^2 / 2 s^2) + b`` as the service's registration shows
+    it: resampled bilinearly at a sub-pixel fraction ``(fx, fy)`` per patch, which skews
+    the spot (its mean stays put, its peak moves by up to ~5 nm for in-focus spots). Both
+    are separable, so the normal matrix and gradient of the least-squares fit come from 1D
+    Gram matrices and one iteration costs a few passes over the pixels."""
 
-    def __init__(self, theta: np.ndarray, gx: np.ndarray, gy: np.ndarray) -> None:
+    def __init__(self, theta: np.ndarray, gx: np.ndarray, gy: np.ndarray,
+                 frac: np.ndarray) -> None:
         x, y, log_s, a, _ = theta.T
         inv = np.exp(-2.0 * log_s)                                      # 1 / s^2
-        dx, dy = gx - x[:, None], gy - y[:, None]
-        ex = np.exp(-0.5 * dx**2 * inv[:, None])
-        ey = np.exp(-0.5 * dy**2 * inv[:, None])
         self.amp = a * inv
-        self.ex = np.stack([ex, ex * dx, ex * dx**2], 1)                 # (M, 3, S)
-        self.ey = np.stack([ey, ey * dy, ey * dy**2], 1)
-        self.image = (a[:, None, None] * ey[:, :, None] * ex[:, None, :]
+        self.ex = _profile(gx - x[:, None], inv, frac[:, 0])             # (M, 3, S)
+        self.ey = _profile(gy - y[:, None], inv, frac[:, 1])
+        self.image = (a[:, None, None] * self.ey[:, 0, :, None] * self.ex[:, 0, None, :]
                       + theta[:, 4, None, None])                        # (M, S, S)
-        self._dx, self._dy = dx, dy
 
     def normal_matrix(self) -> np.ndarray:
         """``J^T J`` ``(M, 5, 5)``, parameters (x, y, log s, a, b)."""
-        mx, my = _moments(self.ex[:, 0], self._dx), _moments(self.ey[:, 0], self._dy)
-        nx = [self.ex[:, k].sum(1) for k in range(3)]
-        ny = [self.ey[:, k].sum(1) for k in range(3)]
+        gx = self.ex @ self.ex.transpose(0, 2, 1)                         # (M, 3, 3)
+        gy = self.ey @ self.ey.transpose(0, 2, 1)
+        nx, ny = self.ex.sum(2), self.ey.sum(2)                           # (M, 3)
         a = self.amp
-        n_px = self._dx.shape[1] * self._dy.shape[1]
-        xx, yy, xy = a * a * my[0] * mx[2], a * a * my[2] * mx[0], a * a * my[1] * mx[1]
-        xs = a * a * (my[0] * mx[3] + my[2] * mx[1])
-        ys = a * a * (my[1] * mx[2] + my[3] * mx[0])
-        ss = a * a * (my[0] * mx[4] + 2 * my[2] * mx[2] + my[4] * mx[0])
-        xa, ya, sa = a * my[0] * mx[1], a * my[1] * mx[0], a * (my[0] * mx[2] + my[2] * mx[0])
-        xb, yb, sb = a * ny[0] * nx[1], a * ny[1] * nx[0], a * (ny[0] * nx[2] + ny[2] * nx[0])
-        aa, ab, bb = my[0] * mx[0], ny[0] * nx[0], np.full_like(a, float(n_px))
+
+        def g(p: int, q: int, r: int, t: int) -> np.ndarray:            # <F_p E_q, F_r E_t>
+            return gy[:, p, r] * gx[:, q, t]
+
+        xx, yy, xy = a * a * g(0, 1, 0, 1), a * a * g(1, 0, 1, 0), a * a * g(0, 1, 1, 0)
+        xs = a * a * (g(0, 1, 0, 2) + g(0, 1, 2, 0))
+        ys = a * a * (g(1, 0, 0, 2) + g(1, 0, 2, 0))
+        ss = a * a * (g(0, 2, 0, 2) + 2 * g(0, 2, 2, 0) + g(2, 0, 2, 0))
+        xa, ya = a * g(0, 1, 0, 0), a * g(1, 0, 0, 0)
+        sa = a * (g(0, 2, 0, 0) + g(2, 0, 0, 0))
+        xb, yb = a * ny[:, 0] * nx[:, 1], a * ny[:, 1] * nx[:, 0]
+        sb = a * (ny[:, 0] * nx[:, 2] + ny[:, 2] * nx[:, 0])
+        aa, ab = g(0, 0, 0, 0), ny[:, 0] * nx[:, 0]
+        bb = np.full_like(a, float(self.ex.shape[2] * self.ey.shape[2]))
         rows = [[xx, xy, xs, xa, xb], [xy, yy, ys, ya, yb], [xs, ys, ss, sa, sb],
                 [xa, ya, sa, aa, ab], [xb, yb, sb, ab, bb]]
         return np.stack([np.stack(r, -1) for r in rows], -2)
 
     def gradient(self, resid: np.ndarray) -> np.ndarray:
         """``J^T r`` ``(M, 5)`` for residual images ``(M, S, S)``."""
-        t = self.ey @ (resid @ self.ex.transpose(0, 2, 1))              # (M, 3, 3): f_q r e_p
+        t = self.ey @ (resid @ self.ex.transpose(0, 2, 1))              # (M, 3, 3): F_q r E_p
         a = self.amp
         return np.stack([a * t[:, 0, 1], a * t[:, 1, 0], a * (t[:, 0, 2] + t[:, 2, 0]),
                          t[:, 0, 0], resid.sum((1, 2))], 1)
 
 
-def _moments(e: np.ndarray, d: np.ndarray) -> list[np.ndarray]:
-    """``sum e^2 d^k`` for k = 0..4 (products, not ``**``: numpy's float power is slow)."""
-    out, term = [], e * e
-    for _ in range(5):
-        out.append(term.sum(1))
-        term = term * d
-    return out
-
-
-def fit_gaussians(patches: np.ndarray, gx: np.ndarray, gy: np.ndarray, *,
-                  sigma0_px: float = 1.0, iterations: int = 12
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fit_gaussians(patches: np.ndarray, gx: np.ndarray, gy: np.ndarray,
+                  frac: np.ndarray | None = None, *, sigma0_px: float = 1.0,
+                  iterations: int = 12) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Least-squares symmetric Gaussian fits of ``(M, S, S)`` patches (vectorised LM).
 
     ``gx``/``gy`` ``(M, S)`` are the pixel-centre coordinates of each patch's columns and
-    rows, pixels. Returns the centres ``(M, 2)`` px (same coordinates), their variances
-    ``(M, 2)`` px^2 (fit covariance scaled by the residual variance), and the ``(M, 5)``
-    parameters (x, y, log sigma, amplitude, background).
-    """
+    rows, pixels; ``frac`` ``(M, 2)`` the bilinear resampling fractions the patches went
+    through (:func:`bilinear_fractions`; None: not resampled). Returns the centres
+    ``(M, 2)`` px (same coordinates), their variances ``(M, 2)`` px^2 (fit covariance
+    scaled by the residual variance), and the ``(M, 5)`` parameters (x, y, log sigma,
+    amplitude, background)."""
     m, s, _ = patches.shape
     border = np.concatenate([patches[:, 0], patches[:, -1], patches[:, 1:-1, 0],
                              patches[:, 1:-1, -1]], axis=1)
@@ -160,7 +199,8 @@ def fit_gaussians(patches: np.ndarray, gx: np.ndarray, gy: np.ndarray, *,
     a0 = np.maximum(patches[:, c - 1:c + 2, c - 1:c + 2].mean(axis=(1, 2)) - b0, 1e-3)
     theta = np.stack([np.zeros(m), np.zeros(m), np.full(m, np.log(sigma0_px)), a0, b0], 1)
     lam = np.full(m, 1e-2)
-    model = _Separable(theta, gx, gy)
+    frac = np.zeros((m, 2)) if frac is None else frac
+    model = _Separable(theta, gx, gy, frac)
     cost = ((patches - model.image) ** 2).sum((1, 2))
     eye = np.eye(_PARAMS)
     for _ in range(iterations):
@@ -169,11 +209,11 @@ def fit_gaussians(patches: np.ndarray, gx: np.ndarray, gy: np.ndarray, *,
         damp = jtj + lam[:, None, None] * jtj * eye + 1e-12 * eye
         trial = theta + np.linalg.solve(damp, grad[..., None])[..., 0]
         trial[:, 2] = np.clip(trial[:, 2], np.log(0.3), np.log(6.0))
-        new = _Separable(trial, gx, gy)
+        new = _Separable(trial, gx, gy, frac)
         cost_new = ((patches - new.image) ** 2).sum((1, 2))
         better = np.isfinite(cost_new) & (cost_new < cost)
         theta[better], cost[better] = trial[better], cost_new[better]
-        model = _Separable(theta, gx, gy) if not better.all() else new
+        model = _Separable(theta, gx, gy, frac) if not better.all() else new
         lam = np.where(better, lam / 3.0, np.minimum(lam * 4.0, 1e6))
     jtj = model.normal_matrix()
     ok = np.linalg.cond(jtj) < 1e12
@@ -218,7 +258,8 @@ def fit_planes(patches: Patches, *, px_nm: float, max_shift_px: float = 2.0
     gx = np.repeat(patches.gx, planes, axis=0)
     gy = np.repeat(patches.gy, planes, axis=0)
     centre, var, theta = fit_gaussians(
-        patches.pixels.reshape(n * planes, s, s).astype(np.float64), gx, gy)
+        patches.pixels.reshape(n * planes, s, s).astype(np.float64), gx, gy,
+        patches.frac.reshape(n * planes, 2))
     sigma = np.exp(theta[:, 2])
     ok = (np.isfinite(var).all(1) & (theta[:, 3] > 0) & (sigma > 0.35) & (sigma < 5.5)
           & (np.abs(centre) < max_shift_px).all(1) & (var.max(1) < max_shift_px**2))
@@ -228,10 +269,11 @@ def fit_planes(patches: Patches, *, px_nm: float, max_shift_px: float = 2.0
 
 
 def measure_planes(frames: np.ndarray, xy_nm: np.ndarray, *, px_nm: float, patch_px: int = 9,
-                   isolation_px: float = 4.0, max_shift_px: float = 2.0) -> PlaneMeasurements:
+                   isolation_px: float = 4.0, max_shift_px: float = 2.0,
+                   affines: np.ndarray | None = None) -> PlaneMeasurements:
     """:func:`cut_patches` then :func:`fit_planes` for one ``(P, H, W)`` frame set."""
     patches = cut_patches(np.asarray(frames), xy_nm, px_nm=px_nm, patch_px=patch_px,
-                          isolation_px=isolation_px)
+                          isolation_px=isolation_px, affines=affines)
     return fit_planes(patches, px_nm=px_nm, max_shift_px=max_shift_px)
 
 

@@ -105,12 +105,16 @@ def test_separable_normal_matrix_matches_finite_differences():
                       rng.uniform(10, 100, m), rng.uniform(0, 10, m)], 1)
     gx = np.tile(np.arange(s) - 4.0 + 0.3, (m, 1))
     gy = np.tile(np.arange(s) - 4.0 - 0.2, (m, 1))
-    model = _Separable(theta, gx, gy)
+    frac = rng.uniform(0, 1, (m, 2))  # bilinear resampling of the registration
+    frac[0] = 0.0
+    model = _Separable(theta, gx, gy, frac)
     jac = np.zeros((m, s * s, 5))
-    for p in range(5):
-        shifted = theta.copy()
-        shifted[:, p] += 1e-6
-        jac[:, :, p] = ((_Separable(shifted, gx, gy).image - model.image) / 1e-6).reshape(m, -1)
+    for p in range(5):  # central differences
+        up, down = theta.copy(), theta.copy()
+        up[:, p] += 1e-5
+        down[:, p] -= 1e-5
+        jac[:, :, p] = ((_Separable(up, gx, gy, frac).image
+                         - _Separable(down, gx, gy, frac).image) / 2e-5).reshape(m, -1)
     resid = rng.standard_normal((m, s, s))
     np.testing.assert_allclose(model.normal_matrix(), np.einsum("mnp,mnq->mpq", jac, jac),
                                rtol=1e-4, atol=1e-3)
