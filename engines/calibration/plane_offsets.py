@@ -34,10 +34,15 @@ _PARAMS = 5  # x, y, log(sigma), amplitude, background
 
 def isolated(xy_px: np.ndarray, isolation_px: float) -> np.ndarray:
     """``(N,)`` bool: no other position within ``isolation_px``."""
-    keep = np.ones(len(xy_px), bool)
-    if isolation_px > 0 and len(xy_px) > 1:
-        pairs = cKDTree(xy_px).query_pairs(isolation_px, output_type="ndarray")
-        keep[pairs.ravel()] = False
+    n = len(xy_px)
+    if isolation_px <= 0 or n < 2:
+        return np.ones(n, bool)
+    if n <= 256:  # all pairs: cheaper than building a tree for one frame's localizations
+        d2 = ((xy_px[:, None, :] - xy_px[None, :, :]) ** 2).sum(-1)
+        np.fill_diagonal(d2, np.inf)
+        return d2.min(1) > isolation_px**2
+    keep = np.ones(n, bool)
+    keep[cKDTree(xy_px).query_pairs(isolation_px, output_type="ndarray").ravel()] = False
     return keep
 
 
@@ -77,11 +82,13 @@ def bilinear_fractions(affines: np.ndarray | None, col: np.ndarray, row: np.ndar
     if affines is None:
         return np.zeros((len(col), 1, 2))
     a = np.asarray(affines, np.float64)
-    ref = np.stack([col + 0.5, row + 0.5], -1)[:, None, :] - a[None, :, :, 2]   # (M, P, 2)
-    cam = np.einsum("pij,mpj->mpi", np.linalg.inv(a[:, :, :2]), ref) - 0.5
-    frac = cam - np.floor(cam)
-    identity = np.all(a == np.eye(2, 3), axis=(1, 2))
-    frac[:, identity] = 0.0
+    rx = (col + 0.5)[:, None] - a[None, :, 0, 2]                        # (M, P)
+    ry = (row + 0.5)[:, None] - a[None, :, 1, 2]
+    det = a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]
+    cam_x = (a[:, 1, 1] * rx - a[:, 0, 1] * ry) / det - 0.5            # camera pixel index
+    cam_y = (a[:, 0, 0] * ry - a[:, 1, 0] * rx) / det - 0.5
+    frac = np.stack([cam_x - np.floor(cam_x), cam_y - np.floor(cam_y)], -1)
+    frac[:, np.all(a == np.eye(2, 3), axis=(1, 2))] = 0.0
     return frac
 
 
