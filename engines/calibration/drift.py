@@ -189,19 +189,25 @@ class DriftEstimator:
                 parts.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-        self._measure(Patches.concat(parts), len(parts))
+        self._measure(parts)
         # stay below max_busy_fraction of one core: sets arriving meanwhile may be dropped
-        self._stop.wait((time.perf_counter() - t0) * (1.0 / self.settings.max_busy_fraction - 1.0))
+        busy = 1.0 / self.settings.max_busy_fraction - 1.0
+        self._stop.wait((time.perf_counter() - t0) * busy)
 
-    def _measure(self, patches: Patches, sets: int) -> None:
-        meas = fit_planes(patches, px_nm=self.px_nm, max_shift_px=self.settings.max_shift_px)
+    def _measure(self, parts: list[Patches]) -> None:
+        """Fit the patches of several frame sets at once; the window slides per set."""
+        meas = fit_planes(Patches.concat(parts), px_nm=self.px_nm,
+                          max_shift_px=self.settings.max_shift_px)
+        bounds = np.cumsum([len(p) for p in parts])[:-1]
         with self._lock:
-            self._window.append(meas)
-            self._window_locs += len(meas)
+            for rel, var in zip(np.split(meas.rel_nm, bounds), np.split(meas.var_nm2, bounds),
+                                strict=True):
+                self._window.append(PlaneMeasurements(rel, var))
+                self._window_locs += len(rel)
             while self._window_locs - len(self._window[0]) >= self.settings.window_locs:
                 self._window_locs -= len(self._window.popleft())
-            self._count["measured"] += sets
-            self._pending += sets
+            self._count["measured"] += len(parts)
+            self._pending += len(parts)
         if self._pending >= self.settings.update_sets:
             self.estimate()
 
