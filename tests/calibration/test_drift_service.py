@@ -25,8 +25,8 @@ from service.settings import CameraSettings, ServiceSettings
 from service.wire import decode_locs, encode_frame
 
 PX_NM = 192.0
-FRAMES = 110      # acceptance: ~4000 localizations
-MORE_FRAMES = 60  # after a feedback
+FRAMES = 80       # acceptance: ~3500 localizations
+MORE_FRAMES = 40  # after a feedback
 OFFSETS = np.array([[0.0, 0.0], [30.0, -30.0], [-30.0, 30.0], [0.0, 30.0]])  # nm
 SHIFTS_PX = np.array([[0.0, 0.0], [1.3, -0.7], [0.9, -0.4], [-0.5, 0.8]])  # camera -> ref
 AFFINES = [[[1.0, 0.0, float(tx)], [0.0, 1.0, float(ty)]] for tx, ty in SHIFTS_PX]
@@ -139,7 +139,7 @@ def test_injected_30nm_offsets_within_5nm(serve, camera_frames):
     assert locs >= 2500, f"only {locs} localizations"  # "a few thousand"
     got = offsets_of(stats)
     assert np.abs(got - OFFSETS).max() < 5.0, (got, stats)
-    assert all(p["locs"] > 500 for p in stats["planes"]), stats
+    assert all(p["locs"] > 400 for p in stats["planes"]), stats
     assert all(0 < p["se_x_nm"] < 2.5 and 0 < p["se_y_nm"] < 2.5 for p in stats["planes"][1:])
     metrics = client.get("/metrics").text
     line = next(m for m in metrics.splitlines()
@@ -149,9 +149,9 @@ def test_injected_30nm_offsets_within_5nm(serve, camera_frames):
 
 
 def test_feedback_corrects_the_registration(serve, camera_frames):
-    """Feedback after 1000 measured localizations: the translation of each camera moves by
+    """Feedback after 600 measured localizations: the translation of each camera moves by
     the offset; frame sets sent afterwards (registered with the correction) show ~0."""
-    pipeline, client = serve(feedback=True, feedback_min_locs=1000, update_sets=5)
+    pipeline, client = serve(feedback=True, feedback_min_locs=600, update_sets=5)
     stream(pipeline, camera_frames[:FRAMES])
     wait_for(lambda: drift_stats(client)["feedbacks"] == 1, "a registration feedback")
     cameras = client.get("/registration").json()["cameras"]
