@@ -86,6 +86,10 @@ class _Metrics:
                                  "registration corrections by the drift estimator",
                                  registry=registry)
 
+    def clear(self) -> None:
+        for gauge in (self.offset, self.se, self.locs):
+            gauge.clear()
+
     def update(self, est: OffsetEstimate) -> None:
         for k in range(len(est.offsets_nm)):
             for i, axis in enumerate("xy"):
@@ -261,6 +265,9 @@ class DriftEstimator:
             self._window.clear()
             self._window_locs = 0
             self._pending = 0
+            self._last = None  # it described the registration before the reset
+        if self._metrics:
+            self._metrics.clear()
 
     def stats(self) -> dict[str, Any]:
         """What ``GET /stats`` shows under ``observers.drift``."""

@@ -233,6 +233,7 @@ def test_feedback_hands_over_confident_offsets_and_restarts(offset_stream):
     np.testing.assert_allclose(got[0], OFFSETS, atol=5.0)
     stats = est.stats()
     assert stats["sets_seen"] == 80 and stats["window_locs"] == 0  # settling: nothing new
+    assert stats["planes"] is None  # the old estimate described the old registration
 
 
 def test_no_feedback_without_an_offset():
