@@ -332,8 +332,7 @@ def solve_offsets(meas: PlaneMeasurements, *, huber: float = 2.5,
     w0 = np.where(valid[use], 1.0 / np.where(valid[use], meas.var_nm2[use], 1.0), 0.0)
     nan = np.full((planes, 2), np.nan)
     if use.sum() < 3 or not (w0 > 0).any(0).all():
-        return OffsetEstimate(nan, nan, (w0 > 0).sum(0) if len(w0) else np.zeros(planes, int),
-                              int(n))
+        return OffsetEstimate(nan, nan, (w0 > 0).sum(0), int(n))
     w = w0
     for _ in range(iterations):
         d = _weighted_solve(c, w)
