@@ -78,7 +78,8 @@ class NoiseParams(_Frozen):
         if self.mode == "paper":
             return psf_b + self.poisson_rate
         gain = self.em_gain if self.mode == "emccd" else 1.0
-        return self.baseline_adu + (psf_b + self.background_photons) * self.qe * gain / self.e_per_adu
+        photons = psf_b + self.background_photons
+        return self.baseline_adu + photons * self.qe * gain / self.e_per_adu
 
     def intensity_scale(self) -> float:
         """Frame units per unit of PSF intensity (1 in paper mode, ADU/photon otherwise)."""

@@ -33,7 +33,7 @@ def nm_to_voxel(xyz_nm: torch.Tensor, geom: Geometry) -> tuple[torch.Tensor, tor
 
 
 def voxel_to_nm(idx: torch.Tensor, zeta: torch.Tensor, geom: Geometry) -> torch.Tensor:
-    """Inverse of :func:`nm_to_voxel`: ``(..., 3)`` (k, i, j) + ``(..., 3)`` zeta -> nm (x, y, z)."""
+    """Inverse of :func:`nm_to_voxel`: (k, i, j) indices + zeta, both ``(..., 3)``, -> nm."""
     k, i, j = idx.to(zeta.dtype).unbind(-1)
     return torch.stack(
         [
