@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import torch
 
-from engines.config import Geometry
-
 
 def decode(
     output: torch.Tensor, threshold: float, *, px_nm: float, dz_nm: float
@@ -37,7 +35,3 @@ def decode(
     )
     return b, xyz.float(), conf[b, k, i, j].float()
 
-
-def decode_geometry(output: torch.Tensor, threshold: float, geom: Geometry):
-    """:func:`decode` with the pixel and plane spacing of ``geom``."""
-    return decode(output, threshold, px_nm=geom.px_nm, dz_nm=geom.dz_nm)
