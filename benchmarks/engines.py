@@ -143,14 +143,14 @@ def build_runners(model: str, backends: list[str]) -> list[Runner]:
     specs = {
         "onnxruntime": [("onnxruntime", "cpu", {})] + ([("onnxruntime", "cuda", {})]
                                                        if cuda else []),
-        "torch": [("torch", "cpu", {})] + ([
+        "torch": [("torch", "cpu", {}), ("torch", "cpu", {"precision": "bf16"})] + ([
             ("torch", "cuda", {}), ("torch", "cuda", {"cuda_graphs": True}),
             ("torch", "cuda", {"cuda_graphs": True, "precision": "fp16"})] if cuda else []),
         "tensorrt": [("tensorrt", "cuda", {"precision": p}) for p in ("fp32", "fp16")],
     }
     for backend in backends:
         for name, device, opts in specs[backend]:
-            label = name + "".join(f"[{k}={v}]" for k, v in opts.items())
+            label = runner_label(name, opts)
             try:
                 engine = create_engine(model, name, threshold=THRESHOLD, device=device, **opts)
             except EngineError as exc:
@@ -158,6 +158,18 @@ def build_runners(model: str, backends: list[str]) -> list[Runner]:
                 continue
             runners.append(Runner(label, device, engine, "paper-style"))
     return runners
+
+
+def runner_label(backend: str, options: dict) -> str:
+    return backend + "".join(f"[{k}={v}]" for k, v in options.items())
+
+
+def default_cpu_label(model: str) -> str:
+    """Runner label of what ``create_engine(backend="auto", device="cpu")`` picks here."""
+    engine = create_engine(model, "auto", device="cpu")
+    opts = {"precision": engine.precision} if engine.precision != "fp32" else {}
+    engine.close()
+    return runner_label(engine.backend, opts)
 
 
 def time_config(runners: list[Runner], frames: np.ndarray, min_time_s: float,
@@ -225,7 +237,7 @@ def long_run(model: str, frames_total: int, size: int, batch: int) -> LongRun:
             window_rss.append(rss_mb())
             t_win, win_done = now, 0
     seconds = time.perf_counter() - t_start
-    result = LongRun(engine.backend, engine.device, size, batch, done, seconds, done / seconds,
+    result = LongRun(engine.label, engine.device, size, batch, done, seconds, done / seconds,
                      windows, window_rss, rss0, rss_mb())
     engine.close()
     return result
@@ -294,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     # the long run first, then the grid from small to large frames; the JSON is rewritten
     # after every configuration so an interrupted run keeps what it measured
     long = long_run(model, long_frames, args.long_size, args.long_batch) if long_frames else None
-    default_cpu = create_engine(model, "auto", device="cpu").backend
+    default_cpu = default_cpu_label(model)
     runners = build_runners(model, args.backends)
 
     def save(rows: list[Row], complete: bool = False) -> None:
@@ -311,6 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = run_grid(runners, model, sizes, batches, min_time, args.max_calls, on_row=save)
     save(rows, complete=True)
     print_table(rows, long)
+    for r in rows:
+        if r.default_cpu_engine and r.device == "cpu":
+            print(f"default CPU engine ({r.backend}) at {r.size}x{r.size}, batch {r.batch}: "
+                  f"{r.ratio_to_paper:.2f}x the paper-style implementation")
     print(f"\nJSON written to {args.json}")
     return 0
 

@@ -25,6 +25,12 @@ def add_settings_options(p: argparse.ArgumentParser) -> None:
                    help="max per-plane lateral drift vs plane 0, nm (default 48)")
 
 
+def add_precision_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
+                   help="arithmetic of the network (default: the backend's; auto uses bf16 on "
+                   "CPUs with native bfloat16, fp32 elsewhere). fp16 needs a GPU")
+
+
 def settings_from_args(args: argparse.Namespace, base: SimSettings | None = None) -> SimSettings:
     base = base or SimSettings()
     geom = base.geometry.model_dump()
@@ -149,6 +155,7 @@ def _cmd_localize(args: argparse.Namespace) -> int:
     from engines.localize import LocalizeOptions, localize_files
 
     opts = LocalizeOptions(model=args.model, backend=args.backend, device=args.device,
+                           precision=args.precision,
                            threshold=args.threshold, batch=args.batch, px_nm=args.px_nm,
                            dz_nm=args.dz_nm, progress=not args.quiet)
     res = localize_files(args.inputs, args.out, opts)
@@ -176,6 +183,7 @@ def _register_localize(sub: argparse._SubParsersAction) -> None:
                    choices=["auto", "torch", "onnxruntime", "tensorrt"],
                    help="inference backend (auto: the fastest this machine runs)")
     p.add_argument("--device", default=None, help="device for the backend (cpu, cuda)")
+    add_precision_option(p)
     p.add_argument("--px-nm", type=float, default=None,
                    help="your camera pixel size, nm (default: the model's). Positions are "
                    "rescaled from the model's pixel grid; the network itself still sees "

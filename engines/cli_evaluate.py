@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from engines.cli import add_precision_option
+
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from engines.evaluate.protocol import REPORT_JSON, run_evaluation
@@ -14,6 +16,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = EvalConfig(
         model=args.model, frames=args.frames, molecules=args.molecules, size=args.size,
         seed=args.seed, thresholds=tuple(args.thresholds), backend=args.backend,
+        precision=args.precision,
         low_density_molecules=args.low_molecules, low_density_frames=args.low_frames,
         densities=tuple(args.densities), sweep_frames=args.sweep_frames,
         crlb_samples=args.crlb_samples,
@@ -47,6 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="confidence thresholds tau (paper: 0.5 0.9)")
     p.add_argument("--backend", default="auto",
                    help="inference backend: auto, torch, onnxruntime, tensorrt")
+    add_precision_option(p)
     p.add_argument("-o", "--out", type=Path, default=None,
                    help="report directory (default: ./evaluation-MODEL-SIZE)")
     p.add_argument("--record", action="store_true",

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from engines.errors import FormatError
-from engines.inference import Engine, create_engine
+from engines.inference import Engine, create_engine, precision_option
 from engines.io.loctable import TableMeta, TableWriter, open_table_writer, table_format
 from engines.io.stacks import Stack, open_stack
 from engines.modeldir import resolve_model
@@ -39,6 +39,7 @@ class LocalizeOptions:
     model: str = "default"
     backend: str = "auto"
     device: str | None = None
+    precision: str | None = None  # None: the backend's default
     threshold: float = 0.5
     batch: int = 16
     px_nm: float | None = None
@@ -77,7 +78,7 @@ def localize_files(inputs: Sequence[str | Path], output: str | Path,
         raise FormatError(f"output {output} is also an input")
     model_dir = resolve_model(opts.model)  # unknown model: one clear error, before backends
     engine = create_engine(model_dir, opts.backend, threshold=opts.threshold,
-                           device=opts.device)
+                           device=opts.device, **precision_option(opts.precision))
     try:
         with open_stack(inputs, engine.planes) as stack:
             log.info("input %s", stack.describe())
@@ -92,7 +93,7 @@ def localize_files(inputs: Sequence[str | Path], output: str | Path,
         engine.close()
     info = engine.info
     return LocalizeSummary(output, frames, writer.rows, seconds, info.name, info.version,
-                           engine.backend, px_nm, dz_nm)
+                           engine.label, px_nm, dz_nm)
 
 
 def localize_stack(engine: Engine, stack: Stack, writer: TableWriter, opts: LocalizeOptions,
@@ -145,6 +146,6 @@ def _table_meta(engine: Engine, stack: Stack, inputs: Sequence[Path], px_nm: flo
         frames=stack.frames, height=stack.height, width=stack.width, px_nm=px_nm,
         dz_nm=dz_nm, planes=stack.planes, generated_by="voxloc localize",
         source=", ".join(str(p) for p in inputs), data_type=str(stack.dtype),
-        info={"Model": info.name, "Model version": info.version, "Backend": engine.backend,
+        info={"Model": info.name, "Model version": info.version, "Backend": engine.label,
               "Threshold": float(threshold)},
     )

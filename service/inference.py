@@ -108,8 +108,8 @@ class ModelManager:
             raise EngineError(f"model {name!r} failed its warm-up: {exc}") from exc
         info = engine.info
         log.info("model %s (version %s, %s) loaded and warmed", info.name, info.version,
-                 engine.backend)
-        return LoadedModel(engine, info.name, info.version, engine.backend, engine.model_dir)
+                 engine.label)
+        return LoadedModel(engine, info.name, info.version, engine.label, engine.model_dir)
 
     def _switch_to(self, new: LoadedModel) -> LoadedModel | None:
         previous = self._active

@@ -39,7 +39,7 @@ def _header(ev: Evaluator) -> dict[str, Any]:
         "format_version": REPORT_VERSION,
         "model": {"name": info.name, "version": info.version, "dir": str(ev.model_dir),
                   "training_steps_done": info.training.get("steps_done")},
-        "backend": f"{ev.engine.backend}/{getattr(ev.engine, 'device', 'n/a')}",
+        "backend": ev.engine.label,
         "protocol": {
             "frames": cfg.frames, "size": cfg.size, "planes": ev.settings.geometry.planes,
             "molecules_per_64x64": cfg.molecules,

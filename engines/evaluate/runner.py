@@ -19,7 +19,7 @@ import torch
 from engines.config import SimSettings
 from engines.evaluate.matching import Matching, match_localizations
 from engines.evaluate.metrics import VoxelConfusion, voxel_confusion
-from engines.inference import Engine, create_engine
+from engines.inference import Engine, create_engine, precision_option
 from engines.modeldir import ModelInfo, load_model
 from engines.network import VoxelNet
 from engines.simulator import Simulator
@@ -40,6 +40,7 @@ class EvalConfig:
     seed: int = 0
     thresholds: tuple[float, ...] = (0.5, 0.9)
     backend: str = "auto"
+    precision: str | None = None  # None: the backend's default
     low_density_molecules: int = 10
     low_density_frames: int = 200
     densities: tuple[int, ...] = (5, 10, 25, 50, 100, 150)
@@ -92,7 +93,8 @@ class Evaluator:
 
     def __init__(self, cfg: EvalConfig) -> None:
         self.cfg = cfg
-        self.engine: Engine = create_engine(cfg.model, cfg.backend, threshold=cfg.thresholds[0])
+        self.engine: Engine = create_engine(cfg.model, cfg.backend, threshold=cfg.thresholds[0],
+                                              **precision_option(cfg.precision))
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         net, info = load_model(self.engine.model_dir, device=self.device)
         self.net: VoxelNet = net

@@ -50,6 +50,7 @@ class Engine(ABC):
 
     backend: str = "abstract"
     device: str = "cpu"
+    precision: str = "fp32"
     max_batch: int | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     pad_batch: bool = False
@@ -66,6 +67,12 @@ class Engine(ABC):
     @property
     def planes(self) -> int:
         return self.info.planes
+
+    @property
+    def label(self) -> str:
+        """``backend/device``, plus the precision where it is not float32: ``torch/cpu/bf16``."""
+        return "/".join([self.backend, self.device]
+                        + ([self.precision] if self.precision != "fp32" else []))
 
     @property
     def threshold(self) -> float:
@@ -218,6 +225,11 @@ def backend_class(backend: str) -> type[Engine]:
     raise EngineError(f"unknown backend {backend!r}; expected auto or one of {BACKENDS}")
 
 
+def precision_option(precision: str | None) -> dict[str, str]:
+    """``{"precision": p}`` for :func:`create_engine`, or nothing for the backend's default."""
+    return {} if precision is None else {"precision": precision}
+
+
 def create_engine(model: str | Path = "default", backend: str = "auto", *,
                   threshold: float = 0.5, device: str | None = None,
                   **options: Any) -> Engine:
@@ -234,11 +246,17 @@ def create_engine(model: str | Path = "default", backend: str = "auto", *,
     from engines.inference.auto import candidates
 
     errors = []
-    for name, dev, reason in candidates(device):
+    for name, dev, reason, *defaults in candidates(device):
+        wanted = defaults[0] if defaults else {}
+        clash = {k: v for k, v in wanted.items() if options.get(k, v) != v}
+        if clash:  # e.g. precision="fp32" asked for: skip the CPU bfloat16 candidate
+            asked = ", ".join(f"{k}={options[k]}" for k in clash)
+            log.info("auto backend: %s on %s skipped (%s asked for)", name, dev, asked)
+            continue
         try:
             cls = backend_class(name)
             accepted = inspect.signature(cls.__init__).parameters
-            kw = {k: v for k, v in options.items() if k in accepted}
+            kw = {k: v for k, v in {**wanted, **options}.items() if k in accepted}
             engine = cls(model, threshold=threshold, device=dev, **kw)
         except EngineError as exc:
             log.warning("auto backend: %s on %s unavailable (%s); trying the next", name, dev, exc)

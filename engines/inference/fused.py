@@ -60,7 +60,9 @@ class FusedVoxelNet(nn.Module):
     """Raw frames ``(B, P, H, W)`` -> ``(B, P, 4, H, W)`` sigmoid outputs, BN folded.
 
     The input normalisation runs in float32 (raw uint16 values overflow float16); the
-    convolutions run in ``dtype`` (float32, or float16 on CUDA).
+    convolutions run in ``dtype`` (float32; float16 on CUDA; bfloat16 on CUDA or on CPUs with
+    native bfloat16), and the sigmoid in float32 again, so the sub-voxel offsets are not
+    rounded to the reduced precision's 8 (bf16) or 11 (fp16) significant bits.
     """
 
     def __init__(self, net: VoxelNet, *, dtype: torch.dtype = torch.float32) -> None:
@@ -86,5 +88,6 @@ class FusedVoxelNet(nn.Module):
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         b, p, h, w = frames.shape
         x = (frames.float() - self.input_offset) / self.input_scale
-        y = torch.sigmoid(self.body(x.to(self.compute_dtype)))
+        z = self.body(x.to(self.compute_dtype))
+        y = torch.sigmoid(z if z.dtype == torch.float32 else z.float())
         return y.view(b, p, OUTPUTS_PER_VOXEL, h, w)

@@ -91,8 +91,10 @@ def test_unknown_backend_and_device(shared_model_dir):
 def test_cuda_without_gpu_names_the_problem(shared_model_dir):
     with pytest.raises(BackendUnavailableError, match="sees no CUDA GPU"):
         create_engine(shared_model_dir, "torch", device="cuda")
-    with pytest.raises(EngineError, match="need a CUDA device"):
+    with pytest.raises(EngineError, match="fp16 needs a CUDA device"):
         create_engine(shared_model_dir, "torch", precision="fp16")
+    with pytest.raises(EngineError, match="CUDA graphs need a CUDA device"):
+        create_engine(shared_model_dir, "torch", cuda_graphs=True)
 
 
 @pytest.mark.skipif(HAS_ORT_CUDA, reason="checks the message where onnxruntime has no CUDA EP")

@@ -115,7 +115,7 @@ def test_stats_and_metrics_after_traffic(service: object, sim_frames: tuple) -> 
     text = service.client.get("/metrics").text
     assert "voxloc_framesets_published_total 5.0" in text
     assert 'voxloc_camera_frames_total{camera="cam3"} 5.0' in text
-    assert 'voxloc_model_info{backend="torch",name="tiny",version="tiny-1"} 1.0' in text
+    assert 'voxloc_model_info{backend="torch/cpu",name="tiny",version="tiny-1"} 1.0' in text
     assert 'voxloc_queue_depth{queue="batcher"}' in text
 
 

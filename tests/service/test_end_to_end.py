@@ -148,6 +148,8 @@ def test_service_runs_each_cpu_backend(backend: str, make_service: Callable,
     msgs = svc.receive(len(frames))
     served_by = svc.pipeline.models.active.engine
     assert [m.frame for m in msgs] == list(range(16))
-    reference = create_engine("tiny", served_by.backend).infer(frames, threshold)
+    same = {"precision": served_by.precision} if served_by.backend == "torch" else {}
+    reference = create_engine("tiny", served_by.backend, device=served_by.device,
+                              **same).infer(frames, threshold)
     for m, ref in zip(msgs, reference, strict=True):
         assert_same_locs(m.locs.to_array(), ref.to_array(), threshold, m.frame)
