@@ -199,3 +199,42 @@ def average_crlb(settings: SimSettings, *, samples: int = 500, seed: int = 0,
     result = bound_from_theta(theta, settings, shot_noise=shot_noise)
     log.debug("CRLB (%s): %s", result.method, result)
     return result
+
+
+@dataclass(frozen=True)
+class VoxelCeiling:
+    """Voxel Jaccard an ideal localizer reaches: every molecule found once, estimates
+    unbiased and Gaussian with the CRLB covariance.
+
+    A molecule whose estimate leaves its voxel is one false positive and one false negative,
+    so with ``p`` the probability of staying inside, Jaccard = p / (2 - p). The Bayes voxel
+    decision is (asymptotically) the voxel of the efficient estimate, so no localizer does
+    much better on isolated molecules; overlap and drift in dense frames only lower it.
+    """
+
+    samples: int
+    draws: int
+    p_same_voxel: float
+    voxel_jaccard: float
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def voxel_jaccard_ceiling(settings: SimSettings, *, samples: int = 500, draws: int = 256,
+                          seed: int = 0) -> VoxelCeiling:
+    """:class:`VoxelCeiling` over ``samples`` random molecules, ``draws`` estimates each."""
+    theta = random_molecules(settings, samples, seed)
+    cov = torch.linalg.inv(fisher_information(theta, settings))[:, :3, :3]
+    evals, evecs = torch.linalg.eigh(cov)  # cov = V diag(l) V^T, so x = V sqrt(l) n
+    if not torch.isfinite(evals).all():
+        raise ValueError("singular Fisher information: the molecule is not identifiable")
+    root = evecs * evals.clamp_min(0).sqrt()[:, None, :]
+    gen = torch.Generator().manual_seed(seed + 1)
+    noise = torch.randn(samples, draws, 3, generator=gen, dtype=torch.float64)
+    estimates = theta[:, None, :3] + noise @ root.transpose(1, 2)
+    g = settings.geometry
+    voxel = torch.tensor([g.px_nm, g.px_nm, g.dz_nm], dtype=torch.float64)
+    same = (torch.floor(estimates / voxel) == torch.floor(theta[:, None, :3] / voxel)).all(-1)
+    p = float(same.double().mean())
+    return VoxelCeiling(samples, draws, p, p / (2 - p))

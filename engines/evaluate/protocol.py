@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engines.evaluate.crlb import average_crlb
+from engines.evaluate.crlb import average_crlb, voxel_jaccard_ceiling
 from engines.evaluate.matching import AXIAL_TOL_NM, LATERAL_TOL_NM
 from engines.evaluate.plots import plot_error_histograms, plot_jaccard_vs_density
 from engines.evaluate.report import (
@@ -84,7 +84,8 @@ def _run_sets(ev: Evaluator, out_dir: Path) -> dict[str, Any]:
         shot = (average_crlb(ev.settings, samples=cfg.crlb_samples, seed=s["crlb"],
                              shot_noise=True)
                 if ev.settings.noise.mode == "paper" else None)
-        report["low_density"] = low_density_section(low, crlb, shot)
+        ceiling = voxel_jaccard_ceiling(ev.settings, samples=cfg.crlb_samples, seed=s["crlb"])
+        report["low_density"] = low_density_section(low, crlb, shot, ceiling)
     points = [(d, ev.density_um3(r.molecules_per_frame), r) for d, r in sweep(ev)]
     report["density_sweep"] = sweep_section(points)
     report["plots"] = {}

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from engines.evaluate.crlb import CRLBResult
+from engines.evaluate.crlb import CRLBResult, VoxelCeiling
 from engines.evaluate.metrics import MoleculeStats
 from engines.evaluate.runner import SetResult
 from engines.modeldir import read_info, write_info
@@ -44,8 +44,8 @@ def threshold_rows(result: SetResult) -> list[dict[str, Any]]:
     ]
 
 
-def low_density_section(result: SetResult, crlb: CRLBResult,
-                        crlb_shot: CRLBResult | None) -> dict[str, Any]:
+def low_density_section(result: SetResult, crlb: CRLBResult, crlb_shot: CRLBResult | None,
+                        ceiling: VoxelCeiling | None = None) -> dict[str, Any]:
     rows = threshold_rows(result)
     tau0 = rows[0]["molecule"]
     section = {
@@ -59,6 +59,8 @@ def low_density_section(result: SetResult, crlb: CRLBResult,
     }
     if crlb_shot is not None:
         section["crlb_shot_noise_on_signal"] = crlb_shot.to_dict()
+    if ceiling is not None:
+        section["voxel_jaccard_ceiling"] = ceiling.to_dict()
     return section
 
 
@@ -108,6 +110,8 @@ def record_metrics(model_dir: Path, report: dict[str, Any]) -> str:
             "rmse_lateral_nm": m["rmse_lateral_nm"], "rmse_axial_nm": m["rmse_axial_nm"],
             "crlb_lateral_nm": low["crlb"]["lateral_nm"], "crlb_axial_nm": low["crlb"]["axial_nm"],
         }
+        if "voxel_jaccard_ceiling" in low:
+            summary["voxel_jaccard_ceiling"] = low["voxel_jaccard_ceiling"]["voxel_jaccard"]
     info = read_info(model_dir)
     info.metrics[key] = _clean(summary)
     write_info(info, model_dir)
@@ -156,6 +160,11 @@ def _low_density_lines(low: dict[str, Any] | None) -> list[str]:
                   f"  RMSE / CRLB at tau {low['results'][0]['threshold']:g}: lateral "
                   f"{_f(low['rmse_over_crlb_lateral'], '.2f')}x, axial "
                   f"{_f(low['rmse_over_crlb_axial'], '.2f')}x"]
+        v = low.get("voxel_jaccard_ceiling")
+        if v:
+            lines.append(f"  voxel Jaccard ceiling at the CRLB (every molecule found, "
+                         f"unbiased): {_f(v['voxel_jaccard'], '.3f')} (estimate stays in its "
+                         f"voxel with p = {_f(v['p_same_voxel'], '.3f')})")
         s = low.get("crlb_shot_noise_on_signal")
         if s:
             lines.append(f"  (bound if the Poisson term were shot noise on the signal, "
