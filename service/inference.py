@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.errors import EngineError, ModelNotFoundError, VoxlocError
-from engines.inference import Engine, create_engine
+from engines.inference import Engine, create_engine, precision_option
 from engines.modeldir import read_info, resolve_model
 from engines.types import Localizations
 from service.stats import ServiceStats
@@ -49,8 +49,9 @@ class ModelManager:
     """Owns the active model; ``load`` stages a new one, ``current`` switches to it."""
 
     def __init__(self, *, backend: str, planes: int, height: int, width: int,
-                 warmup_batch: int, stats: ServiceStats) -> None:
+                 warmup_batch: int, stats: ServiceStats, precision: str | None = None) -> None:
         self.backend = backend
+        self.precision = precision
         self.planes, self.height, self.width = planes, height, width
         self.warmup_batch = warmup_batch
         self.stats = stats
@@ -92,7 +93,7 @@ class ModelManager:
             raise EngineError(f"model {name!r} expects {planes} planes, the service "
                               f"streams {self.planes}")
         try:
-            engine = create_engine(name, self.backend)
+            engine = create_engine(name, self.backend, **precision_option(self.precision))
         except (ModelNotFoundError, EngineError):
             raise
         except Exception as exc:  # backends raise their own types (ImportError, RuntimeError)

@@ -53,7 +53,8 @@ class Pipeline:
             timeout_s=self._config.assembly_timeout_ms / 1e3, window=s.window, stats=self.stats)
         self.batcher = Batcher(queue_size=self._config.queue_size,
                                policy=self._config.drop_policy, stats=self.stats)
-        self.models = ModelManager(backend=settings.inference.backend, planes=s.planes,
+        self.models = ModelManager(backend=settings.inference.backend,
+                                   precision=settings.inference.precision, planes=s.planes,
                                    height=s.height, width=s.width,
                                    warmup_batch=self._config.max_batch, stats=self.stats)
         self.ingest: Ingest | None = None

@@ -129,6 +129,9 @@ class InferenceSettings(BaseModel):
 
     model: str = "default"
     backend: str = "auto"
+    precision: Literal["fp32", "fp16", "bf16"] | None = Field(
+        None, description="network arithmetic; None: the backend's default (auto: bf16 on "
+        "CPUs with native bfloat16, fp32 elsewhere)")
     threshold: float = Field(0.5, ge=0, lt=1)
     max_batch: int = Field(8, ge=1, le=1024)
     max_delay_ms: float = Field(5.0, ge=0, le=10_000)

@@ -63,12 +63,25 @@ def test_toml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     ({"stream": {"publish": "udp://x:1"}}, "udp://x:1"),
     ({"stream": {"planes": 3}}, "one camera per plane"),
     ({"inference": {"threshold": 1.0}}, "threshold"),
+    ({"inference": {"precision": "int8"}}, "precision"),
     ({"cameras": [{"name": "a", "plane": 0, "endpoint": "tcp://127.0.0.1:99999"}],
       "stream": {"planes": 1}}, "99999"),
 ])
 def test_unsafe_or_inconsistent_settings_are_refused(kwargs: dict, needle: str) -> None:
     with pytest.raises(ValidationError, match=needle):
         ServiceSettings(**kwargs)
+
+
+def test_precision_setting_reaches_the_engine(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOXLOC_INFERENCE__PRECISION", "bf16")
+    pipeline = Pipeline(load_settings(write_toml(tmp_path)))
+    pipeline.start()
+    try:
+        assert pipeline.models.active.backend == "torch/cpu/bf16"
+        assert pipeline.models.active.engine.precision == "bf16"
+    finally:
+        pipeline.stop()
 
 
 def test_missing_settings_file_names_it(tmp_path: Path) -> None:
