@@ -84,7 +84,7 @@ def _run_sets(ev: Evaluator, out_dir: Path) -> dict[str, Any]:
         shot = (average_crlb(ev.settings, samples=cfg.crlb_samples, seed=s["crlb"],
                              shot_noise=True)
                 if ev.settings.noise.mode == "paper" else None)
-        ceiling = voxel_jaccard_ceiling(ev.settings, samples=cfg.crlb_samples, seed=s["crlb"])
+        ceiling = voxel_jaccard_ceiling(ev.settings, seed=s["crlb"])
         report["low_density"] = low_density_section(low, crlb, shot, ceiling)
     points = [(d, ev.density_um3(r.molecules_per_frame), r) for d, r in sweep(ev)]
     report["density_sweep"] = sweep_section(points)
