@@ -246,9 +246,8 @@ def create_engine(model: str | Path = "default", backend: str = "auto", *,
     from engines.inference.auto import candidates
 
     errors = []
-    for name, dev, reason, *defaults in candidates(device):
-        wanted = defaults[0] if defaults else {}
-        clash = {k: v for k, v in wanted.items() if options.get(k, v) != v}
+    for name, dev, reason, wanted in candidates(device):
+        clash = [k for k, v in wanted.items() if options.get(k, v) != v]
         if clash:  # e.g. precision="fp32" asked for: skip the CPU bfloat16 candidate
             asked = ", ".join(f"{k}={options[k]}" for k in clash)
             log.info("auto backend: %s on %s skipped (%s asked for)", name, dev, asked)
