@@ -79,7 +79,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         steps=args.steps, batch=args.batch, crop_px=args.crop, molecules=tuple(args.molecules),
         lr=args.lr, lr_final=args.lr_final if args.lr_final is not None else args.lr,
         seed=args.seed, checkpoint_every=args.checkpoint_every, threads=args.threads,
-        device=args.device, bf16=args.bf16,
+        device=args.device, bf16=args.bf16, init_from=args.init,
     )
     out = train(cfg, settings, resume=args.resume)
     print(f"model written to {out}")
@@ -107,6 +107,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster on new CPUs)")
+    p.add_argument("--init", default=None, metavar="MODEL",
+                   help="start from this model's weights (e.g. default) instead of random "
+                   "ones: fine-tuning for your microscope; same planes and layers needed")
     add_settings_options(p)
     p.set_defaults(func=_cmd_train)
     _register_simulate(sub)

@@ -15,8 +15,9 @@ import torch
 from tqdm import tqdm
 
 from engines.config import SimSettings
+from engines.errors import EngineError
 from engines.loss import voxel_loss
-from engines.modeldir import ModelInfo, save_model
+from engines.modeldir import ModelInfo, load_model, save_model
 from engines.network import VoxelNet
 from engines.psf import peak
 from engines.simulator import Simulator
@@ -43,6 +44,7 @@ class TrainConfig:
     threads: int | None = None
     device: str = "cpu"
     bf16: bool = False
+    init_from: str | None = None  # a model name or directory to start from (fine-tuning)
     command: str = field(default_factory=lambda: " ".join(sys.argv))
 
 
@@ -102,6 +104,8 @@ def train(cfg: TrainConfig, settings: SimSettings, *, resume: bool = False) -> P
         history = ckpt.get("history", []) + [f"resumed at step {start}: {cfg.command}"]
     else:
         history = [cfg.command]
+        if cfg.init_from:
+            start_from(net, info, cfg.init_from)
 
     mol = _crop_molecules(cfg)
     net.train()
@@ -134,6 +138,29 @@ def train(cfg: TrainConfig, settings: SimSettings, *, resume: bool = False) -> P
     info.training = _training_record(cfg, cfg.steps, ema, history)
     save_model(net, info, out)
     return out
+
+
+def start_from(net: VoxelNet, info: ModelInfo, source: str) -> None:
+    """Copy another model's weights into ``net`` (fine-tuning for a new microscope).
+
+    The layers must match (planes, channels, kernels); the input normalisation stays the one
+    computed for this model's camera, since it maps either camera's frames to the same
+    range. Raises :class:`EngineError` naming what differs.
+    """
+    src_net, src = load_model(source)
+    for what in ("planes", "channels", "kernels"):
+        if getattr(src, what) != getattr(info, what):
+            raise EngineError(f"--init {source}: its {what} {getattr(src, what)} differ from "
+                              f"this model's {getattr(info, what)}")
+    state = {k: v for k, v in src_net.state_dict().items() if k not in NORMALISATION}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if set(missing) != set(NORMALISATION) or unexpected:
+        raise EngineError(f"--init {source}: weights do not fit (missing {missing}, "
+                          f"unexpected {unexpected})")
+    log.info("starting from the weights of model %s v%s", src.name, src.version)
+
+
+NORMALISATION = ("input_offset", "input_scale")
 
 
 def _checkpoint(path: Path, net: VoxelNet, opt, sim: Simulator, step: int, ema,
@@ -170,4 +197,5 @@ def _training_record(cfg: TrainConfig, step: int, ema, history: list[str]) -> di
         "frames_seen": step * cfg.batch,
         "final_loss_ema": ema,
         "torch": torch.__version__,
+        "init_from": cfg.init_from,
     }

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from engines.config import SimSettings
+from engines.errors import EngineError
 from engines.loss import voxel_loss
 from engines.modeldir import load_model
 from engines.network import VoxelNet
@@ -59,3 +60,27 @@ def test_train_writes_model_dir_and_resumes(tmp_path):
     net, minfo = load_model(out)
     y = net(torch.zeros(1, 4, 20, 24))  # fully convolutional: any H x W
     assert y.shape == (1, 4, 4, 20, 24) and minfo.name == "tiny"
+
+
+def test_init_starts_from_another_models_weights_with_its_own_normalisation(tmp_path):
+    emccd = SimSettings(noise={"mode": "emccd", "em_gain": 150, "baseline_adu": 200})
+    cfg = TrainConfig(out_dir=tmp_path / "ft", steps=1, batch=2, crop_px=CROP,
+                      init_from="default", command="test")
+    out = train(cfg, emccd)
+    tuned, info = load_model(out)
+    shipped, _ = load_model("default")
+    assert info.training["init_from"] == "default"
+    offset, _ = input_normalisation(emccd)
+    assert float(tuned.input_offset) == pytest.approx(offset) != float(shipped.input_offset)
+    # one small Adam step away from the shipped weights, not a fresh initialisation
+    for (name, a), b in zip(tuned.state_dict().items(), shipped.state_dict().values(),
+                            strict=True):
+        if a.is_floating_point() and a.dim() == 4:
+            assert (a - b).abs().max() < 0.01, name
+
+
+def test_init_from_a_model_with_other_planes_names_the_difference(tmp_path):
+    cfg = TrainConfig(out_dir=tmp_path / "ft", steps=1, batch=2, crop_px=CROP,
+                      init_from="default", command="test")
+    with pytest.raises(EngineError, match="planes 4 differ from this model's 3"):
+        train(cfg, SimSettings(geometry={"planes": 3}))
