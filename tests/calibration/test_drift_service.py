@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
+import polling
 import pytest
 import torch
 import zmq
@@ -51,11 +52,7 @@ def camera_frames() -> np.ndarray:
 
 
 def wait_for(cond: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    polling.wait_for(cond, what, timeout_s, interval_s=0.05)
 
 
 @pytest.fixture
