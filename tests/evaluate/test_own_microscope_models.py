@@ -17,16 +17,17 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "own-microscope"
 
 # model directory, PSF file it was trained with, floor for the molecule Jaccard on a
 # small set (the full 500-frame figures are in docs/own-microscope.md Sec. 7)
-SHIPPED = [
-    ("emccd150", "psf.json", 0.85),            # 0.915 on 500 frames
-    ("emccd150-bright", "psf-bright.json", 0.90),  # 0.940
-    ("emccd150-matched", "psf-matched.json", 0.90),  # 0.949
-]
+SHIPPED = {
+    "emccd150": ("psf.json", 0.85),  # 0.915 on 500 frames
+    "emccd150-bright": ("psf-bright.json", 0.90),  # 0.940
+    "emccd150-matched": ("psf-matched.json", 0.90),  # 0.949
+}
 
 
-@pytest.mark.parametrize(("model", "psf_file", "_floor"), SHIPPED)
-def test_settings_match_the_documented_calibration(model, psf_file, _floor):
+@pytest.mark.parametrize("model", SHIPPED)
+def test_settings_match_the_documented_calibration(model):
     info = read_info(DOCS / model)
+    psf_file, _ = SHIPPED[model]
     psf = json.loads((DOCS / psf_file).read_text())["psf"]
     camera = json.loads((DOCS / "camera.json").read_text())
     got_psf = info.settings.psf.model_dump()
@@ -41,8 +42,9 @@ def test_settings_match_the_documented_calibration(model, psf_file, _floor):
     assert "voxloc train" in training["command"]
 
 
-@pytest.mark.parametrize(("model", "_psf", "floor"), SHIPPED)
-def test_localizes_its_own_frames(model, _psf, floor, tmp_path, capsys):
+@pytest.mark.parametrize("model", SHIPPED)
+def test_localizes_its_own_frames(model, tmp_path, capsys):
+    _, floor = SHIPPED[model]
     out = tmp_path / "rep"
     rc = main(["evaluate", "--model", str(DOCS / model), "--frames", "16",
                "--thresholds", "0.5", "--low-frames", "0", "--sweep-frames", "0",
