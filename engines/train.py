@@ -140,6 +140,9 @@ def train(cfg: TrainConfig, settings: SimSettings, *, resume: bool = False) -> P
     return out
 
 
+NORMALISATION = ("input_offset", "input_scale")  # buffers --init does not copy
+
+
 def start_from(net: VoxelNet, info: ModelInfo, source: str) -> None:
     """Copy another model's weights into ``net`` (fine-tuning for a new microscope).
 
@@ -158,9 +161,6 @@ def start_from(net: VoxelNet, info: ModelInfo, source: str) -> None:
         raise EngineError(f"--init {source}: weights do not fit (missing {missing}, "
                           f"unexpected {unexpected})")
     log.info("starting from the weights of model %s v%s", src.name, src.version)
-
-
-NORMALISATION = ("input_offset", "input_scale")
 
 
 def _checkpoint(path: Path, net: VoxelNet, opt, sim: Simulator, step: int, ema,
