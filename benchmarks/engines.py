@@ -63,10 +63,12 @@ class PaperStyle:
         g = self.info.settings.geometry
         b, k, i, j = np.nonzero(out[:, :, 0] > threshold)
         zeta = out[b, k, 1:, i, j]
-        xyz = np.stack([(j + zeta[:, 0]) * g.px_nm, (i + zeta[:, 1]) * g.px_nm,
-                        (k + zeta[:, 2]) * g.dz_nm], axis=-1).astype(np.float32)
+        xyz = np.stack(
+            [(j + zeta[:, 0]) * g.px_nm, (i + zeta[:, 1]) * g.px_nm, (k + zeta[:, 2]) * g.dz_nm],
+            axis=-1,
+        ).astype(np.float32)
         bounds = np.searchsorted(b, np.arange(frames.shape[0] + 1))
-        return [xyz[bounds[f]:bounds[f + 1]] for f in range(frames.shape[0])]
+        return [xyz[bounds[f] : bounds[f + 1]] for f in range(frames.shape[0])]
 
     def close(self) -> None:
         pass
@@ -141,11 +143,18 @@ def build_runners(model: str, backends: list[str]) -> list[Runner]:
     if cuda:
         runners.append(Runner("paper-style", "cuda", PaperStyle(model, "cuda"), "paper-style"))
     specs = {
-        "onnxruntime": [("onnxruntime", "cpu", {})] + ([("onnxruntime", "cuda", {})]
-                                                       if cuda else []),
-        "torch": [("torch", "cpu", {}), ("torch", "cpu", {"precision": "bf16"})] + ([
-            ("torch", "cuda", {}), ("torch", "cuda", {"cuda_graphs": True}),
-            ("torch", "cuda", {"cuda_graphs": True, "precision": "fp16"})] if cuda else []),
+        "onnxruntime": [("onnxruntime", "cpu", {})]
+        + ([("onnxruntime", "cuda", {})] if cuda else []),
+        "torch": [("torch", "cpu", {}), ("torch", "cpu", {"precision": "bf16"})]
+        + (
+            [
+                ("torch", "cuda", {}),
+                ("torch", "cuda", {"cuda_graphs": True}),
+                ("torch", "cuda", {"cuda_graphs": True, "precision": "fp16"}),
+            ]
+            if cuda
+            else []
+        ),
         "tensorrt": [("tensorrt", "cuda", {"precision": p}) for p in ("fp32", "fp16")],
     }
     for backend in backends:
@@ -172,8 +181,9 @@ def default_cpu_label(model: str) -> str:
     return runner_label(engine.backend, opts)
 
 
-def time_config(runners: list[Runner], frames: np.ndarray, min_time_s: float,
-                max_calls: int) -> dict[tuple[str, str], tuple[list[float], int]]:
+def time_config(
+    runners: list[Runner], frames: np.ndarray, min_time_s: float, max_calls: int
+) -> dict[tuple[str, str], tuple[list[float], int]]:
     """Round-robin timing: per runner a list of per-call seconds and localizations found."""
     times: dict[tuple[str, str], list[float]] = {(r.name, r.device): [] for r in runners}
     locs: dict[tuple[str, str], int] = {}
@@ -191,9 +201,15 @@ def time_config(runners: list[Runner], frames: np.ndarray, min_time_s: float,
             return {k: (v, locs[k]) for k, v in times.items()}
 
 
-def run_grid(runners: list[Runner], model: str, sizes: list[int], batches: list[int],
-             min_time_s: float, max_calls: int,
-             on_row: Callable[[list[Row]], None] | None = None) -> list[Row]:
+def run_grid(
+    runners: list[Runner],
+    model: str,
+    sizes: list[int],
+    batches: list[int],
+    min_time_s: float,
+    max_calls: int,
+    on_row: Callable[[list[Row]], None] | None = None,
+) -> list[Row]:
     """Time every configuration; ``on_row`` sees the rows so far after each one."""
     planes = load_model(model)[1].planes
     rows: list[Row] = []
@@ -206,12 +222,26 @@ def run_grid(runners: list[Runner], model: str, sizes: list[int], batches: list[
                 per_call, n_locs = results[(r.name, r.device)]
                 t = statistics.median(per_call)
                 fps = batch / t
-                rows.append(Row(r.name, r.device, size, batch, len(per_call), 1e3 * t, fps,
-                                1e3 / fps, fps * flops_per_frame(planes, size, size) / 1e9,
-                                n_locs / batch))
-            for row in rows[-len(runners):]:
-                base = next(x for x in rows[-len(runners):]
-                            if x.backend == "paper-style" and x.device == row.device)
+                rows.append(
+                    Row(
+                        r.name,
+                        r.device,
+                        size,
+                        batch,
+                        len(per_call),
+                        1e3 * t,
+                        fps,
+                        1e3 / fps,
+                        fps * flops_per_frame(planes, size, size) / 1e9,
+                        n_locs / batch,
+                    )
+                )
+            for row in rows[-len(runners) :]:
+                base = next(
+                    x
+                    for x in rows[-len(runners) :]
+                    if x.backend == "paper-style" and x.device == row.device
+                )
                 row.ratio_to_paper = row.frames_per_s / base.frames_per_s
             if on_row:
                 on_row(rows)
@@ -237,17 +267,34 @@ def long_run(model: str, frames_total: int, size: int, batch: int) -> LongRun:
             window_rss.append(rss_mb())
             t_win, win_done = now, 0
     seconds = time.perf_counter() - t_start
-    result = LongRun(engine.label, engine.device, size, batch, done, seconds, done / seconds,
-                     windows, window_rss, rss0, rss_mb())
+    result = LongRun(
+        engine.label,
+        engine.device,
+        size,
+        batch,
+        done,
+        seconds,
+        done / seconds,
+        windows,
+        window_rss,
+        rss0,
+        rss_mb(),
+    )
     engine.close()
     return result
 
 
 def machine() -> dict:
-    info = {"python": sys.version.split()[0], "torch": torch.__version__,
-            "onnxruntime": ort.__version__, "cpu": platform.processor() or platform.machine(),
-            "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else os.cpu_count(), "load_avg_start": os.getloadavg()}
+    info = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "load_avg_start": os.getloadavg(),
+    }
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -261,31 +308,42 @@ def machine() -> dict:
 
 
 def print_table(rows: list[Row], long: LongRun | None) -> None:
-    head = (f"{'backend':<44} {'dev':<5} {'size':>5} {'batch':>5} {'frames/s':>9} "
-            f"{'ms/frame':>9} {'GFLOP/s':>8} {'x paper':>8} {'locs/fr':>8}")
+    head = (
+        f"{'backend':<44} {'dev':<5} {'size':>5} {'batch':>5} {'frames/s':>9} "
+        f"{'ms/frame':>9} {'GFLOP/s':>8} {'x paper':>8} {'locs/fr':>8}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
         name = r.backend + (" (default CPU)" if r.default_cpu_engine else "")
-        print(f"{name:<44} {r.device:<5} {r.size:>5} {r.batch:>5} {r.frames_per_s:>9.2f} "
-              f"{r.ms_per_frame:>9.2f} {r.gflop_per_s:>8.1f} {r.ratio_to_paper:>8.2f} "
-              f"{r.locs_per_frame:>8.1f}")
+        print(
+            f"{name:<44} {r.device:<5} {r.size:>5} {r.batch:>5} {r.frames_per_s:>9.2f} "
+            f"{r.ms_per_frame:>9.2f} {r.gflop_per_s:>8.1f} {r.ratio_to_paper:>8.2f} "
+            f"{r.locs_per_frame:>8.1f}"
+        )
     if long:
         w = long.window_frames_per_s
-        print(f"\nlong run: {long.backend} on {long.device}, {long.frames} frames of "
-              f"{long.size}x{long.size}, batch {long.batch}: {long.frames_per_s:.1f} frames/s "
-              f"({long.seconds:.0f} s); windows first/last {w[0]:.1f}/{w[-1]:.1f} frames/s; "
-              f"RSS {long.rss_start_mb:.0f} MB -> {long.rss_end_mb:.0f} MB "
-              f"(per window: {', '.join(f'{m:.0f}' for m in long.window_rss_mb)})")
+        print(
+            f"\nlong run: {long.backend} on {long.device}, {long.frames} frames of "
+            f"{long.size}x{long.size}, batch {long.batch}: {long.frames_per_s:.1f} frames/s "
+            f"({long.seconds:.0f} s); windows first/last {w[0]:.1f}/{w[-1]:.1f} frames/s; "
+            f"RSS {long.rss_start_mb:.0f} MB -> {long.rss_end_mb:.0f} MB "
+            f"(per window: {', '.join(f'{m:.0f}' for m in long.window_rss_mb)})"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true",
-                   help="sizes 64 and 256, batch 8, 500-frame long run")
+    p.add_argument(
+        "--quick", action="store_true", help="sizes 64 and 256, batch 8, 500-frame long run"
+    )
     p.add_argument("--model", default="default")
-    p.add_argument("--backends", nargs="+", default=["onnxruntime", "torch", "tensorrt"],
-                   choices=["onnxruntime", "torch", "tensorrt"])
+    p.add_argument(
+        "--backends",
+        nargs="+",
+        default=["onnxruntime", "torch", "tensorrt"],
+        choices=["onnxruntime", "torch", "tensorrt"],
+    )
     p.add_argument("--sizes", type=int, nargs="+", default=None)
     p.add_argument("--batches", type=int, nargs="+", default=None)
     p.add_argument("--min-time", type=float, default=None, help="seconds per config/backend")
@@ -299,8 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     sizes = args.sizes or ([64, 256] if args.quick else [64, 128, 256, 512])
     batches = args.batches or ([8] if args.quick else [1, 8, 32])
     min_time = args.min_time if args.min_time is not None else (1.0 if args.quick else 3.0)
-    long_frames = args.long_frames if args.long_frames is not None else (
-        500 if args.quick else 10_000)
+    long_frames = (
+        args.long_frames if args.long_frames is not None else (500 if args.quick else 10_000)
+    )
     model = str(resolve_model(args.model))
     info = machine()
     # the long run first, then the grid from small to large frames; the JSON is rewritten
@@ -313,11 +372,19 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             r.default_cpu_engine = r.backend == default_cpu and r.device == "cpu"
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "complete": complete, "machine": {**info, "load_avg_now": os.getloadavg()},
-            "args": {k: str(v) for k, v in vars(args).items()},
-            "long_run": asdict(long) if long else None, "rows": [asdict(r) for r in rows],
-        }, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "complete": complete,
+                    "machine": {**info, "load_avg_now": os.getloadavg()},
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "long_run": asdict(long) if long else None,
+                    "rows": [asdict(r) for r in rows],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
     save([])
     rows = run_grid(runners, model, sizes, batches, min_time, args.max_calls, on_row=save)
@@ -325,8 +392,10 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, long)
     for r in rows:
         if r.default_cpu_engine and r.device == "cpu":
-            print(f"default CPU engine ({r.backend}) at {r.size}x{r.size}, batch {r.batch}: "
-                  f"{r.ratio_to_paper:.2f}x the paper-style implementation")
+            print(
+                f"default CPU engine ({r.backend}) at {r.size}x{r.size}, batch {r.batch}: "
+                f"{r.ratio_to_paper:.2f}x the paper-style implementation"
+            )
     print(f"\nJSON written to {args.json}")
     return 0
 

@@ -54,8 +54,9 @@ def producer(endpoint: str, name: str, plane: int, images: np.ndarray, conn) -> 
                 if delay > 0:
                     time.sleep(delay)
             img = images[(first + i) % len(images)]
-            sock.send_multipart(encode_frame(name, plane, first + i, img, time.time_ns()),
-                                copy=False)
+            sock.send_multipart(
+                encode_frame(name, plane, first + i, img, time.time_ns()), copy=False
+            )
         conn.send(count)
     sock.close(linger=1000)
     ctx.term()
@@ -103,13 +104,14 @@ def engine_fps(engine: object, frames: np.ndarray, batch: int, seconds: float) -
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         i = (n // batch * batch) % (len(frames) - batch)
-        engine.infer(frames[i:i + batch])
+        engine.infer(frames[i : i + batch])
         n += batch
     return n / (time.perf_counter() - t0)
 
 
-def run_step(pipeline, conns, sub: Subscriber, first: int, count: int, rate: float,
-             policy: str) -> Step:
+def run_step(
+    pipeline, conns, sub: Subscriber, first: int, count: int, rate: float, policy: str
+) -> Step:
     pipeline.update_config({"drop_policy": policy})
     before = pipeline.snapshot()
     t0 = time.time() + 0.2
@@ -120,8 +122,13 @@ def run_step(pipeline, conns, sub: Subscriber, first: int, count: int, rate: flo
     deadline = time.monotonic() + 120
     st = pipeline.stats
     while time.monotonic() < deadline:  # drain: every set published or counted as dropped
-        done = (st.published - before["publisher"]["published"]
-                + sum(st.set_drops.values()) + st.queue_drops - _drops(before))
+        done = (
+            st.published
+            - before["publisher"]["published"]
+            + sum(st.set_drops.values())
+            + st.queue_drops
+            - _drops(before)
+        )
         if done >= count and pipeline.batcher.depth == 0:
             break
         time.sleep(0.1)
@@ -140,10 +147,18 @@ def run_step(pipeline, conns, sub: Subscriber, first: int, count: int, rate: flo
     batches = after["inference"]["batches"] - before["inference"]["batches"]
     sets = after["inference"]["frame_sets"] - before["inference"]["frame_sets"]
     busy_s = after["inference"]["engine_busy_s"] - before["inference"]["engine_busy_s"]
-    return Step(rate, policy, count, len(rows), _drops(after) - _drops(before),
-                round(rows_fps, 2), round(float(np.percentile(lat, 50)), 1),
-                round(float(np.percentile(lat, 99)), 1), round(sets / max(batches, 1), 2),
-                round(sets / busy_s, 2) if busy_s > 0 else 0.0)
+    return Step(
+        rate,
+        policy,
+        count,
+        len(rows),
+        _drops(after) - _drops(before),
+        round(rows_fps, 2),
+        round(float(np.percentile(lat, 50)), 1),
+        round(float(np.percentile(lat, 99)), 1),
+        round(sets / max(batches, 1), 2),
+        round(sets / busy_s, 2) if busy_s > 0 else 0.0,
+    )
 
 
 def _drops(s: dict) -> int:
@@ -169,12 +184,20 @@ def main(argv: list[str] | None = None) -> int:
     step_s = 3.0 if args.quick else 8.0
     engine = create_engine(args.model, args.backend)
     raw_before = engine_fps(engine, frames, args.max_batch, step_s / 2)
-    cams = [CameraSettings(name=f"cam{k}", plane=k, endpoint="tcp://127.0.0.1:*")
-            for k in range(PLANES)]
+    cams = [
+        CameraSettings(name=f"cam{k}", plane=k, endpoint="tcp://127.0.0.1:*") for k in range(PLANES)
+    ]
     settings = ServiceSettings(
-        cameras=cams, stream={"publish": "tcp://127.0.0.1:*", "assembly_timeout_ms": 1000},
-        inference={"model": args.model, "backend": args.backend, "max_batch": args.max_batch,
-                   "max_delay_ms": 5, "queue_size": 16})
+        cameras=cams,
+        stream={"publish": "tcp://127.0.0.1:*", "assembly_timeout_ms": 1000},
+        inference={
+            "model": args.model,
+            "backend": args.backend,
+            "max_batch": args.max_batch,
+            "max_delay_ms": 5,
+            "queue_size": 16,
+        },
+    )
     ctx = zmq.Context()
     pipeline = Pipeline(settings)
     pipeline.start()
@@ -219,36 +242,64 @@ def main(argv: list[str] | None = None) -> int:
     raws.append(engine_fps(engine, frames, args.max_batch, step_s / 2))
     sats = [s.delivered_fps for s in steps if s.offered_fps == 0]
     ratios = [sat / ((a + b) / 2) for sat, a, b in zip(sats, raws[1:-1], raws[2:], strict=True)]
-    in_run = [s.delivered_fps / s.engine_fps_in_run for s in steps
-              if s.offered_fps == 0 and s.engine_fps_in_run > 0]
+    in_run = [
+        s.delivered_fps / s.engine_fps_in_run
+        for s in steps
+        if s.offered_fps == 0 and s.engine_fps_in_run > 0
+    ]
     args.backend = f"{args.backend} ({engine.backend})"
     report(steps, raws, ratios, in_run, args)
     if args.json:
-        args.json.write_text(json.dumps({"steps": [asdict(s) for s in steps],
-                                         "engine_fps": raws, "ratios": ratios,
-                                         "ratio_median": float(np.median(ratios)),
-                                         "ratios_in_run": in_run}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "steps": [asdict(s) for s in steps],
+                    "engine_fps": raws,
+                    "ratios": ratios,
+                    "ratio_median": float(np.median(ratios)),
+                    "ratios_in_run": in_run,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 
-def report(steps: list[Step], raws: list[float], ratios: list[float], in_run: list[float],
-           args: argparse.Namespace) -> None:
-    print(f"model {args.model}, backend {args.backend}, {PLANES}x{SIDE}x{SIDE}, "
-          f"max_batch {args.max_batch}, queue 16 frame sets; 4 producer processes")
-    print(f"{'offered fps':>11} {'policy':>11} {'sent':>6} {'delivered':>9} {'dropped':>7} "
-          f"{'deliv. fps':>10} {'p50 ms':>8} {'p99 ms':>8} {'batch':>6} {'engine fps':>10}")
+def report(
+    steps: list[Step],
+    raws: list[float],
+    ratios: list[float],
+    in_run: list[float],
+    args: argparse.Namespace,
+) -> None:
+    print(
+        f"model {args.model}, backend {args.backend}, {PLANES}x{SIDE}x{SIDE}, "
+        f"max_batch {args.max_batch}, queue 16 frame sets; 4 producer processes"
+    )
+    print(
+        f"{'offered fps':>11} {'policy':>11} {'sent':>6} {'delivered':>9} {'dropped':>7} "
+        f"{'deliv. fps':>10} {'p50 ms':>8} {'p99 ms':>8} {'batch':>6} {'engine fps':>10}"
+    )
     for s in steps:
         offered = f"{s.offered_fps:.1f}" if s.offered_fps else "unpaced"
-        print(f"{offered:>11} {s.policy:>11} {s.sent:>6} {s.delivered:>9} {s.dropped:>7} "
-              f"{s.delivered_fps:>10.1f} {s.p50_ms:>8.1f} {s.p99_ms:>8.1f} {s.mean_batch:>6.2f} "
-              f"{s.engine_fps_in_run:>10.1f}")
-    print("raw engine fps (before sweep, then around each unpaced step): "
-          + ", ".join(f"{r:.1f}" for r in raws))
-    print("service throughput / raw engine throughput per unpaced step: "
-          + ", ".join(f"{r:.3f}" for r in ratios)
-          + f"; median {np.median(ratios):.3f} (target >= 0.9)")
-    print("same, against the engine's own rate inside the service during each step: "
-          + ", ".join(f"{r:.3f}" for r in in_run))
+        print(
+            f"{offered:>11} {s.policy:>11} {s.sent:>6} {s.delivered:>9} {s.dropped:>7} "
+            f"{s.delivered_fps:>10.1f} {s.p50_ms:>8.1f} {s.p99_ms:>8.1f} {s.mean_batch:>6.2f} "
+            f"{s.engine_fps_in_run:>10.1f}"
+        )
+    print(
+        "raw engine fps (before sweep, then around each unpaced step): "
+        + ", ".join(f"{r:.1f}" for r in raws)
+    )
+    print(
+        "service throughput / raw engine throughput per unpaced step: "
+        + ", ".join(f"{r:.3f}" for r in ratios)
+        + f"; median {np.median(ratios):.3f} (target >= 0.9)"
+    )
+    print(
+        "same, against the engine's own rate inside the service during each step: "
+        + ", ".join(f"{r:.3f}" for r in in_run)
+    )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,9 @@ DEFAULT_SNDHWM = 8
 DEFAULT_BASE_PORT = 5550
 
 
-def default_endpoint(plane: int, host: str = "127.0.0.1", base_port: int = DEFAULT_BASE_PORT
-                     ) -> str:
+def default_endpoint(
+    plane: int, host: str = "127.0.0.1", base_port: int = DEFAULT_BASE_PORT
+) -> str:
     """The service's default endpoint of camera ``plane`` (``cam<k>`` on port 5550 + k)."""
     return f"tcp://{host}:{base_port + plane}"
 
@@ -81,10 +82,18 @@ class CameraPublisher:
         linger_ms: how long :meth:`close` waits to flush queued images.
     """
 
-    def __init__(self, endpoint: str, camera: str, plane: int, *,
-                 shape: tuple[int, int] | None = None, dtype: str | None = None,
-                 sndhwm: int = DEFAULT_SNDHWM, linger_ms: int = 1000,
-                 context: zmq.Context | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        camera: str,
+        plane: int,
+        *,
+        shape: tuple[int, int] | None = None,
+        dtype: str | None = None,
+        sndhwm: int = DEFAULT_SNDHWM,
+        linger_ms: int = 1000,
+        context: zmq.Context | None = None,
+    ) -> None:
         if not camera:
             raise ValueError("camera name must not be empty")
         if plane < 0:
@@ -123,8 +132,9 @@ class CameraPublisher:
                 not increase. StreamError: the publisher is closed.
         """
         img = self._validate(frame_index, image)
-        parts = encode_frame(self.camera, self.plane, frame_index, img,
-                             time.time_ns() if t_ns is None else int(t_ns))
+        parts = encode_frame(
+            self.camera, self.plane, frame_index, img, time.time_ns() if t_ns is None else int(t_ns)
+        )
         with self._lock:
             self.stats.last_frame = int(frame_index)
             try:
@@ -132,8 +142,11 @@ class CameraPublisher:
             except zmq.Again:
                 self.stats.dropped[DropReason.QUEUE_FULL.value] += 1
                 if self.stats.dropped_total in (1, 10, 100) or self.stats.dropped_total % 1000 == 0:
-                    log.warning("camera %s: service not keeping up, %d frames dropped so far",
-                                self.camera, self.stats.dropped_total)
+                    log.warning(
+                        "camera %s: service not keeping up, %d frames dropped so far",
+                        self.camera,
+                        self.stats.dropped_total,
+                    )
                 return False
             self.stats.published += 1
             return True
@@ -142,22 +155,27 @@ class CameraPublisher:
         if self.state is not CameraState.OPEN:
             raise StreamError(f"camera {self.camera!r}: publisher is closed")
         if not isinstance(frame_index, (int, np.integer)) or frame_index < 0:
-            raise FormatError(f"camera {self.camera!r}: frame index must be an int >= 0, "
-                              f"got {frame_index!r}")
+            raise FormatError(
+                f"camera {self.camera!r}: frame index must be an int >= 0, got {frame_index!r}"
+            )
         last = self.stats.last_frame
         if last is not None and frame_index <= last:
-            raise FormatError(f"camera {self.camera!r}: frame index must increase, got "
-                              f"{frame_index} after {last}")
+            raise FormatError(
+                f"camera {self.camera!r}: frame index must increase, got {frame_index} after {last}"
+            )
         arr = np.asarray(image)
         if arr.ndim != 2 or arr.dtype.name not in FRAME_DTYPES:
-            raise FormatError(f"camera {self.camera!r}: expected a 2-D uint16 or float32 image, "
-                              f"got shape {arr.shape} {arr.dtype}")
+            raise FormatError(
+                f"camera {self.camera!r}: expected a 2-D uint16 or float32 image, "
+                f"got shape {arr.shape} {arr.dtype}"
+            )
         self.shape = self.shape or arr.shape
         self.dtype = self.dtype or arr.dtype.name
         if arr.shape != self.shape or arr.dtype.name != self.dtype:
             raise FormatError(
                 f"camera {self.camera!r}: expected {self.shape[0]}x{self.shape[1]} {self.dtype}, "
-                f"got {arr.shape[0]}x{arr.shape[1]} {arr.dtype} (frame {frame_index})")
+                f"got {arr.shape[0]}x{arr.shape[1]} {arr.dtype} (frame {frame_index})"
+            )
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise FormatError(f"camera {self.camera!r}: frame {frame_index} has NaN/inf pixels")
         return np.array(arr, order="C", copy=True)  # fresh buffer: zero-copy send owns it
@@ -178,8 +196,9 @@ class CameraPublisher:
 class SimulatedSource:
     """Frame sets from a simulated :class:`~clients.scene.Scene`."""
 
-    def __init__(self, scene: Scene, planes: Sequence[int], *, start: int = 0,
-                 frames: int | None = None) -> None:
+    def __init__(
+        self, scene: Scene, planes: Sequence[int], *, start: int = 0, frames: int | None = None
+    ) -> None:
         self.scene, self.planes, self.start, self.frames = scene, list(planes), start, frames
 
     def __iter__(self) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
@@ -196,11 +215,19 @@ class TiffSource:
     layouts (e.g. frames as samples of one page) are loaded into memory.
     """
 
-    def __init__(self, paths: Sequence[Path], planes: Sequence[int], *, start: int = 0,
-                 frames: int | None = None, loop: bool = False) -> None:
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        planes: Sequence[int],
+        *,
+        start: int = 0,
+        frames: int | None = None,
+        loop: bool = False,
+    ) -> None:
         if len(paths) != len(planes):
-            raise ValueError(f"got {len(paths)} TIFF stacks for {len(planes)} planes "
-                             f"{list(planes)}")
+            raise ValueError(
+                f"got {len(paths)} TIFF stacks for {len(planes)} planes {list(planes)}"
+            )
         self.planes, self.start, self.frames, self.loop = list(planes), start, frames, loop
         self._tifs: list[object] = []
         self._stacks = [self._open(Path(p)) for p in paths]
@@ -219,8 +246,10 @@ class TiffSource:
             if len(shape) == 2:
                 shape = (1, *shape)
             if len(shape) != 3:
-                raise FormatError(f"{path}: expected a single-camera stack (T, H, W), got "
-                                  f"shape {shape} (axes {series.axes})")
+                raise FormatError(
+                    f"{path}: expected a single-camera stack (T, H, W), got "
+                    f"shape {shape} (axes {series.axes})"
+                )
             if len(series.pages) == shape[0]:
                 return _LazyPages(series.pages)
             return series.asarray().reshape(shape)
@@ -233,8 +262,13 @@ class TiffSource:
             page = n % self.length
             if page == 0 and n and not self.loop:
                 return
-            yield i, {k: _as_frame_dtype(s[page]) for k, s in zip(self.planes, self._stacks,
-                                                                   strict=True)}
+            yield (
+                i,
+                {
+                    k: _as_frame_dtype(s[page])
+                    for k, s in zip(self.planes, self._stacks, strict=True)
+                },
+            )
             n, i = n + 1, i + 1
 
     def close(self) -> None:
@@ -261,9 +295,12 @@ def _as_frame_dtype(img: np.ndarray) -> np.ndarray:
     return img.astype(np.float32) if img.dtype.kind == "f" else img.astype(np.uint16)
 
 
-def run_cameras(source: Iterator[tuple[int, dict[int, np.ndarray]]] | SimulatedSource
-                | TiffSource, publishers: dict[int, CameraPublisher], rate_hz: float,
-                stop: threading.Event | None = None) -> int:
+def run_cameras(
+    source: Iterator[tuple[int, dict[int, np.ndarray]]] | SimulatedSource | TiffSource,
+    publishers: dict[int, CameraPublisher],
+    rate_hz: float,
+    stop: threading.Event | None = None,
+) -> int:
     """Publish every frame set of ``source`` at ``rate_hz`` (0: as fast as possible).
 
     Frames are paced on an absolute schedule; when the source is slower than the rate,

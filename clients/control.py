@@ -21,8 +21,14 @@ from engines.errors import VoxlocError
 
 DEFAULT_URL = "http://127.0.0.1:8750"
 TOKEN_ENV = "VOXLOC_TOKEN"
-CONFIG_KEYS = ("threshold", "max_batch", "max_delay_ms", "queue_size", "drop_policy",
-               "assembly_timeout_ms")
+CONFIG_KEYS = (
+    "threshold",
+    "max_batch",
+    "max_delay_ms",
+    "queue_size",
+    "drop_policy",
+    "assembly_timeout_ms",
+)
 
 
 class ControlError(VoxlocError):
@@ -42,18 +48,26 @@ class ControlClient:
         timeout_s: per-request timeout; model loads get ``load_timeout_s``.
     """
 
-    def __init__(self, url: str = DEFAULT_URL, *, token: str | None = None,
-                 timeout_s: float = 10.0, load_timeout_s: float = 300.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        token: str | None = None,
+        timeout_s: float = 10.0,
+        load_timeout_s: float = 300.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         token = os.environ.get(TOKEN_ENV) if token is None else token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/")
         self.load_timeout_s = load_timeout_s
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s,
-                                  transport=transport)
+        self._http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=timeout_s, transport=transport
+        )
 
-    def _call(self, method: str, path: str, *, json: Any = None,
-              timeout: float | None = None) -> Any:
+    def _call(
+        self, method: str, path: str, *, json: Any = None, timeout: float | None = None
+    ) -> Any:
         kwargs: dict[str, Any] = {"json": json} if json is not None else {}
         if timeout is not None:
             kwargs["timeout"] = timeout
@@ -66,8 +80,9 @@ class ControlClient:
                 detail = resp.json().get("detail", resp.text)
             except ValueError:
                 detail = resp.text
-            raise ControlError(f"{method} {path}: HTTP {resp.status_code}: {detail}",
-                               resp.status_code)
+            raise ControlError(
+                f"{method} {path}: HTTP {resp.status_code}: {detail}", resp.status_code
+            )
         ctype = resp.headers.get("content-type", "")
         return resp.json() if ctype.startswith("application/json") else resp.text
 
@@ -95,8 +110,10 @@ class ControlClient:
             except ControlError as exc:
                 last = exc
             time.sleep(poll_s)
-        raise ControlError(f"service at {self.url} not ready after {timeout_s:.0f} s"
-                           + (f" (last error: {last})" if last else ""))
+        raise ControlError(
+            f"service at {self.url} not ready after {timeout_s:.0f} s"
+            + (f" (last error: {last})" if last else "")
+        )
 
     # -- models ---------------------------------------------------------------------------
     def models(self) -> dict[str, Any]:
@@ -134,8 +151,9 @@ class ControlClient:
         The read-only ``plane`` of :meth:`registration` answers is left out, so an answer
         saved earlier can be sent back as it is.
         """
-        body = {name: {k: v for k, v in cam.items() if k != "plane"}
-                for name, cam in cameras.items()}
+        body = {
+            name: {k: v for k, v in cam.items() if k != "plane"} for name, cam in cameras.items()
+        }
         return self._call("PUT", "/registration", json={"cameras": body})
 
     # -- stats ----------------------------------------------------------------------------

@@ -57,8 +57,9 @@ class StreamWriter(ABC):
         self.rows = 0
         self.frames = 0
         if not self.path.parent.is_dir():
-            raise OutputError(f"cannot write {self.path}: directory {self.path.parent} "
-                              "does not exist")
+            raise OutputError(
+                f"cannot write {self.path}: directory {self.path.parent} does not exist"
+            )
 
     def append(self, messages: list[LocsMessage]) -> None:
         """Write the rows of these messages and flush them to the file."""
@@ -84,8 +85,9 @@ class CsvStreamWriter(StreamWriter):
     def __init__(self, path: Path, meta: TableMeta) -> None:
         super().__init__(path, meta)
         try:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND,
-                               0o666)
+            self._fd = os.open(
+                self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o666
+            )
         except OSError as exc:
             raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
         self._write((",".join(LOC_COLUMNS) + "\n").encode())
@@ -94,7 +96,7 @@ class CsvStreamWriter(StreamWriter):
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
-            view = view[os.write(self._fd, view):]
+            view = view[os.write(self._fd, view) :]
 
     def _append(self, rows: np.ndarray) -> None:
         out = rows.copy()
@@ -120,8 +122,9 @@ class Hdf5StreamWriter(StreamWriter):
             self._h5 = h5py.File(self.path, "w")
         except OSError as exc:
             raise OutputError(f"cannot write {self.path}: {exc}") from exc
-        self._ds = self._h5.create_dataset("locs", shape=(0,), maxshape=(None,),
-                                           dtype=self.dtype, chunks=(4096,))
+        self._ds = self._h5.create_dataset(
+            "locs", shape=(0,), maxshape=(None,), dtype=self.dtype, chunks=(4096,)
+        )
         self._h5.flush()
         self._meta_frames = -1
         self.sync_meta()
@@ -153,8 +156,9 @@ class Hdf5StreamWriter(StreamWriter):
 def open_stream_writer(path: str | Path, meta: TableMeta) -> StreamWriter:
     """A CSV or HDF5 stream writer chosen by the extension (.csv / .h5 / .hdf5)."""
     path = Path(path)
-    return CsvStreamWriter(path, meta) if table_format(path) == "csv" \
-        else Hdf5StreamWriter(path, meta)
+    return (
+        CsvStreamWriter(path, meta) if table_format(path) == "csv" else Hdf5StreamWriter(path, meta)
+    )
 
 
 @dataclass
@@ -165,9 +169,15 @@ class RecordResult:
     missed: int
 
 
-def record(sub: LocalizationSubscriber, writer: StreamWriter, *, max_frames: int | None = None,
-           duration_s: float | None = None, stop: threading.Event | None = None,
-           idle_timeout_s: float | None = None) -> RecordResult:
+def record(
+    sub: LocalizationSubscriber,
+    writer: StreamWriter,
+    *,
+    max_frames: int | None = None,
+    duration_s: float | None = None,
+    stop: threading.Event | None = None,
+    idle_timeout_s: float | None = None,
+) -> RecordResult:
     """Write messages from ``sub`` until ``max_frames`` messages, ``duration_s`` seconds,
     ``idle_timeout_s`` without a message, or ``stop`` is set. Closes ``writer``."""
     stop = stop or threading.Event()
@@ -181,8 +191,9 @@ def record(sub: LocalizationSubscriber, writer: StreamWriter, *, max_frames: int
             if idle_timeout_s is not None and now - last_msg >= idle_timeout_s:
                 log.info("no localizations for %.1f s, stopping", idle_timeout_s)
                 break
-            batch = _drain(sub, 0.2, MAX_DRAIN if max_frames is None
-                           else min(MAX_DRAIN, max_frames - messages))
+            batch = _drain(
+                sub, 0.2, MAX_DRAIN if max_frames is None else min(MAX_DRAIN, max_frames - messages)
+            )
             if batch:
                 writer.append(batch)
                 messages += len(batch)

@@ -47,8 +47,9 @@ class RenderSettings:
         if not hi > lo:
             raise ValueError(f"z range must increase, got {self.z_range_nm}")
         if not 0 < self.saturate_percentile <= 100:
-            raise ValueError(f"saturate percentile must be in (0, 100], got "
-                             f"{self.saturate_percentile}")
+            raise ValueError(
+                f"saturate percentile must be in (0, 100], got {self.saturate_percentile}"
+            )
         lut(self.cmap)  # fail early on an unknown colour map
 
 
@@ -70,11 +71,13 @@ class DepthHistogram:
     beyond it; those still outside are counted in :attr:`outside`.
     """
 
-    def __init__(self, nm_per_px: float, width_nm: float, height_nm: float, *,
-                 max_side_px: int = 4096) -> None:
+    def __init__(
+        self, nm_per_px: float, width_nm: float, height_nm: float, *, max_side_px: int = 4096
+    ) -> None:
         if nm_per_px <= 0 or width_nm <= 0 or height_nm <= 0:
-            raise ValueError(f"need positive nm per px and extent, got {nm_per_px}, "
-                             f"{width_nm} x {height_nm} nm")
+            raise ValueError(
+                f"need positive nm per px and extent, got {nm_per_px}, {width_nm} x {height_nm} nm"
+            )
         self.nm_per_px = float(nm_per_px)
         self.max_side_px = int(max_side_px)
         h = min(math.ceil(height_nm / nm_per_px), self.max_side_px)
@@ -147,8 +150,9 @@ def colorize(counts: np.ndarray, zsum: np.ndarray, settings: RenderSettings) -> 
     return (lut(settings.cmap)[idx] * bright[..., None]).round().astype(np.uint8)
 
 
-def render(xyz_nm: np.ndarray, settings: RenderSettings,
-           extent_nm: tuple[float, float] | None = None) -> np.ndarray:
+def render(
+    xyz_nm: np.ndarray, settings: RenderSettings, extent_nm: tuple[float, float] | None = None
+) -> np.ndarray:
     """Render ``(N, 3)`` positions (nm) into ``(H, W, 3)`` uint8.
 
     ``extent_nm`` is the (width, height) covered from (0, 0); default: up to the largest
@@ -189,14 +193,16 @@ def with_colorbar(rgb: np.ndarray, settings: RenderSettings) -> np.ndarray:
     lo, hi = settings.z_range_nm
     for frac in (0.0, 0.5, 1.0):
         y = 10 + (1 - frac) * (bar_h - 21)
-        draw.text((x0 + bar_w + 4, max(y - 6, 0)), f"{lo + frac * (hi - lo):.0f}", fill="white",
-                  font=font)
+        draw.text(
+            (x0 + bar_w + 4, max(y - 6, 0)), f"{lo + frac * (hi - lo):.0f}", fill="white", font=font
+        )
     draw.text((x0 + bar_w + 4, bar_h // 2 + 12), "z [nm]", fill="white", font=font)
     return np.asarray(canvas)
 
 
-def save_image(path: str | Path, rgb: np.ndarray, settings: RenderSettings, *,
-               colorbar: bool = True) -> Path:
+def save_image(
+    path: str | Path, rgb: np.ndarray, settings: RenderSettings, *, colorbar: bool = True
+) -> Path:
     """Write ``rgb`` as PNG or TIFF (chosen by extension), with a colour bar by default."""
     from PIL import Image
 

@@ -106,8 +106,11 @@ class Scene:
         self._sim = Simulator(cfg.settings, seed=cfg.seed)
         rng = np.random.default_rng(cfg.seed)
         planes = cfg.settings.geometry.planes
-        self.affines = (cfg.misalign.draw(planes, rng) if cfg.misalign
-                        else Misalignment(0, 0, 0).draw(planes, rng))
+        self.affines = (
+            cfg.misalign.draw(planes, rng)
+            if cfg.misalign
+            else Misalignment(0, 0, 0).draw(planes, rng)
+        )
         self._inverse = np.stack([_invert(a) for a in self.affines])
         self._points = _filament_points(cfg, rng) if cfg.structure == "filaments" else None
         self._focal = torch.tensor(cfg.settings.focal_planes_nm(), dtype=torch.float32)
@@ -146,20 +149,30 @@ class Scene:
         self._sim.gen.manual_seed(self.cfg.seed * 1_000_003 + index)
         drift = torch.zeros(g.planes, 2)
         if s.drift_max_nm > 0:
-            drift[1:] = (torch.rand(g.planes - 1, 2, generator=self._sim.gen) * 2 - 1) \
-                * s.drift_max_nm
+            drift[1:] = (
+                torch.rand(g.planes - 1, 2, generator=self._sim.gen) * 2 - 1
+            ) * s.drift_max_nm
         out = {}
         for k in planes:
             if not 0 <= k < self.planes:
                 raise ValueError(f"plane {k} outside 0..{self.planes - 1}")
             xyz = self._to_camera(mol[:, :3], k)
             clean = render_planes(
-                xyz[None], mol[None, :, 3], drift[None, k:k + 1], self._focal[k:k + 1],
-                px_nm=g.px_nm, height=g.height, width=g.width, psf=s.psf,
+                xyz[None],
+                mol[None, :, 3],
+                drift[None, k : k + 1],
+                self._focal[k : k + 1],
+                px_nm=g.px_nm,
+                height=g.height,
+                width=g.width,
+                psf=s.psf,
             )
             noisy = self._sim.add_noise(clean + s.psf.b)[0, 0].numpy()
-            out[k] = (noisy.astype(np.float32) if s.noise.mode == "paper"
-                      else np.clip(noisy, 0, 65535).astype(np.uint16))
+            out[k] = (
+                noisy.astype(np.float32)
+                if s.noise.mode == "paper"
+                else np.clip(noisy, 0, 65535).astype(np.uint16)
+            )
         return out
 
     def _to_camera(self, xyz_nm: torch.Tensor, plane: int) -> torch.Tensor:

@@ -72,12 +72,19 @@ class GapTracker:
             gap = Gap(self.expected_seq, msg.seq - 1, self.last_frame or 0)
             self.missed += gap.missed
             self.gaps.append(gap)
-            log.warning("missed %d localization messages (seq %d..%d)",
-                        gap.missed, gap.first_seq, gap.last_seq)
+            log.warning(
+                "missed %d localization messages (seq %d..%d)",
+                gap.missed,
+                gap.first_seq,
+                gap.last_seq,
+            )
         elif self.expected_seq is not None and msg.seq < self.expected_seq:
             self.restarts += 1
-            log.warning("sequence went back from %d to %d: service restarted",
-                        self.expected_seq - 1, msg.seq)
+            log.warning(
+                "sequence went back from %d to %d: service restarted",
+                self.expected_seq - 1,
+                msg.seq,
+            )
         self.expected_seq = msg.seq + 1
         self.last_frame = msg.frame
         self.received += 1
@@ -120,9 +127,14 @@ class _Base:
 class LocalizationSubscriber(_Base):
     """Blocking subscriber; iterate it, or call :meth:`recv` with a timeout."""
 
-    def __init__(self, endpoint: str = DEFAULT_LOCS_ENDPOINT, *, rcvhwm: int = DEFAULT_RCVHWM,
-                 on_gap: Callable[[Gap], None] | None = None,
-                 context: zmq.Context | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_LOCS_ENDPOINT,
+        *,
+        rcvhwm: int = DEFAULT_RCVHWM,
+        on_gap: Callable[[Gap], None] | None = None,
+        context: zmq.Context | None = None,
+    ) -> None:
         super().__init__(endpoint, on_gap)
         self._sock = _sub_socket(context or zmq.Context.instance(), endpoint, rcvhwm)
         self._poller = zmq.Poller()
@@ -157,9 +169,14 @@ class LocalizationSubscriber(_Base):
 class AsyncLocalizationSubscriber(_Base):
     """asyncio subscriber: ``async for msg in sub`` or ``await sub.recv()``."""
 
-    def __init__(self, endpoint: str = DEFAULT_LOCS_ENDPOINT, *, rcvhwm: int = DEFAULT_RCVHWM,
-                 on_gap: Callable[[Gap], None] | None = None,
-                 context: zmq.asyncio.Context | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_LOCS_ENDPOINT,
+        *,
+        rcvhwm: int = DEFAULT_RCVHWM,
+        on_gap: Callable[[Gap], None] | None = None,
+        context: zmq.asyncio.Context | None = None,
+    ) -> None:
         super().__init__(endpoint, on_gap)
         self._sock = _sub_socket(context or zmq.asyncio.Context.instance(), endpoint, rcvhwm)
 

@@ -14,11 +14,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from engines.evaluate.runner import EvalConfig
 
     cfg = EvalConfig(
-        model=args.model, frames=args.frames, molecules=args.molecules, size=args.size,
-        seed=args.seed, thresholds=tuple(args.thresholds), backend=args.backend,
+        model=args.model,
+        frames=args.frames,
+        molecules=args.molecules,
+        size=args.size,
+        seed=args.seed,
+        thresholds=tuple(args.thresholds),
+        backend=args.backend,
         precision=args.precision,
-        low_density_molecules=args.low_molecules, low_density_frames=args.low_frames,
-        densities=tuple(args.densities), sweep_frames=args.sweep_frames,
+        low_density_molecules=args.low_molecules,
+        low_density_frames=args.low_frames,
+        densities=tuple(args.densities),
+        sweep_frames=args.sweep_frames,
         crlb_samples=args.crlb_samples,
     )
     out_dir = args.out or Path(f"evaluation-{Path(str(args.model)).name}-{args.size}")
@@ -33,37 +40,79 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "evaluate", help="measure a model's accuracy on simulated frames (paper Table 4)",
+        "evaluate",
+        help="measure a model's accuracy on simulated frames (paper Table 4)",
         description="Evaluate a model on frames simulated with its own microscope settings: "
         "voxel confusion matrix (Table 4), molecule Jaccard / RMSE / bias / efficiency "
         "(greedy matching within 250 nm lateral, 500 nm axial), a low-density set against "
         "the Cramer-Rao bound, and a density sweep (Figs. 7-8). Prints a table and writes "
-        "REPORT_DIR/report.json plus PNG figures.")
+        "REPORT_DIR/report.json plus PNG figures.",
+    )
     p.add_argument("--model", default="default", help="model name or directory (default: default)")
     p.add_argument("--frames", type=int, default=500, help="test frames (paper: 500)")
-    p.add_argument("--molecules", type=int, default=50,
-                   help="molecules per 64x64 area (paper: 50); scaled with --size")
-    p.add_argument("--size", type=int, default=64,
-                   help="frame height and width, px (the density per area stays the same)")
+    p.add_argument(
+        "--molecules",
+        type=int,
+        default=50,
+        help="molecules per 64x64 area (paper: 50); scaled with --size",
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        default=64,
+        help="frame height and width, px (the density per area stays the same)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.9],
-                   help="confidence thresholds tau (paper: 0.5 0.9)")
-    p.add_argument("--backend", default="auto",
-                   help="inference backend: auto, torch, onnxruntime, tensorrt")
+    p.add_argument(
+        "--thresholds",
+        type=float,
+        nargs="+",
+        default=[0.5, 0.9],
+        help="confidence thresholds tau (paper: 0.5 0.9)",
+    )
+    p.add_argument(
+        "--backend", default="auto", help="inference backend: auto, torch, onnxruntime, tensorrt"
+    )
     add_precision_option(p)
-    p.add_argument("-o", "--out", type=Path, default=None,
-                   help="report directory (default: ./evaluation-MODEL-SIZE)")
-    p.add_argument("--record", action="store_true",
-                   help="store the summary metrics in the model directory's model.json")
+    p.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        default=None,
+        help="report directory (default: ./evaluation-MODEL-SIZE)",
+    )
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="store the summary metrics in the model directory's model.json",
+    )
     g = p.add_argument_group("extra test sets")
-    g.add_argument("--low-molecules", type=int, default=10,
-                   help="molecules per 64x64 area of the no-drift set compared with the CRLB")
-    g.add_argument("--low-frames", type=int, default=200,
-                   help="frames of the low-density set (0: skip it and the CRLB)")
-    g.add_argument("--densities", type=int, nargs="+", default=[5, 10, 25, 50, 100, 150],
-                   help="molecules per 64x64 area of the density sweep")
-    g.add_argument("--sweep-frames", type=int, default=100,
-                   help="frames per density (0: skip the sweep and its plots)")
-    g.add_argument("--crlb-samples", type=int, default=500,
-                   help="random molecules the CRLB is averaged over")
+    g.add_argument(
+        "--low-molecules",
+        type=int,
+        default=10,
+        help="molecules per 64x64 area of the no-drift set compared with the CRLB",
+    )
+    g.add_argument(
+        "--low-frames",
+        type=int,
+        default=200,
+        help="frames of the low-density set (0: skip it and the CRLB)",
+    )
+    g.add_argument(
+        "--densities",
+        type=int,
+        nargs="+",
+        default=[5, 10, 25, 50, 100, 150],
+        help="molecules per 64x64 area of the density sweep",
+    )
+    g.add_argument(
+        "--sweep-frames",
+        type=int,
+        default=100,
+        help="frames per density (0: skip the sweep and its plots)",
+    )
+    g.add_argument(
+        "--crlb-samples", type=int, default=500, help="random molecules the CRLB is averaged over"
+    )
     p.set_defaults(func=_cmd_evaluate)

@@ -34,4 +34,3 @@ def decode(
         dim=-1,
     )
     return b, xyz.float(), conf[b, k, i, j].float()
-

@@ -85,21 +85,33 @@ def build_onnx(model_dir: Path) -> onnx.ModelProto:
     for node in dec_nodes:
         node.name = f"{DECODE_PREFIX}{node.output[0]}"
     graph = helper.make_graph(
-        nodes + dec_nodes, "voxloc_decoding",
-        [helper.make_tensor_value_info(INPUT_FRAMES, TensorProto.FLOAT,
-                                       ["batch", p, "height", "width"]),
-         helper.make_tensor_value_info(INPUT_THRESHOLD, TensorProto.FLOAT, [1])],
+        nodes + dec_nodes,
+        "voxloc_decoding",
+        [
+            helper.make_tensor_value_info(
+                INPUT_FRAMES, TensorProto.FLOAT, ["batch", p, "height", "width"]
+            ),
+            helper.make_tensor_value_info(INPUT_THRESHOLD, TensorProto.FLOAT, [1]),
+        ],
         [helper.make_tensor_value_info(OUTPUT_LOCS, TensorProto.FLOAT, ["n_locs", 5])],
         initializer=inits + dec_inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="voxloc")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="voxloc"
+    )
     model.ir_version = 8
-    helper.set_model_props(model, {
-        "voxloc_export_version": EXPORT_VERSION, "weights_sha256": weights_sha256(model_dir),
-        "model_name": info.name, "model_version": info.version, "planes": str(p),
-        "px_nm": str(g.px_nm), "dz_nm": str(g.dz_nm),
-    })
+    helper.set_model_props(
+        model,
+        {
+            "voxloc_export_version": EXPORT_VERSION,
+            "weights_sha256": weights_sha256(model_dir),
+            "model_name": info.name,
+            "model_version": info.version,
+            "planes": str(p),
+            "px_nm": str(g.px_nm),
+            "dz_nm": str(g.dz_nm),
+        },
+    )
     onnx.checker.check_model(model)
     return model
 
@@ -107,16 +119,26 @@ def build_onnx(model_dir: Path) -> onnx.ModelProto:
 def _network_nodes(net: VoxelNet, info: ModelInfo):
     """Normalisation, the BN-folded convolutions and the sigmoid: ``frames`` -> ``y``."""
     mk = helper.make_node
-    inits = [_const("offset", np.float32(info.input_offset)),
-             _const("scale", np.float32(info.input_scale))]
+    inits = [
+        _const("offset", np.float32(info.input_offset)),
+        _const("scale", np.float32(info.input_scale)),
+    ]
     nodes = [mk("Sub", [INPUT_FRAMES, "offset"], ["x_sub"]), mk("Div", ["x_sub", "scale"], ["x0"])]
     x = "x0"
     for n, layer in enumerate(fold_batchnorm(net)):
         w, b, out = f"conv{n}_w", f"conv{n}_b", f"conv{n}"
         inits += [numpy_helper.from_array(layer.weight, w), numpy_helper.from_array(layer.bias, b)]
         pad = layer.kernel // 2
-        nodes.append(mk("Conv", [x, w, b], [out], kernel_shape=[layer.kernel] * 2,
-                        pads=[pad] * 4, strides=[1, 1]))
+        nodes.append(
+            mk(
+                "Conv",
+                [x, w, b],
+                [out],
+                kernel_shape=[layer.kernel] * 2,
+                pads=[pad] * 4,
+                strides=[1, 1],
+            )
+        )
         x = out
         if layer.relu:
             nodes.append(mk("Relu", [x], [f"relu{n}"]))
@@ -128,23 +150,32 @@ def _network_nodes(net: VoxelNet, info: ModelInfo):
 def _decode_nodes(y: str, planes: int, *, px_nm: float, dz_nm: float):
     """Threshold + gather of ``y (B, 4P, H, W)`` into ``locs (N, 5)``; channel = 4 * plane + q."""
     inits = [_const(f"ch{q}", np.arange(q, 4 * planes, 4, dtype=np.int64)) for q in range(4)]
-    inits += [_const("px_nm", np.float32(px_nm)), _const("dz_nm", np.float32(dz_nm)),
-              _const("split4", np.ones(4, np.int64)), _const("axis0", np.zeros(1, np.int64))]
+    inits += [
+        _const("px_nm", np.float32(px_nm)),
+        _const("dz_nm", np.float32(dz_nm)),
+        _const("split4", np.ones(4, np.int64)),
+        _const("axis0", np.zeros(1, np.int64)),
+    ]
     mk = helper.make_node
     nodes = [mk("Gather", [y, f"ch{q}"], [f"plane_q{q}"], axis=1) for q in range(4)]
     nodes += [
         mk("Greater", ["plane_q0", INPUT_THRESHOLD], ["mask"]),
-        mk("NonZero", ["mask"], ["nz"]),                       # (4, N): b, k, i, j
-        mk("Transpose", ["nz"], ["nz_t"], perm=[1, 0]),        # (N, 4)
+        mk("NonZero", ["mask"], ["nz"]),  # (4, N): b, k, i, j
+        mk("Transpose", ["nz"], ["nz_t"], perm=[1, 0]),  # (N, 4)
         mk("Cast", ["nz"], ["nz_f"], to=TensorProto.FLOAT),
         mk("Split", ["nz_f", "split4"], ["b_f", "k_f", "i_f", "j_f"], axis=0),  # (1, N) each
     ]
     for q in range(4):
         nodes.append(mk("GatherND", [f"plane_q{q}", "nz_t"], [f"g{q}"]))  # (N,)
-    for axis, (index, q, step) in {"x": ("j_f", 1, "px_nm"), "y": ("i_f", 2, "px_nm"),
-                                   "z": ("k_f", 3, "dz_nm")}.items():
-        nodes += [mk("Add", [index, f"g{q}"], [f"{axis}_vox"]),
-                  mk("Mul", [f"{axis}_vox", step], [f"{axis}_nm"])]
+    for axis, (index, q, step) in {
+        "x": ("j_f", 1, "px_nm"),
+        "y": ("i_f", 2, "px_nm"),
+        "z": ("k_f", 3, "dz_nm"),
+    }.items():
+        nodes += [
+            mk("Add", [index, f"g{q}"], [f"{axis}_vox"]),
+            mk("Mul", [f"{axis}_vox", step], [f"{axis}_nm"]),
+        ]
     nodes += [
         mk("Unsqueeze", ["g0", "axis0"], ["conf_row"]),
         mk("Concat", ["b_f", "x_nm", "y_nm", "z_nm", "conf_row"], ["locs_t"], axis=0),
@@ -173,8 +204,9 @@ def read_onnx_metadata(path: Path) -> dict[str, str]:
 def is_fresh(path: Path, model_dir: Path) -> bool:
     """True if ``path`` was exported by this export version from the current weights."""
     meta = read_onnx_metadata(path)
-    return (meta.get("voxloc_export_version") == EXPORT_VERSION
-            and meta.get("weights_sha256") == weights_sha256(model_dir))
+    return meta.get("voxloc_export_version") == EXPORT_VERSION and meta.get(
+        "weights_sha256"
+    ) == weights_sha256(model_dir)
 
 
 def write_onnx(model_dir: Path, out: Path) -> Path:
@@ -220,8 +252,9 @@ def onnx_for_engine(model_dir: Path, info: ModelInfo) -> Path:
         if path.is_file():
             if is_fresh(path, model_dir):
                 return path
-            log.warning("%s was exported from other weights or an older exporter; "
-                        "exporting again", path)
+            log.warning(
+                "%s was exported from other weights or an older exporter; exporting again", path
+            )
     # never write into the package: a shipped model may sit in a read-only site-packages
     shipped = model_dir.resolve().is_relative_to(SHIPPED_MODELS.resolve())
     for path in candidates[1:] if shipped else candidates:
@@ -230,8 +263,10 @@ def onnx_for_engine(model_dir: Path, info: ModelInfo) -> Path:
                 return write_onnx(model_dir, path)
             except OSError as exc:
                 log.warning("cannot write %s (%s); trying the cache", path, exc)
-    raise EngineError(f"cannot export {model_dir}: neither {candidates[0].parent} nor "
-                      f"{candidates[1].parent} is writable; set VOXLOC_CACHE")
+    raise EngineError(
+        f"cannot export {model_dir}: neither {candidates[0].parent} nor "
+        f"{candidates[1].parent} is writable; set VOXLOC_CACHE"
+    )
 
 
 def artifact_dir(model_dir: Path, info: ModelInfo, name: str) -> Path:

@@ -68,8 +68,9 @@ class LocalizeSummary:
     dz_nm: float
 
 
-def localize_files(inputs: Sequence[str | Path], output: str | Path,
-                   opts: LocalizeOptions) -> LocalizeSummary:
+def localize_files(
+    inputs: Sequence[str | Path], output: str | Path, opts: LocalizeOptions
+) -> LocalizeSummary:
     """Localize a TIFF stack (or one TIFF per plane) into a CSV / HDF5 table."""
     output = Path(output)
     table_format(output)  # unknown extension: fail before loading anything
@@ -77,8 +78,13 @@ def localize_files(inputs: Sequence[str | Path], output: str | Path,
     if any(p.resolve() == output.resolve() for p in inputs):
         raise FormatError(f"output {output} is also an input")
     model_dir = resolve_model(opts.model)  # unknown model: one clear error, before backends
-    engine = create_engine(model_dir, opts.backend, threshold=opts.threshold,
-                           device=opts.device, **precision_option(opts.precision))
+    engine = create_engine(
+        model_dir,
+        opts.backend,
+        threshold=opts.threshold,
+        device=opts.device,
+        **precision_option(opts.precision),
+    )
     try:
         with open_stack(inputs, engine.planes) as stack:
             log.info("input %s", stack.describe())
@@ -92,24 +98,39 @@ def localize_files(inputs: Sequence[str | Path], output: str | Path,
     finally:
         engine.close()
     info = engine.info
-    return LocalizeSummary(output, frames, writer.rows, seconds, info.name, info.version,
-                           engine.label, px_nm, dz_nm)
+    return LocalizeSummary(
+        output, frames, writer.rows, seconds, info.name, info.version, engine.label, px_nm, dz_nm
+    )
 
 
-def localize_stack(engine: Engine, stack: Stack, writer: TableWriter, opts: LocalizeOptions,
-                   *, px_nm: float, dz_nm: float) -> None:
+def localize_stack(
+    engine: Engine,
+    stack: Stack,
+    writer: TableWriter,
+    opts: LocalizeOptions,
+    *,
+    px_nm: float,
+    dz_nm: float,
+) -> None:
     """Stream every batch of ``stack`` through ``engine`` into ``writer``."""
     g = engine.info.settings.geometry
     scale = np.array([px_nm / g.px_nm, px_nm / g.px_nm, dz_nm / g.dz_nm], np.float32)
-    bar = tqdm(total=stack.frames, desc="localize", unit="frame", dynamic_ncols=True,
-               disable=None if opts.progress else True, mininterval=0.5)
+    bar = tqdm(
+        total=stack.frames,
+        desc="localize",
+        unit="frame",
+        dynamic_ncols=True,
+        disable=None if opts.progress else True,
+        mininterval=0.5,
+    )
     try:
         for first, frames in stack.batches(opts.batch):
             check_finite(frames, first, stack)
             locs = engine.infer(frames, opts.threshold, first_frame=first)
             if not np.all(scale == 1):
-                locs = [Localizations(loc.frame, loc.xyz_nm * scale, loc.confidence)
-                        for loc in locs]
+                locs = [
+                    Localizations(loc.frame, loc.xyz_nm * scale, loc.confidence) for loc in locs
+                ]
             writer.write(locs)
             bar.update(frames.shape[0])
             bar.set_postfix(locs=writer.rows, refresh=False)
@@ -125,8 +146,10 @@ def check_finite(frames: np.ndarray, first_frame: int, stack: Stack) -> None:
     if bad.any():
         per_frame = bad.reshape(bad.shape[0], -1).sum(axis=1)
         b = int(np.flatnonzero(per_frame)[0])
-        raise FormatError(f"{stack.describe()}: frame {first_frame + b} (counting from 0) "
-                          f"has {int(per_frame[b])} NaN/inf pixels")
+        raise FormatError(
+            f"{stack.describe()}: frame {first_frame + b} (counting from 0) "
+            f"has {int(per_frame[b])} NaN/inf pixels"
+        )
 
 
 def _output_geometry(engine: Engine, opts: LocalizeOptions) -> tuple[float, float]:
@@ -134,18 +157,40 @@ def _output_geometry(engine: Engine, opts: LocalizeOptions) -> tuple[float, floa
     px_nm = opts.px_nm if opts.px_nm is not None else g.px_nm
     dz_nm = opts.dz_nm if opts.dz_nm is not None else g.dz_nm
     if (px_nm, dz_nm) != (g.px_nm, g.dz_nm):
-        log.info("rescaling positions from the model's grid (%.4g nm px, %.4g nm planes) to "
-                 "%.4g nm px, %.4g nm planes", g.px_nm, g.dz_nm, px_nm, dz_nm)
+        log.info(
+            "rescaling positions from the model's grid (%.4g nm px, %.4g nm planes) to "
+            "%.4g nm px, %.4g nm planes",
+            g.px_nm,
+            g.dz_nm,
+            px_nm,
+            dz_nm,
+        )
     return px_nm, dz_nm
 
 
-def _table_meta(engine: Engine, stack: Stack, inputs: Sequence[Path], px_nm: float,
-                dz_nm: float, threshold: float) -> TableMeta:
+def _table_meta(
+    engine: Engine,
+    stack: Stack,
+    inputs: Sequence[Path],
+    px_nm: float,
+    dz_nm: float,
+    threshold: float,
+) -> TableMeta:
     info = engine.info
     return TableMeta(
-        frames=stack.frames, height=stack.height, width=stack.width, px_nm=px_nm,
-        dz_nm=dz_nm, planes=stack.planes, generated_by="voxloc localize",
-        source=", ".join(str(p) for p in inputs), data_type=str(stack.dtype),
-        info={"Model": info.name, "Model version": info.version, "Backend": engine.label,
-              "Threshold": float(threshold)},
+        frames=stack.frames,
+        height=stack.height,
+        width=stack.width,
+        px_nm=px_nm,
+        dz_nm=dz_nm,
+        planes=stack.planes,
+        generated_by="voxloc localize",
+        source=", ".join(str(p) for p in inputs),
+        data_type=str(stack.dtype),
+        info={
+            "Model": info.name,
+            "Model version": info.version,
+            "Backend": engine.label,
+            "Threshold": float(threshold),
+        },
     )

@@ -54,6 +54,9 @@ def voxel_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tenso
     l1 = (coords - targets[:, :, 1:]).abs().sum(dim=2)
     l1_term = (l1 * pos).sum() / n_pos
     loss = bce_term + l1_term
-    parts = {"bce": float(bce_term.detach()), "l1": float(l1_term.detach()),
-             "positives": int(pos.sum())}
+    parts = {
+        "bce": float(bce_term.detach()),
+        "l1": float(l1_term.detach()),
+        "positives": int(pos.sum()),
+    }
     return loss, parts

@@ -103,8 +103,14 @@ class Simulator:
             )
 
         clean = render_planes(
-            xyz, weights, drift_nm, self._focal.to(self.device),
-            px_nm=g.px_nm, height=h, width=w, psf=s.psf,
+            xyz,
+            weights,
+            drift_nm,
+            self._focal.to(self.device),
+            px_nm=g.px_nm,
+            height=h,
+            width=w,
+            psf=s.psf,
         )
         frames = self.add_noise(clean + s.psf.b)
         targets = self.targets(xyz, valid, g.planes, h, w)
@@ -126,9 +132,7 @@ class Simulator:
             noise = torch.randn(electrons.shape, generator=self.gen, device=self.device)
             electrons = n.em_gain * electrons + n.em_gain * torch.sqrt(electrons) * noise
             electrons = electrons.clamp_min(0.0)
-        read = n.read_noise_e * torch.randn(
-            electrons.shape, generator=self.gen, device=self.device
-        )
+        read = n.read_noise_e * torch.randn(electrons.shape, generator=self.gen, device=self.device)
         adu = torch.round(n.baseline_adu + (electrons + read) / n.e_per_adu)
         return adu.clamp(0.0, 65535.0)
 

@@ -80,8 +80,11 @@ def train(cfg: TrainConfig, settings: SimSettings, *, resume: bool = False) -> P
     out.mkdir(parents=True, exist_ok=True)
     offset, scale = input_normalisation(settings)
     info = ModelInfo(
-        name=cfg.name, version=cfg.version, settings=settings,
-        input_offset=offset, input_scale=scale,
+        name=cfg.name,
+        version=cfg.version,
+        settings=settings,
+        input_offset=offset,
+        input_scale=scale,
     )
     net = info.build().to(cfg.device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
@@ -109,8 +112,14 @@ def train(cfg: TrainConfig, settings: SimSettings, *, resume: bool = False) -> P
 
     mol = _crop_molecules(cfg)
     net.train()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train",
-               dynamic_ncols=True, mininterval=2.0)
+    bar = tqdm(
+        range(start, cfg.steps),
+        initial=start,
+        total=cfg.steps,
+        desc="train",
+        dynamic_ncols=True,
+        mininterval=2.0,
+    )
     t0 = time.perf_counter()
     done = 0
     for step in bar:
@@ -128,8 +137,9 @@ def train(cfg: TrainConfig, settings: SimSettings, *, resume: bool = False) -> P
         ema = value if ema is None else 0.98 * ema + 0.02 * value
         done += cfg.batch
         fps = done / (time.perf_counter() - t0)
-        bar.set_postfix(loss=f"{ema:.4f}", bce=f"{parts['bce']:.3f}", l1=f"{parts['l1']:.3f}",
-                        fps=f"{fps:.0f}")
+        bar.set_postfix(
+            loss=f"{ema:.4f}", bce=f"{parts['bce']:.3f}", l1=f"{parts['l1']:.3f}", fps=f"{fps:.0f}"
+        )
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             _checkpoint(ckpt_path, net, opt, sim, step + 1, ema, history)
             info.training = _training_record(cfg, step + 1, ema, history)
@@ -153,18 +163,22 @@ def start_from(net: VoxelNet, info: ModelInfo, source: str) -> None:
     src_net, src = load_model(source)
     for what in ("planes", "channels", "kernels"):
         if getattr(src, what) != getattr(info, what):
-            raise EngineError(f"--init {source}: its {what} {getattr(src, what)} differ from "
-                              f"this model's {getattr(info, what)}")
+            raise EngineError(
+                f"--init {source}: its {what} {getattr(src, what)} differ from "
+                f"this model's {getattr(info, what)}"
+            )
     state = {k: v for k, v in src_net.state_dict().items() if k not in NORMALISATION}
     missing, unexpected = net.load_state_dict(state, strict=False)
     if set(missing) != set(NORMALISATION) or unexpected:
-        raise EngineError(f"--init {source}: weights do not fit (missing {missing}, "
-                          f"unexpected {unexpected})")
+        raise EngineError(
+            f"--init {source}: weights do not fit (missing {missing}, unexpected {unexpected})"
+        )
     log.info("starting from the weights of model %s v%s", src.name, src.version)
 
 
-def _checkpoint(path: Path, net: VoxelNet, opt, sim: Simulator, step: int, ema,
-                history: list[str]) -> None:
+def _checkpoint(
+    path: Path, net: VoxelNet, opt, sim: Simulator, step: int, ema, history: list[str]
+) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(
         {

@@ -31,8 +31,15 @@ RECENT_RELEASED = 4096  # released frame indices remembered to tell duplicates f
 class PlaneWarp:
     """Precomputed bilinear resampling of one camera into the reference plane."""
 
-    def __init__(self, *, affine: np.ndarray, height: int, width: int,
-                 gain_adu: float = 1.0, baseline_adu: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        affine: np.ndarray,
+        height: int,
+        width: int,
+        gain_adu: float = 1.0,
+        baseline_adu: float = 0.0,
+    ) -> None:
         a = np.asarray(affine, dtype=np.float64).reshape(2, 3)
         self.height, self.width = int(height), int(width)
         self.gain_adu = np.float32(gain_adu)
@@ -43,8 +50,13 @@ class PlaneWarp:
 
     @classmethod
     def from_registration(cls, reg: CameraRegistration, height: int, width: int) -> PlaneWarp:
-        return cls(affine=np.asarray(reg.affine), height=height, width=width,
-                   gain_adu=reg.gain_adu, baseline_adu=reg.baseline_adu)
+        return cls(
+            affine=np.asarray(reg.affine),
+            height=height,
+            width=width,
+            gain_adu=reg.gain_adu,
+            baseline_adu=reg.baseline_adu,
+        )
 
     def _bilinear_map(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h, w = self.height, self.width
@@ -80,9 +92,9 @@ class PlaneWarp:
 
 @dataclass
 class _Pending:
-    planes: np.ndarray      # (P, H, W) float32
-    have: np.ndarray        # (P,) bool
-    t_first: float          # assembler clock when the first plane arrived
+    planes: np.ndarray  # (P, H, W) float32
+    have: np.ndarray  # (P,) bool
+    t_first: float  # assembler clock when the first plane arrived
     t_cam_ns: int
     t_recv_ns: int
 
@@ -96,9 +108,17 @@ class FrameAssembler:
     drops the head. Every dropped set is counted in ``stats`` by reason.
     """
 
-    def __init__(self, *, planes: int, height: int, width: int, timeout_s: float,
-                 window: int, stats: ServiceStats,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        planes: int,
+        height: int,
+        width: int,
+        timeout_s: float,
+        window: int,
+        stats: ServiceStats,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.planes, self.height, self.width = planes, height, width
         self.timeout_s = timeout_s
         self.window = window
@@ -108,7 +128,7 @@ class FrameAssembler:
         self._pending: dict[int, _Pending] = {}
         self._next: int | None = None
         self._released_any = False
-        self._recent: set[int] = set()              # recently released frame indices
+        self._recent: set[int] = set()  # recently released frame indices
         self._recent_order: deque[int] = deque()
 
     @property
@@ -138,8 +158,13 @@ class FrameAssembler:
         call after :meth:`check` returned None, then :meth:`commit`."""
         p = self._pending.get(frame)
         if p is None:
-            p = _Pending(np.empty((self.planes, self.height, self.width), np.float32),
-                         np.zeros(self.planes, bool), self.now(), t_cam_ns, 0)
+            p = _Pending(
+                np.empty((self.planes, self.height, self.width), np.float32),
+                np.zeros(self.planes, bool),
+                self.now(),
+                t_cam_ns,
+                0,
+            )
             self._pending[frame] = p
             if self._next is None or (frame < self._next and not self._released_any):
                 self._next = frame
@@ -190,7 +215,11 @@ class FrameAssembler:
         else:
             del self._pending[self._next]
             self.stats.set_dropped(reason)
-            log.info("frame set %d dropped (%s): planes %s missing", self._next, reason,
-                     np.flatnonzero(~head.have).tolist())
+            log.info(
+                "frame set %d dropped (%s): planes %s missing",
+                self._next,
+                reason,
+                np.flatnonzero(~head.have).tolist(),
+            )
             self._next += 1
         self._released_any = True

@@ -29,8 +29,9 @@ class Batcher:
     def depth(self) -> int:
         return len(self._queue)
 
-    def configure(self, *, queue_size: int | None = None,
-                  policy: DropPolicy | str | None = None) -> None:
+    def configure(
+        self, *, queue_size: int | None = None, policy: DropPolicy | str | None = None
+    ) -> None:
         """Change size or policy at run time; shrinking drops the oldest (counted)."""
         with self._cond:
             if policy is not None:
@@ -59,8 +60,11 @@ class Batcher:
                     return 0.0
                 else:
                     t0 = time.monotonic()
-                    while (len(self._queue) >= self.queue_size and not self._closed
-                           and self.policy is DropPolicy.BLOCK):
+                    while (
+                        len(self._queue) >= self.queue_size
+                        and not self._closed
+                        and self.policy is DropPolicy.BLOCK
+                    ):
                         self._cond.wait(0.1)
                     blocked_s = time.monotonic() - t0
                     if len(self._queue) >= self.queue_size:  # closed or policy changed

@@ -23,17 +23,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if overrides:
         settings = settings.model_copy(
-            update={"api": type(settings.api).model_validate(
-                {**settings.api.model_dump(), **overrides})})
+            update={
+                "api": type(settings.api).model_validate({**settings.api.model_dump(), **overrides})
+            }
+        )
     if args.model:
         settings = settings.model_copy(
-            update={"inference": settings.inference.model_copy(update={"model": args.model})})
+            update={"inference": settings.inference.model_copy(update={"model": args.model})}
+        )
     pipeline = Pipeline(settings)
     pipeline.start()
     try:
         app = create_app(pipeline)
-        config = uvicorn.Config(app, host=settings.api.host, port=settings.api.port,
-                                log_level="info", access_log=False)
+        config = uvicorn.Config(
+            app, host=settings.api.host, port=settings.api.port, log_level="info", access_log=False
+        )
         server = _make_server(config)
         with _stop_on_signals(server):
             server.run()
@@ -75,10 +79,12 @@ def _stop_on_signals(server: object) -> Iterator[None]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "serve", help="run the live localization service",
+        "serve",
+        help="run the live localization service",
         description="Receive camera frames over ZeroMQ, register, batch and localize them, "
         "publish localizations, and serve the HTTP control plane (docs/protocol.md). "
-        "Settings: TOML file plus VOXLOC_<SECTION>__<KEY> environment variables.")
+        "Settings: TOML file plus VOXLOC_<SECTION>__<KEY> environment variables.",
+    )
     p.add_argument("--config", type=Path, default=None, help="settings TOML (voxloc.toml)")
     p.add_argument("--host", default=None, help="control-plane host (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="control-plane port (default 8750)")

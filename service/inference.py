@@ -41,15 +41,29 @@ class LoadedModel:
     model_dir: Path
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "backend": self.backend,
-                "dir": str(self.model_dir), "planes": self.engine.planes}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "backend": self.backend,
+            "dir": str(self.model_dir),
+            "planes": self.engine.planes,
+        }
 
 
 class ModelManager:
     """Owns the active model; ``load`` stages a new one, ``current`` switches to it."""
 
-    def __init__(self, *, backend: str, planes: int, height: int, width: int,
-                 warmup_batch: int, stats: ServiceStats, precision: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        backend: str,
+        planes: int,
+        height: int,
+        width: int,
+        warmup_batch: int,
+        stats: ServiceStats,
+        precision: str | None = None,
+    ) -> None:
         self.backend = backend
         self.precision = precision
         self.planes, self.height, self.width = planes, height, width
@@ -90,8 +104,9 @@ class ModelManager:
     def _build(self, name: str) -> LoadedModel:
         planes = read_info(resolve_model(name)).planes  # refuse before loading weights
         if planes != self.planes:
-            raise EngineError(f"model {name!r} expects {planes} planes, the service "
-                              f"streams {self.planes}")
+            raise EngineError(
+                f"model {name!r} expects {planes} planes, the service streams {self.planes}"
+            )
         try:
             engine = create_engine(name, self.backend, **precision_option(self.precision))
         except (ModelNotFoundError, EngineError):
@@ -100,16 +115,18 @@ class ModelManager:
             raise EngineError(f"model {name!r} cannot be loaded: {exc}") from exc
         if engine.planes != self.planes:
             engine.close()
-            raise EngineError(f"model {name!r} expects {engine.planes} planes, the service "
-                              f"streams {self.planes}")
+            raise EngineError(
+                f"model {name!r} expects {engine.planes} planes, the service streams {self.planes}"
+            )
         try:
             engine.warmup(self.height, self.width, self.warmup_batch)
         except Exception as exc:
             engine.close()
             raise EngineError(f"model {name!r} failed its warm-up: {exc}") from exc
         info = engine.info
-        log.info("model %s (version %s, %s) loaded and warmed", info.name, info.version,
-                 engine.label)
+        log.info(
+            "model %s (version %s, %s) loaded and warmed", info.name, info.version, engine.label
+        )
         return LoadedModel(engine, info.name, info.version, engine.label, engine.model_dir)
 
     def _switch_to(self, new: LoadedModel) -> LoadedModel | None:
@@ -152,5 +169,7 @@ class ModelManager:
 def run_batch(model: LoadedModel, batch: Batch, threshold: float) -> list[Localizations]:
     """Localizations of every frame set of ``batch``, carrying each set's frame index."""
     results = model.engine.infer(batch.stack(), threshold)
-    return [Localizations(fs.frame, r.xyz_nm, r.confidence)
-            for fs, r in zip(batch.sets, results, strict=True)]
+    return [
+        Localizations(fs.frame, r.xyz_nm, r.confidence)
+        for fs, r in zip(batch.sets, results, strict=True)
+    ]

@@ -46,8 +46,14 @@ class CameraEndpoint:
 class Ingest:
     """Receives and validates camera messages; the pipeline's ingest thread drives it."""
 
-    def __init__(self, ctx: zmq.Context, *, cameras: list[CameraSettings],
-                 stream: StreamSettings, stats: ServiceStats) -> None:
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        *,
+        cameras: list[CameraSettings],
+        stream: StreamSettings,
+        stats: ServiceStats,
+    ) -> None:
         self.stream = stream
         self.stats = stats
         self.cameras: list[CameraEndpoint] = []
@@ -69,8 +75,9 @@ class Ingest:
             sock.bind(cam.endpoint)
         except zmq.ZMQError as exc:
             sock.close()
-            raise OSError(f"cannot bind camera {cam.name!r} endpoint {cam.endpoint!r}: "
-                          f"{exc}") from exc
+            raise OSError(
+                f"cannot bind camera {cam.name!r} endpoint {cam.endpoint!r}: {exc}"
+            ) from exc
         monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
         ep = CameraEndpoint(cam, sock, monitor, sock.getsockopt_string(zmq.LAST_ENDPOINT))
         self.cameras.append(ep)
@@ -116,20 +123,27 @@ class Ingest:
     def _check(self, cam: CameraSettings, msg: FrameMessage) -> None:
         s = self.stream
         if msg.source != cam.name:
-            raise WireError(Reject.SOURCE, f"expected source {cam.name!r} on {cam.endpoint}, "
-                            f"got {msg.source!r}")
+            raise WireError(
+                Reject.SOURCE, f"expected source {cam.name!r} on {cam.endpoint}, got {msg.source!r}"
+            )
         if msg.plane != cam.plane:
-            raise WireError(Reject.PLANE, f"camera {cam.name!r} is plane {cam.plane}, "
-                            f"got plane {msg.plane}")
+            raise WireError(
+                Reject.PLANE, f"camera {cam.name!r} is plane {cam.plane}, got plane {msg.plane}"
+            )
         if cam.dtype is not None and msg.image.dtype.name != cam.dtype:
-            raise WireError(Reject.DTYPE, f"camera {cam.name!r} sends {cam.dtype}, "
-                            f"got {msg.image.dtype.name}")
+            raise WireError(
+                Reject.DTYPE, f"camera {cam.name!r} sends {cam.dtype}, got {msg.image.dtype.name}"
+            )
         if msg.image.shape != (s.height, s.width):
-            raise WireError(Reject.SHAPE, f"expected {s.height}x{s.width} from camera "
-                            f"{cam.name!r}, got {msg.image.shape[0]}x{msg.image.shape[1]}")
+            raise WireError(
+                Reject.SHAPE,
+                f"expected {s.height}x{s.width} from camera "
+                f"{cam.name!r}, got {msg.image.shape[0]}x{msg.image.shape[1]}",
+            )
         if msg.image.dtype.kind == "f" and not np.isfinite(msg.image).all():
-            raise WireError(Reject.NONFINITE, f"camera {cam.name!r} frame {msg.frame} has "
-                            "NaN/inf pixels")
+            raise WireError(
+                Reject.NONFINITE, f"camera {cam.name!r} frame {msg.frame} has NaN/inf pixels"
+            )
 
     def _monitor_event(self, cam: CameraEndpoint) -> None:
         try:

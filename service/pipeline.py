@@ -44,19 +44,32 @@ class Pipeline:
         self._config = settings.runtime_config()
         self._registration = {c.name: c.registration() for c in settings.cameras}
         s = settings.stream
-        self._warps = {name: PlaneWarp.from_registration(r, s.height, s.width)
-                       for name, r in self._registration.items()}
+        self._warps = {
+            name: PlaneWarp.from_registration(r, s.height, s.width)
+            for name, r in self._registration.items()
+        }
         self._own_ctx = context is None
         self._ctx = context or zmq.Context()
         self.assembler = FrameAssembler(
-            planes=s.planes, height=s.height, width=s.width,
-            timeout_s=self._config.assembly_timeout_ms / 1e3, window=s.window, stats=self.stats)
-        self.batcher = Batcher(queue_size=self._config.queue_size,
-                               policy=self._config.drop_policy, stats=self.stats)
-        self.models = ModelManager(backend=settings.inference.backend,
-                                   precision=settings.inference.precision, planes=s.planes,
-                                   height=s.height, width=s.width,
-                                   warmup_batch=self._config.max_batch, stats=self.stats)
+            planes=s.planes,
+            height=s.height,
+            width=s.width,
+            timeout_s=self._config.assembly_timeout_ms / 1e3,
+            window=s.window,
+            stats=self.stats,
+        )
+        self.batcher = Batcher(
+            queue_size=self._config.queue_size, policy=self._config.drop_policy, stats=self.stats
+        )
+        self.models = ModelManager(
+            backend=settings.inference.backend,
+            precision=settings.inference.precision,
+            planes=s.planes,
+            height=s.height,
+            width=s.width,
+            warmup_batch=self._config.max_batch,
+            stats=self.stats,
+        )
         self.ingest: Ingest | None = None
         self.publisher: Publisher | None = None
         self._observers: list[LocalizationObserver] = []
@@ -75,11 +88,19 @@ class Pipeline:
             self.models.load(self.settings.inference.model)
             if self.settings.drift.enabled:
                 self.add_observer(DriftEstimator.for_pipeline(self))
-            self.ingest = Ingest(self._ctx, cameras=self.settings.cameras,
-                                 stream=self.settings.stream, stats=self.stats)
-            self.publisher = Publisher(self._ctx, endpoint=self.settings.stream.publish,
-                                       source=self.settings.name,
-                                       sndhwm=self.settings.stream.sndhwm, stats=self.stats)
+            self.ingest = Ingest(
+                self._ctx,
+                cameras=self.settings.cameras,
+                stream=self.settings.stream,
+                stats=self.stats,
+            )
+            self.publisher = Publisher(
+                self._ctx,
+                endpoint=self.settings.stream.publish,
+                source=self.settings.name,
+                sndhwm=self.settings.stream.sndhwm,
+                stats=self.stats,
+            )
             self.publisher.observers.extend(self._observers)
         except BaseException:
             self.state = PipelineState.FAILED
@@ -87,14 +108,19 @@ class Pipeline:
             self.models.close()
             raise
         self.models.serving = True
-        for name, target in (("voxloc-ingest", self._ingest_loop),
-                             ("voxloc-inference", self._inference_loop)):
+        for name, target in (
+            ("voxloc-ingest", self._ingest_loop),
+            ("voxloc-inference", self._inference_loop),
+        ):
             t = threading.Thread(target=self._guard, args=(target,), name=name, daemon=True)
             t.start()
             self._threads.append(t)
         self.state = PipelineState.RUNNING
-        log.info("pipeline running: %d cameras, model %s", len(self.settings.cameras),
-                 self.models.active.name if self.models.active else None)
+        log.info(
+            "pipeline running: %d cameras, model %s",
+            len(self.settings.cameras),
+            self.models.active.name if self.models.active else None,
+        )
 
     def stop(self) -> None:
         """Stop the threads and close every socket; safe to call twice."""
@@ -189,8 +215,12 @@ class Pipeline:
             try:
                 locs = run_batch(model, batch, cfg.threshold)
             except VoxlocError as exc:
-                log.error("batch of frames %d..%d failed: %s", batch.sets[0].frame,
-                          batch.sets[-1].frame, exc)
+                log.error(
+                    "batch of frames %d..%d failed: %s",
+                    batch.sets[0].frame,
+                    batch.sets[-1].frame,
+                    exc,
+                )
                 self.stats.set_dropped("engine_error", len(batch))
                 continue
             self.stats.batch_done(len(batch), time.perf_counter() - t0)
@@ -218,15 +248,14 @@ class Pipeline:
         """Replace the registration of the named cameras (all validated before any apply)."""
         unknown = sorted(set(changes) - set(self._registration))
         if unknown:
-            raise KeyError(f"unknown camera(s) {unknown}; configured: "
-                           f"{sorted(self._registration)}")
+            raise KeyError(f"unknown camera(s) {unknown}; configured: {sorted(self._registration)}")
         s = self.settings.stream
         regs = dict(self._registration)
         for name, fields in changes.items():
-            regs[name] = CameraRegistration.model_validate(
-                {**regs[name].model_dump(), **fields})
-        warps = {name: PlaneWarp.from_registration(r, s.height, s.width)
-                 for name, r in regs.items()}
+            regs[name] = CameraRegistration.model_validate({**regs[name].model_dump(), **fields})
+        warps = {
+            name: PlaneWarp.from_registration(r, s.height, s.width) for name, r in regs.items()
+        }
         self._registration, self._warps = regs, warps  # the ingest thread reads _warps
         log.info("registration updated for %s", sorted(changes))
 
@@ -256,14 +285,20 @@ class Pipeline:
         active = self.models.active
         out["model"] = active.describe() if active else None
         for cam in self.ingest.cameras if self.ingest else []:
-            out["cameras"][cam.name].update(endpoint=cam.endpoint, plane=cam.settings.plane,
-                                            state=cam.state.value)
+            out["cameras"][cam.name].update(
+                endpoint=cam.endpoint, plane=cam.settings.plane, state=cam.state.value
+            )
         out["assembler"]["pending"] = self.assembler.depth
-        out["batcher"].update(depth=self.batcher.depth, queue_size=self.batcher.queue_size,
-                              policy=self.batcher.policy.value)
+        out["batcher"].update(
+            depth=self.batcher.depth,
+            queue_size=self.batcher.queue_size,
+            policy=self.batcher.policy.value,
+        )
         pub = self.publisher
-        out["publisher"].update(endpoint=pub.endpoint if pub else None,
-                                seq=pub.seq if pub else -1,
-                                subscribers=pub.subscribers if pub else 0)
+        out["publisher"].update(
+            endpoint=pub.endpoint if pub else None,
+            seq=pub.seq if pub else -1,
+            subscribers=pub.subscribers if pub else 0,
+        )
         out["observers"] = pub.observer_stats() if pub else {}
         return out

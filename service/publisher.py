@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 
 
 class Publisher:
-    def __init__(self, ctx: zmq.Context, *, endpoint: str, source: str, sndhwm: int,
-                 stats: ServiceStats) -> None:
+    def __init__(
+        self, ctx: zmq.Context, *, endpoint: str, source: str, sndhwm: int, stats: ServiceStats
+    ) -> None:
         self.source = source
         self.stats = stats
         self.observers: list[LocalizationObserver] = []
@@ -62,15 +63,24 @@ class Publisher:
                 self.subscribers = max(self.subscribers - 1, 0)
         self.stats.p_subscribers.set(self.subscribers)
 
-    def publish(self, batch: Batch, locs: list[Localizations], model: LoadedModel,
-                threshold: float) -> None:
+    def publish(
+        self, batch: Batch, locs: list[Localizations], model: LoadedModel, threshold: float
+    ) -> None:
         """One message per frame set of ``batch`` (frame order is the batch order)."""
         for fs, loc in zip(batch.sets, locs, strict=True):
             t_pub = time.time_ns()
-            msg = LocsMessage(source=self.source, seq=self._seq, frame=fs.frame,
-                              model=model.name, model_version=model.version,
-                              threshold=threshold, t_cam_ns=fs.t_cam_ns,
-                              t_recv_ns=fs.t_recv_ns, t_pub_ns=t_pub, locs=loc)
+            msg = LocsMessage(
+                source=self.source,
+                seq=self._seq,
+                frame=fs.frame,
+                model=model.name,
+                model_version=model.version,
+                threshold=threshold,
+                t_cam_ns=fs.t_cam_ns,
+                t_recv_ns=fs.t_recv_ns,
+                t_pub_ns=t_pub,
+                locs=loc,
+            )
             self._seq += 1
             self.stats.published_one(t_pub - fs.t_cam_ns)  # counted before anyone can see it
             self._sock.send_multipart(encode_locs(msg), copy=False)

@@ -31,8 +31,8 @@ class DropPolicy(str, enum.Enum):
     """What the batcher queue does when it is full."""
 
     DROP_OLDEST = "drop_oldest"  # discard the oldest queued frame set (bounded latency)
-    REJECT = "reject"            # discard the arriving frame set
-    BLOCK = "block"              # wait: backpressure to the cameras through ZeroMQ
+    REJECT = "reject"  # discard the arriving frame set
+    BLOCK = "block"  # wait: backpressure to the cameras through ZeroMQ
 
 
 def check_endpoint(value: str) -> str:
@@ -80,8 +80,9 @@ class CameraSettings(CameraRegistration):
     _check_endpoint = field_validator("endpoint")(check_endpoint)
 
     def registration(self) -> CameraRegistration:
-        return CameraRegistration(affine=self.affine, gain_adu=self.gain_adu,
-                                  baseline_adu=self.baseline_adu)
+        return CameraRegistration(
+            affine=self.affine, gain_adu=self.gain_adu, baseline_adu=self.baseline_adu
+        )
 
 
 class ApiSettings(BaseModel):
@@ -95,8 +96,10 @@ class ApiSettings(BaseModel):
     @model_validator(mode="after")
     def _safe_bind(self) -> ApiSettings:
         if not self.token and not self.allow_insecure and not _is_loopback(self.host):
-            raise ValueError(f"api.host {self.host!r} is not loopback: set api.token "
-                             "(or api.allow_insecure = true)")
+            raise ValueError(
+                f"api.host {self.host!r} is not loopback: set api.token "
+                "(or api.allow_insecure = true)"
+            )
         return self
 
 
@@ -130,8 +133,10 @@ class InferenceSettings(BaseModel):
     model: str = "default"
     backend: str = "auto"
     precision: Literal["fp32", "fp16", "bf16"] | None = Field(
-        None, description="network arithmetic; None: the backend's default (auto: bf16 on "
-        "CPUs with native bfloat16, fp32 elsewhere)")
+        None,
+        description="network arithmetic; None: the backend's default (auto: bf16 on "
+        "CPUs with native bfloat16, fp32 elsewhere)",
+    )
     threshold: float = Field(0.5, ge=0, lt=1)
     max_batch: int = Field(8, ge=1, le=1024)
     max_delay_ms: float = Field(5.0, ge=0, le=10_000)
@@ -153,15 +158,18 @@ class RuntimeConfig(BaseModel):
 
 
 def default_cameras() -> list[CameraSettings]:
-    return [CameraSettings(name=f"cam{k}", plane=k, endpoint=f"tcp://127.0.0.1:{5550 + k}")
-            for k in range(4)]
+    return [
+        CameraSettings(name=f"cam{k}", plane=k, endpoint=f"tcp://127.0.0.1:{5550 + k}")
+        for k in range(4)
+    ]
 
 
 class ServiceSettings(BaseSettings):
     """Everything ``voxloc serve`` needs."""
 
-    model_config = SettingsConfigDict(env_prefix="VOXLOC_", env_nested_delimiter="__",
-                                      extra="forbid", toml_file=None)
+    model_config = SettingsConfigDict(
+        env_prefix="VOXLOC_", env_nested_delimiter="__", extra="forbid", toml_file=None
+    )
 
     name: str = Field("voxloc", min_length=1)
     api: ApiSettings = ApiSettings()
@@ -172,8 +180,11 @@ class ServiceSettings(BaseSettings):
 
     @classmethod
     def settings_customise_sources(
-        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
@@ -182,8 +193,9 @@ class ServiceSettings(BaseSettings):
     def _check_cameras(self) -> ServiceSettings:
         planes = sorted(c.plane for c in self.cameras)
         if planes != list(range(self.stream.planes)):
-            raise ValueError(f"expected one camera per plane 0..{self.stream.planes - 1}, "
-                             f"got planes {planes}")
+            raise ValueError(
+                f"expected one camera per plane 0..{self.stream.planes - 1}, got planes {planes}"
+            )
         names = [c.name for c in self.cameras]
         if len(set(names)) != len(names):
             raise ValueError(f"camera names must be unique, got {names}")
@@ -196,10 +208,14 @@ class ServiceSettings(BaseSettings):
 
     def runtime_config(self) -> RuntimeConfig:
         i = self.inference
-        return RuntimeConfig(threshold=i.threshold, max_batch=i.max_batch,
-                             max_delay_ms=i.max_delay_ms, queue_size=i.queue_size,
-                             drop_policy=i.drop_policy,
-                             assembly_timeout_ms=self.stream.assembly_timeout_ms)
+        return RuntimeConfig(
+            threshold=i.threshold,
+            max_batch=i.max_batch,
+            max_delay_ms=i.max_delay_ms,
+            queue_size=i.queue_size,
+            drop_policy=i.drop_policy,
+            assembly_timeout_ms=self.stream.assembly_timeout_ms,
+        )
 
     def camera(self, name: str) -> CameraSettings:
         for cam in self.cameras:
@@ -215,6 +231,9 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> ServiceSe
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"settings file {path} does not exist")
-    cls = type("ServiceSettingsFromFile", (ServiceSettings,),
-               {"model_config": {**ServiceSettings.model_config, "toml_file": path}})
+    cls = type(
+        "ServiceSettingsFromFile",
+        (ServiceSettings,),
+        {"model_config": {**ServiceSettings.model_config, "toml_file": path}},
+    )
     return cls(**overrides)

@@ -74,31 +74,42 @@ class ServiceStats:
 
     def _prom_init(self) -> None:
         r = self.registry
-        self.p_frames = PromCounter("voxloc_camera_frames", "camera messages received",
-                                    ["camera"], registry=r)
-        self.p_rejects = PromCounter("voxloc_camera_rejects", "camera messages rejected",
-                                     ["camera", "reason"], registry=r)
-        self.p_assembled = PromCounter("voxloc_framesets_assembled", "complete frame sets",
-                                       registry=r)
-        self.p_dropped = PromCounter("voxloc_framesets_dropped", "frame sets dropped",
-                                     ["stage", "reason"], registry=r)
+        self.p_frames = PromCounter(
+            "voxloc_camera_frames", "camera messages received", ["camera"], registry=r
+        )
+        self.p_rejects = PromCounter(
+            "voxloc_camera_rejects", "camera messages rejected", ["camera", "reason"], registry=r
+        )
+        self.p_assembled = PromCounter(
+            "voxloc_framesets_assembled", "complete frame sets", registry=r
+        )
+        self.p_dropped = PromCounter(
+            "voxloc_framesets_dropped", "frame sets dropped", ["stage", "reason"], registry=r
+        )
         self.p_batches = PromCounter("voxloc_batches", "engine batches", registry=r)
-        self.p_batch_size = Histogram("voxloc_batch_size", "frame sets per batch", registry=r,
-                                      buckets=(1, 2, 4, 8, 16, 32, 64, 128))
-        self.p_engine = PromCounter("voxloc_engine_seconds", "time spent in the engine",
-                                    registry=r)
-        self.p_published = PromCounter("voxloc_framesets_published",
-                                       "localization messages published", registry=r)
-        self.p_latency = Histogram("voxloc_latency_seconds", "camera timestamp to publish",
-                                   registry=r, buckets=_LATENCY_BUCKETS_S)
+        self.p_batch_size = Histogram(
+            "voxloc_batch_size",
+            "frame sets per batch",
+            registry=r,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+        )
+        self.p_engine = PromCounter("voxloc_engine_seconds", "time spent in the engine", registry=r)
+        self.p_published = PromCounter(
+            "voxloc_framesets_published", "localization messages published", registry=r
+        )
+        self.p_latency = Histogram(
+            "voxloc_latency_seconds",
+            "camera timestamp to publish",
+            registry=r,
+            buckets=_LATENCY_BUCKETS_S,
+        )
         self.p_swaps = PromCounter("voxloc_model_swaps", "model switches", registry=r)
-        self.p_failed = PromCounter("voxloc_model_load_failures", "failed model loads",
-                                    registry=r)
+        self.p_failed = PromCounter("voxloc_model_load_failures", "failed model loads", registry=r)
         self.p_queue = Gauge("voxloc_queue_depth", "items waiting", ["queue"], registry=r)
-        self.p_subscribers = Gauge("voxloc_subscribers", "localization subscribers",
-                                   registry=r)
-        self.p_model = Gauge("voxloc_model_info", "active model", ["name", "version", "backend"],
-                             registry=r)
+        self.p_subscribers = Gauge("voxloc_subscribers", "localization subscribers", registry=r)
+        self.p_model = Gauge(
+            "voxloc_model_info", "active model", ["name", "version", "backend"], registry=r
+        )
 
     # -- ingest ---------------------------------------------------------------------------
     def frame_in(self, camera: str) -> None:
@@ -179,16 +190,24 @@ class ServiceStats:
         if samples.size == 0:
             return {"p50": None, "p99": None, "count": 0}
         p50, p99 = np.percentile(samples, [50, 99])
-        return {"p50": round(float(p50), 3), "p99": round(float(p99), 3),
-                "count": int(samples.size)}
+        return {
+            "p50": round(float(p50), 3),
+            "p99": round(float(p99), 3),
+            "count": int(samples.size),
+        }
 
     def snapshot(self) -> dict[str, Any]:
         """Counters (JSON-ready); the pipeline adds endpoints, states and depths."""
         with self._lock:
             cameras = {
-                name: {"frames_in": c.frames_in, "frames_ok": c.frames_ok,
-                       "rejects": dict(c.rejects), "connects": c.connects,
-                       "disconnects": c.disconnects, "last_frame": c.last_frame}
+                name: {
+                    "frames_in": c.frames_in,
+                    "frames_ok": c.frames_ok,
+                    "rejects": dict(c.rejects),
+                    "connects": c.connects,
+                    "disconnects": c.disconnects,
+                    "last_frame": c.last_frame,
+                }
                 for name, c in self.cameras.items()
             }
             rejects: Counter[str] = Counter()
@@ -201,11 +220,14 @@ class ServiceStats:
                 "assembler": {"assembled": self.assembled, "dropped": dict(self.set_drops)},
                 "batcher": {"dropped": self.queue_drops},
                 "inference": {
-                    "batches": self.batches, "frame_sets": self.batched_sets,
+                    "batches": self.batches,
+                    "frame_sets": self.batched_sets,
                     "mean_batch_size": round(self.batched_sets / self.batches, 3)
-                    if self.batches else 0.0,
+                    if self.batches
+                    else 0.0,
                     "engine_busy_s": round(self.engine_s, 3),
-                    "model_swaps": self.model_swaps, "failed_loads": self.failed_loads,
+                    "model_swaps": self.model_swaps,
+                    "failed_loads": self.failed_loads,
                 },
                 "publisher": {"published": self.published},
                 "fps_in": round(self._rate_in.per_s(), 2),

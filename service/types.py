@@ -21,9 +21,9 @@ class PipelineState(str, enum.Enum):
 
 
 class CameraState(str, enum.Enum):
-    WAITING = "waiting"            # bound, no peer connected yet
-    CONNECTED = "connected"        # a peer is connected, no frame yet
-    STREAMING = "streaming"        # frames arriving
+    WAITING = "waiting"  # bound, no peer connected yet
+    CONNECTED = "connected"  # a peer is connected, no frame yet
+    STREAMING = "streaming"  # frames arriving
     DISCONNECTED = "disconnected"  # the peer went away; the endpoint stays bound
 
 

@@ -27,18 +27,18 @@ MAX_SIDE = 8192
 class Reject(str, enum.Enum):
     """Why a message was refused; the service counts rejects under these names."""
 
-    MALFORMED = "malformed"          # not msgpack / not a map / missing parts
-    VERSION = "version"              # unknown format version
-    KIND = "kind"                    # not a message of the expected kind
-    FIELDS = "fields"                # missing or mistyped header field
-    DTYPE = "dtype"                  # pixel dtype not accepted
-    SHAPE = "shape"                  # shape not the configured one
-    SIZE = "size"                    # payload length does not match dtype x shape
-    PLANE = "plane"                  # plane index outside the configured planes
-    SOURCE = "source"                # camera name not the one of this endpoint
-    STALE = "stale"                  # frame index older than the assembly window
-    DUPLICATE = "duplicate"          # frame index already received from this camera
-    NONFINITE = "nonfinite"          # NaN / inf pixels
+    MALFORMED = "malformed"  # not msgpack / not a map / missing parts
+    VERSION = "version"  # unknown format version
+    KIND = "kind"  # not a message of the expected kind
+    FIELDS = "fields"  # missing or mistyped header field
+    DTYPE = "dtype"  # pixel dtype not accepted
+    SHAPE = "shape"  # shape not the configured one
+    SIZE = "size"  # payload length does not match dtype x shape
+    PLANE = "plane"  # plane index outside the configured planes
+    SOURCE = "source"  # camera name not the one of this endpoint
+    STALE = "stale"  # frame index older than the assembly window
+    DUPLICATE = "duplicate"  # frame index already received from this camera
+    NONFINITE = "nonfinite"  # NaN / inf pixels
 
 
 class WireError(StreamError):
@@ -72,8 +72,13 @@ def encode_frame(source: str, plane: int, frame: int, image: np.ndarray, t_ns: i
     if img.dtype.name not in FRAME_DTYPES:
         raise ValueError(f"expected uint16 or float32 pixels, got {img.dtype}")
     header = {
-        "v": WIRE_VERSION, "kind": FRAME_KIND, "source": source, "plane": int(plane),
-        "frame": int(frame), "t_ns": int(t_ns), "dtype": img.dtype.name,
+        "v": WIRE_VERSION,
+        "kind": FRAME_KIND,
+        "source": source,
+        "plane": int(plane),
+        "frame": int(frame),
+        "t_ns": int(t_ns),
+        "dtype": img.dtype.name,
         "shape": [int(img.shape[0]), int(img.shape[1])],
     }
     return [_pack(header), img]
@@ -89,8 +94,9 @@ def _header(parts: list, kind: str) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise WireError(Reject.MALFORMED, f"header is a {type(header).__name__}, not a map")
     if header.get("v") != WIRE_VERSION:
-        raise WireError(Reject.VERSION,
-                        f"expected wire version {WIRE_VERSION}, got {header.get('v')!r}")
+        raise WireError(
+            Reject.VERSION, f"expected wire version {WIRE_VERSION}, got {header.get('v')!r}"
+        )
     if header.get("kind") != kind:
         raise WireError(Reject.KIND, f"expected a {kind!r} message, got {header.get('kind')!r}")
     return header
@@ -99,8 +105,10 @@ def _header(parts: list, kind: str) -> dict[str, Any]:
 def _field(header: dict, name: str, typ: type | tuple) -> Any:
     value = header.get(name)
     if not isinstance(value, typ) or isinstance(value, bool):
-        raise WireError(Reject.FIELDS, f"header field {name!r} missing or not "
-                        f"{getattr(typ, '__name__', typ)}: {value!r}")
+        raise WireError(
+            Reject.FIELDS,
+            f"header field {name!r} missing or not {getattr(typ, '__name__', typ)}: {value!r}",
+        )
     return value
 
 
@@ -117,14 +125,17 @@ def decode_frame(parts: list) -> FrameMessage:
         raise WireError(Reject.FIELDS, f"frame index must be >= 0, got {frame}")
     if dtype not in FRAME_DTYPES:
         raise WireError(Reject.DTYPE, f"expected dtype uint16 or float32, got {dtype!r}")
-    if (len(shape) != 2 or not all(isinstance(s, int) and 0 < s <= MAX_SIDE for s in shape)):
-        raise WireError(Reject.SHAPE, f"expected shape [H, W] with 0 < H, W <= {MAX_SIDE}, "
-                        f"got {shape!r}")
+    if len(shape) != 2 or not all(isinstance(s, int) and 0 < s <= MAX_SIDE for s in shape):
+        raise WireError(
+            Reject.SHAPE, f"expected shape [H, W] with 0 < H, W <= {MAX_SIDE}, got {shape!r}"
+        )
     buf = memoryview(parts[1])
     expected = shape[0] * shape[1] * np.dtype(dtype).itemsize
     if buf.nbytes != expected:
-        raise WireError(Reject.SIZE, f"payload of {buf.nbytes} bytes, expected {expected} "
-                        f"for {shape[0]}x{shape[1]} {dtype}")
+        raise WireError(
+            Reject.SIZE,
+            f"payload of {buf.nbytes} bytes, expected {expected} for {shape[0]}x{shape[1]} {dtype}",
+        )
     image = np.frombuffer(buf, dtype=dtype).reshape(shape)
     return FrameMessage(source, plane, frame, t_ns, image)
 
@@ -146,11 +157,20 @@ class LocsMessage:
 
     def header(self) -> dict[str, Any]:
         return {
-            "v": WIRE_VERSION, "kind": LOCS_KIND, "source": self.source, "seq": self.seq,
-            "frame": self.frame, "model": self.model, "model_version": self.model_version,
-            "threshold": self.threshold, "t_cam_ns": self.t_cam_ns,
-            "t_recv_ns": self.t_recv_ns, "t_pub_ns": self.t_pub_ns,
-            "columns": list(LOC_COLUMNS), "dtype": "float64", "shape": [len(self.locs), 5],
+            "v": WIRE_VERSION,
+            "kind": LOCS_KIND,
+            "source": self.source,
+            "seq": self.seq,
+            "frame": self.frame,
+            "model": self.model,
+            "model_version": self.model_version,
+            "threshold": self.threshold,
+            "t_cam_ns": self.t_cam_ns,
+            "t_recv_ns": self.t_recv_ns,
+            "t_pub_ns": self.t_pub_ns,
+            "columns": list(LOC_COLUMNS),
+            "dtype": "float64",
+            "shape": [len(self.locs), 5],
         }
 
 
@@ -163,18 +183,23 @@ def decode_locs(parts: list) -> LocsMessage:
     header = _header(parts, LOCS_KIND)
     shape = _field(header, "shape", list)
     if len(shape) != 2 or shape[1] != 5 or header.get("dtype") != "float64":
-        raise WireError(Reject.SHAPE, f"expected (N, 5) float64 rows, got {shape!r} "
-                        f"{header.get('dtype')!r}")
+        raise WireError(
+            Reject.SHAPE, f"expected (N, 5) float64 rows, got {shape!r} {header.get('dtype')!r}"
+        )
     buf = memoryview(parts[1])
     if buf.nbytes != shape[0] * 5 * 8:
         raise WireError(Reject.SIZE, f"payload of {buf.nbytes} bytes for {shape[0]} rows")
     rows = np.frombuffer(buf, dtype=np.float64).reshape(shape)
     frame = _field(header, "frame", int)
     return LocsMessage(
-        source=_field(header, "source", str), seq=_field(header, "seq", int), frame=frame,
-        model=_field(header, "model", str), model_version=str(header.get("model_version", "")),
+        source=_field(header, "source", str),
+        seq=_field(header, "seq", int),
+        frame=frame,
+        model=_field(header, "model", str),
+        model_version=str(header.get("model_version", "")),
         threshold=float(_field(header, "threshold", (float, int))),
-        t_cam_ns=int(header.get("t_cam_ns", 0)), t_recv_ns=int(header.get("t_recv_ns", 0)),
+        t_cam_ns=int(header.get("t_cam_ns", 0)),
+        t_recv_ns=int(header.get("t_recv_ns", 0)),
         t_pub_ns=int(header.get("t_pub_ns", 0)),
         locs=Localizations.from_array(frame, rows),
     )

@@ -6,8 +6,9 @@ import time
 from collections.abc import Callable
 
 
-def wait_for(cond: Callable[[], bool], what: str, timeout_s: float,
-             interval_s: float = 0.01) -> None:
+def wait_for(
+    cond: Callable[[], bool], what: str, timeout_s: float, interval_s: float = 0.01
+) -> None:
     """Poll ``cond`` until it holds; TimeoutError naming ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while not cond():

@@ -15,7 +15,10 @@ def test_ruff_clean():
         pytest.skip("ruff is not installed (pip install -e '.[test]')")
     result = subprocess.run(
         [shutil.which("ruff"), "check", "engines", "service", "clients", "benchmarks", "tests"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     sys.stdout.write(result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -24,15 +24,28 @@ def build_scene(args: argparse.Namespace) -> Scene:
 
     settings = settings_from_args(args)
     settings = settings.model_copy(
-        update={"geometry": settings.geometry.with_size(args.height, args.width)})
-    misalign = None if args.no_misalign else Misalignment(
-        max_shift_px=args.misalign_px, max_rotation_deg=args.misalign_deg,
-        max_scale=args.misalign_scale)
-    return Scene(SceneConfig(settings=settings, molecules=args.molecules,
-                             structure=args.structure, filaments=args.filaments,
-                             misalign=misalign,
-                             stage_drift_nm_per_frame=tuple(args.stage_drift_nm),
-                             seed=args.seed))
+        update={"geometry": settings.geometry.with_size(args.height, args.width)}
+    )
+    misalign = (
+        None
+        if args.no_misalign
+        else Misalignment(
+            max_shift_px=args.misalign_px,
+            max_rotation_deg=args.misalign_deg,
+            max_scale=args.misalign_scale,
+        )
+    )
+    return Scene(
+        SceneConfig(
+            settings=settings,
+            molecules=args.molecules,
+            structure=args.structure,
+            filaments=args.filaments,
+            misalign=misalign,
+            stage_drift_nm_per_frame=tuple(args.stage_drift_nm),
+            seed=args.seed,
+        )
+    )
 
 
 def _simulated_source(args: argparse.Namespace, planes: list[int]) -> SimulatedSource:
@@ -61,7 +74,6 @@ def _register_service(url: str, token: str | None, cams: dict, wait_s: float) ->
 def _cmd_camera(args: argparse.Namespace) -> int:
     import torch
 
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the scene is tiny; leave the cores to the service
     try:
@@ -76,8 +88,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.tiff:
         planes = args.plane or list(range(len(args.tiff)))
         if len(args.tiff) != len(planes):
-            raise ValueError(f"got {len(args.tiff)} TIFF stacks for planes {planes}: give one "
-                             "stack per camera, in plane order")
+            raise ValueError(
+                f"got {len(args.tiff)} TIFF stacks for planes {planes}: give one "
+                "stack per camera, in plane order"
+            )
     else:
         planes = args.plane or list(range(args.planes or 4))
     names = {k: f"{args.name_prefix}{k}" for k in planes}
@@ -85,15 +99,20 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"got {len(args.endpoint)} --endpoint values for planes {planes}")
     endpoints = args.endpoint or [default_endpoint(k, args.host, args.base_port) for k in planes]
     if args.tiff:
-        source = TiffSource(args.tiff, planes, start=args.start_frame, frames=args.frames,
-                            loop=args.loop)
+        source = TiffSource(
+            args.tiff, planes, start=args.start_frame, frames=args.frames, loop=args.loop
+        )
     else:
         source = _simulated_source(args, planes)
-    pubs = {k: CameraPublisher(ep, names[k], k, sndhwm=args.sndhwm)
-            for k, ep in zip(planes, endpoints, strict=True)}
+    pubs = {
+        k: CameraPublisher(ep, names[k], k, sndhwm=args.sndhwm)
+        for k, ep in zip(planes, endpoints, strict=True)
+    }
     stop = threading.Event()
-    print(f"cameras {[names[k] for k in planes]} -> {endpoints} at {args.rate:g} Hz "
-          "(Ctrl-C to stop)", flush=True)
+    print(
+        f"cameras {[names[k] for k in planes]} -> {endpoints} at {args.rate:g} Hz (Ctrl-C to stop)",
+        flush=True,
+    )
     try:
         with stop_on_signals(stop):
             sent = run_cameras(source, pubs, args.rate, stop)
@@ -101,31 +120,48 @@ def _run(args: argparse.Namespace) -> int:
         for pub in pubs.values():
             pub.close()
     dropped = {pubs[k].camera: pubs[k].stats.dropped_total for k in planes}
-    print(f"sent {sent} frame sets; published "
-          f"{[p.stats.published for p in pubs.values()]}, dropped {dropped}")
+    print(
+        f"sent {sent} frame sets; published "
+        f"{[p.stats.published for p in pubs.values()]}, dropped {dropped}"
+    )
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "camera", help="run simulated (or replayed) cameras that push frames to the service",
+        "camera",
+        help="run simulated (or replayed) cameras that push frames to the service",
         description="Push camera frames to a running `voxloc serve`: one or all cameras of a "
         "simulated quad-plane microscope (density, rate, per-camera misalignment and drift, "
         "filament structure as in the paper's Fig. 11), or per-camera TIFF stacks replayed "
-        "at a rate. Each camera connects a PUSH socket to its service endpoint.")
+        "at a rate. Each camera connects a PUSH socket to its service endpoint.",
+    )
     g = p.add_argument_group("cameras and endpoints")
-    g.add_argument("--plane", type=int, action="append", default=None, metavar="K",
-                   help="run only camera K (repeat for several; default all)")
-    g.add_argument("--endpoint", action="append", default=None,
-                   help="endpoint per selected camera, in order (default "
-                   "tcp://HOST:BASE_PORT+K)")
+    g.add_argument(
+        "--plane",
+        type=int,
+        action="append",
+        default=None,
+        metavar="K",
+        help="run only camera K (repeat for several; default all)",
+    )
+    g.add_argument(
+        "--endpoint",
+        action="append",
+        default=None,
+        help="endpoint per selected camera, in order (default tcp://HOST:BASE_PORT+K)",
+    )
     g.add_argument("--host", default="127.0.0.1", help="service host (default 127.0.0.1)")
     g.add_argument("--base-port", type=int, default=5550, help="port of cam0 (default 5550)")
     g.add_argument("--name-prefix", default="cam", help="camera names PREFIX0.. (default cam)")
     g.add_argument("--rate", type=float, default=20.0, help="frame sets per second (0: max)")
     g.add_argument("--frames", type=int, default=None, help="stop after N frame sets")
-    g.add_argument("--start-frame", type=int, default=0,
-                   help="first frame index (continue an acquisition after a restart)")
+    g.add_argument(
+        "--start-frame",
+        type=int,
+        default=0,
+        help="first frame index (continue an acquisition after a restart)",
+    )
     g.add_argument("--sndhwm", type=int, default=8, help="send queue per camera, frames")
     s = p.add_argument_group("simulation")
     s.add_argument("--molecules", type=int, default=30, help="blinking molecules per frame")
@@ -137,21 +173,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--misalign-deg", type=float, default=0.5, help="max camera rotation, deg")
     s.add_argument("--misalign-scale", type=float, default=0.005, help="max scale error")
     s.add_argument("--no-misalign", action="store_true", help="cameras perfectly aligned")
-    s.add_argument("--stage-drift-nm", type=float, nargs=2, default=[0.0, 0.0],
-                   metavar=("X", "Y"), help="sample drift per frame, nm")
+    s.add_argument(
+        "--stage-drift-nm",
+        type=float,
+        nargs=2,
+        default=[0.0, 0.0],
+        metavar=("X", "Y"),
+        help="sample drift per frame, nm",
+    )
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--registration-out", type=Path, default=None,
-                   help="write the registration that undoes the misalignment (JSON)")
-    s.add_argument("--register", metavar="URL", default=None,
-                   help="PUT that registration to the service at URL before streaming")
-    s.add_argument("--wait-ready", type=float, default=0.0, metavar="S",
-                   help="with --register: first wait up to S seconds for the service to be "
-                   "ready (model loaded)")
-    s.add_argument("--token", default=None, help="API token for --register "
-                   "(default $VOXLOC_TOKEN)")
+    s.add_argument(
+        "--registration-out",
+        type=Path,
+        default=None,
+        help="write the registration that undoes the misalignment (JSON)",
+    )
+    s.add_argument(
+        "--register",
+        metavar="URL",
+        default=None,
+        help="PUT that registration to the service at URL before streaming",
+    )
+    s.add_argument(
+        "--wait-ready",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="with --register: first wait up to S seconds for the service to be "
+        "ready (model loaded)",
+    )
+    s.add_argument("--token", default=None, help="API token for --register (default $VOXLOC_TOKEN)")
     add_settings_options(p)
     r = p.add_argument_group("replay")
-    r.add_argument("--tiff", type=Path, nargs="+", default=None,
-                   help="one single-camera TIFF stack per plane, in plane order")
+    r.add_argument(
+        "--tiff",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="one single-camera TIFF stack per plane, in plane order",
+    )
     r.add_argument("--loop", action="store_true", help="replay the stacks forever")
     p.set_defaults(func=_cmd_camera)

@@ -28,10 +28,12 @@ def _cmd_ctl(args: argparse.Namespace) -> int:
             s = ctl.stats()
             model = s.get("model") or {}
             lat = s.get("latency_ms") or {}
-            print(f"{s.get('state')} model {model.get('name')} v{model.get('version')} "
-                  f"({model.get('backend')}), ready {ctl.ready()}, fps in {s.get('fps_in')} "
-                  f"out {s.get('fps_out')}, latency p50 {lat.get('p50')} ms "
-                  f"p99 {lat.get('p99')} ms")
+            print(
+                f"{s.get('state')} model {model.get('name')} v{model.get('version')} "
+                f"({model.get('backend')}), ready {ctl.ready()}, fps in {s.get('fps_in')} "
+                f"out {s.get('fps_out')}, latency p50 {lat.get('p50')} ms "
+                f"p99 {lat.get('p99')} ms"
+            )
         elif action == "models":
             _print(ctl.models())
         elif action == "load":
@@ -63,8 +65,11 @@ def _cmd_ctl(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ctl", help="control a running service (models, threshold, stats)",
-                       description="Call the service's REST control plane (docs/protocol.md).")
+    p = sub.add_parser(
+        "ctl",
+        help="control a running service (models, threshold, stats)",
+        description="Call the service's REST control plane (docs/protocol.md).",
+    )
     p.add_argument("--url", default="http://127.0.0.1:8750", help="service URL")
     p.add_argument("--token", default=None, help="bearer token (default $VOXLOC_TOKEN)")
     acts = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -77,9 +82,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     th = acts.add_parser("threshold", help="show or set the confidence threshold")
     th.add_argument("value", nargs="?", type=float)
     rg = acts.add_parser("registration", help="show, or set from a JSON file")
-    rg.add_argument("--set", type=Path, default=None, metavar="FILE.json",
-                    help='{"cameras": {"cam1": {"affine": [[..],[..]]}}} (e.g. from '
-                    "`voxloc camera --registration-out` or `voxloc calibrate registration`)")
+    rg.add_argument(
+        "--set",
+        type=Path,
+        default=None,
+        metavar="FILE.json",
+        help='{"cameras": {"cam1": {"affine": [[..],[..]]}}} (e.g. from '
+        "`voxloc camera --registration-out` or `voxloc calibrate registration`)",
+    )
     acts.add_parser("stats", help="full /stats JSON")
     acts.add_parser("metrics", help="Prometheus metrics")
     wt = acts.add_parser("wait", help="wait until the service is ready")

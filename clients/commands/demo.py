@@ -29,24 +29,33 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def demo_config(api_port: int, locs_port: int, camera_ports: list[int], model: str,
-                threshold: float) -> str:
+def demo_config(
+    api_port: int, locs_port: int, camera_ports: list[int], model: str, threshold: float
+) -> str:
     """The demo's service settings (docs/protocol.md Sec. 7) as TOML."""
     cams = "".join(
         f'\n[[cameras]]\nname = "cam{k}"\nplane = {k}\nendpoint = "tcp://127.0.0.1:{port}"\n'
-        for k, port in enumerate(camera_ports))
-    return (f'[api]\nhost = "127.0.0.1"\nport = {api_port}\n\n'
-            f'[stream]\npublish = "tcp://127.0.0.1:{locs_port}"\nplanes = {len(camera_ports)}\n'
-            f"height = 64\nwidth = 64\n\n"
-            f'[inference]\nmodel = "{model}"\nthreshold = {threshold}\n' + cams)
+        for k, port in enumerate(camera_ports)
+    )
+    return (
+        f'[api]\nhost = "127.0.0.1"\nport = {api_port}\n\n'
+        f'[stream]\npublish = "tcp://127.0.0.1:{locs_port}"\nplanes = {len(camera_ports)}\n'
+        f"height = 64\nwidth = 64\n\n"
+        f'[inference]\nmodel = "{model}"\nthreshold = {threshold}\n' + cams
+    )
 
 
 def _spawn(args: list[str], log_path: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     with open(log_path, "w") as log:
         # own process group: the terminal's Ctrl-C reaches only us; we stop children in order
-        return subprocess.Popen([sys.executable, "-m", "clients.cli", *args], stdout=log,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "clients.cli", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
 
 
 def _stop(proc: subprocess.Popen, name: str) -> None:
@@ -73,10 +82,12 @@ def status_line(s: dict[str, Any], t0: float) -> str:
     def num(v: Any) -> str:
         return f"{v:.0f}" if isinstance(v, (int, float)) else "-"
 
-    return (f"[{time.monotonic() - t0:5.0f} s] {model}: in {num(s.get('fps_in'))} fps, "
-            f"out {num(s.get('fps_out'))} fps, latency p50 {num(lat.get('p50'))} / "
-            f"p99 {num(lat.get('p99'))} ms, {pub} frame sets published, "
-            f"{frames_in} frames in, drops {drops}, rejects {rejects}")
+    return (
+        f"[{time.monotonic() - t0:5.0f} s] {model}: in {num(s.get('fps_in'))} fps, "
+        f"out {num(s.get('fps_out'))} fps, latency p50 {num(lat.get('p50'))} / "
+        f"p99 {num(lat.get('p99'))} ms, {pub} frame sets published, "
+        f"{frames_in} frames in, drops {drops}, rejects {rejects}"
+    )
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -86,8 +97,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per status poll
     api_port = args.port or free_port()
     locs_port = args.locs_port or free_port()
-    cam_ports = ([args.camera_base_port + k for k in range(4)] if args.camera_base_port
-                 else [free_port() for _ in range(4)])
+    cam_ports = (
+        [args.camera_base_port + k for k in range(4)]
+        if args.camera_base_port
+        else [free_port() for _ in range(4)]
+    )
     workdir = Path(tempfile.mkdtemp(prefix="voxloc-demo-"))
     config = workdir / "voxloc.toml"
     config.write_text(demo_config(api_port, locs_port, cam_ports, args.model, args.threshold))
@@ -96,19 +110,34 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     service = _spawn(["serve", "--config", str(config)], workdir / "service.log")
     # the cameras start loading at once, then wait for the model to be ready themselves
     cameras = _spawn(
-        ["camera", "--rate", str(args.rate), "--molecules", str(args.molecules),
-         "--seed", str(args.seed), "--register", url, "--wait-ready", str(args.ready_timeout),
-         *[a for p in cam_ports for a in ("--endpoint", f"tcp://127.0.0.1:{p}")]],
-        workdir / "cameras.log")
+        [
+            "camera",
+            "--rate",
+            str(args.rate),
+            "--molecules",
+            str(args.molecules),
+            "--seed",
+            str(args.seed),
+            "--register",
+            url,
+            "--wait-ready",
+            str(args.ready_timeout),
+            *[a for p in cam_ports for a in ("--endpoint", f"tcp://127.0.0.1:{p}")],
+        ],
+        workdir / "cameras.log",
+    )
     t0 = time.monotonic()
     try:
         with ControlClient(url) as ctl:
             _wait_ready(ctl, service, workdir / "service.log", args.ready_timeout)
-            print(f"\n  dashboard:      {url}/\n  API docs:       {url}/docs\n"
-                  f"  localizations:  tcp://127.0.0.1:{locs_port}   (try: voxloc record -o "
-                  f"locs.csv --endpoint tcp://127.0.0.1:{locs_port})\n"
-                  f"  control:        voxloc ctl --url {url} status\n\n"
-                  "Ctrl-C stops everything.\n", flush=True)
+            print(
+                f"\n  dashboard:      {url}/\n  API docs:       {url}/docs\n"
+                f"  localizations:  tcp://127.0.0.1:{locs_port}   (try: voxloc record -o "
+                f"locs.csv --endpoint tcp://127.0.0.1:{locs_port})\n"
+                f"  control:        voxloc ctl --url {url} status\n\n"
+                "Ctrl-C stops everything.\n",
+                flush=True,
+            )
             _status_loop(ctl, service, cameras, t0, args.duration, workdir)
     except KeyboardInterrupt:
         pass
@@ -130,8 +159,10 @@ def _wait_ready(ctl: Any, service: subprocess.Popen, log: Path, timeout_s: float
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if service.poll() is not None:
-            raise ControlError(f"the service exited with code {service.returncode}; its log "
-                               f"{log} ends with:\n{_tail(log)}")
+            raise ControlError(
+                f"the service exited with code {service.returncode}; its log "
+                f"{log} ends with:\n{_tail(log)}"
+            )
         try:
             if ctl.ready():
                 return
@@ -141,8 +172,14 @@ def _wait_ready(ctl: Any, service: subprocess.Popen, log: Path, timeout_s: float
     raise ControlError(f"the service was not ready after {timeout_s:.0f} s; see {log}")
 
 
-def _status_loop(ctl: Any, service: subprocess.Popen, cameras: subprocess.Popen, t0: float,
-                 duration_s: float | None, workdir: Path) -> None:
+def _status_loop(
+    ctl: Any,
+    service: subprocess.Popen,
+    cameras: subprocess.Popen,
+    t0: float,
+    duration_s: float | None,
+    workdir: Path,
+) -> None:
     from clients.control import ControlError
 
     tty = sys.stdout.isatty()
@@ -151,8 +188,9 @@ def _status_loop(ctl: Any, service: subprocess.Popen, cameras: subprocess.Popen,
         for proc, name in ((service, "service"), (cameras, "cameras")):
             if proc.poll() is not None:
                 log = workdir / f"{name}.log"
-                raise ControlError(f"{name} exited with code {proc.returncode}; {log} ends "
-                                   f"with:\n{_tail(log)}")
+                raise ControlError(
+                    f"{name} exited with code {proc.returncode}; {log} ends with:\n{_tail(log)}"
+                )
         try:
             line = status_line(ctl.stats(), t0)
         except ControlError as exc:
@@ -174,22 +212,37 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "demo", help="service + four simulated cameras + live dashboard, in one command",
+        "demo",
+        help="service + four simulated cameras + live dashboard, in one command",
         description="Start the service, four simulated cameras (filament sample, per-camera "
         "misalignment with the matching registration) and the web dashboard; print the URL "
-        "and a live status line; Ctrl-C stops everything. Runs on a CPU.")
+        "and a live status line; Ctrl-C stops everything. Runs on a CPU.",
+    )
     p.add_argument("--port", type=int, default=8750, help="dashboard/API port (0: any free)")
-    p.add_argument("--locs-port", type=int, default=0,
-                   help="localization stream port (default: any free)")
-    p.add_argument("--camera-base-port", type=int, default=0,
-                   help="cam0's port, cam1..3 follow (default: any free)")
-    p.add_argument("--rate", type=float, default=10.0,
-                   help="frame sets per second (default 10: sustainable on a laptop CPU)")
+    p.add_argument(
+        "--locs-port", type=int, default=0, help="localization stream port (default: any free)"
+    )
+    p.add_argument(
+        "--camera-base-port",
+        type=int,
+        default=0,
+        help="cam0's port, cam1..3 follow (default: any free)",
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=10.0,
+        help="frame sets per second (default 10: sustainable on a laptop CPU)",
+    )
     p.add_argument("--molecules", type=int, default=30, help="blinking molecules per frame")
     p.add_argument("--model", default="default", help="model name or directory")
     p.add_argument("--threshold", type=float, default=0.5, help="initial threshold")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
-    p.add_argument("--ready-timeout", type=float, default=180.0,
-                   help="seconds to wait for the model to load and warm up")
+    p.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=180.0,
+        help="seconds to wait for the model to load and warm up",
+    )
     p.set_defaults(func=_cmd_demo)

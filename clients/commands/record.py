@@ -16,8 +16,9 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT,
-                                                                     signal.SIGTERM)}
+    old = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:
@@ -30,33 +31,55 @@ def _cmd_record(args: argparse.Namespace) -> int:
     from clients.subscriber import LocalizationSubscriber
     from engines.io.loctable import TableMeta
 
-    meta = TableMeta(frames=0, height=args.height, width=args.width, px_nm=args.px_nm,
-                     dz_nm=args.dz_nm, planes=args.planes, source=args.endpoint,
-                     data_type="float32", info={"Recorded by": "voxloc record"})
+    meta = TableMeta(
+        frames=0,
+        height=args.height,
+        width=args.width,
+        px_nm=args.px_nm,
+        dz_nm=args.dz_nm,
+        planes=args.planes,
+        source=args.endpoint,
+        data_type="float32",
+        info={"Recorded by": "voxloc record"},
+    )
     writer = open_stream_writer(args.out, meta)
     stop = threading.Event()
     with stop_on_signals(stop), LocalizationSubscriber(args.endpoint) as sub:
         print(f"recording {args.endpoint} -> {args.out} (Ctrl-C to stop)", flush=True)
-        result = record(sub, writer, max_frames=args.frames, duration_s=args.duration,
-                        idle_timeout_s=args.idle_timeout, stop=stop)
-    print(f"wrote {result.rows} localizations from {result.messages} frame sets to {args.out}"
-          f"; {result.missed} messages missed (seq gaps)")
+        result = record(
+            sub,
+            writer,
+            max_frames=args.frames,
+            duration_s=args.duration,
+            idle_timeout_s=args.idle_timeout,
+            stop=stop,
+        )
+    print(
+        f"wrote {result.rows} localizations from {result.messages} frame sets to {args.out}"
+        f"; {result.missed} messages missed (seq gaps)"
+    )
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "record", help="record the service's localizations to CSV / HDF5",
+        "record",
+        help="record the service's localizations to CSV / HDF5",
         description="Subscribe to the service's localization stream and write it to a "
         "ThunderSTORM CSV (.csv) or Picasso HDF5 (.h5 + .yaml) table, flushing after every "
-        "batch of messages: an interrupted recording keeps everything written so far.")
+        "batch of messages: an interrupted recording keeps everything written so far.",
+    )
     p.add_argument("-o", "--out", type=Path, required=True, help="output .csv, .h5 or .hdf5")
-    p.add_argument("--endpoint", default="tcp://127.0.0.1:5560",
-                   help="localization stream (default tcp://127.0.0.1:5560)")
+    p.add_argument(
+        "--endpoint",
+        default="tcp://127.0.0.1:5560",
+        help="localization stream (default tcp://127.0.0.1:5560)",
+    )
     p.add_argument("--frames", type=int, default=None, help="stop after N frame sets")
     p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
-    p.add_argument("--idle-timeout", type=float, default=None,
-                   help="stop after S seconds without a message")
+    p.add_argument(
+        "--idle-timeout", type=float, default=None, help="stop after S seconds without a message"
+    )
     m = p.add_argument_group("metadata for the Picasso yaml (defaults: paper set-up)")
     m.add_argument("--px-nm", type=float, default=192.0, help="pixel size, nm")
     m.add_argument("--dz-nm", type=float, default=400.0, help="plane spacing, nm")

@@ -17,12 +17,19 @@ def _cmd_render(args: argparse.Namespace) -> int:
         extent = (args.fov_px[0] * args.px_nm, args.fov_px[1] * args.px_nm)
     elif table_format(args.table) == "hdf5":
         extent = _hdf5_extent(args.table)
-    settings = RenderSettings(nm_per_px=args.nm_per_px, mode=args.mode, sigma_nm=args.sigma_nm,
-                              z_range_nm=tuple(args.z_range), cmap=args.cmap)
+    settings = RenderSettings(
+        nm_per_px=args.nm_per_px,
+        mode=args.mode,
+        sigma_nm=args.sigma_nm,
+        z_range_nm=tuple(args.z_range),
+        cmap=args.cmap,
+    )
     rgb = render(xyz, settings, extent)
     save_image(args.out, rgb, settings, colorbar=not args.no_colorbar)
-    print(f"rendered {len(xyz)} localizations into {rgb.shape[1]}x{rgb.shape[0]} px at "
-          f"{args.nm_per_px:g} nm/px -> {args.out}")
+    print(
+        f"rendered {len(xyz)} localizations into {rgb.shape[1]}x{rgb.shape[0]} px at "
+        f"{args.nm_per_px:g} nm/px -> {args.out}"
+    )
     return 0
 
 
@@ -40,21 +47,39 @@ def _hdf5_extent(path: Path) -> tuple[float, float] | None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "render", help="render localizations into a depth-coloured image (PNG/TIFF)",
+        "render",
+        help="render localizations into a depth-coloured image (PNG/TIFF)",
         description="2D histogram or Gaussian rendering of a ThunderSTORM CSV or Picasso "
-        "HDF5 table at a chosen scale, depth colour-coded with a colour bar (Fig. 11b).")
+        "HDF5 table at a chosen scale, depth colour-coded with a colour bar (Fig. 11b).",
+    )
     p.add_argument("table", type=Path, help="localizations (.csv, .h5)")
     p.add_argument("-o", "--out", type=Path, required=True, help="image (.png, .tif)")
     p.add_argument("--nm-per-px", type=float, default=20.0, help="output scale (default 20)")
     p.add_argument("--mode", choices=["hist", "gauss"], default="hist")
     p.add_argument("--sigma-nm", type=float, default=20.0, help="Gaussian width (gauss mode)")
-    p.add_argument("--z-range", type=float, nargs=2, default=[0.0, 1600.0],
-                   metavar=("LO", "HI"), help="depth range of the colour map, nm")
+    p.add_argument(
+        "--z-range",
+        type=float,
+        nargs=2,
+        default=[0.0, 1600.0],
+        metavar=("LO", "HI"),
+        help="depth range of the colour map, nm",
+    )
     p.add_argument("--cmap", default="turbo", help="matplotlib colour map (default turbo)")
-    p.add_argument("--min-confidence", type=float, default=0.0,
-                   help="render only localizations at least this confident")
-    p.add_argument("--fov-px", type=int, nargs=2, default=None, metavar=("W", "H"),
-                   help="field of view in camera pixels (default: the table's)")
+    p.add_argument(
+        "--min-confidence",
+        type=float,
+        default=0.0,
+        help="render only localizations at least this confident",
+    )
+    p.add_argument(
+        "--fov-px",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("W", "H"),
+        help="field of view in camera pixels (default: the table's)",
+    )
     p.add_argument("--px-nm", type=float, default=192.0, help="camera pixel size for --fov-px")
     p.add_argument("--no-colorbar", action="store_true", help="image only")
     p.set_defaults(func=_cmd_render)

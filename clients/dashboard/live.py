@@ -45,8 +45,14 @@ class Snapshot:
 class LiveImage:
     """Accumulates the localization stream into a depth-coloured image."""
 
-    def __init__(self, locs_endpoint: str, settings: RenderSettings,
-                 extent_nm: tuple[float, float], *, interval_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        locs_endpoint: str,
+        settings: RenderSettings,
+        extent_nm: tuple[float, float],
+        *,
+        interval_s: float = 0.5,
+    ) -> None:
         self.endpoint = locs_endpoint
         self.settings = settings
         self.interval_s = interval_s
@@ -109,8 +115,12 @@ class LiveImage:
             with self._lock:
                 self.frames += 1
                 self._dirty = True  # frame count changed even with zero localizations
-            self.last = {"frame": msg.frame, "model": msg.model,
-                         "model_version": msg.model_version, "threshold": msg.threshold}
+            self.last = {
+                "frame": msg.frame,
+                "model": msg.model,
+                "model_version": msg.model_version,
+                "threshold": msg.threshold,
+            }
             if len(rows) >= 2000 or time.monotonic() >= deadline:
                 break
             msg = sub.recv(0)
@@ -121,18 +131,32 @@ class LiveImage:
 
         with self._lock:
             rgb = self.hist.rgb(self.settings)
-            info = {"frames": self.frames, "localizations": self.hist.total,
-                    "outside": self.hist.outside, "missed": self.missed, **self.last}
+            info = {
+                "frames": self.frames,
+                "localizations": self.hist.total,
+                "outside": self.hist.outside,
+                "missed": self.missed,
+                **self.last,
+            }
             self._dirty = False
         buf = io.BytesIO()
         Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
-        self.snapshot = Snapshot(self.snapshot.version + 1,
-                                 base64.b64encode(buf.getvalue()).decode("ascii"),
-                                 rgb.shape[1], rgb.shape[0], info)
+        self.snapshot = Snapshot(
+            self.snapshot.version + 1,
+            base64.b64encode(buf.getvalue()).decode("ascii"),
+            rgb.shape[1],
+            rgb.shape[0],
+            info,
+        )
 
     def describe(self) -> dict[str, Any]:
         """Static facts for the page: scale, depth range and colour bar."""
         lo, hi = self.settings.z_range_nm
-        return {"nm_per_px": self.settings.nm_per_px, "z_min_nm": lo, "z_max_nm": hi,
-                "colorbar": colorbar_stops(self.settings.cmap), "endpoint": self.endpoint,
-                "state": self.state.value}
+        return {
+            "nm_per_px": self.settings.nm_per_px,
+            "z_min_nm": lo,
+            "z_max_nm": hi,
+            "colorbar": colorbar_stops(self.settings.cmap),
+            "endpoint": self.endpoint,
+            "state": self.state.value,
+        }

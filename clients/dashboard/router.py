@@ -20,10 +20,16 @@ ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
 HEARTBEAT_S = 10.0
 
 
-def create_router(locs_endpoint: str, *, nm_per_px: float = 24.0,
-                  extent_nm: tuple[float, float] = (64 * 192.0, 64 * 192.0),
-                  z_range_nm: tuple[float, float] = (0.0, 1600.0), mode: RenderMode = "gauss",
-                  sigma_nm: float = 20.0, interval_s: float = 0.5) -> APIRouter:
+def create_router(
+    locs_endpoint: str,
+    *,
+    nm_per_px: float = 24.0,
+    extent_nm: tuple[float, float] = (64 * 192.0, 64 * 192.0),
+    z_range_nm: tuple[float, float] = (0.0, 1600.0),
+    mode: RenderMode = "gauss",
+    sigma_nm: float = 20.0,
+    interval_s: float = 0.5,
+) -> APIRouter:
     """The dashboard as an ``APIRouter`` to include at ``/``.
 
     Args:
@@ -36,9 +42,12 @@ def create_router(locs_endpoint: str, *, nm_per_px: float = 24.0,
         mode: ``hist`` (2D histogram) or ``gauss`` (Gaussian-blurred, ``sigma_nm``).
         interval_s: at most one image update per interval.
     """
-    live = LiveImage(locs_endpoint, RenderSettings(nm_per_px=nm_per_px, z_range_nm=z_range_nm,
-                                                   mode=mode, sigma_nm=sigma_nm),
-                     extent_nm, interval_s=interval_s)
+    live = LiveImage(
+        locs_endpoint,
+        RenderSettings(nm_per_px=nm_per_px, z_range_nm=z_range_nm, mode=mode, sigma_nm=sigma_nm),
+        extent_nm,
+        interval_s=interval_s,
+    )
 
     @asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
@@ -87,9 +96,11 @@ def _add_routes(router: APIRouter, live: LiveImage) -> None:
     async def events(request: Request) -> StreamingResponse:
         """Server-sent events: one ``image`` event per new rendering."""
         live.start()
-        return StreamingResponse(_event_stream(live, request.is_disconnected),
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            _event_stream(live, request.is_disconnected),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
 
 async def _event_stream(live: LiveImage, disconnected: Callable) -> AsyncIterator[str]:
@@ -99,8 +110,13 @@ async def _event_stream(live: LiveImage, disconnected: Callable) -> AsyncIterato
         snap = live.snapshot
         if snap.version != sent and snap.png_b64:
             sent, idle = snap.version, 0.0
-            data = {"version": snap.version, "png": snap.png_b64, "width": snap.width_px,
-                    "height": snap.height_px, **snap.info}
+            data = {
+                "version": snap.version,
+                "png": snap.png_b64,
+                "width": snap.width_px,
+                "height": snap.height_px,
+                **snap.info,
+            }
             yield f"event: image\ndata: {json.dumps(data)}\n\n"
         elif idle >= HEARTBEAT_S:
             idle = 0.0

@@ -55,8 +55,14 @@ class BeadZStacks:
 
 
 def random_affines(
-    planes: int, *, height: int, width: int, max_rotation_deg: float = 2.0,
-    max_scale: float = 0.02, max_shift_px: float = 10.0, seed: int = 0,
+    planes: int,
+    *,
+    height: int,
+    width: int,
+    max_rotation_deg: float = 2.0,
+    max_scale: float = 0.02,
+    max_shift_px: float = 10.0,
+    seed: int = 0,
 ) -> np.ndarray:
     """``(P, 2, 3)`` random camera -> reference affines about the image centre.
 
@@ -86,23 +92,37 @@ def invert_affine(affine: np.ndarray) -> np.ndarray:
     return np.concatenate([lin_inv, -(lin_inv @ affine[:, 2])[:, None]], axis=1)
 
 
-def _render(settings: SimSettings, xyz_nm: np.ndarray, weights: np.ndarray,
-            focal_nm: float, sim: Simulator) -> np.ndarray:
+def _render(
+    settings: SimSettings, xyz_nm: np.ndarray, weights: np.ndarray, focal_nm: float, sim: Simulator
+) -> np.ndarray:
     """Noisy ``(B, H, W)`` frames of one plane for ``(B, M, 3)`` bead positions."""
     g = settings.geometry
     xyz = torch.tensor(np.ascontiguousarray(xyz_nm), dtype=torch.float32)
     w = torch.tensor(np.ascontiguousarray(weights), dtype=torch.float32)
     clean = render_planes(
-        xyz, w, torch.zeros(xyz.shape[0], 1, 2), torch.tensor([focal_nm]),
-        px_nm=g.px_nm, height=g.height, width=g.width, psf=settings.psf,
+        xyz,
+        w,
+        torch.zeros(xyz.shape[0], 1, 2),
+        torch.tensor([focal_nm]),
+        px_nm=g.px_nm,
+        height=g.height,
+        width=g.width,
+        psf=settings.psf,
     )
     return sim.add_noise(clean + settings.psf.b)[:, 0].numpy().astype(np.float32)
 
 
 def simulate_registration_beads(
-    settings: SimSettings, affines: np.ndarray, *, beads: int = 60, frames: int = 3,
-    spurious_frac: float = 0.05, missing_frac: float = 0.05, brightness: float = 20.0,
-    bead_z_nm: float | None = None, seed: int = 0,
+    settings: SimSettings,
+    affines: np.ndarray,
+    *,
+    beads: int = 60,
+    frames: int = 3,
+    spurious_frac: float = 0.05,
+    missing_frac: float = 0.05,
+    brightness: float = 20.0,
+    bead_z_nm: float | None = None,
+    seed: int = 0,
 ) -> RegistrationBeads:
     """Bead images of every camera; bead ``m`` sits at ``ref_xy_px[m]`` in the reference plane.
 
@@ -131,9 +151,13 @@ def simulate_registration_beads(
 
 
 def simulate_bead_zstacks(
-    settings: SimSettings, *, z_step_nm: float = 50.0,
+    settings: SimSettings,
+    *,
+    z_step_nm: float = 50.0,
     z_range_nm: tuple[float, float] | None = None,
-    spacing_px: int = 24, brightness: float = 20.0, seed: int = 0,
+    spacing_px: int = 24,
+    brightness: float = 20.0,
+    seed: int = 0,
 ) -> BeadZStacks:
     """One z-stack per plane of beads on a grid (``spacing_px`` apart, jittered).
 
@@ -153,10 +177,13 @@ def simulate_bead_zstacks(
         rows = np.arange(half, g.height - half + 1, spacing_px)
         grid = np.stack(np.meshgrid(cols, rows), -1).reshape(-1, 2).astype(np.float64)
         xy = grid + rng.uniform(-2.0, 2.0, grid.shape)
-        xyz = np.concatenate([
-            np.broadcast_to(xy * g.px_nm, (len(z), len(xy), 2)),
-            np.broadcast_to(z[:, None, None], (len(z), len(xy), 1)),
-        ], axis=2)
+        xyz = np.concatenate(
+            [
+                np.broadcast_to(xy * g.px_nm, (len(z), len(xy), 2)),
+                np.broadcast_to(z[:, None, None], (len(z), len(xy), 1)),
+            ],
+            axis=2,
+        )
         wts = np.full((len(z), len(xy)), brightness)
         stacks.append(_render(settings, xyz, wts, float(focal[k]), sim))
     return BeadZStacks(stacks, z, focal)
@@ -168,7 +195,8 @@ def save_stacks(stacks: list[np.ndarray], out_dir: Path, stem: str) -> list[Path
     paths = []
     for k, arr in enumerate(stacks):
         path = out_dir / f"{stem}{k}.tif"
-        tifffile.imwrite(path, np.clip(np.round(arr), 0, 65535).astype(np.uint16),
-                         photometric="minisblack")
+        tifffile.imwrite(
+            path, np.clip(np.round(arr), 0, 65535).astype(np.uint16), photometric="minisblack"
+        )
         paths.append(path)
     return paths

@@ -39,27 +39,39 @@ class DriftSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = Field(False, description="estimate plane offsets in the live service")
-    window_locs: int = Field(20_000, ge=100, le=10_000_000,
-                             description="sliding window: molecules measured most recently")
+    window_locs: int = Field(
+        20_000,
+        ge=100,
+        le=10_000_000,
+        description="sliding window: molecules measured most recently",
+    )
     every_sets: int = Field(1, ge=1, le=100_000, description="measure every n-th frame set")
     max_locs_per_set: int = Field(256, ge=1, le=100_000)
-    queue_sets: int = Field(32, ge=1, le=10_000,
-                            description="frame sets waiting for the fit; more are dropped")
+    queue_sets: int = Field(
+        32, ge=1, le=10_000, description="frame sets waiting for the fit; more are dropped"
+    )
     patch_px: int = Field(9, ge=5, le=31, description="odd patch side, pixels")
-    isolation_px: float = Field(5.0, ge=0, le=100,
-                                description="skip localizations with a neighbour this close")
-    max_shift_px: float = Field(2.0, gt=0, le=10,
-                                description="fitted centre this far from the seed: rejected")
-    max_busy_fraction: float = Field(0.5, gt=0, le=1,
-                                     description="share of one core the fitting may use")
-    update_sets: int = Field(20, ge=1, le=100_000,
-                             description="re-estimate after this many measured frame sets")
+    isolation_px: float = Field(
+        5.0, ge=0, le=100, description="skip localizations with a neighbour this close"
+    )
+    max_shift_px: float = Field(
+        2.0, gt=0, le=10, description="fitted centre this far from the seed: rejected"
+    )
+    max_busy_fraction: float = Field(
+        0.5, gt=0, le=1, description="share of one core the fitting may use"
+    )
+    update_sets: int = Field(
+        20, ge=1, le=100_000, description="re-estimate after this many measured frame sets"
+    )
     feedback: bool = Field(False, description="shift the registration by confident estimates")
     feedback_min_locs: int = Field(2000, ge=10)
     feedback_min_nm: float = Field(5.0, ge=0, description="smaller offsets are left alone")
     feedback_settle_sets: int = Field(
-        200, ge=0, description="frame sets ignored after a feedback when the pipeline cannot "
-        "say from which frame on the correction applies")
+        200,
+        ge=0,
+        description="frame sets ignored after a feedback when the pipeline cannot "
+        "say from which frame on the correction applies",
+    )
 
     @model_validator(mode="after")
     def _odd_patch(self) -> DriftSettings:
@@ -73,18 +85,34 @@ class _Metrics:
     """Prometheus mirror of the estimate, in the service's registry."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.offset = Gauge("voxloc_plane_offset_nm", "residual lateral offset to plane 0",
-                            ["plane", "axis"], registry=registry)
-        self.se = Gauge("voxloc_plane_offset_se_nm", "standard error of the plane offset",
-                        ["plane", "axis"], registry=registry)
-        self.locs = Gauge("voxloc_plane_offset_locs", "localizations behind the plane offset",
-                          ["plane"], registry=registry)
-        self.dropped = Counter("voxloc_drift_dropped_sets",
-                               "frame sets not measured: the drift queue was full",
-                               registry=registry)
-        self.feedbacks = Counter("voxloc_drift_feedbacks",
-                                 "registration corrections by the drift estimator",
-                                 registry=registry)
+        self.offset = Gauge(
+            "voxloc_plane_offset_nm",
+            "residual lateral offset to plane 0",
+            ["plane", "axis"],
+            registry=registry,
+        )
+        self.se = Gauge(
+            "voxloc_plane_offset_se_nm",
+            "standard error of the plane offset",
+            ["plane", "axis"],
+            registry=registry,
+        )
+        self.locs = Gauge(
+            "voxloc_plane_offset_locs",
+            "localizations behind the plane offset",
+            ["plane"],
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "voxloc_drift_dropped_sets",
+            "frame sets not measured: the drift queue was full",
+            registry=registry,
+        )
+        self.feedbacks = Counter(
+            "voxloc_drift_feedbacks",
+            "registration corrections by the drift estimator",
+            registry=registry,
+        )
 
     def clear(self) -> None:
         for gauge in (self.offset, self.se, self.locs):
@@ -116,13 +144,20 @@ class DriftEstimator:
 
     name = "drift"
 
-    def __init__(self, settings: DriftSettings | None = None, *, px_nm: float, planes: int,
-                 registry: CollectorRegistry | None = None,
-                 correct: Callable[[np.ndarray], int | None] | None = None,
-                 affines: Callable[[], np.ndarray | None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: DriftSettings | None = None,
+        *,
+        px_nm: float,
+        planes: int,
+        registry: CollectorRegistry | None = None,
+        correct: Callable[[np.ndarray], int | None] | None = None,
+        affines: Callable[[], np.ndarray | None] | None = None,
+    ) -> None:
         if px_nm <= 0 or planes < 2:
-            raise ValueError(f"need px_nm > 0 and at least 2 planes, got px_nm {px_nm}, "
-                             f"planes {planes}")
+            raise ValueError(
+                f"need px_nm > 0 and at least 2 planes, got px_nm {px_nm}, planes {planes}"
+            )
         self.settings = settings or DriftSettings()
         self.px_nm, self.planes = float(px_nm), int(planes)
         self._correct = correct
@@ -136,8 +171,8 @@ class DriftEstimator:
         self._last: OffsetEstimate | None = None
         self._count = {"seen": 0, "measured": 0, "dropped": 0, "feedbacks": 0}
         self._window_locs = 0
-        self._pending = 0      # measured sets since the last estimate
-        self._settle = 0       # frame sets still to skip after a feedback
+        self._pending = 0  # measured sets since the last estimate
+        self._settle = 0  # frame sets still to skip after a feedback
         self._first_frame = 0  # frame sets before this index are skipped
 
     # -- inference thread -----------------------------------------------------------------
@@ -150,13 +185,19 @@ class DriftEstimator:
         if (self._count["seen"] - 1) % self.settings.every_sets or len(msg.locs.xyz_nm) == 0:
             return
         if planes.shape[0] != self.planes:
-            raise ValueError(f"expected {self.planes} planes, got a frame set of shape "
-                             f"{planes.shape}")
+            raise ValueError(
+                f"expected {self.planes} planes, got a frame set of shape {planes.shape}"
+            )
         s = self.settings
-        patches = cut_patches(planes, msg.locs.xyz_nm[:, :2], px_nm=self.px_nm,
-                              patch_px=s.patch_px, isolation_px=s.isolation_px,
-                              max_locs=s.max_locs_per_set,
-                              affines=self._affines() if self._affines else None)
+        patches = cut_patches(
+            planes,
+            msg.locs.xyz_nm[:, :2],
+            px_nm=self.px_nm,
+            patch_px=s.patch_px,
+            isolation_px=s.isolation_px,
+            max_locs=s.max_locs_per_set,
+            affines=self._affines() if self._affines else None,
+        )
         if len(patches):
             self.submit(patches)
 
@@ -200,12 +241,14 @@ class DriftEstimator:
 
     def _measure(self, parts: list[Patches]) -> None:
         """Fit the patches of several frame sets at once; the window slides per set."""
-        meas = fit_planes(Patches.concat(parts), px_nm=self.px_nm,
-                          max_shift_px=self.settings.max_shift_px)
+        meas = fit_planes(
+            Patches.concat(parts), px_nm=self.px_nm, max_shift_px=self.settings.max_shift_px
+        )
         bounds = np.cumsum([len(p) for p in parts])[:-1]
         with self._lock:
-            for rel, var in zip(np.split(meas.rel_nm, bounds), np.split(meas.var_nm2, bounds),
-                                strict=True):
+            for rel, var in zip(
+                np.split(meas.rel_nm, bounds), np.split(meas.var_nm2, bounds), strict=True
+            ):
                 self._window.append(PlaneMeasurements(rel, var))
                 self._window_locs += len(rel)
             while self._window_locs - len(self._window[0]) >= self.settings.window_locs:
@@ -239,9 +282,12 @@ class DriftEstimator:
         if not confident[1:].any():
             return
         offsets = np.where(confident[:, None], est.offsets_nm, 0.0)
-        log.info("drift feedback: shifting planes %s by %s nm (from %d localizations)",
-                 np.flatnonzero(confident).tolist(), np.round(offsets[confident], 1).tolist(),
-                 est.molecules)
+        log.info(
+            "drift feedback: shifting planes %s by %s nm (from %d localizations)",
+            np.flatnonzero(confident).tolist(),
+            np.round(offsets[confident], 1).tolist(),
+            est.molecules,
+        )
         first_frame = self._correct(offsets)
         if first_frame is None:
             self.reset(settle_sets=s.feedback_settle_sets)
@@ -274,11 +320,15 @@ class DriftEstimator:
         with self._lock:
             last, window, pending = self._last, self._window_locs, self._pending
         out: dict[str, Any] = {
-            "window_locs": window, "sets_seen": self._count["seen"],
-            "sets_measured": self._count["measured"], "sets_dropped": self._count["dropped"],
-            "queued": self._queue.qsize(), "sets_not_estimated": pending,
+            "window_locs": window,
+            "sets_seen": self._count["seen"],
+            "sets_measured": self._count["measured"],
+            "sets_dropped": self._count["dropped"],
+            "queued": self._queue.qsize(),
+            "sets_not_estimated": pending,
             "feedback": self.settings.feedback,
-            "feedbacks": self._count["feedbacks"]}
+            "feedbacks": self._count["feedbacks"],
+        }
         out.update(last.to_dict() if last else {"planes": None})
         return out
 
@@ -301,20 +351,29 @@ class DriftEstimator:
             return np.array([reg[name].affine for name in by_plane], dtype=np.float64)
 
         def correct(offsets_nm: np.ndarray) -> int:
-            pipeline.update_registration(registration_changes(
-                pipeline.registration, planes_of, offsets_nm, geometry.px_nm))
+            pipeline.update_registration(
+                registration_changes(pipeline.registration, planes_of, offsets_nm, geometry.px_nm)
+            )
             # frames are registered on arrival: every frame received so far (queued behind
             # the engine) used the old registration; +2 covers one being registered now
-            seen = [c.last_frame for c in pipeline.stats.cameras.values()
-                    if c.last_frame is not None]
+            seen = [
+                c.last_frame for c in pipeline.stats.cameras.values() if c.last_frame is not None
+            ]
             return max(seen, default=-1) + 2
 
-        return cls(settings, px_nm=geometry.px_nm, planes=pipeline.settings.stream.planes,
-                   registry=pipeline.stats.registry, correct=correct, affines=affines)
+        return cls(
+            settings,
+            px_nm=geometry.px_nm,
+            planes=pipeline.settings.stream.planes,
+            registry=pipeline.stats.registry,
+            correct=correct,
+            affines=affines,
+        )
 
 
-def registration_changes(registration: dict[str, Any], planes: dict[str, int],
-                         offsets_nm: np.ndarray, px_nm: float) -> dict[str, dict[str, Any]]:
+def registration_changes(
+    registration: dict[str, Any], planes: dict[str, int], offsets_nm: np.ndarray, px_nm: float
+) -> dict[str, dict[str, Any]]:
     """``PUT /registration`` changes that cancel ``offsets_nm`` ``(P, 2)``.
 
     A plane whose molecules appear displaced by ``+offset`` comes from a camera mapped

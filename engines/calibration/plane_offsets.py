@@ -68,12 +68,15 @@ class Patches:
 
     @staticmethod
     def concat(parts: list[Patches]) -> Patches:
-        return Patches(*(np.concatenate([getattr(p, f) for p in parts])
-                         for f in ("pixels", "gx", "gy", "frac")))
+        return Patches(
+            *(
+                np.concatenate([getattr(p, f) for p in parts])
+                for f in ("pixels", "gx", "gy", "frac")
+            )
+        )
 
 
-def bilinear_fractions(affines: np.ndarray | None, col: np.ndarray, row: np.ndarray
-                       ) -> np.ndarray:
+def bilinear_fractions(affines: np.ndarray | None, col: np.ndarray, row: np.ndarray) -> np.ndarray:
     """``(M, P, 2)`` sub-pixel fractions at which the registration (service/aligner.py:
     camera sampled bilinearly at ``A^-1`` of each reference pixel centre) resampled
     reference pixels ``(row, col)`` of each plane; ``affines`` ``(P, 2, 3)``, None or an
@@ -82,19 +85,26 @@ def bilinear_fractions(affines: np.ndarray | None, col: np.ndarray, row: np.ndar
     if affines is None:
         return np.zeros((len(col), 1, 2))
     a = np.asarray(affines, np.float64)
-    rx = (col + 0.5)[:, None] - a[None, :, 0, 2]                        # (M, P)
+    rx = (col + 0.5)[:, None] - a[None, :, 0, 2]  # (M, P)
     ry = (row + 0.5)[:, None] - a[None, :, 1, 2]
     det = a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]
-    cam_x = (a[:, 1, 1] * rx - a[:, 0, 1] * ry) / det - 0.5            # camera pixel index
+    cam_x = (a[:, 1, 1] * rx - a[:, 0, 1] * ry) / det - 0.5  # camera pixel index
     cam_y = (a[:, 0, 0] * ry - a[:, 1, 0] * rx) / det - 0.5
     frac = np.stack([cam_x - np.floor(cam_x), cam_y - np.floor(cam_y)], -1)
     frac[:, np.all(a == np.eye(2, 3), axis=(1, 2))] = 0.0
     return frac
 
 
-def cut_patches(frames: np.ndarray, xy_nm: np.ndarray, *, px_nm: float, patch_px: int = 9,
-                isolation_px: float = 4.0, max_locs: int | None = None,
-                affines: np.ndarray | None = None) -> Patches:
+def cut_patches(
+    frames: np.ndarray,
+    xy_nm: np.ndarray,
+    *,
+    px_nm: float,
+    patch_px: int = 9,
+    isolation_px: float = 4.0,
+    max_locs: int | None = None,
+    affines: np.ndarray | None = None,
+) -> Patches:
     """Patches of every plane around the isolated localizations ``xy_nm`` ``(N, 2)``.
 
     ``frames`` ``(P, H, W)`` are registered frames; pixel ``(i, j)`` has its centre at
@@ -114,11 +124,14 @@ def cut_patches(frames: np.ndarray, xy_nm: np.ndarray, *, px_nm: float, patch_px
     off = np.arange(-half, half + 1)
     cols = col[inside, None] + off
     rows = row[inside, None] + off
-    pixels = frames[:, rows[:, :, None], cols[:, None, :]]          # (P, M, S, S)
+    pixels = frames[:, rows[:, :, None], cols[:, None, :]]  # (P, M, S, S)
     frac = bilinear_fractions(affines, col[inside], row[inside])
-    return Patches(np.ascontiguousarray(np.moveaxis(pixels, 0, 1), dtype=np.float32),
-                   cols + 0.5 - xy_px[inside, :1], rows + 0.5 - xy_px[inside, 1:],
-                   np.broadcast_to(frac, (len(cols), frames.shape[0], 2)).copy())
+    return Patches(
+        np.ascontiguousarray(np.moveaxis(pixels, 0, 1), dtype=np.float32),
+        cols + 0.5 - xy_px[inside, :1],
+        rows + 0.5 - xy_px[inside, 1:],
+        np.broadcast_to(frac, (len(cols), frames.shape[0], 2)).copy(),
+    )
 
 
 def _profile(d: np.ndarray, inv: np.ndarray, frac: np.ndarray) -> np.ndarray:
@@ -145,24 +158,25 @@ class _Separable:
     are separable, so the normal matrix and gradient of the least-squares fit come from 1D
     Gram matrices and one iteration costs a few passes over the pixels."""
 
-    def __init__(self, theta: np.ndarray, gx: np.ndarray, gy: np.ndarray,
-                 frac: np.ndarray) -> None:
+    def __init__(self, theta: np.ndarray, gx: np.ndarray, gy: np.ndarray, frac: np.ndarray) -> None:
         x, y, log_s, a, _ = theta.T
-        inv = np.exp(-2.0 * log_s)                                      # 1 / s^2
+        inv = np.exp(-2.0 * log_s)  # 1 / s^2
         self.amp = a * inv
-        self.ex = _profile(gx - x[:, None], inv, frac[:, 0])             # (M, 3, S)
+        self.ex = _profile(gx - x[:, None], inv, frac[:, 0])  # (M, 3, S)
         self.ey = _profile(gy - y[:, None], inv, frac[:, 1])
-        self.image = (a[:, None, None] * self.ey[:, 0, :, None] * self.ex[:, 0, None, :]
-                      + theta[:, 4, None, None])                        # (M, S, S)
+        self.image = (
+            a[:, None, None] * self.ey[:, 0, :, None] * self.ex[:, 0, None, :]
+            + theta[:, 4, None, None]
+        )  # (M, S, S)
 
     def normal_matrix(self) -> np.ndarray:
         """``J^T J`` ``(M, 5, 5)``, parameters (x, y, log s, a, b)."""
-        gx = self.ex @ self.ex.transpose(0, 2, 1)                         # (M, 3, 3)
+        gx = self.ex @ self.ex.transpose(0, 2, 1)  # (M, 3, 3)
         gy = self.ey @ self.ey.transpose(0, 2, 1)
-        nx, ny = self.ex.sum(2), self.ey.sum(2)                           # (M, 3)
+        nx, ny = self.ex.sum(2), self.ey.sum(2)  # (M, 3)
         a = self.amp
 
-        def g(p: int, q: int, r: int, t: int) -> np.ndarray:            # <F_p E_q, F_r E_t>
+        def g(p: int, q: int, r: int, t: int) -> np.ndarray:  # <F_p E_q, F_r E_t>
             return gy[:, p, r] * gx[:, q, t]
 
         xx, yy, xy = a * a * g(0, 1, 0, 1), a * a * g(1, 0, 1, 0), a * a * g(0, 1, 1, 0)
@@ -175,21 +189,40 @@ class _Separable:
         sb = a * (ny[:, 0] * nx[:, 2] + ny[:, 2] * nx[:, 0])
         aa, ab = g(0, 0, 0, 0), ny[:, 0] * nx[:, 0]
         bb = np.full_like(a, float(self.ex.shape[2] * self.ey.shape[2]))
-        rows = [[xx, xy, xs, xa, xb], [xy, yy, ys, ya, yb], [xs, ys, ss, sa, sb],
-                [xa, ya, sa, aa, ab], [xb, yb, sb, ab, bb]]
+        rows = [
+            [xx, xy, xs, xa, xb],
+            [xy, yy, ys, ya, yb],
+            [xs, ys, ss, sa, sb],
+            [xa, ya, sa, aa, ab],
+            [xb, yb, sb, ab, bb],
+        ]
         return np.stack([np.stack(r, -1) for r in rows], -2)
 
     def gradient(self, resid: np.ndarray) -> np.ndarray:
         """``J^T r`` ``(M, 5)`` for residual images ``(M, S, S)``."""
-        t = self.ey @ (resid @ self.ex.transpose(0, 2, 1))              # (M, 3, 3): F_q r E_p
+        t = self.ey @ (resid @ self.ex.transpose(0, 2, 1))  # (M, 3, 3): F_q r E_p
         a = self.amp
-        return np.stack([a * t[:, 0, 1], a * t[:, 1, 0], a * (t[:, 0, 2] + t[:, 2, 0]),
-                         t[:, 0, 0], resid.sum((1, 2))], 1)
+        return np.stack(
+            [
+                a * t[:, 0, 1],
+                a * t[:, 1, 0],
+                a * (t[:, 0, 2] + t[:, 2, 0]),
+                t[:, 0, 0],
+                resid.sum((1, 2)),
+            ],
+            1,
+        )
 
 
-def fit_gaussians(patches: np.ndarray, gx: np.ndarray, gy: np.ndarray,
-                  frac: np.ndarray | None = None, *, sigma0_px: float = 1.0,
-                  iterations: int = 12) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fit_gaussians(
+    patches: np.ndarray,
+    gx: np.ndarray,
+    gy: np.ndarray,
+    frac: np.ndarray | None = None,
+    *,
+    sigma0_px: float = 1.0,
+    iterations: int = 12,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Least-squares symmetric Gaussian fits of ``(M, S, S)`` patches (vectorised LM).
 
     ``gx``/``gy`` ``(M, S)`` are the pixel-centre coordinates of each patch's columns and
@@ -199,11 +232,12 @@ def fit_gaussians(patches: np.ndarray, gx: np.ndarray, gy: np.ndarray,
     scaled by the residual variance), and the ``(M, 5)`` parameters (x, y, log sigma,
     amplitude, background)."""
     m, s, _ = patches.shape
-    border = np.concatenate([patches[:, 0], patches[:, -1], patches[:, 1:-1, 0],
-                             patches[:, 1:-1, -1]], axis=1)
+    border = np.concatenate(
+        [patches[:, 0], patches[:, -1], patches[:, 1:-1, 0], patches[:, 1:-1, -1]], axis=1
+    )
     b0 = np.median(border, axis=1)
     c = s // 2
-    a0 = np.maximum(patches[:, c - 1:c + 2, c - 1:c + 2].mean(axis=(1, 2)) - b0, 1e-3)
+    a0 = np.maximum(patches[:, c - 1 : c + 2, c - 1 : c + 2].mean(axis=(1, 2)) - b0, 1e-3)
     theta = np.stack([np.zeros(m), np.zeros(m), np.full(m, np.log(sigma0_px)), a0, b0], 1)
     lam = np.full(m, 1e-2)
     frac = np.zeros((m, 2)) if frac is None else frac
@@ -252,12 +286,12 @@ class PlaneMeasurements:
     def concat(parts: list[PlaneMeasurements], planes: int) -> PlaneMeasurements:
         if not parts:
             return PlaneMeasurements(np.zeros((0, planes, 2)), np.zeros((0, planes)))
-        return PlaneMeasurements(np.concatenate([p.rel_nm for p in parts]),
-                                 np.concatenate([p.var_nm2 for p in parts]))
+        return PlaneMeasurements(
+            np.concatenate([p.rel_nm for p in parts]), np.concatenate([p.var_nm2 for p in parts])
+        )
 
 
-def fit_planes(patches: Patches, *, px_nm: float, max_shift_px: float = 2.0
-               ) -> PlaneMeasurements:
+def fit_planes(patches: Patches, *, px_nm: float, max_shift_px: float = 2.0) -> PlaneMeasurements:
     """Fit every plane of every patch; reject fits that failed, wandered off or are vague."""
     n, planes, s, _ = patches.pixels.shape
     if n == 0:
@@ -265,22 +299,44 @@ def fit_planes(patches: Patches, *, px_nm: float, max_shift_px: float = 2.0
     gx = np.repeat(patches.gx, planes, axis=0)
     gy = np.repeat(patches.gy, planes, axis=0)
     centre, var, theta = fit_gaussians(
-        patches.pixels.reshape(n * planes, s, s).astype(np.float64), gx, gy,
-        patches.frac.reshape(n * planes, 2))
+        patches.pixels.reshape(n * planes, s, s).astype(np.float64),
+        gx,
+        gy,
+        patches.frac.reshape(n * planes, 2),
+    )
     sigma = np.exp(theta[:, 2])
-    ok = (np.isfinite(var).all(1) & (theta[:, 3] > 0) & (sigma > 0.35) & (sigma < 5.5)
-          & (np.abs(centre) < max_shift_px).all(1) & (var.max(1) < max_shift_px**2))
+    ok = (
+        np.isfinite(var).all(1)
+        & (theta[:, 3] > 0)
+        & (sigma > 0.35)
+        & (sigma < 5.5)
+        & (np.abs(centre) < max_shift_px).all(1)
+        & (var.max(1) < max_shift_px**2)
+    )
     rel = np.where(ok[:, None], centre * px_nm, np.nan).reshape(n, planes, 2)
     var_nm2 = np.where(ok, var.mean(1) * px_nm**2, np.inf).reshape(n, planes)
     return PlaneMeasurements(rel, var_nm2)
 
 
-def measure_planes(frames: np.ndarray, xy_nm: np.ndarray, *, px_nm: float, patch_px: int = 9,
-                   isolation_px: float = 4.0, max_shift_px: float = 2.0,
-                   affines: np.ndarray | None = None) -> PlaneMeasurements:
+def measure_planes(
+    frames: np.ndarray,
+    xy_nm: np.ndarray,
+    *,
+    px_nm: float,
+    patch_px: int = 9,
+    isolation_px: float = 4.0,
+    max_shift_px: float = 2.0,
+    affines: np.ndarray | None = None,
+) -> PlaneMeasurements:
     """:func:`cut_patches` then :func:`fit_planes` for one ``(P, H, W)`` frame set."""
-    patches = cut_patches(np.asarray(frames), xy_nm, px_nm=px_nm, patch_px=patch_px,
-                          isolation_px=isolation_px, affines=affines)
+    patches = cut_patches(
+        np.asarray(frames),
+        xy_nm,
+        px_nm=px_nm,
+        patch_px=patch_px,
+        isolation_px=isolation_px,
+        affines=affines,
+    )
     return fit_planes(patches, px_nm=px_nm, max_shift_px=max_shift_px)
 
 
@@ -299,11 +355,19 @@ class OffsetEstimate:
     molecules: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"planes": [
-            {"plane": k, "x_nm": _num(self.offsets_nm[k, 0]), "y_nm": _num(self.offsets_nm[k, 1]),
-             "se_x_nm": _num(self.se_nm[k, 0]), "se_y_nm": _num(self.se_nm[k, 1]),
-             "locs": int(self.locs[k])}
-            for k in range(len(self.offsets_nm))]}
+        return {
+            "planes": [
+                {
+                    "plane": k,
+                    "x_nm": _num(self.offsets_nm[k, 0]),
+                    "y_nm": _num(self.offsets_nm[k, 1]),
+                    "se_x_nm": _num(self.se_nm[k, 0]),
+                    "se_y_nm": _num(self.se_nm[k, 1]),
+                    "locs": int(self.locs[k]),
+                }
+                for k in range(len(self.offsets_nm))
+            ]
+        }
 
 
 def _num(v: float) -> float | None:
@@ -322,12 +386,13 @@ def _weighted_solve(c: np.ndarray, w: np.ndarray) -> np.ndarray:
     return d
 
 
-def solve_offsets(meas: PlaneMeasurements, *, huber: float = 2.5,
-                  iterations: int = 4) -> OffsetEstimate:
+def solve_offsets(
+    meas: PlaneMeasurements, *, huber: float = 2.5, iterations: int = 4
+) -> OffsetEstimate:
     """Plane offsets from the measurements of many localizations (robust weighted LS)."""
     n, planes = meas.var_nm2.shape
     valid = np.isfinite(meas.var_nm2) & (meas.var_nm2 > 0)
-    use = valid.sum(1) >= 2                       # a molecule ties planes only if seen twice
+    use = valid.sum(1) >= 2  # a molecule ties planes only if seen twice
     c = np.where(valid[use, :, None], meas.rel_nm[use], 0.0)
     w0 = np.where(valid[use], 1.0 / np.where(valid[use], meas.var_nm2[use], 1.0), 0.0)
     nan = np.full((planes, 2), np.nan)
@@ -337,7 +402,7 @@ def solve_offsets(meas: PlaneMeasurements, *, huber: float = 2.5,
     for _ in range(iterations):
         d = _weighted_solve(c, w)
         m = ((w[..., None] * (c - d)).sum(1)) / w.sum(1)[:, None]
-        z = np.sqrt(w0 * ((c - m[:, None] - d) ** 2).sum(-1) / 2.0)    # per measurement
+        z = np.sqrt(w0 * ((c - m[:, None] - d) ** 2).sum(-1) / 2.0)  # per measurement
         scale = 1.4826 * np.median(z[w0 > 0])
         h = np.minimum(1.0, huber * scale / np.maximum(z, 1e-12))
         w = w0 * h
@@ -353,7 +418,7 @@ def _standard_errors(resid: np.ndarray, w: np.ndarray) -> np.ndarray:
     s = w.sum(1)
     a = np.diag(w.sum(0)) - (w / s[:, None]).T @ w
     dof = max(int((w > 0).sum()) - len(w) - (planes - 1), 1)
-    chi2 = (w[..., None] * resid**2).sum((0, 1)) / dof               # (2,) per axis
+    chi2 = (w[..., None] * resid**2).sum((0, 1)) / dof  # (2,) per axis
     se = np.zeros((planes, 2))
     cov = np.linalg.pinv(a[1:, 1:])
     se[1:] = np.sqrt(np.outer(np.diag(cov), chi2))

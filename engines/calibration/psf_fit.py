@@ -91,13 +91,23 @@ class PSFCalibration:
         }
 
 
-def measure_plane(stack: np.ndarray, *, px_nm: float, roi_half_px: int, threshold_sigma: float,
-                  min_snr: float = 5.0) -> PlaneWidths:
+def measure_plane(
+    stack: np.ndarray,
+    *,
+    px_nm: float,
+    roi_half_px: int,
+    threshold_sigma: float,
+    min_snr: float = 5.0,
+) -> PlaneWidths:
     """Fit every bead of one ``(Z, H, W)`` z-stack in every slice."""
     stack = np.asarray(stack, dtype=np.float64)
     proj = stack.max(axis=0)
-    spots = detect_spots(proj, threshold_sigma=threshold_sigma, roi_half_px=roi_half_px,
-                         isolation_px=2.0 * roi_half_px)
+    spots = detect_spots(
+        proj,
+        threshold_sigma=threshold_sigma,
+        roi_half_px=roi_half_px,
+        isolation_px=2.0 * roi_half_px,
+    )
     z = stack.shape[0]
     rc = np.floor(spots.xy_px[:, ::-1]).astype(int)
     if len(rc) == 0:
@@ -116,8 +126,7 @@ def measure_plane(stack: np.ndarray, *, px_nm: float, roi_half_px: int, threshol
     return PlaneWidths(table(SIGMA, px_nm), table(AMP), table(OFFSET))
 
 
-def defocus_width(defocus_nm: np.ndarray, r0: float, d: float, a3: float, b4: float
-                  ) -> np.ndarray:
+def defocus_width(defocus_nm: np.ndarray, r0: float, d: float, a3: float, b4: float) -> np.ndarray:
     """Eq. 5 in numpy; the radicand is floored so that bad trial parameters stay finite."""
     u = defocus_nm / d
     return r0 * np.sqrt(np.maximum(1.0 + u**2 + a3 * u**3 + b4 * u**4, 1e-6))
@@ -165,9 +174,15 @@ def _a_prime(planes: list[PlaneWidths], th: np.ndarray, z_nm: np.ndarray, scale:
 
 
 def calibrate_psf(
-    stacks: list[np.ndarray], *, z_step_nm: float, geometry: Geometry,
-    noise: NoiseParams | None = None, roi_half_px: int = 9, threshold_sigma: float = 8.0,
-    min_beads: int = 3, a_prime: float | None = None,
+    stacks: list[np.ndarray],
+    *,
+    z_step_nm: float,
+    geometry: Geometry,
+    noise: NoiseParams | None = None,
+    roi_half_px: int = 9,
+    threshold_sigma: float = 8.0,
+    min_beads: int = 3,
+    a_prime: float | None = None,
 ) -> PSFCalibration:
     """PSF parameters of Eqs. 4-6 from one ``(Z, H, W)`` bead z-stack per plane."""
     noise = noise or NoiseParams()
@@ -177,36 +192,48 @@ def calibrate_psf(
         raise FormatError(f"z step must be a non-zero number of nm, got {z_step_nm}")
     shapes = {np.shape(s)[0] if np.ndim(s) == 3 else None for s in stacks}
     if len(shapes) != 1 or None in shapes or shapes.pop() < 5:
-        raise FormatError("expected every z-stack as (Z, H, W) with the same Z >= 5 slices, got "
-                          f"shapes {[np.shape(s) for s in stacks]}")
+        raise FormatError(
+            "expected every z-stack as (Z, H, W) with the same Z >= 5 slices, got "
+            f"shapes {[np.shape(s) for s in stacks]}"
+        )
     z_nm = np.arange(np.shape(stacks[0])[0]) * z_step_nm
     planes = []
     for k, st in enumerate(stacks):
-        pw = measure_plane(st, px_nm=geometry.px_nm, roi_half_px=roi_half_px,
-                           threshold_sigma=threshold_sigma)
+        pw = measure_plane(
+            st, px_nm=geometry.px_nm, roi_half_px=roi_half_px, threshold_sigma=threshold_sigma
+        )
         if pw.beads < min_beads:
-            raise FormatError(f"plane {k}: found {pw.beads} isolated bead(s) above "
-                              f"{threshold_sigma} sigma, need at least {min_beads}")
+            raise FormatError(
+                f"plane {k}: found {pw.beads} isolated bead(s) above "
+                f"{threshold_sigma} sigma, need at least {min_beads}"
+            )
         log.info("plane %d: %d beads", k, pw.beads)
         planes.append(pw)
     widths = np.stack([p.median_width_nm() for p in planes])
     if (np.isfinite(widths).sum(axis=1) < 5).any():
-        raise FormatError(f"too few slices with bead fits per plane: "
-                          f"{np.isfinite(widths).sum(axis=1).tolist()} (need 5)")
+        raise FormatError(
+            f"too few slices with bead fits per plane: "
+            f"{np.isfinite(widths).sum(axis=1).tolist()} (need 5)"
+        )
     th, rms = fit_defocus_curve(z_nm, widths)
     focal = th[4:]
     if np.any(np.diff(focal) <= 0):
         raise FormatError(
             f"fitted focal positions {np.round(focal).tolist()} nm do not increase with the "
-            "plane index: is the z step sign reversed, or the stacks not in plane order?")
+            "plane index: is the z step sign reversed, or the stacks not in plane order?"
+        )
     nominal = (np.arange(geometry.planes) + 0.5) * geometry.dz_nm
     shift = float(np.mean(focal - nominal))
     measured = _a_prime(planes, th, z_nm, noise.intensity_scale())
     bg = float(np.nanmedian(np.concatenate([p.offset.ravel() for p in planes])))
     b = max(0.0, (bg - noise.expected_background(0.0)) / noise.intensity_scale())
     psf = PSFParams(
-        a_prime=a_prime if a_prime is not None else measured, b=b,
-        r0_nm=float(th[0]), d_nm=float(th[1]), a3=float(th[2]), b4=float(th[3]),
+        a_prime=a_prime if a_prime is not None else measured,
+        b=b,
+        r0_nm=float(th[0]),
+        d_nm=float(th[1]),
+        a3=float(th[2]),
+        b4=float(th[3]),
         focal_offsets_nm=tuple(float(v) for v in focal - shift - nominal),
     )
     return PSFCalibration(psf, z_nm, planes, focal, shift, rms, measured)
@@ -225,15 +252,24 @@ def plot_widths(cal: PSFCalibration, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for k, pw in enumerate(cal.planes):
         colour = f"C{k}"
-        ax.plot(z, pw.median_width_nm(), "o", mfc="none", color=colour, ms=4,
-                label=f"plane {k} beads")
+        ax.plot(
+            z, pw.median_width_nm(), "o", mfc="none", color=colour, ms=4, label=f"plane {k} beads"
+        )
         focal = cal.focal_stack_nm[k] - cal.z_shift_nm
-        ax.plot(fine, defocus_width(focal - fine, p.r0_nm, p.d_nm, p.a3, p.b4), "-",
-                color=colour, lw=1.2)
+        ax.plot(
+            fine,
+            defocus_width(focal - fine, p.r0_nm, p.d_nm, p.a3, p.b4),
+            "-",
+            color=colour,
+            lw=1.2,
+        )
     ax.set_xlabel("bead depth z [nm]")
     ax.set_ylabel("PSF width r [nm]")
-    ax.set_title(f"r0 {p.r0_nm:.0f} nm, D {p.d_nm:.0f} nm, A {p.a3:.2e}, B {p.b4:.2e}; "
-                 f"rms {100 * cal.rms_rel:.1f}%", fontsize=9)
+    ax.set_title(
+        f"r0 {p.r0_nm:.0f} nm, D {p.d_nm:.0f} nm, A {p.a3:.2e}, B {p.b4:.2e}; "
+        f"rms {100 * cal.rms_rel:.1f}%",
+        fontsize=9,
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

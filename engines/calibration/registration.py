@@ -59,10 +59,12 @@ class CameraFit:
         rot = np.degrees(np.arctan2(lin[1, 0], lin[0, 0]))
         sx, sy = np.linalg.norm(lin, axis=0)
         tx, ty = self.affine[:, 2]
-        return (f"{self.name} (plane {self.plane}): {self.detected} beads, {self.matched} "
-                f"matched, residual rms {self.rms_nm:.1f} nm (max {self.max_nm:.1f}); "
-                f"rotation {rot:+.3f} deg, "
-                f"scale {sx:.4f}/{sy:.4f}, shift ({tx:+.2f}, {ty:+.2f}) px")
+        return (
+            f"{self.name} (plane {self.plane}): {self.detected} beads, {self.matched} "
+            f"matched, residual rms {self.rms_nm:.1f} nm (max {self.max_nm:.1f}); "
+            f"rotation {rot:+.3f} deg, "
+            f"scale {sx:.4f}/{sy:.4f}, shift ({tx:+.2f}, {ty:+.2f}) px"
+        )
 
 
 @dataclass(frozen=True)
@@ -75,16 +77,31 @@ class Registration:
 
     def to_json(self, *, gain_adu: float = 1.0, baseline_adu: float = 0.0) -> dict[str, Any]:
         """The body ``PUT /registration`` accepts (docs/protocol.md Sec. 5)."""
-        return {"cameras": {
-            c.name: {"affine": [[float(v) for v in row] for row in c.affine],
-                     "gain_adu": gain_adu, "baseline_adu": baseline_adu}
-            for c in self.cameras
-        }}
+        return {
+            "cameras": {
+                c.name: {
+                    "affine": [[float(v) for v in row] for row in c.affine],
+                    "gain_adu": gain_adu,
+                    "baseline_adu": baseline_adu,
+                }
+                for c in self.cameras
+            }
+        }
 
     def report(self) -> dict[str, Any]:
-        return {"px_nm": self.px_nm, "cameras": {
-            c.name: {"plane": c.plane, "detected": c.detected, "matched": c.matched,
-                     "rms_nm": c.rms_nm, "max_nm": c.max_nm} for c in self.cameras}}
+        return {
+            "px_nm": self.px_nm,
+            "cameras": {
+                c.name: {
+                    "plane": c.plane,
+                    "detected": c.detected,
+                    "matched": c.matched,
+                    "rms_nm": c.rms_nm,
+                    "max_nm": c.max_nm,
+                }
+                for c in self.cameras
+            },
+        }
 
 
 def affines_from_json(data: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -96,8 +113,9 @@ def affines_from_json(data: dict[str, Any]) -> dict[str, np.ndarray]:
     for name, cam in cams.items():
         arr = np.asarray(cam.get("affine", IDENTITY), dtype=np.float64)
         if arr.shape != (2, 3):
-            raise FormatError(f"registration JSON: camera {name!r} affine has shape {arr.shape}, "
-                              "expected 2x3")
+            raise FormatError(
+                f"registration JSON: camera {name!r} affine has shape {arr.shape}, expected 2x3"
+            )
         out[name] = arr
     return out
 
@@ -121,8 +139,9 @@ def _coarse_shift(src: np.ndarray, dst: np.ndarray, radius: float) -> np.ndarray
     return np.array([centres[ix], centres[iy]])
 
 
-def _hypotheses(src: np.ndarray, dst: np.ndarray, cand: list[list[int]], ms: MatchSettings
-                ) -> np.ndarray:
+def _hypotheses(
+    src: np.ndarray, dst: np.ndarray, cand: list[list[int]], ms: MatchSettings
+) -> np.ndarray:
     """``(K, 2, 3)`` affines from random triples of candidate pairs."""
     rng = np.random.default_rng(ms.seed)
     usable = np.array([i for i, c in enumerate(cand) if c])
@@ -150,8 +169,9 @@ def _mutual_pairs(mapped: np.ndarray, dst: np.ndarray, tol: float) -> tuple[np.n
     return src_idx, i_fw[src_idx]
 
 
-def match_affine(src: np.ndarray, dst: np.ndarray, ms: MatchSettings, *, size_px: float
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def match_affine(
+    src: np.ndarray, dst: np.ndarray, ms: MatchSettings, *, size_px: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Robust affine from unmatched point sets: ``(affine, src_idx, dst_idx)`` of the inliers."""
     smear = (np.radians(ms.max_rotation_deg) + ms.max_scale) * size_px * 0.75 + 2.0
     shift = _coarse_shift(src, dst, ms.max_shift_px + smear)
@@ -186,29 +206,40 @@ def mean_image(stack: np.ndarray, name: str) -> np.ndarray:
         return arr
     if arr.ndim == 3:
         return arr.mean(axis=0)
-    raise FormatError(f"camera {name!r}: expected a (frames, H, W) or (H, W) bead image, "
-                      f"got shape {arr.shape}")
+    raise FormatError(
+        f"camera {name!r}: expected a (frames, H, W) or (H, W) bead image, got shape {arr.shape}"
+    )
 
 
 def fit_registration(
-    images: list[np.ndarray], *, px_nm: float, planes: int, names: list[str] | None = None,
-    match: MatchSettings | None = None, threshold_sigma: float = 8.0, roi_half_px: int = 5,
+    images: list[np.ndarray],
+    *,
+    px_nm: float,
+    planes: int,
+    names: list[str] | None = None,
+    match: MatchSettings | None = None,
+    threshold_sigma: float = 8.0,
+    roi_half_px: int = 5,
 ) -> Registration:
     """Affines mapping every camera into camera 0's pixels, from one bead recording each."""
     ms = match or MatchSettings()
     names = names or [f"cam{k}" for k in range(len(images))]
     if len(images) != planes:
-        raise FormatError(f"expected {planes} bead images (one per camera/plane), "
-                          f"got {len(images)}")
+        raise FormatError(
+            f"expected {planes} bead images (one per camera/plane), got {len(images)}"
+        )
     if len(names) != planes:
         raise FormatError(f"expected {planes} camera names, got {len(names)}: {names}")
     spots: list[Spots] = []
     for name, img in zip(names, images, strict=True):
-        sp = detect_spots(mean_image(img, name), threshold_sigma=threshold_sigma,
-                          roi_half_px=roi_half_px)
+        sp = detect_spots(
+            mean_image(img, name), threshold_sigma=threshold_sigma, roi_half_px=roi_half_px
+        )
         if len(sp) < ms.min_matches:
-            raise FormatError(f"camera {name!r}: found {len(sp)} bead(s) above {threshold_sigma} "
-                              f"sigma, need at least {ms.min_matches} to fit an affine")
+            raise FormatError(
+                f"camera {name!r}: found {len(sp)} bead(s) above {threshold_sigma} "
+                f"sigma, need at least {ms.min_matches} to fit an affine"
+            )
         spots.append(sp)
     ref = spots[0].xy_px
     fits = [CameraFit(names[0], 0, IDENTITY.copy(), len(ref), len(ref), 0.0, 0.0)]
@@ -219,10 +250,18 @@ def fit_registration(
             raise FormatError(
                 f"camera {names[k]!r}: only {len(si)} of {len(spots[k])} beads match the "
                 f"reference camera {names[0]!r}, need at least {ms.min_matches} (is the shift "
-                f"larger than --max-shift-px {ms.max_shift_px}?)")
+                f"larger than --max-shift-px {ms.max_shift_px}?)"
+            )
         res_nm = np.linalg.norm(apply_affine(affine, spots[k].xy_px[si]) - ref[di], axis=1) * px_nm
-        fit = CameraFit(names[k], k, affine, len(spots[k]), len(si),
-                        float(np.sqrt(np.mean(res_nm**2))), float(res_nm.max()))
+        fit = CameraFit(
+            names[k],
+            k,
+            affine,
+            len(spots[k]),
+            len(si),
+            float(np.sqrt(np.mean(res_nm**2))),
+            float(res_nm.max()),
+        )
         log.info("%s", fit.summary())
         fits.append(fit)
     return Registration(fits, px_nm)

@@ -57,8 +57,8 @@ def local_maxima(
     peaks &= smooth > med + threshold_sigma * sd
     h, w = image.shape
     b = border_px
-    peaks[:b, :] = peaks[h - b:, :] = False
-    peaks[:, :b] = peaks[:, w - b:] = False
+    peaks[:b, :] = peaks[h - b :, :] = False
+    peaks[:, :b] = peaks[:, w - b :] = False
     return np.argwhere(peaks)
 
 
@@ -80,8 +80,9 @@ def initial_guess(rois: np.ndarray) -> np.ndarray:
     grid = np.arange(s, dtype=np.float64)
     x0 = (sig.sum(axis=1) * grid).sum(axis=1) / tot
     y0 = (sig.sum(axis=2) * grid).sum(axis=1) / tot
-    r2 = ((grid[None, None, :] - x0[:, None, None]) ** 2
-          + (grid[None, :, None] - y0[:, None, None]) ** 2)
+    r2 = (grid[None, None, :] - x0[:, None, None]) ** 2 + (
+        grid[None, :, None] - y0[:, None, None]
+    ) ** 2
     var = (sig * r2).sum(axis=(1, 2)) / tot / 2.0
     sigma = np.clip(np.sqrt(var), 0.5, s / 3.0)
     amp = np.maximum(rois.max(axis=(1, 2)) - off, 1e-6)
@@ -100,15 +101,21 @@ def _model_and_jac(p: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
     a = p[:, AMP, None, None]
     model = a * e + p[:, OFFSET, None, None]
     jac = np.stack(
-        [e, a * e * dx / s2, a * e * dy / s2, a * e * r2 / (s2 * p[:, SIGMA, None, None]),
-         np.ones_like(e)],
+        [
+            e,
+            a * e * dx / s2,
+            a * e * dy / s2,
+            a * e * r2 / (s2 * p[:, SIGMA, None, None]),
+            np.ones_like(e),
+        ],
         axis=-1,
     )
     return model.reshape(len(p), -1), jac.reshape(len(p), -1, 5)
 
 
-def fit_gaussians(rois: np.ndarray, init: np.ndarray | None = None, *, iters: int = 40
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fit_gaussians(
+    rois: np.ndarray, init: np.ndarray | None = None, *, iters: int = 40
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Least-squares fit of ``amp * exp(-r^2 / 2 sigma^2) + offset`` to every window.
 
     A batched Levenberg-Marquardt: every window has its own damping, all iterate together.
@@ -143,12 +150,21 @@ def fit_gaussians(rois: np.ndarray, init: np.ndarray | None = None, *, iters: in
         t_cost = ((t_model - data) ** 2).sum(axis=1)
         better = np.isfinite(t_cost) & (t_cost < cost)
         p[better], model[better], jac[better], cost[better] = (
-            trial[better], t_model[better], t_jac[better], t_cost[better])
+            trial[better],
+            t_model[better],
+            t_jac[better],
+            t_cost[better],
+        )
         lam = np.where(better, lam / 3.0, lam * 4.0)
     ok = (
-        np.isfinite(p).all(axis=1) & (p[:, AMP] > 0)
-        & (p[:, SIGMA] >= 0.3) & (p[:, SIGMA] <= s / 2.0)
-        & (p[:, X0] >= 0) & (p[:, X0] <= s - 1) & (p[:, Y0] >= 0) & (p[:, Y0] <= s - 1)
+        np.isfinite(p).all(axis=1)
+        & (p[:, AMP] > 0)
+        & (p[:, SIGMA] >= 0.3)
+        & (p[:, SIGMA] <= s / 2.0)
+        & (p[:, X0] >= 0)
+        & (p[:, X0] <= s - 1)
+        & (p[:, Y0] >= 0)
+        & (p[:, Y0] <= s - 1)
     )
     return p, ok, np.sqrt(cost / data.shape[1])
 
@@ -170,8 +186,12 @@ def detect_spots(
     image = np.asarray(image, dtype=np.float64)
     if image.ndim != 2:
         raise ValueError(f"expected a 2D image, got shape {image.shape}")
-    rc = local_maxima(image, threshold_sigma=threshold_sigma,
-                      min_distance_px=min_distance_px, border_px=roi_half_px)
+    rc = local_maxima(
+        image,
+        threshold_sigma=threshold_sigma,
+        min_distance_px=min_distance_px,
+        border_px=roi_half_px,
+    )
     if len(rc) == 0:
         return Spots(np.zeros((0, 2)), np.zeros(0), np.zeros(0), np.zeros(0))
     params, ok, rms = fit_gaussians(extract_rois(image, rc, roi_half_px))
@@ -187,6 +207,11 @@ def detect_spots(
         ok &= params[:, SIGMA] <= 1.2 * np.median(params[ok, SIGMA])
         ok &= rel <= 3.0 * np.median(rel[ok])
     params, rc = params[ok], rc[ok]
-    xy = np.stack([rc[:, 1] - roi_half_px + params[:, X0] + 0.5,
-                   rc[:, 0] - roi_half_px + params[:, Y0] + 0.5], axis=1)
+    xy = np.stack(
+        [
+            rc[:, 1] - roi_half_px + params[:, X0] + 0.5,
+            rc[:, 0] - roi_half_px + params[:, Y0] + 0.5,
+        ],
+        axis=1,
+    )
     return Spots(xy, params[:, SIGMA], params[:, AMP], params[:, OFFSET])

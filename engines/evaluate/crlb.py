@@ -93,8 +93,9 @@ def additive_noise_fisher(poisson_rate: float, gaussian_var: float) -> float:
     return float(_trapezoid(integrand, y))
 
 
-def pixel_information(mu: torch.Tensor, noise: NoiseParams, *, shot_noise: bool = False
-                      ) -> torch.Tensor:
+def pixel_information(
+    mu: torch.Tensor, noise: NoiseParams, *, shot_noise: bool = False
+) -> torch.Tensor:
     """Per-pixel J_pix for mean intensity ``mu`` (PSF units, background b included)."""
     if noise.mode == "paper":
         if shot_noise:
@@ -104,8 +105,11 @@ def pixel_information(mu: torch.Tensor, noise: NoiseParams, *, shot_noise: bool 
     excess = 2.0 if noise.mode == "emccd" else 1.0
     gain = noise.em_gain if noise.mode == "emccd" else 1.0
     step_e = noise.e_per_adu / gain  # ADU quantisation step in input electrons
-    var_e = (excess * noise.qe * (mu + noise.background_photons)
-             + (noise.read_noise_e / gain) ** 2 + step_e**2 / 12.0)
+    var_e = (
+        excess * noise.qe * (mu + noise.background_photons)
+        + (noise.read_noise_e / gain) ** 2
+        + step_e**2 / 12.0
+    )
     return noise.qe**2 / var_e.clamp_min(1e-12)
 
 
@@ -126,10 +130,19 @@ def mean_jacobian(
     drift = torch.zeros(theta.shape[0], g.planes, 2, dtype=torch.float64)
 
     def mean(t: torch.Tensor) -> torch.Tensor:
-        return render_planes(
-            t[:, None, :3], t[:, None, 3], drift, focal,
-            px_nm=g.px_nm, height=side, width=side, psf=settings.psf,
-        ) + settings.psf.b
+        return (
+            render_planes(
+                t[:, None, :3],
+                t[:, None, 3],
+                drift,
+                focal,
+                px_nm=g.px_nm,
+                height=side,
+                width=side,
+                psf=settings.psf,
+            )
+            + settings.psf.b
+        )
 
     mu = mean(theta)
     jac = []
@@ -140,37 +153,52 @@ def mean_jacobian(
     return mu, torch.stack(jac)
 
 
-def fisher_information(theta: torch.Tensor, settings: SimSettings, *,
-                       shot_noise: bool = False, window: int | None = None) -> torch.Tensor:
+def fisher_information(
+    theta: torch.Tensor,
+    settings: SimSettings,
+    *,
+    shot_noise: bool = False,
+    window: int | None = None,
+) -> torch.Tensor:
     """``(N, 4, 4)`` Fisher information of (x, y, z, w) for each molecule of ``theta``."""
     mu, jac = mean_jacobian(theta, settings, window)
     j_pix = pixel_information(mu, settings.noise, shot_noise=shot_noise)
     return torch.einsum("anpij,bnpij,npij->nab", jac, jac, j_pix)
 
 
-def random_molecules(settings: SimSettings, samples: int, seed: int = 0,
-                     window: int | None = None) -> torch.Tensor:
+def random_molecules(
+    settings: SimSettings, samples: int, seed: int = 0, window: int | None = None
+) -> torch.Tensor:
     """``(samples, 4)`` molecules in the window's centre pixel: sub-pixel x, y uniform,
     z uniform over the stack depth, weight uniform in [weight_min, weight_max]."""
     g = settings.geometry
     gen = torch.Generator().manual_seed(seed)
     u = torch.rand(samples, 4, generator=gen, dtype=torch.float64)
     centre = (window or window_px(settings)) // 2
-    return torch.stack([
-        (centre + u[:, 0]) * g.px_nm,
-        (centre + u[:, 1]) * g.px_nm,
-        u[:, 2] * g.depth_nm,
-        settings.weight_min + (settings.weight_max - settings.weight_min) * u[:, 3],
-    ], dim=1)
+    return torch.stack(
+        [
+            (centre + u[:, 0]) * g.px_nm,
+            (centre + u[:, 1]) * g.px_nm,
+            u[:, 2] * g.depth_nm,
+            settings.weight_min + (settings.weight_max - settings.weight_min) * u[:, 3],
+        ],
+        dim=1,
+    )
 
 
-def bound_from_theta(theta: torch.Tensor, settings: SimSettings, *,
-                     shot_noise: bool = False, window: int | None = None) -> CRLBResult:
+def bound_from_theta(
+    theta: torch.Tensor,
+    settings: SimSettings,
+    *,
+    shot_noise: bool = False,
+    window: int | None = None,
+) -> CRLBResult:
     """Average CRLB over the given molecules (``(N, 4)`` as in :func:`mean_jacobian`)."""
     if theta.shape[0] == 0:
         raise ValueError("the CRLB needs at least one molecule")
-    info = fisher_information(theta.to(torch.float64), settings, shot_noise=shot_noise,
-                              window=window)
+    info = fisher_information(
+        theta.to(torch.float64), settings, shot_noise=shot_noise, window=window
+    )
     var = torch.diagonal(torch.linalg.inv(info), dim1=-2, dim2=-1)  # (N, 4)
     mean_var = var.mean(dim=0)
     if not torch.isfinite(mean_var).all() or (mean_var[:3] < 0).any():
@@ -178,7 +206,7 @@ def bound_from_theta(theta: torch.Tensor, settings: SimSettings, *,
     mode = settings.noise.mode
     method = {
         "paper": "paper noise as simulated: additive Poisson(lambda) + Gaussian(sigma^2), "
-                 "exact location Fisher information",
+        "exact location Fisher information",
         "emccd": "EMCCD: shot noise x excess factor 2 + read noise + ADU step",
         "scmos": "sCMOS: shot noise + read noise + ADU step",
     }[mode]
@@ -186,14 +214,19 @@ def bound_from_theta(theta: torch.Tensor, settings: SimSettings, *,
         method = "shifted-Poisson approximation, variance mu + lambda + sigma^2"
     vx, vy, vz = (float(v) for v in mean_var[:3])
     return CRLBResult(
-        method=method, samples=int(theta.shape[0]),
-        x_nm=math.sqrt(vx), y_nm=math.sqrt(vy), z_nm=math.sqrt(vz),
-        lateral_nm=math.sqrt(vx + vy), axial_nm=math.sqrt(vz),
+        method=method,
+        samples=int(theta.shape[0]),
+        x_nm=math.sqrt(vx),
+        y_nm=math.sqrt(vy),
+        z_nm=math.sqrt(vz),
+        lateral_nm=math.sqrt(vx + vy),
+        axial_nm=math.sqrt(vz),
     )
 
 
-def average_crlb(settings: SimSettings, *, samples: int = 500, seed: int = 0,
-                 shot_noise: bool = False) -> CRLBResult:
+def average_crlb(
+    settings: SimSettings, *, samples: int = 500, seed: int = 0, shot_noise: bool = False
+) -> CRLBResult:
     """CRLB averaged over ``samples`` random molecules (see :func:`random_molecules`)."""
     theta = random_molecules(settings, samples, seed)
     result = bound_from_theta(theta, settings, shot_noise=shot_noise)
@@ -221,8 +254,9 @@ class VoxelCeiling:
         return asdict(self)
 
 
-def voxel_jaccard_ceiling(settings: SimSettings, *, samples: int = 4000, draws: int = 64,
-                          seed: int = 0) -> VoxelCeiling:
+def voxel_jaccard_ceiling(
+    settings: SimSettings, *, samples: int = 4000, draws: int = 64, seed: int = 0
+) -> VoxelCeiling:
     """:class:`VoxelCeiling` over ``samples`` random molecules, ``draws`` estimates each.
 
     The stay probability varies a lot between molecules (z near a plane boundary, defocus),

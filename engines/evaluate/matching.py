@@ -73,9 +73,7 @@ def jaccard(tp: int, fp: int, fn: int) -> float:
 
 
 def _empty(n_pred: int, n_true: int) -> Matching:
-    return Matching(
-        np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3)), n_pred, n_true
-    )
+    return Matching(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3)), n_pred, n_true)
 
 
 def _as_xyz(arr: np.ndarray, name: str) -> np.ndarray:

@@ -103,10 +103,17 @@ class MoleculeStats:
         rmse_ax = float(rms[2])
         ji = m.jaccard
         return cls(
-            tp=m.tp, fp=m.fp, fn=m.fn, jaccard=ji,
-            rmse_lateral_nm=rmse_lat, rmse_axial_nm=rmse_ax,
-            rmse_x_nm=float(rms[0]), rmse_y_nm=float(rms[1]),
-            bias_x_nm=float(bias[0]), bias_y_nm=float(bias[1]), bias_z_nm=float(bias[2]),
+            tp=m.tp,
+            fp=m.fp,
+            fn=m.fn,
+            jaccard=ji,
+            rmse_lateral_nm=rmse_lat,
+            rmse_axial_nm=rmse_ax,
+            rmse_x_nm=float(rms[0]),
+            rmse_y_nm=float(rms[1]),
+            bias_x_nm=float(bias[0]),
+            bias_y_nm=float(bias[1]),
+            bias_z_nm=float(bias[2]),
             efficiency_lateral=efficiency(ji, rmse_lat, ALPHA_LATERAL_PER_NM),
             efficiency_axial=efficiency(ji, rmse_ax, ALPHA_AXIAL_PER_NM),
         )

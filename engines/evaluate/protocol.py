@@ -37,17 +37,27 @@ def _header(ev: Evaluator) -> dict[str, Any]:
     cfg, info = ev.cfg, ev.info
     return {
         "format_version": REPORT_VERSION,
-        "model": {"name": info.name, "version": info.version, "dir": str(ev.model_dir),
-                  "training_steps_done": info.training.get("steps_done")},
+        "model": {
+            "name": info.name,
+            "version": info.version,
+            "dir": str(ev.model_dir),
+            "training_steps_done": info.training.get("steps_done"),
+        },
         "backend": ev.engine.label,
         "protocol": {
-            "frames": cfg.frames, "size": cfg.size, "planes": ev.settings.geometry.planes,
+            "frames": cfg.frames,
+            "size": cfg.size,
+            "planes": ev.settings.geometry.planes,
             "molecules_per_64x64": cfg.molecules,
             "molecules_per_frame": cfg.per_frame(cfg.molecules),
             "density_per_um3": ev.density_um3(cfg.per_frame(cfg.molecules)),
-            "seed": cfg.seed, "seeds": seeds(cfg.seed), "drift": True, "margin_px": 0,
+            "seed": cfg.seed,
+            "seeds": seeds(cfg.seed),
+            "drift": True,
+            "margin_px": 0,
             "thresholds": list(cfg.thresholds),
-            "lateral_tol_nm": LATERAL_TOL_NM, "axial_tol_nm": AXIAL_TOL_NM,
+            "lateral_tol_nm": LATERAL_TOL_NM,
+            "axial_tol_nm": AXIAL_TOL_NM,
             "matching": "greedy nearest-first (3D distance), one-to-one, SMLM challenge 2016",
         },
     }
@@ -73,17 +83,23 @@ def _run_sets(ev: Evaluator, out_dir: Path) -> dict[str, Any]:
     cfg = ev.cfg
     report = _header(ev)
     s = seeds(cfg.seed)
-    main = ev.run_set(frames=cfg.frames, molecules=cfg.per_frame(cfg.molecules),
-                      seed=s["main"], drift=True)
+    main = ev.run_set(
+        frames=cfg.frames, molecules=cfg.per_frame(cfg.molecules), seed=s["main"], drift=True
+    )
     report["results"] = threshold_rows(main)
     if cfg.low_density_frames:
-        low = ev.run_set(frames=cfg.low_density_frames,
-                         molecules=cfg.per_frame(cfg.low_density_molecules),
-                         seed=s["low_density"], drift=False)
+        low = ev.run_set(
+            frames=cfg.low_density_frames,
+            molecules=cfg.per_frame(cfg.low_density_molecules),
+            seed=s["low_density"],
+            drift=False,
+        )
         crlb = average_crlb(ev.settings, samples=cfg.crlb_samples, seed=s["crlb"])
-        shot = (average_crlb(ev.settings, samples=cfg.crlb_samples, seed=s["crlb"],
-                             shot_noise=True)
-                if ev.settings.noise.mode == "paper" else None)
+        shot = (
+            average_crlb(ev.settings, samples=cfg.crlb_samples, seed=s["crlb"], shot_noise=True)
+            if ev.settings.noise.mode == "paper"
+            else None
+        )
         ceiling = voxel_jaccard_ceiling(ev.settings, seed=s["crlb"])
         report["low_density"] = low_density_section(low, crlb, shot, ceiling)
     points = [(d, ev.density_um3(r.molecules_per_frame), r) for d, r in sweep(ev)]
@@ -92,7 +108,8 @@ def _run_sets(ev: Evaluator, out_dir: Path) -> dict[str, Any]:
     if points:
         dens_points = [(dens, r) for _, dens, r in points]
         report["plots"]["jaccard_vs_density"] = plot_jaccard_vs_density(
-            dens_points, cfg.thresholds, out_dir / "jaccard_vs_density.png").name
+            dens_points, cfg.thresholds, out_dir / "jaccard_vs_density.png"
+        ).name
         report["plots"]["error_histograms"] = plot_error_histograms(
             dens_points[0], dens_points[-1], cfg.thresholds, out_dir / "error_histograms.png"
         ).name

@@ -44,8 +44,12 @@ def threshold_rows(result: SetResult) -> list[dict[str, Any]]:
     ]
 
 
-def low_density_section(result: SetResult, crlb: CRLBResult, crlb_shot: CRLBResult | None,
-                        ceiling: VoxelCeiling | None = None) -> dict[str, Any]:
+def low_density_section(
+    result: SetResult,
+    crlb: CRLBResult,
+    crlb_shot: CRLBResult | None,
+    ceiling: VoxelCeiling | None = None,
+) -> dict[str, Any]:
     rows = threshold_rows(result)
     tau0 = rows[0]["molecule"]
     section = {
@@ -92,14 +96,18 @@ def record_metrics(model_dir: Path, report: dict[str, Any]) -> str:
     key = f"evaluate_{p['size']}x{p['size']}"
     summary: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "frames": p["frames"], "molecules_per_frame": p["molecules_per_frame"],
-        "seed": p["seed"], "backend": report["backend"],
+        "frames": p["frames"],
+        "molecules_per_frame": p["molecules_per_frame"],
+        "seed": p["seed"],
+        "backend": report["backend"],
     }
     for row in report["results"]:
         m = row["molecule"]
         summary[f"tau_{row['threshold']:g}"] = {
-            "voxel_jaccard": row["voxel"]["jaccard"], "molecule_jaccard": m["jaccard"],
-            "rmse_lateral_nm": m["rmse_lateral_nm"], "rmse_axial_nm": m["rmse_axial_nm"],
+            "voxel_jaccard": row["voxel"]["jaccard"],
+            "molecule_jaccard": m["jaccard"],
+            "rmse_lateral_nm": m["rmse_lateral_nm"],
+            "rmse_axial_nm": m["rmse_axial_nm"],
             "efficiency_lateral": m["efficiency_lateral"],
             "efficiency_axial": m["efficiency_axial"],
         }
@@ -107,8 +115,10 @@ def record_metrics(model_dir: Path, report: dict[str, Any]) -> str:
     if low:
         m = low["results"][0]["molecule"]
         summary["low_density"] = {
-            "rmse_lateral_nm": m["rmse_lateral_nm"], "rmse_axial_nm": m["rmse_axial_nm"],
-            "crlb_lateral_nm": low["crlb"]["lateral_nm"], "crlb_axial_nm": low["crlb"]["axial_nm"],
+            "rmse_lateral_nm": m["rmse_lateral_nm"],
+            "rmse_axial_nm": m["rmse_axial_nm"],
+            "crlb_lateral_nm": low["crlb"]["lateral_nm"],
+            "crlb_axial_nm": low["crlb"]["axial_nm"],
         }
         if "voxel_jaccard_ceiling" in low:
             summary["voxel_jaccard_ceiling"] = low["voxel_jaccard_ceiling"]["voxel_jaccard"]
@@ -134,51 +144,68 @@ def _confusion_lines(row: dict[str, Any], shape: str) -> list[str]:
     ]
 
 
-MOL_HEADER = (f"  {'tau':>4s} {'JI':>6s} {'TP':>7s} {'FP':>6s} {'FN':>6s} {'RMSE lat':>9s} "
-              f"{'RMSE ax':>8s} {'bias x':>7s} {'bias y':>7s} {'bias z':>7s} "
-              f"{'E_lat':>6s} {'E_ax':>6s}")
+MOL_HEADER = (
+    f"  {'tau':>4s} {'JI':>6s} {'TP':>7s} {'FP':>6s} {'FN':>6s} {'RMSE lat':>9s} "
+    f"{'RMSE ax':>8s} {'bias x':>7s} {'bias y':>7s} {'bias z':>7s} "
+    f"{'E_lat':>6s} {'E_ax':>6s}"
+)
 
 
 def _molecule_line(row: dict[str, Any]) -> str:
     m = row["molecule"]
-    return (f"  {row['threshold']:>4g} {_f(m['jaccard'], '.3f'):>6s} {m['tp']:>7d} {m['fp']:>6d} "
-            f"{m['fn']:>6d} {_f(m['rmse_lateral_nm']):>9s} {_f(m['rmse_axial_nm']):>8s} "
-            f"{_f(m['bias_x_nm']):>7s} {_f(m['bias_y_nm']):>7s} {_f(m['bias_z_nm']):>7s} "
-            f"{_f(m['efficiency_lateral']):>6s} {_f(m['efficiency_axial']):>6s}")
+    return (
+        f"  {row['threshold']:>4g} {_f(m['jaccard'], '.3f'):>6s} {m['tp']:>7d} {m['fp']:>6d} "
+        f"{m['fn']:>6d} {_f(m['rmse_lateral_nm']):>9s} {_f(m['rmse_axial_nm']):>8s} "
+        f"{_f(m['bias_x_nm']):>7s} {_f(m['bias_y_nm']):>7s} {_f(m['bias_z_nm']):>7s} "
+        f"{_f(m['efficiency_lateral']):>6s} {_f(m['efficiency_axial']):>6s}"
+    )
 
 
 def _low_density_lines(low: dict[str, Any] | None) -> list[str]:
     lines: list[str] = []
     if low:
         c = low["crlb"]
-        lines += ["", f"Low density: {low['molecules_per_frame']} molecules/frame, no drift, "
-                      f"{low['frames']} frames", MOL_HEADER]
+        lines += [
+            "",
+            f"Low density: {low['molecules_per_frame']} molecules/frame, no drift, "
+            f"{low['frames']} frames",
+            MOL_HEADER,
+        ]
         lines += [_molecule_line(row) for row in low["results"]]
-        lines += [f"  CRLB ({c['method']}; {c['samples']} random molecules): "
-                  f"lateral {_f(c['lateral_nm'], '.2f')} nm (x {_f(c['x_nm'], '.2f')}, "
-                  f"y {_f(c['y_nm'], '.2f')}), axial {_f(c['axial_nm'], '.2f')} nm",
-                  f"  RMSE / CRLB at tau {low['results'][0]['threshold']:g}: lateral "
-                  f"{_f(low['rmse_over_crlb_lateral'], '.2f')}x, axial "
-                  f"{_f(low['rmse_over_crlb_axial'], '.2f')}x"]
+        lines += [
+            f"  CRLB ({c['method']}; {c['samples']} random molecules): "
+            f"lateral {_f(c['lateral_nm'], '.2f')} nm (x {_f(c['x_nm'], '.2f')}, "
+            f"y {_f(c['y_nm'], '.2f')}), axial {_f(c['axial_nm'], '.2f')} nm",
+            f"  RMSE / CRLB at tau {low['results'][0]['threshold']:g}: lateral "
+            f"{_f(low['rmse_over_crlb_lateral'], '.2f')}x, axial "
+            f"{_f(low['rmse_over_crlb_axial'], '.2f')}x",
+        ]
         v = low.get("voxel_jaccard_ceiling")
         if v:
-            lines.append(f"  voxel Jaccard ceiling at the CRLB (every molecule found, "
-                         f"unbiased): {_f(v['voxel_jaccard'], '.3f')} (estimate stays in its "
-                         f"voxel with p = {_f(v['p_same_voxel'], '.3f')})")
+            lines.append(
+                f"  voxel Jaccard ceiling at the CRLB (every molecule found, "
+                f"unbiased): {_f(v['voxel_jaccard'], '.3f')} (estimate stays in its "
+                f"voxel with p = {_f(v['p_same_voxel'], '.3f')})"
+            )
         s = low.get("crlb_shot_noise_on_signal")
         if s:
-            lines.append(f"  (bound if the Poisson term were shot noise on the signal, "
-                         f"{s['method']}: lateral {_f(s['lateral_nm'], '.2f')} nm, axial "
-                         f"{_f(s['axial_nm'], '.2f')} nm)")
+            lines.append(
+                f"  (bound if the Poisson term were shot noise on the signal, "
+                f"{s['method']}: lateral {_f(s['lateral_nm'], '.2f')} nm, axial "
+                f"{_f(s['axial_nm'], '.2f')} nm)"
+            )
     return lines
 
 
 def _sweep_lines(sweep: list[dict[str, Any]]) -> list[str]:
     lines: list[str] = []
     if sweep:
-        lines += ["", f"Density sweep ({sweep[0]['frames']} frames per density, drift on):",
-                  f"  {'mol/64x64':>9s} {'mol/frame':>9s} {'per um^3':>9s} {'tau':>4s} "
-                  f"{'voxel JI':>8s} {'mol JI':>7s} {'RMSE lat':>9s} {'RMSE ax':>8s}"]
+        lines += [
+            "",
+            f"Density sweep ({sweep[0]['frames']} frames per density, drift on):",
+            f"  {'mol/64x64':>9s} {'mol/frame':>9s} {'per um^3':>9s} {'tau':>4s} "
+            f"{'voxel JI':>8s} {'mol JI':>7s} {'RMSE lat':>9s} {'RMSE ax':>8s}",
+        ]
         for pt in sweep:
             for row in pt["results"]:
                 m = row["molecule"]
@@ -186,7 +213,8 @@ def _sweep_lines(sweep: list[dict[str, Any]]) -> list[str]:
                     f"  {pt['molecules_per_64x64']:>9d} {pt['molecules_per_frame']:>9d} "
                     f"{pt['density_per_um3']:>9.3f} {row['threshold']:>4g} "
                     f"{_f(row['voxel']['jaccard'], '.3f'):>8s} {_f(m['jaccard'], '.3f'):>7s} "
-                    f"{_f(m['rmse_lateral_nm']):>9s} {_f(m['rmse_axial_nm']):>8s}")
+                    f"{_f(m['rmse_lateral_nm']):>9s} {_f(m['rmse_axial_nm']):>8s}"
+                )
     return lines
 
 

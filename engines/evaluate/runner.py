@@ -54,12 +54,15 @@ class EvalConfig:
             (self.molecules >= 1, f"--molecules must be >= 1, got {self.molecules}"),
             (16 <= self.size <= 4096, f"--size must be in 16..4096 px, got {self.size}"),
             (len(self.thresholds) >= 1, "at least one threshold is needed"),
-            (all(0.0 < t < 1.0 for t in self.thresholds),
-             f"thresholds must lie in (0, 1), got {list(self.thresholds)}"),
-            (self.low_density_frames >= 0 and self.sweep_frames >= 0,
-             "frame counts must be >= 0"),
-            (all(d >= 1 for d in self.densities),
-             f"densities must be >= 1 molecule, got {list(self.densities)}"),
+            (
+                all(0.0 < t < 1.0 for t in self.thresholds),
+                f"thresholds must lie in (0, 1), got {list(self.thresholds)}",
+            ),
+            (self.low_density_frames >= 0 and self.sweep_frames >= 0, "frame counts must be >= 0"),
+            (
+                all(d >= 1 for d in self.densities),
+                f"densities must be >= 1 molecule, got {list(self.densities)}",
+            ),
             (self.crlb_samples >= 1, f"CRLB samples must be >= 1, got {self.crlb_samples}"),
         ]
         for ok, message in checks:
@@ -93,8 +96,9 @@ class Evaluator:
 
     def __init__(self, cfg: EvalConfig) -> None:
         self.cfg = cfg
-        self.engine: Engine = create_engine(cfg.model, cfg.backend, threshold=cfg.thresholds[0],
-                                              **precision_option(cfg.precision))
+        self.engine: Engine = create_engine(
+            cfg.model, cfg.backend, threshold=cfg.thresholds[0], **precision_option(cfg.precision)
+        )
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         net, info = load_model(self.engine.model_dir, device=self.device)
         self.net: VoxelNet = net
@@ -132,8 +136,13 @@ class Evaluator:
                     parts[t].append(match_localizations(loc.xyz_nm[keep], truth))
         result.matching = {t: Matching.concat(parts[t]) for t in taus}
         result.seconds = time.perf_counter() - t0
-        log.info("evaluated %d frames with %d molecules each (drift %s) in %.1f s",
-                 frames, molecules, "on" if drift else "off", result.seconds)
+        log.info(
+            "evaluated %d frames with %d molecules each (drift %s) in %.1f s",
+            frames,
+            molecules,
+            "on" if drift else "off",
+            result.seconds,
+        )
         return result
 
     def density_um3(self, molecules: int) -> float:
@@ -155,8 +164,14 @@ def sweep(ev: Evaluator) -> list[tuple[int, SetResult]]:
         return []
     base = seeds(cfg.seed)["sweep"]
     return [
-        (d, ev.run_set(frames=cfg.sweep_frames, molecules=cfg.per_frame(d),
-                       seed=base + 1000 * i, drift=True))
+        (
+            d,
+            ev.run_set(
+                frames=cfg.sweep_frames,
+                molecules=cfg.per_frame(d),
+                seed=base + 1000 * i,
+                drift=True,
+            ),
+        )
         for i, d in enumerate(sorted(set(cfg.densities)))
     ]
-

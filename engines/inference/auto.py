@@ -85,14 +85,24 @@ def candidates(device: str | None = None) -> list[Candidate]:
             out.append(Candidate("onnxruntime", dev, f"ONNX Runtime CUDA provider and a {name}"))
         else:
             skipped.append("onnxruntime has no CUDA provider (pip install voxloc[gpu])")
-        out.append(Candidate("torch", dev, f"torch CUDA on a {name}"
-                             + (f"; {'; '.join(skipped)}" if skipped else "")))
+        out.append(
+            Candidate(
+                "torch",
+                dev,
+                f"torch CUDA on a {name}" + (f"; {'; '.join(skipped)}" if skipped else ""),
+            )
+        )
     isa, why_not = cpu_bf16_enabled()
     if isa:
-        out.append(Candidate("torch", "cpu", "; ".join([*skipped, f"CPU has {isa}: bfloat16"]),
-                             {"precision": "bf16"}))
+        out.append(
+            Candidate(
+                "torch",
+                "cpu",
+                "; ".join([*skipped, f"CPU has {isa}: bfloat16"]),
+                {"precision": "bf16"},
+            )
+        )
     else:
         skipped.append(why_not)
     out.append(Candidate("onnxruntime", "cpu", "; ".join(skipped) or "CPU fallback"))
     return out
-

@@ -71,8 +71,9 @@ class Engine(ABC):
     @property
     def label(self) -> str:
         """``backend/device``, plus the precision where it is not float32: ``torch/cpu/bf16``."""
-        return "/".join([self.backend, self.device]
-                        + ([self.precision] if self.precision != "fp32" else []))
+        return "/".join(
+            [self.backend, self.device] + ([self.precision] if self.precision != "fp32" else [])
+        )
 
     @property
     def threshold(self) -> float:
@@ -103,12 +104,15 @@ class Engine(ABC):
             raise FormatError(f"empty batch: frames of shape {arr.shape}")
         out = np.ascontiguousarray(arr, dtype=np.float32)
         if arr.dtype.kind == "f" and not np.isfinite(out).all():
-            raise FormatError(f"frames contain {int((~np.isfinite(out)).sum())} NaN/inf values"
-                              f" (frames of shape {arr.shape})")
+            raise FormatError(
+                f"frames contain {int((~np.isfinite(out)).sum())} NaN/inf values"
+                f" (frames of shape {arr.shape})"
+            )
         return out
 
-    def infer(self, frames: np.ndarray, threshold: float | None = None,
-              first_frame: int = 0) -> list[Localizations]:
+    def infer(
+        self, frames: np.ndarray, threshold: float | None = None, first_frame: int = 0
+    ) -> list[Localizations]:
         """Localize a batch; returns one :class:`Localizations` per frame (empty ones too).
 
         Args:
@@ -132,7 +136,7 @@ class Engine(ABC):
         if self.max_pixels is not None:
             size = max(1, min(size, self.max_pixels // (h * w)))
         for start in range(0, b, size):
-            yield start, batch[start:start + size]
+            yield start, batch[start : start + size]
 
     def _run_chunk(self, chunk: np.ndarray, threshold: float) -> FlatLocs:
         n = chunk.shape[0]
@@ -143,8 +147,10 @@ class Engine(ABC):
         except VoxlocError:
             raise
         except Exception as exc:  # foreign runtime errors (ORT, TensorRT, CUDA, OOM)
-            raise EngineError(f"{self.backend} inference on {self.device} failed for a batch "
-                              f"of shape {chunk.shape}: {exc}") from exc
+            raise EngineError(
+                f"{self.backend} inference on {self.device} failed for a batch "
+                f"of shape {chunk.shape}: {exc}"
+            ) from exc
         f = np.asarray(f, dtype=np.int64)
         if chunk.shape[0] != n:
             keep = f < n
@@ -193,14 +199,18 @@ def pad_to_bucket(chunk: np.ndarray, fill: float, cap: int | None = None) -> np.
     return np.concatenate([chunk, pad])
 
 
-def split_per_frame(frame_idx: np.ndarray, xyz: np.ndarray, conf: np.ndarray,
-                    batch: int, first_frame: int = 0) -> list[Localizations]:
+def split_per_frame(
+    frame_idx: np.ndarray, xyz: np.ndarray, conf: np.ndarray, batch: int, first_frame: int = 0
+) -> list[Localizations]:
     """Group flat localizations (rows sorted by frame) into one object per frame."""
     frame_idx = np.asarray(frame_idx, dtype=np.int64)
     bounds = np.searchsorted(frame_idx, np.arange(batch + 1))
     return [
-        Localizations(first_frame + b, xyz[bounds[b]:bounds[b + 1]].astype(np.float32),
-                      conf[bounds[b]:bounds[b + 1]].astype(np.float32))
+        Localizations(
+            first_frame + b,
+            xyz[bounds[b] : bounds[b + 1]].astype(np.float32),
+            conf[bounds[b] : bounds[b + 1]].astype(np.float32),
+        )
         for b in range(batch)
     ]
 
@@ -230,9 +240,14 @@ def precision_option(precision: str | None) -> dict[str, str]:
     return {} if precision is None else {"precision": precision}
 
 
-def create_engine(model: str | Path = "default", backend: str = "auto", *,
-                  threshold: float = 0.5, device: str | None = None,
-                  **options: Any) -> Engine:
+def create_engine(
+    model: str | Path = "default",
+    backend: str = "auto",
+    *,
+    threshold: float = 0.5,
+    device: str | None = None,
+    **options: Any,
+) -> Engine:
     """Build an engine; ``auto`` picks the fastest backend this machine can run.
 
     ``options`` go to the backend (e.g. ``precision="fp16"``, ``cuda_graphs=True``,

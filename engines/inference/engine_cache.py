@@ -39,17 +39,23 @@ class Profile:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
-            raise EngineError(f"profile batch must satisfy 1 <= min <= opt <= max, got "
-                              f"{self.min_batch}/{self.opt_batch}/{self.max_batch}")
+            raise EngineError(
+                f"profile batch must satisfy 1 <= min <= opt <= max, got "
+                f"{self.min_batch}/{self.opt_batch}/{self.max_batch}"
+            )
         if not 1 <= self.min_size <= self.opt_size <= self.max_size:
-            raise EngineError(f"profile size must satisfy 1 <= min <= opt <= max, got "
-                              f"{self.min_size}/{self.opt_size}/{self.max_size}")
+            raise EngineError(
+                f"profile size must satisfy 1 <= min <= opt <= max, got "
+                f"{self.min_size}/{self.opt_size}/{self.max_size}"
+            )
 
     def shapes(self, planes: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         """(min, opt, max) input shapes ``(B, P, H, W)``."""
-        return ((self.min_batch, planes, self.min_size, self.min_size),
-                (self.opt_batch, planes, self.opt_size, self.opt_size),
-                (self.max_batch, planes, self.max_size, self.max_size))
+        return (
+            (self.min_batch, planes, self.min_size, self.min_size),
+            (self.opt_batch, planes, self.opt_size, self.opt_size),
+            (self.max_batch, planes, self.max_size, self.max_size),
+        )
 
     def check_frame(self, height: int, width: int) -> None:
         """EngineError if a frame size is outside the profile (batch is chunked instead)."""
@@ -106,8 +112,12 @@ class EngineCache:
             log.warning("engine cache %s unreadable (%s); rebuilding", path, exc)
             return None
         if meta.get("key") != key.to_dict():
-            log.warning("engine cache %s was built for %s, need %s; rebuilding",
-                        path, meta.get("key"), key.to_dict())
+            log.warning(
+                "engine cache %s was built for %s, need %s; rebuilding",
+                path,
+                meta.get("key"),
+                key.to_dict(),
+            )
             return None
         if meta.get("sha256") != hashlib.sha256(blob).hexdigest():
             log.warning("engine cache %s is corrupt (hash mismatch); rebuilding", path)
@@ -119,17 +129,23 @@ class EngineCache:
         path = self.path(key)
         self.folder.mkdir(parents=True, exist_ok=True)
         meta = {"key": key.to_dict(), "sha256": hashlib.sha256(blob).hexdigest()}
-        for target, data in ((path, blob),
-                             (path.with_name(path.name + ".json"),
-                              (json.dumps(meta, indent=2) + "\n").encode())):
+        for target, data in (
+            (path, blob),
+            (path.with_name(path.name + ".json"), (json.dumps(meta, indent=2) + "\n").encode()),
+        ):
             tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
             tmp.write_bytes(data)
             tmp.replace(target)
         return path
 
-    def get_or_build(self, key: CacheKey, build: Callable[[], bytes],
-                     deserialize: Callable[[bytes], T | None], *,
-                     force: bool = False) -> tuple[T, Path]:
+    def get_or_build(
+        self,
+        key: CacheKey,
+        build: Callable[[], bytes],
+        deserialize: Callable[[bytes], T | None],
+        *,
+        force: bool = False,
+    ) -> tuple[T, Path]:
         """Deserialise the cached engine, or build, store and deserialise a new one.
 
         ``deserialize`` returns None (or raises) for bytes it cannot use, e.g. an engine of

@@ -34,16 +34,25 @@ log = logging.getLogger(__name__)
 class OnnxEngine(Engine):
     backend = "onnxruntime"
 
-    def __init__(self, model: str | Path, *, threshold: float = 0.5, device: str = "cpu",
-                 threads: int | None = None, trt_ep: bool = False,
-                 onnx_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        threshold: float = 0.5,
+        device: str = "cpu",
+        threads: int | None = None,
+        trt_ep: bool = False,
+        onnx_path: Path | None = None,
+    ) -> None:
         super().__init__(model, threshold=threshold)
         self.device = device
         path = Path(onnx_path) if onnx_path else onnx_for_engine(self.model_dir, self.info)
         meta = read_onnx_metadata(path)
         if meta.get("planes") != str(self.planes):
-            raise EngineError(f"{path} takes {meta.get('planes')} planes but model "
-                              f"{self.info.name!r} has {self.planes}")
+            raise EngineError(
+                f"{path} takes {meta.get('planes')} planes but model "
+                f"{self.info.name!r} has {self.planes}"
+            )
         self.onnx_path = path
         self.session = make_session(path, device, threads=threads, trt_ep=trt_ep)
         self._threshold_buf = np.zeros(1, np.float32)
@@ -74,19 +83,29 @@ def providers_for(device: str, *, trt_ep: bool = False) -> list:
     providers: list = [("CUDAExecutionProvider", {"device_id": dev_id}), "CPUExecutionProvider"]
     if trt_ep:
         if "TensorrtExecutionProvider" not in available:
-            raise BackendUnavailableError("trt_ep=True, but onnxruntime has no TensorRT "
-                                          "execution provider; pip install voxloc[tensorrt,gpu]")
+            raise BackendUnavailableError(
+                "trt_ep=True, but onnxruntime has no TensorRT "
+                "execution provider; pip install voxloc[tensorrt,gpu]"
+            )
         cache = cache_root() / "ort-trt"
         cache.mkdir(parents=True, exist_ok=True)
-        providers.insert(0, ("TensorrtExecutionProvider", {
-            "device_id": dev_id, "trt_engine_cache_enable": True,
-            "trt_engine_cache_path": str(cache),
-        }))
+        providers.insert(
+            0,
+            (
+                "TensorrtExecutionProvider",
+                {
+                    "device_id": dev_id,
+                    "trt_engine_cache_enable": True,
+                    "trt_engine_cache_path": str(cache),
+                },
+            ),
+        )
     return providers
 
 
-def make_session(path: Path, device: str, *, threads: int | None = None,
-                 trt_ep: bool = False) -> ort.InferenceSession:
+def make_session(
+    path: Path, device: str, *, threads: int | None = None, trt_ep: bool = False
+) -> ort.InferenceSession:
     """An inference session with all graph optimisations; EngineError if the file is bad."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

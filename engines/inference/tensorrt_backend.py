@@ -47,8 +47,10 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16")
 _TRT_LEVELS = {
-    trt.ILogger.INTERNAL_ERROR: logging.CRITICAL, trt.ILogger.ERROR: logging.ERROR,
-    trt.ILogger.WARNING: logging.WARNING, trt.ILogger.INFO: logging.DEBUG,
+    trt.ILogger.INTERNAL_ERROR: logging.CRITICAL,
+    trt.ILogger.ERROR: logging.ERROR,
+    trt.ILogger.WARNING: logging.WARNING,
+    trt.ILogger.INFO: logging.DEBUG,
     trt.ILogger.VERBOSE: logging.DEBUG,
 }
 
@@ -77,12 +79,14 @@ class _OutputAllocator(trt.IOutputAllocator):
 
     def reallocate_output(self, tensor_name: str, memory: int, size: int, alignment: int) -> int:
         if size > self.buffer.numel():
-            self.buffer = torch.empty(max(int(size), 2 * self.buffer.numel()),
-                                      dtype=torch.uint8, device=self.device)
+            self.buffer = torch.empty(
+                max(int(size), 2 * self.buffer.numel()), dtype=torch.uint8, device=self.device
+            )
         return self.buffer.data_ptr()
 
-    def reallocate_output_async(self, tensor_name: str, memory: int, size: int,
-                                alignment: int, stream: int) -> int:
+    def reallocate_output_async(
+        self, tensor_name: str, memory: int, size: int, alignment: int, stream: int
+    ) -> int:
         return self.reallocate_output(tensor_name, memory, size, alignment)
 
     def notify_shape(self, tensor_name: str, shape: Any) -> None:
@@ -96,8 +100,9 @@ class _OutputAllocator(trt.IOutputAllocator):
         return self.buffer[: n * 5 * 4].view(torch.float32).view(n, 5)
 
 
-def build_serialized(onnx_path: Path, planes: int, profile: Profile, precision: str,
-                     workspace_gib: float = 4.0) -> bytes:
+def build_serialized(
+    onnx_path: Path, planes: int, profile: Profile, precision: str, workspace_gib: float = 4.0
+) -> bytes:
     """Parse the ONNX and build a serialised engine for ``profile`` at ``precision``."""
     builder = trt.Builder(_LOGGER)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
@@ -116,8 +121,10 @@ def build_serialized(onnx_path: Path, planes: int, profile: Profile, precision: 
     config.add_optimization_profile(opt_profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise EngineError(f"TensorRT failed to build an engine from {onnx_path} "
-                          f"(profile {profile}, {precision}); see the log above")
+        raise EngineError(
+            f"TensorRT failed to build an engine from {onnx_path} "
+            f"(profile {profile}, {precision}); see the log above"
+        )
     return bytes(serialized)
 
 
@@ -133,23 +140,33 @@ def _keep_decode_fp32(network: Any) -> None:
                 layer.set_output_type(k, trt.float32)
             pinned += 1
     if not pinned:
-        raise EngineError(f"no {DECODE_PREFIX!r} layers found to keep in float32; the ONNX "
-                          "is not a voxloc export")
+        raise EngineError(
+            f"no {DECODE_PREFIX!r} layers found to keep in float32; the ONNX is not a voxloc export"
+        )
     log.debug("kept %d decoding layers in float32", pinned)
 
 
 class TensorRTEngine(Engine):
     backend = "tensorrt"
 
-    def __init__(self, model: str | Path, *, threshold: float = 0.5, device: str = "cuda",
-                 precision: str = "fp32", profile: Profile | None = None,
-                 cache_dir: Path | None = None, rebuild: bool = False) -> None:
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        threshold: float = 0.5,
+        device: str = "cuda",
+        precision: str = "fp32",
+        profile: Profile | None = None,
+        cache_dir: Path | None = None,
+        rebuild: bool = False,
+    ) -> None:
         super().__init__(model, threshold=threshold)
         if precision not in PRECISIONS:
             raise EngineError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if not torch.cuda.is_available():
             raise BackendUnavailableError(
-                f"the tensorrt backend needs an NVIDIA GPU; torch {torch.__version__} sees none")
+                f"the tensorrt backend needs an NVIDIA GPU; torch {torch.__version__} sees none"
+            )
         self._dev = torch.device(device)
         if self._dev.type != "cuda":
             raise EngineError(f"the tensorrt backend runs on cuda devices, got {device!r}")
@@ -158,10 +175,14 @@ class TensorRTEngine(Engine):
         self.max_batch = self.profile.max_batch
         onnx_path = onnx_for_engine(self.model_dir, self.info)
         self.key = CacheKey(
-            model=self.info.name, onnx_sha256=hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
-            trt_version=trt.__version__, gpu_name=torch.cuda.get_device_name(self._dev),
+            model=self.info.name,
+            onnx_sha256=hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+            trt_version=trt.__version__,
+            gpu_name=torch.cuda.get_device_name(self._dev),
             compute_capability=".".join(map(str, torch.cuda.get_device_capability(self._dev))),
-            precision=precision, profile=self.profile)
+            precision=precision,
+            profile=self.profile,
+        )
         self.cache = EngineCache(cache_dir or artifact_dir(self.model_dir, self.info, "engines"))
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxloc-tensorrt")
         self._worker.submit(self._setup, onnx_path, rebuild).result()
@@ -174,11 +195,15 @@ class TensorRTEngine(Engine):
         self._engine, self.engine_path = self.cache.get_or_build(
             self.key,
             lambda: build_serialized(onnx_path, self.planes, self.profile, self.precision),
-            self._runtime.deserialize_cuda_engine, force=rebuild)
+            self._runtime.deserialize_cuda_engine,
+            force=rebuild,
+        )
         self._context = self._engine.create_execution_context()
         if self._context is None:
-            raise EngineError(f"TensorRT cannot create an execution context for "
-                              f"{self.engine_path} (out of GPU memory?)")
+            raise EngineError(
+                f"TensorRT cannot create an execution context for "
+                f"{self.engine_path} (out of GPU memory?)"
+            )
         self._stream = torch.cuda.Stream(self._dev)
         self._threshold_dev = torch.zeros(1, dtype=torch.float32, device=self._dev)
         self._allocator = _OutputAllocator(self._dev)
@@ -190,8 +215,9 @@ class TensorRTEngine(Engine):
         self.profile.check_frame(frames.shape[2], frames.shape[3])
         n = frames.shape[0]
         if n < self.profile.min_batch:  # blank frames up to the profile's smallest batch
-            blank = np.full((self.profile.min_batch - n, *frames.shape[1:]),
-                            self.info.input_offset, np.float32)
+            blank = np.full(
+                (self.profile.min_batch - n, *frames.shape[1:]), self.info.input_offset, np.float32
+            )
             frames = np.concatenate([frames, blank])
         f, xyz, conf = self._worker.submit(self._execute, frames, threshold).result()
         keep = f < n
@@ -203,8 +229,9 @@ class TensorRTEngine(Engine):
             x = torch.from_numpy(frames).pin_memory().to(self._dev, non_blocking=True)
             self._threshold_dev.fill_(threshold)
             if not ctx.set_input_shape(INPUT_FRAMES, tuple(x.shape)):
-                raise EngineError(f"TensorRT rejected input shape {tuple(x.shape)} "
-                                  f"(profile {self.profile})")
+                raise EngineError(
+                    f"TensorRT rejected input shape {tuple(x.shape)} (profile {self.profile})"
+                )
             ctx.set_tensor_address(INPUT_FRAMES, x.data_ptr())
             if not ctx.execute_async_v3(self._stream.cuda_stream):
                 raise EngineError(f"TensorRT execution failed for input shape {tuple(x.shape)}")
@@ -222,12 +249,24 @@ class TensorRTEngine(Engine):
         super().close()
 
 
-def build_engine(model: str | Path, *, precision: str = "fp32", profile: Profile | None = None,
-                 device: str = "cuda", cache_dir: Path | None = None,
-                 rebuild: bool = False) -> Path:
+def build_engine(
+    model: str | Path,
+    *,
+    precision: str = "fp32",
+    profile: Profile | None = None,
+    device: str = "cuda",
+    cache_dir: Path | None = None,
+    rebuild: bool = False,
+) -> Path:
     """Build (or find) the cached engine of ``model``; returns its path."""
-    engine = TensorRTEngine(model, precision=precision, profile=profile, device=device,
-                            cache_dir=cache_dir, rebuild=rebuild)
+    engine = TensorRTEngine(
+        model,
+        precision=precision,
+        profile=profile,
+        device=device,
+        cache_dir=cache_dir,
+        rebuild=rebuild,
+    )
     try:
         return engine.engine_path
     finally:

@@ -58,9 +58,17 @@ class _CapturedShape:
 class TorchEngine(Engine):
     backend = "torch"
 
-    def __init__(self, model: str | Path, *, threshold: float = 0.5, device: str = "cpu",
-                 precision: str = "fp32", cuda_graphs: bool = False, max_graphs: int = 16,
-                 threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        threshold: float = 0.5,
+        device: str = "cpu",
+        precision: str = "fp32",
+        cuda_graphs: bool = False,
+        max_graphs: int = 16,
+        threads: int | None = None,
+    ) -> None:
         super().__init__(model, threshold=threshold)
         self._torch_device = _device(device)
         self.device = str(self._torch_device)
@@ -70,11 +78,15 @@ class TorchEngine(Engine):
         if not cuda and cuda_graphs:
             raise EngineError(f"CUDA graphs need a CUDA device, got device {device!r}")
         if not cuda and precision not in CPU_PRECISIONS:
-            raise EngineError(f"precision {precision} needs a CUDA device, got device "
-                              f"{device!r}; on the CPU use one of {CPU_PRECISIONS}")
+            raise EngineError(
+                f"precision {precision} needs a CUDA device, got device "
+                f"{device!r}; on the CPU use one of {CPU_PRECISIONS}"
+            )
         if not cuda and precision == "bf16" and cpu_bf16_instructions() is None:
-            log.warning("this CPU has no native bfloat16 (AVX512-BF16/AMX): bf16 runs "
-                        "emulated, slower than fp32")
+            log.warning(
+                "this CPU has no native bfloat16 (AVX512-BF16/AMX): bf16 runs "
+                "emulated, slower than fp32"
+            )
         if threads is not None:
             torch.set_num_threads(threads)  # process-wide: only when asked for
         net, _ = load_model(self.model_dir, device=self.device)
@@ -86,8 +98,13 @@ class TorchEngine(Engine):
         self.pad_batch = cuda_graphs
         self.max_graphs = max_graphs
         self._graphs: OrderedDict[tuple[int, ...], _CapturedShape] = OrderedDict()
-        log.info("torch engine: model %r on %s, %s%s", self.info.name, self.device, precision,
-                 ", CUDA graphs" if cuda_graphs else "")
+        log.info(
+            "torch engine: model %r on %s, %s%s",
+            self.info.name,
+            self.device,
+            precision,
+            ", CUDA graphs" if cuda_graphs else "",
+        )
 
     @torch.inference_mode()
     def _run(self, frames: np.ndarray, threshold: float) -> FlatLocs:

@@ -94,9 +94,16 @@ def simulate_stack(out: Path, settings: SimSettings, cfg: SimStackConfig) -> Sim
         for k, tmp in enumerate(temps):
             data = frames if not cfg.per_plane else frames[:, k]
             _write_tiff(tmp, data, settings, cfg)
-        meta = TableMeta(frames=cfg.frames, height=g.height, width=g.width, px_nm=g.px_nm,
-                         dz_nm=g.dz_nm, planes=g.planes, generated_by="voxloc simulate",
-                         source=", ".join(p.name for p in stacks))
+        meta = TableMeta(
+            frames=cfg.frames,
+            height=g.height,
+            width=g.width,
+            px_nm=g.px_nm,
+            dz_nm=g.dz_nm,
+            planes=g.planes,
+            generated_by="voxloc simulate",
+            source=", ".join(p.name for p in stacks),
+        )
         with open_table_writer(truth_path, meta, extra_columns=("weight",)) as writer:
             writer.write_table(truth)
         for tmp, final in zip(temps, stacks, strict=True):
@@ -108,8 +115,7 @@ def simulate_stack(out: Path, settings: SimSettings, cfg: SimStackConfig) -> Sim
         del frames
         if scratch is not None:
             scratch.unlink(missing_ok=True)
-    log.info("wrote %s and %s (%d molecules)", ", ".join(map(str, stacks)), truth_path,
-             len(truth))
+    log.info("wrote %s and %s (%d molecules)", ", ".join(map(str, stacks)), truth_path, len(truth))
     return SimStackResult(stacks, truth_path, len(truth), str(dtype), shape, settings)
 
 
@@ -117,12 +123,13 @@ def _simulate_into(frames: np.ndarray, settings: SimSettings, cfg: SimStackConfi
     """Fill ``frames`` chunk by chunk; returns the ground truth (frame from 0)."""
     sim = Simulator(settings, seed=cfg.seed)
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    bar = tqdm(total=cfg.frames, desc="simulate", unit="frame",
-               disable=None if cfg.progress else True)  # None: off when not a terminal
+    bar = tqdm(
+        total=cfg.frames, desc="simulate", unit="frame", disable=None if cfg.progress else True
+    )  # None: off when not a terminal
     for t0 in range(0, cfg.frames, CHUNK_FRAMES):
         n = min(CHUNK_FRAMES, cfg.frames - t0)
         batch = sim.sample(n, cfg.molecules, drift=cfg.drift)
-        frames[t0:t0 + n] = _to_dtype(batch.frames.numpy(), frames.dtype)
+        frames[t0 : t0 + n] = _to_dtype(batch.frames.numpy(), frames.dtype)
         valid = batch.valid.numpy()
         b_idx = np.nonzero(valid)[0]
         parts.append((b_idx + t0, batch.xyz_nm.numpy()[valid], batch.weights.numpy()[valid]))
@@ -144,12 +151,19 @@ def _write_tiff(path: Path, data: np.ndarray, settings: SimSettings, cfg: SimSta
     """ImageJ TIFF with px size (XResolution, um) and plane spacing (``spacing``, um)."""
     g = settings.geometry
     px_um = g.px_nm / 1000.0
-    info = json.dumps({"generated_by": "voxloc simulate", "seed": cfg.seed,
-                       "molecules_per_frame": cfg.molecules, "drift": cfg.drift,
-                       "settings": settings.model_dump(mode="json")})
+    info = json.dumps(
+        {
+            "generated_by": "voxloc simulate",
+            "seed": cfg.seed,
+            "molecules_per_frame": cfg.molecules,
+            "drift": cfg.drift,
+            "settings": settings.model_dump(mode="json"),
+        }
+    )
     axes = "TZYX" if data.ndim == 4 else "TYX"
     metadata = {"axes": axes, "unit": "um", "Info": info}
     if data.ndim == 4:
         metadata["spacing"] = g.dz_nm / 1000.0
-    tifffile.imwrite(path, data, imagej=True, resolution=(1.0 / px_um, 1.0 / px_um),
-                     metadata=metadata)
+    tifffile.imwrite(
+        path, data, imagej=True, resolution=(1.0 / px_um, 1.0 / px_um), metadata=metadata
+    )

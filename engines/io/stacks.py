@@ -53,8 +53,10 @@ class TiffSource:
             raise FormatError(f"{self.path}: empty stack (shape {self.shape}, no pixels)")
         self.dtype = np.dtype(series.dtype).newbyteorder("=")
         if self.dtype not in ACCEPTED_DTYPES:
-            raise FormatError(f"{self.path}: expected uint16 or float32 pixels (or uint8, int16, "
-                              f"int32, float64), got {self.dtype}")
+            raise FormatError(
+                f"{self.path}: expected uint16 or float32 pixels (or uint8, int16, "
+                f"int32, float64), got {self.dtype}"
+            )
         if "Y" not in self.axes or "X" not in self.axes:
             raise FormatError(f"{self.path}: no image axes Y, X in TIFF axes {self.axes!r}")
         self._y, self._x = self.axes.index("Y"), self.axes.index("X")
@@ -67,8 +69,10 @@ class TiffSource:
             page_shape = tuple(series.keyframe.shape)
             nlead = len(self.shape) - len(page_shape)
             if nlead < 0 or self.shape[nlead:] != page_shape:
-                raise FormatError(f"{self.path}: unsupported TIFF layout (shape {self.shape}, "
-                                  f"pages of shape {page_shape})")
+                raise FormatError(
+                    f"{self.path}: unsupported TIFF layout (shape {self.shape}, "
+                    f"pages of shape {page_shape})"
+                )
             self._lead_shape = self.shape[:nlead]
 
     def _check_complete(self) -> None:
@@ -77,8 +81,10 @@ class TiffSource:
         stated = int(meta.get("images", 0) or 0)
         held = math.prod(self.shape) // (self.height * self.width)
         if stated > held:
-            raise FormatError(f"{self.path}: truncated or corrupted TIFF: its ImageJ metadata "
-                              f"states {stated} images, the file holds {held}")
+            raise FormatError(
+                f"{self.path}: truncated or corrupted TIFF: its ImageJ metadata "
+                f"states {stated} images, the file holds {held}"
+            )
 
     def _roles(self, planes: int) -> None:
         """Find the frame and plane axes among the non-image axes."""
@@ -95,7 +101,8 @@ class TiffSource:
             elif self.shape[o] % planes:
                 raise FormatError(
                     f"{self.path}: {self.shape[o]} images (axes {self.axes}) is not a "
-                    f"multiple of {planes} planes")
+                    f"multiple of {planes} planes"
+                )
             else:
                 self.frames, self.planes, self._merged = self.shape[o] // planes, planes, o
         elif len(others) == 2:
@@ -103,13 +110,17 @@ class TiffSource:
             if self.axes[b] == "T":
                 a, b = b, a
             if self.axes[a] != "T" and {self.axes[a], self.axes[b]} <= set(PLANE_AXES):
-                raise FormatError(f"{self.path}: ambiguous axes {self.axes}; "
-                                  "expected TZYX or TCYX (frames, planes, rows, columns)")
+                raise FormatError(
+                    f"{self.path}: ambiguous axes {self.axes}; "
+                    "expected TZYX or TCYX (frames, planes, rows, columns)"
+                )
             self._frame_ax, self._plane_ax = a, b
             self.frames, self.planes = self.shape[a], self.shape[b]
         else:
-            raise FormatError(f"{self.path}: unsupported axes {self.axes} (shape {self.shape}); "
-                              "expected TZYX or TCYX")
+            raise FormatError(
+                f"{self.path}: unsupported axes {self.axes} (shape {self.shape}); "
+                "expected TZYX or TCYX"
+            )
 
     def _try_memmap(self, series) -> np.ndarray | None:
         """A read-only view of the file's pixels if they lie contiguous and uncompressed."""
@@ -177,8 +188,10 @@ class TiffSource:
 
     def describe(self) -> str:
         how = "memory-mapped" if self.memory_mapped else "read page by page"
-        return (f"{self.path.name}: {self.frames} frames x {self.planes} planes of "
-                f"{self.height}x{self.width} {self.dtype} (axes {self.axes}, {how})")
+        return (
+            f"{self.path.name}: {self.frames} frames x {self.planes} planes of "
+            f"{self.height}x{self.width} {self.dtype} (axes {self.axes}, {how})"
+        )
 
     def close(self) -> None:
         self._mm = None
@@ -270,8 +283,10 @@ def open_stack(paths: Sequence[str | Path], planes: int) -> Stack:
         if src.planes != planes:
             src.close()
             hint = " (give one TIFF per plane)" if src.planes == 1 else ""
-            raise FormatError(f"{paths[0]}: expected {planes} planes per frame, got "
-                              f"{src.planes} (axes {src.axes}, shape {src.shape}){hint}")
+            raise FormatError(
+                f"{paths[0]}: expected {planes} planes per frame, got "
+                f"{src.planes} (axes {src.axes}, shape {src.shape}){hint}"
+            )
         return Stack([src])
     if len(paths) != planes:
         raise FormatError(f"expected one TIFF per plane ({planes} files), got {len(paths)} files")
@@ -294,9 +309,17 @@ def _check_per_plane(sources: list[TiffSource]) -> None:
     first = sources[0]
     for k, s in enumerate(sources):
         if s.planes != 1:
-            raise FormatError(f"{s.path} (plane {k}): expected a single-camera stack, got "
-                              f"{s.planes} planes per frame (axes {s.axes})")
+            raise FormatError(
+                f"{s.path} (plane {k}): expected a single-camera stack, got "
+                f"{s.planes} planes per frame (axes {s.axes})"
+            )
         if (s.frames, s.height, s.width, s.dtype) != (
-                first.frames, first.height, first.width, first.dtype):
-            raise FormatError(f"per-plane files differ: {first.path} has {what(first)}, "
-                              f"{s.path} (plane {k}) has {what(s)}")
+            first.frames,
+            first.height,
+            first.width,
+            first.dtype,
+        ):
+            raise FormatError(
+                f"per-plane files differ: {first.path} has {what(first)}, "
+                f"{s.path} (plane {k}) has {what(s)}"
+            )

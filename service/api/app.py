@@ -12,8 +12,7 @@ from service.pipeline import Pipeline
 log = logging.getLogger(__name__)
 
 
-def create_app(pipeline: Pipeline, *, token: str | None = None,
-               dashboard: bool = True) -> FastAPI:
+def create_app(pipeline: Pipeline, *, token: str | None = None, dashboard: bool = True) -> FastAPI:
     """FastAPI app over ``pipeline`` (started or not).
 
     Args:
@@ -24,8 +23,7 @@ def create_app(pipeline: Pipeline, *, token: str | None = None,
     app = FastAPI(
         title="voxloc service",
         version="1",
-        description="Control plane of the live voxloc localization service "
-        "(docs/protocol.md).",
+        description="Control plane of the live voxloc localization service (docs/protocol.md).",
     )
     app.state.pipeline = pipeline
     app.state.token = pipeline.settings.api.token if token is None else token
@@ -46,8 +44,10 @@ def _include_dashboard(app: FastAPI, pipeline: Pipeline) -> None:
     kwargs = {}
     if pipeline.models.active is not None:
         g = pipeline.models.active.engine.info.settings.geometry
-        kwargs = {"extent_nm": (stream.width * g.px_nm, stream.height * g.px_nm),
-                  "z_range_nm": (0.0, stream.planes * g.dz_nm)}
+        kwargs = {
+            "extent_nm": (stream.width * g.px_nm, stream.height * g.px_nm),
+            "z_range_nm": (0.0, stream.planes * g.dz_nm),
+        }
     try:
         app.include_router(create_router(locs_endpoint=endpoint, **kwargs))
     except Exception:  # the dashboard is optional: never keep the service from starting

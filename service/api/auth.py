@@ -18,8 +18,14 @@ def require_token(
     if not token:
         return
     if cred is None or cred.scheme.lower() != "bearer":
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing bearer token",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing bearer token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     if not secrets.compare_digest(cred.credentials.encode(), token.encode()):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid bearer token",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "invalid bearer token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )

@@ -24,8 +24,10 @@ def _pipeline(request: Request) -> Pipeline:
 
 
 def _invalid(exc: ValidationError) -> HTTPException:
-    msgs = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']} "
-                     f"(got {e.get('input')!r})" for e in exc.errors())
+    msgs = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']} (got {e.get('input')!r})"
+        for e in exc.errors()
+    )
     return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, msgs)
 
 
@@ -38,12 +40,19 @@ def live(request: Request) -> dict[str, Any]:
 def ready(request: Request) -> dict[str, Any]:
     p = _pipeline(request)
     if not p.ready:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                            f"not ready: pipeline {p.state.value}, model "
-                            f"{p.models.active.name if p.models.active else None!r}")
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"not ready: pipeline {p.state.value}, model "
+            f"{p.models.active.name if p.models.active else None!r}",
+        )
     assert p.models.active is not None
-    return {"ready": True, "state": p.state.value, "model": p.models.active.name,
-            "version": p.models.active.version, "backend": p.models.active.backend}
+    return {
+        "ready": True,
+        "state": p.state.value,
+        "model": p.models.active.name,
+        "version": p.models.active.version,
+        "backend": p.models.active.backend,
+    }
 
 
 @router.get("/models", tags=["models"])
@@ -53,13 +62,17 @@ def models(request: Request) -> dict[str, Any]:
     for name, path in available_models().items():
         try:
             info = read_info(path)
-            available.append({"name": name, "version": info.version, "dir": str(path),
-                              "planes": info.planes})
+            available.append(
+                {"name": name, "version": info.version, "dir": str(path), "planes": info.planes}
+            )
         except EngineError as exc:
             available.append({"name": name, "dir": str(path), "error": str(exc)})
     active = p.models.active
-    return {"active": active.describe() if active else None, "loading": p.models.loading,
-            "available": available}
+    return {
+        "active": active.describe() if active else None,
+        "loading": p.models.loading,
+        "available": available,
+    }
 
 
 @router.post("/models/{name}/load", tags=["models"], dependencies=mutating)
@@ -72,9 +85,10 @@ def load_model(name: str, request: Request) -> dict[str, Any]:
     except ModelBusyError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
     except EngineError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            f"model {name!r} not loaded, the previous one keeps serving: {exc}"
-                            ) from exc
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"model {name!r} not loaded, the previous one keeps serving: {exc}",
+        ) from exc
     return {"active": new.describe(), "previous": previous.describe() if previous else None}
 
 
@@ -94,8 +108,12 @@ def put_config(update: ConfigUpdate, request: Request) -> dict[str, Any]:
 
 def _registration(p: Pipeline) -> dict[str, Any]:
     planes = {c.name: c.plane for c in p.settings.cameras}
-    return {"cameras": {name: {"plane": planes[name], **reg.model_dump(mode="json")}
-                        for name, reg in p.registration.items()}}
+    return {
+        "cameras": {
+            name: {"plane": planes[name], **reg.model_dump(mode="json")}
+            for name, reg in p.registration.items()
+        }
+    }
 
 
 @router.get("/registration", tags=["registration"])

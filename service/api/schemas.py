@@ -24,7 +24,8 @@ class CameraRegistrationUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     affine: list[list[float]] | None = Field(
-        None, description="2x3 matrix, camera pixels -> reference pixels")
+        None, description="2x3 matrix, camera pixels -> reference pixels"
+    )
     gain_adu: float | None = Field(None, gt=0)
     baseline_adu: float | None = Field(None, ge=0, le=65535)
 

@@ -12,8 +12,12 @@ from clients.cli import main
 
 def test_simulate_register_and_fit_psf(tmp_path, capsys):
     beads = tmp_path / "beads"
-    assert main(["calibrate", "simulate-beads", "-o", str(beads), "--beads", "50",
-                 "--z-step-nm", "100"]) == 0
+    assert (
+        main(
+            ["calibrate", "simulate-beads", "-o", str(beads), "--beads", "50", "--z-step-nm", "100"]
+        )
+        == 0
+    )
     reg = tmp_path / "registration.json"
     cams = sorted(str(p) for p in beads.glob("beads_cam*.tif"))
     assert main(["calibrate", "registration", *cams, "-o", str(reg)]) == 0
@@ -23,8 +27,12 @@ def test_simulate_register_and_fit_psf(tmp_path, capsys):
     np.testing.assert_allclose(body["cameras"]["cam2"]["affine"], truth[2], atol=0.05)
     psf = tmp_path / "psf.json"
     stacks = sorted(str(p) for p in beads.glob("zstack_plane*.tif"))
-    assert main(["calibrate", "psf", *stacks, "--z-step-nm", "100", "-o", str(psf),
-                 "--min-beads", "2"]) == 0
+    assert (
+        main(
+            ["calibrate", "psf", *stacks, "--z-step-nm", "100", "-o", str(psf), "--min-beads", "2"]
+        )
+        == 0
+    )
     fitted = json.loads(psf.read_text())["psf"]
     assert abs(fitted["r0_nm"] - 133.0) < 5.0
     assert psf.with_suffix(".png").stat().st_size > 1000

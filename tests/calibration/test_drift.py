@@ -38,15 +38,24 @@ def render(xyz_nm: torch.Tensor, offsets: np.ndarray, seed: int) -> np.ndarray:
     b = xyz_nm.shape[0]
     weights = 0.3 + 0.7 * torch.rand(xyz_nm.shape[:2], generator=sim.gen)
     drift = torch.tensor(offsets, dtype=torch.float32)[None].expand(b, -1, -1)
-    clean = render_planes(xyz_nm, weights, drift, torch.tensor(s.focal_planes_nm()),
-                          px_nm=PX_NM, height=64, width=64, psf=s.psf)
+    clean = render_planes(
+        xyz_nm,
+        weights,
+        drift,
+        torch.tensor(s.focal_planes_nm()),
+        px_nm=PX_NM,
+        height=64,
+        width=64,
+        psf=s.psf,
+    )
     return sim.add_noise(clean + s.psf.b).numpy()
 
 
 def random_sample(frames: int, molecules: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.rand(frames, molecules, 3, generator=g) * torch.tensor([64 * PX_NM, 64 * PX_NM,
-                                                                        1600.0])
+    return torch.rand(frames, molecules, 3, generator=g) * torch.tensor(
+        [64 * PX_NM, 64 * PX_NM, 1600.0]
+    )
 
 
 def filament_sample(frames: int, molecules: int, seed: int) -> torch.Tensor:
@@ -61,8 +70,9 @@ def filament_sample(frames: int, molecules: int, seed: int) -> torch.Tensor:
     return torch.tensor(xyz, dtype=torch.float32)
 
 
-def measure(frames: np.ndarray, xyz: torch.Tensor, offsets: np.ndarray, seed: int,
-            error_nm: float = 20.0) -> PlaneMeasurements:
+def measure(
+    frames: np.ndarray, xyz: torch.Tensor, offsets: np.ndarray, seed: int, error_nm: float = 20.0
+) -> PlaneMeasurements:
     """Measurements at localizations = truth + Gaussian error + a bias towards the offset of
     the molecule's own plane (what a network trained without that offset does)."""
     rng = np.random.default_rng(seed)
@@ -101,8 +111,16 @@ def test_dense_frames_still_within_5nm():
 def test_separable_normal_matrix_matches_finite_differences():
     rng = np.random.default_rng(1)
     m, s = 6, 9
-    theta = np.stack([rng.normal(0, .5, m), rng.normal(0, .5, m), np.log(rng.uniform(.7, 2, m)),
-                      rng.uniform(10, 100, m), rng.uniform(0, 10, m)], 1)
+    theta = np.stack(
+        [
+            rng.normal(0, 0.5, m),
+            rng.normal(0, 0.5, m),
+            np.log(rng.uniform(0.7, 2, m)),
+            rng.uniform(10, 100, m),
+            rng.uniform(0, 10, m),
+        ],
+        1,
+    )
     gx = np.tile(np.arange(s) - 4.0 + 0.3, (m, 1))
     gy = np.tile(np.arange(s) - 4.0 - 0.2, (m, 1))
     frac = rng.uniform(0, 1, (m, 2))  # bilinear resampling of the registration
@@ -113,14 +131,19 @@ def test_separable_normal_matrix_matches_finite_differences():
         up, down = theta.copy(), theta.copy()
         up[:, p] += 1e-5
         down[:, p] -= 1e-5
-        jac[:, :, p] = ((_Separable(up, gx, gy, frac).image
-                         - _Separable(down, gx, gy, frac).image) / 2e-5).reshape(m, -1)
+        jac[:, :, p] = (
+            (_Separable(up, gx, gy, frac).image - _Separable(down, gx, gy, frac).image) / 2e-5
+        ).reshape(m, -1)
     resid = rng.standard_normal((m, s, s))
-    np.testing.assert_allclose(model.normal_matrix(), np.einsum("mnp,mnq->mpq", jac, jac),
-                               rtol=1e-4, atol=1e-3)
-    np.testing.assert_allclose(model.gradient(resid),
-                               np.einsum("mnp,mn->mp", jac, resid.reshape(m, -1)),
-                               rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(
+        model.normal_matrix(), np.einsum("mnp,mnq->mpq", jac, jac), rtol=1e-4, atol=1e-3
+    )
+    np.testing.assert_allclose(
+        model.gradient(resid),
+        np.einsum("mnp,mn->mp", jac, resid.reshape(m, -1)),
+        rtol=1e-4,
+        atol=1e-3,
+    )
 
 
 def test_fit_recovers_centre_with_honest_error():
@@ -129,9 +152,13 @@ def test_fit_recovers_centre_with_honest_error():
     true = rng.uniform(-1, 1, (m, 2))
     grid = np.arange(s) - 4.0
     two_var = 2 * rng.uniform(0.7, 2.0, (m, 1, 1)) ** 2
-    img = (80 * np.exp(-(grid[None, :, None] - true[:, None, None, 1]) ** 2 / two_var)
-           * np.exp(-(grid[None, None, :] - true[:, None, None, 0]) ** 2 / two_var)
-           + 10 + 4.4 * rng.standard_normal((m, s, s)))
+    img = (
+        80
+        * np.exp(-((grid[None, :, None] - true[:, None, None, 1]) ** 2) / two_var)
+        * np.exp(-((grid[None, None, :] - true[:, None, None, 0]) ** 2) / two_var)
+        + 10
+        + 4.4 * rng.standard_normal((m, s, s))
+    )
     g = np.tile(grid, (m, 1))
     centre, var, _ = fit_gaussians(img, g, g)
     z = (centre - true) / np.sqrt(var)
@@ -147,12 +174,15 @@ def test_settings_refuse_bad_values():
 
 
 def test_registration_changes_cancel_the_offset():
-    regs = {"cam0": CameraRegistration(), "cam1": CameraRegistration(
-        affine=[[1.0, 0.0, 2.0], [0.0, 1.0, -1.0]])}
+    regs = {
+        "cam0": CameraRegistration(),
+        "cam1": CameraRegistration(affine=[[1.0, 0.0, 2.0], [0.0, 1.0, -1.0]]),
+    }
     out = registration_changes(regs, {"cam0": 0, "cam1": 1}, OFFSETS[:2], px_nm=PX_NM)
     assert set(out) == {"cam1"}  # plane 0 is the reference, never moved
-    np.testing.assert_allclose(np.array(out["cam1"]["affine"])[:, 2],
-                               [2.0 - 30.0 / PX_NM, -1.0 + 30.0 / PX_NM])
+    np.testing.assert_allclose(
+        np.array(out["cam1"]["affine"])[:, 2], [2.0 - 30.0 / PX_NM, -1.0 + 30.0 / PX_NM]
+    )
 
 
 # -- the live estimator -------------------------------------------------------------------
@@ -164,9 +194,23 @@ def messages(offsets: np.ndarray, frames: int, seed: int) -> list[tuple[LocsMess
     for f in range(frames):
         pos = xyz[f].numpy() + rng.normal(0, [20, 20, 40], (xyz.shape[1], 3))
         locs = Localizations(f, pos.astype(np.float32), np.ones(len(pos), np.float32))
-        out.append((LocsMessage(source="test", seq=f, frame=f, model="m", model_version="1",
-                                threshold=0.5, t_cam_ns=0, t_recv_ns=0, t_pub_ns=0, locs=locs),
-                    imgs[f]))
+        out.append(
+            (
+                LocsMessage(
+                    source="test",
+                    seq=f,
+                    frame=f,
+                    model="m",
+                    model_version="1",
+                    threshold=0.5,
+                    t_cam_ns=0,
+                    t_recv_ns=0,
+                    t_pub_ns=0,
+                    locs=locs,
+                ),
+                imgs[f],
+            )
+        )
     return out
 
 
@@ -185,14 +229,20 @@ def offset_stream():
 
 def test_estimator_window_stats_and_gauges(offset_stream):
     registry = CollectorRegistry()
-    est = DriftEstimator(DriftSettings(window_locs=600, update_sets=10, queue_sets=100),
-                         px_nm=PX_NM, planes=4, registry=registry)
+    est = DriftEstimator(
+        DriftSettings(window_locs=600, update_sets=10, queue_sets=100),
+        px_nm=PX_NM,
+        planes=4,
+        registry=registry,
+    )
     assert est.stats()["planes"] is None
     try:
         for msg, planes in offset_stream:
             est.observe(msg, planes)
-        wait_until(lambda: est.stats()["sets_measured"] == 80
-                   and est.stats()["sets_not_estimated"] == 0, "all sets estimated")
+        wait_until(
+            lambda: est.stats()["sets_measured"] == 80 and est.stats()["sets_not_estimated"] == 0,
+            "all sets estimated",
+        )
     finally:
         est.close()
     stats = est.stats()
@@ -207,8 +257,7 @@ def test_estimator_window_stats_and_gauges(offset_stream):
 
 
 def test_full_queue_drops_are_counted(offset_stream):
-    est = DriftEstimator(DriftSettings(queue_sets=1, max_busy_fraction=0.01), px_nm=PX_NM,
-                         planes=4)
+    est = DriftEstimator(DriftSettings(queue_sets=1, max_busy_fraction=0.01), px_nm=PX_NM, planes=4)
     try:
         for msg, planes in offset_stream[:20]:
             est.observe(msg, planes)
@@ -220,9 +269,18 @@ def test_full_queue_drops_are_counted(offset_stream):
 
 def test_feedback_hands_over_confident_offsets_and_restarts(offset_stream):
     got: list[np.ndarray] = []
-    est = DriftEstimator(DriftSettings(feedback=True, feedback_min_locs=400, update_sets=5,
-                                       feedback_settle_sets=1000, queue_sets=100),
-                         px_nm=PX_NM, planes=4, correct=got.append)
+    est = DriftEstimator(
+        DriftSettings(
+            feedback=True,
+            feedback_min_locs=400,
+            update_sets=5,
+            feedback_settle_sets=1000,
+            queue_sets=100,
+        ),
+        px_nm=PX_NM,
+        planes=4,
+        correct=got.append,
+    )
     try:
         for msg, planes in offset_stream:
             est.observe(msg, planes)
@@ -238,14 +296,19 @@ def test_feedback_hands_over_confident_offsets_and_restarts(offset_stream):
 
 def test_no_feedback_without_an_offset():
     got: list[np.ndarray] = []
-    est = DriftEstimator(DriftSettings(feedback=True, feedback_min_locs=400, update_sets=5,
-                                       queue_sets=100),
-                         px_nm=PX_NM, planes=4, correct=got.append)
+    est = DriftEstimator(
+        DriftSettings(feedback=True, feedback_min_locs=400, update_sets=5, queue_sets=100),
+        px_nm=PX_NM,
+        planes=4,
+        correct=got.append,
+    )
     try:
         for msg, planes in messages(np.zeros((4, 2)), 40, seed=7):
             est.observe(msg, planes)
-        wait_until(lambda: est.stats()["sets_measured"] == 40
-                   and est.stats()["sets_not_estimated"] == 0, "all sets estimated")
+        wait_until(
+            lambda: est.stats()["sets_measured"] == 40 and est.stats()["sets_not_estimated"] == 0,
+            "all sets estimated",
+        )
     finally:
         est.close()
     assert got == [] and est.stats()["feedbacks"] == 0

@@ -26,7 +26,7 @@ from service.settings import CameraSettings, ServiceSettings
 from service.wire import decode_locs, encode_frame
 
 PX_NM = 192.0
-FRAMES = 80       # acceptance: ~3500 localizations
+FRAMES = 80  # acceptance: ~3500 localizations
 MORE_FRAMES = 40  # after a feedback
 OFFSETS = np.array([[0.0, 0.0], [30.0, -30.0], [-30.0, 30.0], [0.0, 30.0]])  # nm
 SHIFTS_PX = np.array([[0.0, 0.0], [1.3, -0.7], [0.9, -0.4], [-0.5, 0.8]])  # camera -> ref
@@ -45,9 +45,16 @@ def camera_frames() -> np.ndarray:
     n = FRAMES + MORE_FRAMES
     batch = sim.sample(n, (30, 50), drift=False)
     drift = torch.tensor(OFFSETS - SHIFTS_PX * PX_NM, dtype=torch.float32)
-    clean = render_planes(batch.xyz_nm, batch.weights, drift[None].expand(n, -1, -1),
-                          torch.tensor(s.focal_planes_nm()), px_nm=PX_NM, height=64, width=64,
-                          psf=s.psf)
+    clean = render_planes(
+        batch.xyz_nm,
+        batch.weights,
+        drift[None].expand(n, -1, -1),
+        torch.tensor(s.focal_planes_nm()),
+        px_nm=PX_NM,
+        height=64,
+        width=64,
+        psf=s.psf,
+    )
     return sim.add_noise(clean + s.psf.b).numpy().astype(np.float32)
 
 
@@ -62,12 +69,16 @@ def serve() -> Iterator[Callable[..., tuple[Pipeline, TestClient]]]:
     made: list[tuple[Pipeline, TestClient]] = []
 
     def start(**drift: object) -> tuple[Pipeline, TestClient]:
-        cams = [CameraSettings(name=f"cam{k}", plane=k, endpoint="tcp://127.0.0.1:*",
-                               affine=AFFINES[k]) for k in range(4)]
+        cams = [
+            CameraSettings(name=f"cam{k}", plane=k, endpoint="tcp://127.0.0.1:*", affine=AFFINES[k])
+            for k in range(4)
+        ]
         settings = ServiceSettings(
-            cameras=cams, drift={"enabled": True, "queue_sets": 256, **drift},
+            cameras=cams,
+            drift={"enabled": True, "queue_sets": 256, **drift},
             inference={"model": "default", "backend": "torch", "drop_policy": "block"},
-            stream={"publish": "tcp://127.0.0.1:*", "assembly_timeout_ms": 5000})
+            stream={"publish": "tcp://127.0.0.1:*", "assembly_timeout_ms": 5000},
+        )
         pipeline = Pipeline(settings)
         pipeline.start()
         made.append((pipeline, TestClient(create_app(pipeline, dashboard=False))))
@@ -100,8 +111,7 @@ def stream(pipeline: Pipeline, frames: np.ndarray, first: int = 0) -> int:
     try:
         for n, planes in enumerate(frames, start=first):
             for name, k, sock in cams:
-                sock.send_multipart(encode_frame(name, k, n, planes[k], time.time_ns()),
-                                    copy=False)
+                sock.send_multipart(encode_frame(name, k, n, planes[k], time.time_ns()), copy=False)
         deadline = time.monotonic() + WAIT_S
         for _ in range(len(frames)):
             if not sub.poll(max(int((deadline - time.monotonic()) * 1000), 1)):
@@ -120,8 +130,12 @@ def drift_stats(client: TestClient) -> dict:
 
 def settled(client: TestClient, frames: int) -> bool:
     d = drift_stats(client)
-    return (d["sets_seen"] == frames and d["queued"] == 0 and d["sets_not_estimated"] == 0
-            and d["planes"] is not None)
+    return (
+        d["sets_seen"] == frames
+        and d["queued"] == 0
+        and d["sets_not_estimated"] == 0
+        and d["planes"] is not None
+    )
 
 
 def offsets_of(stats: dict) -> np.ndarray:
@@ -139,8 +153,11 @@ def test_injected_30nm_offsets_within_5nm(serve, camera_frames):
     assert all(p["locs"] > 400 for p in stats["planes"]), stats
     assert all(0 < p["se_x_nm"] < 2.5 and 0 < p["se_y_nm"] < 2.5 for p in stats["planes"][1:])
     metrics = client.get("/metrics").text
-    line = next(m for m in metrics.splitlines()
-                if m.startswith('voxloc_plane_offset_nm{axis="x",plane="1"}'))
+    line = next(
+        m
+        for m in metrics.splitlines()
+        if m.startswith('voxloc_plane_offset_nm{axis="x",plane="1"}')
+    )
     assert abs(float(line.split()[-1]) - 30.0) < 5.0
     assert client.get("/registration").json()["cameras"]["cam1"]["affine"] == AFFINES[1]
 
@@ -153,8 +170,9 @@ def test_feedback_corrects_the_registration(serve, camera_frames):
     wait_for(lambda: drift_stats(client)["feedbacks"] == 1, "a registration feedback")
     cameras = client.get("/registration").json()["cameras"]
     for k in range(1, 4):
-        shift_nm = (np.array(cameras[f"cam{k}"]["affine"])[:, 2]
-                    - np.array(AFFINES[k])[:, 2]) * PX_NM
+        shift_nm = (
+            np.array(cameras[f"cam{k}"]["affine"])[:, 2] - np.array(AFFINES[k])[:, 2]
+        ) * PX_NM
         assert np.abs(shift_nm + OFFSETS[k]).max() < 5.0, (k, shift_nm)
     stream(pipeline, camera_frames[FRAMES:], first=FRAMES)
     wait_for(lambda: settled(client, FRAMES + MORE_FRAMES), "the estimate after the feedback")

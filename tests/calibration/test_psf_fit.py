@@ -16,8 +16,9 @@ from tests.calibration.conftest import noise_images
 
 # a microscope unlike the paper's: wider in focus, steeper far from focus, planes off nominal
 TRUE_PSF = PSFParams(r0_nm=150.0, b4=2 * 6.27e-3, focal_offsets_nm=(25.0, -10.0, 5.0, 40.0))
-SETTINGS = SimSettings(geometry=Geometry(height=64, width=64), psf=TRUE_PSF,
-                       noise=NoiseParams(mode="emccd"))
+SETTINGS = SimSettings(
+    geometry=Geometry(height=64, width=64), psf=TRUE_PSF, noise=NoiseParams(mode="emccd")
+)
 BRIGHTNESS = 2.0
 
 
@@ -28,8 +29,12 @@ def zstacks():
 
 @pytest.fixture(scope="module")
 def calibration(zstacks):
-    return calibrate_psf(zstacks.stacks, z_step_nm=zstacks.z_step_nm,
-                         geometry=SETTINGS.geometry, noise=SETTINGS.noise)
+    return calibrate_psf(
+        zstacks.stacks,
+        z_step_nm=zstacks.z_step_nm,
+        geometry=SETTINGS.geometry,
+        noise=SETTINGS.noise,
+    )
 
 
 def test_widths_within_3_percent_over_the_axial_range(zstacks, calibration):
@@ -39,8 +44,9 @@ def test_widths_within_3_percent_over_the_axial_range(zstacks, calibration):
         # the fit knows the stack only in stage coordinates: the first slice is at z_nm[0]
         focal_fit = calibration.focal_stack_nm[k] + zstacks.z_nm[0]
         fitted = defocus_width(focal_fit - z, p.r0_nm, p.d_nm, p.a3, p.b4)
-        true = defocus_width(zstacks.focal_nm[k] - z, TRUE_PSF.r0_nm, TRUE_PSF.d_nm,
-                             TRUE_PSF.a3, TRUE_PSF.b4)
+        true = defocus_width(
+            zstacks.focal_nm[k] - z, TRUE_PSF.r0_nm, TRUE_PSF.d_nm, TRUE_PSF.a3, TRUE_PSF.b4
+        )
         assert np.max(np.abs(fitted / true - 1)) < 0.03, f"plane {k}"
     assert calibration.rms_rel < 0.03
 
@@ -93,5 +99,4 @@ def test_wrong_plane_count_is_a_clear_error(zstacks):
 def test_reversed_z_step_is_a_clear_error(zstacks):
     flipped = [s[::-1] for s in zstacks.stacks]
     with pytest.raises(FormatError, match="z step sign reversed"):
-        calibrate_psf(flipped, z_step_nm=50.0, geometry=SETTINGS.geometry,
-                      noise=SETTINGS.noise)
+        calibrate_psf(flipped, z_step_nm=50.0, geometry=SETTINGS.geometry, noise=SETTINGS.noise)

@@ -41,8 +41,9 @@ def test_fitted_affines_map_points_within_10nm(reg_beads):
 
 def test_spurious_beads_are_not_matched(reg_settings):
     aff = random_affines(4, height=128, width=128, seed=7)
-    beads = simulate_registration_beads(reg_settings, aff, beads=60, spurious_frac=0.2,
-                                        missing_frac=0.1, seed=7)
+    beads = simulate_registration_beads(
+        reg_settings, aff, beads=60, spurious_frac=0.2, missing_frac=0.1, seed=7
+    )
     reg = fit_registration(beads.images, px_nm=PX_NM, planes=4)
     for k, cam in enumerate(reg.cameras[1:], start=1):
         assert grid_error_nm(cam.affine, aff[k], 128) < 10.0
@@ -70,8 +71,13 @@ def test_no_beads_is_a_clear_error():
 
 def test_one_bead_is_a_clear_error():
     settings = SimSettings(geometry=Geometry(height=64, width=64))
-    beads = simulate_registration_beads(settings, random_affines(4, height=64, width=64),
-                                        beads=1, spurious_frac=0.0, missing_frac=0.0)
+    beads = simulate_registration_beads(
+        settings,
+        random_affines(4, height=64, width=64),
+        beads=1,
+        spurious_frac=0.0,
+        missing_frac=0.0,
+    )
     with pytest.raises(FormatError, match=r"found 1 bead\(s\).*need at least 6"):
         fit_registration(beads.images, px_nm=PX_NM, planes=4)
 

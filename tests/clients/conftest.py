@@ -46,10 +46,26 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     log = tmp_path_factory.mktemp("demo") / "demo.log"
     with open(log, "w") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "clients.cli", "demo", "--port", str(api_port),
-             "--locs-port", str(locs_port), "--rate", "10", "--duration", "600"],
-            stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1"})
+            [
+                sys.executable,
+                "-m",
+                "clients.cli",
+                "demo",
+                "--port",
+                str(api_port),
+                "--locs-port",
+                str(locs_port),
+                "--rate",
+                "10",
+                "--duration",
+                "600",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            start_new_session=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
     d = Demo(api_port, locs_port, proc, log)
     try:
         _wait_streaming(d, timeout_s=180)

@@ -43,16 +43,20 @@ def test_publish_delivers_decodable_frames(ctx: zmq.Context) -> None:
     assert pub.stats.published == 2 and pub.stats.dropped_total == 0
 
 
-@pytest.mark.parametrize("image, frame, match", [
-    (np.zeros((8, 8), np.float64), 1, "uint16 or float32"),
-    (np.zeros((8, 9), np.uint16), 1, "expected 8x8 uint16, got 8x9"),
-    (np.zeros((8, 8), np.float32), 1, "expected 8x8 uint16, got 8x8 float32"),
-    (np.zeros((2, 8, 8), np.uint16), 1, "2-D"),
-    (np.zeros((8, 8), np.uint16), 0, "must increase, got 0 after 0"),
-    (np.zeros((8, 8), np.uint16), -3, "int >= 0, got -3"),
-])
-def test_publish_refuses_bad_input(ctx: zmq.Context, image: np.ndarray, frame: int,
-                                   match: str) -> None:
+@pytest.mark.parametrize(
+    "image, frame, match",
+    [
+        (np.zeros((8, 8), np.float64), 1, "uint16 or float32"),
+        (np.zeros((8, 9), np.uint16), 1, "expected 8x8 uint16, got 8x9"),
+        (np.zeros((8, 8), np.float32), 1, "expected 8x8 uint16, got 8x8 float32"),
+        (np.zeros((2, 8, 8), np.uint16), 1, "2-D"),
+        (np.zeros((8, 8), np.uint16), 0, "must increase, got 0 after 0"),
+        (np.zeros((8, 8), np.uint16), -3, "int >= 0, got -3"),
+    ],
+)
+def test_publish_refuses_bad_input(
+    ctx: zmq.Context, image: np.ndarray, frame: int, match: str
+) -> None:
     _, endpoint = _pull(ctx)
     with CameraPublisher(endpoint, "cam0", 0, context=ctx) as pub:
         pub.publish(0, np.zeros((8, 8), np.uint16))
@@ -143,7 +147,8 @@ def test_scene_registration_undoes_its_misalignment() -> None:
     assert np.allclose(cams[0], ref[0])  # camera 0 is the reference
     for k in (1, 2, 3):
         warp = PlaneWarp.from_registration(
-            CameraRegistration(affine=shifted.registration()[k]), 64, 64)
+            CameraRegistration(affine=shifted.registration()[k]), 64, 64
+        )
         registered = warp.apply(cams[k])
         inner = (slice(4, -4), slice(4, -4))  # edges repeat pixels outside the camera
         raw_corr = np.corrcoef(cams[k][inner].ravel(), ref[k][inner].ravel())[0, 1]

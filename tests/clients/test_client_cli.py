@@ -31,21 +31,31 @@ def _pulls(ctx: zmq.Context, n: int) -> list[tuple[zmq.Socket, str]]:
     return out
 
 
-@pytest.mark.parametrize("layout", [{"photometric": "minisblack"},
-                                    {"photometric": "rgb", "planarconfig": "separate"}],
-                         ids=["page-per-frame", "frames-as-samples"])
-def test_camera_replays_per_camera_tiff_stacks(ctx: zmq.Context, tmp_path: Path,
-                                               layout: dict, capsys) -> None:
-    stacks = [np.arange(3 * 8 * 6, dtype=np.uint16).reshape(3, 8, 6) + 1000 * k
-              for k in range(2)]
+@pytest.mark.parametrize(
+    "layout",
+    [{"photometric": "minisblack"}, {"photometric": "rgb", "planarconfig": "separate"}],
+    ids=["page-per-frame", "frames-as-samples"],
+)
+def test_camera_replays_per_camera_tiff_stacks(
+    ctx: zmq.Context, tmp_path: Path, layout: dict, capsys
+) -> None:
+    stacks = [np.arange(3 * 8 * 6, dtype=np.uint16).reshape(3, 8, 6) + 1000 * k for k in range(2)]
     paths = []
     for k, stack in enumerate(stacks):
         paths.append(tmp_path / f"cam{k}.tif")
         tifffile.imwrite(paths[-1], stack, **layout)
     socks = _pulls(ctx, 2)
-    code, out, err = _voxloc(capsys, "camera", "--tiff", *map(str, paths), "--rate", "0",
-                             "--start-frame", "5",
-                             *[a for _, ep in socks for a in ("--endpoint", ep)])
+    code, out, err = _voxloc(
+        capsys,
+        "camera",
+        "--tiff",
+        *map(str, paths),
+        "--rate",
+        "0",
+        "--start-frame",
+        "5",
+        *[a for _, ep in socks for a in ("--endpoint", ep)],
+    )
     assert code == 0, err
     assert "sent 3 frame sets" in out
     for k, (sock, _) in enumerate(socks):
@@ -55,13 +65,29 @@ def test_camera_replays_per_camera_tiff_stacks(ctx: zmq.Context, tmp_path: Path,
         assert all(np.array_equal(m.image, stacks[k][i]) for i, m in enumerate(msgs))
 
 
-def test_camera_simulates_one_plane_and_writes_registration(ctx: zmq.Context,
-                                                            tmp_path: Path, capsys) -> None:
-    (sock, ep), = _pulls(ctx, 1)
+def test_camera_simulates_one_plane_and_writes_registration(
+    ctx: zmq.Context, tmp_path: Path, capsys
+) -> None:
+    ((sock, ep),) = _pulls(ctx, 1)
     reg = tmp_path / "reg.json"
-    code, _, err = _voxloc(capsys, "camera", "--plane", "2", "--endpoint", ep, "--frames", "2",
-                           "--rate", "0", "--height", "32", "--width", "40",
-                           "--registration-out", str(reg))
+    code, _, err = _voxloc(
+        capsys,
+        "camera",
+        "--plane",
+        "2",
+        "--endpoint",
+        ep,
+        "--frames",
+        "2",
+        "--rate",
+        "0",
+        "--height",
+        "32",
+        "--width",
+        "40",
+        "--registration-out",
+        str(reg),
+    )
     assert code == 0, err
     msgs = [decode_frame(sock.recv_multipart()) for _ in range(2)]
     assert [(m.source, m.plane, m.frame) for m in msgs] == [("cam2", 2, 0), ("cam2", 2, 1)]

@@ -49,10 +49,23 @@ def served(ctx: zmq.Context) -> Iterator[tuple[str, zmq.Socket, object]]:
 
 
 def _message(seq: int, n: int) -> list:
-    xyz = np.column_stack([np.full(n, 1000.0 + seq % 100), np.full(n, 2000.0),
-                           np.full(n, 1200.0)]).astype(np.float32)
-    return encode_locs(LocsMessage("voxloc", seq, seq, "default", "1", 0.5, 0, 0, 0,
-                                   Localizations(seq, xyz, np.ones(n, np.float32))))
+    xyz = np.column_stack(
+        [np.full(n, 1000.0 + seq % 100), np.full(n, 2000.0), np.full(n, 1200.0)]
+    ).astype(np.float32)
+    return encode_locs(
+        LocsMessage(
+            "voxloc",
+            seq,
+            seq,
+            "default",
+            "1",
+            0.5,
+            0,
+            0,
+            0,
+            Localizations(seq, xyz, np.ones(n, np.float32)),
+        )
+    )
 
 
 @pytest.mark.timeout(60)

@@ -20,9 +20,14 @@ from engines.io.loctable import read_table
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 NONBLANK_JS = """() => {
   const img = document.getElementById('sr');
   if (!img.complete || !img.naturalWidth) return 0;
@@ -64,8 +69,8 @@ def test_dashboard_in_headless_chromium(demo, tmp_path: Path) -> None:
             # the stats update (polled from /stats) and show the four cameras
             first = int(page.evaluate("document.body.dataset.statsUpdates || 0"))
             page.wait_for_function(
-                f"Number(document.body.dataset.statsUpdates || 0) >= {first + 2}",
-                timeout=15_000)
+                f"Number(document.body.dataset.statsUpdates || 0) >= {first + 2}", timeout=15_000
+            )
             assert page.locator("#cameras tbody tr").count() == 4
             fps_in = page.locator("#fps_in").inner_text()
             assert fps_in != "–" and float(fps_in) > 0
@@ -108,15 +113,31 @@ def test_reset_clears_the_live_image(demo) -> None:
 
 
 @pytest.mark.timeout(150)
-def test_record_demo_stream_to_csv_and_picasso_hdf5(demo, tmp_path: Path, picasso_check,
-                                                   capsys: pytest.CaptureFixture) -> None:
+def test_record_demo_stream_to_csv_and_picasso_hdf5(
+    demo, tmp_path: Path, picasso_check, capsys: pytest.CaptureFixture
+) -> None:
     csv, h5 = tmp_path / "demo.csv", tmp_path / "demo.h5"
-    proc = subprocess.Popen([sys.executable, "-m", "clients.cli", "record", "-o", str(h5),
-                             "--endpoint", demo.locs_endpoint, "--frames", "30"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    code, out, err = _voxloc(capsys, "record", "-o", str(csv), "--endpoint",
-                             demo.locs_endpoint, "--frames", "30")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "clients.cli",
+            "record",
+            "-o",
+            str(h5),
+            "--endpoint",
+            demo.locs_endpoint,
+            "--frames",
+            "30",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    code, out, err = _voxloc(
+        capsys, "record", "-o", str(csv), "--endpoint", demo.locs_endpoint, "--frames", "30"
+    )
     assert code == 0, err
     outputs = [out, proc.communicate(timeout=100)[0]]
     assert proc.returncode == 0, outputs[1]

@@ -48,8 +48,9 @@ def _exec_lines(unit: Path) -> list[list[str]]:
     return cmds
 
 
-@pytest.mark.parametrize("unit", sorted((DEPLOY / "systemd").glob("*.service")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "unit", sorted((DEPLOY / "systemd").glob("*.service")), ids=lambda p: p.name
+)
 def test_systemd_units_run_real_commands(unit: Path) -> None:
     cmds = _exec_lines(unit)
     assert cmds, f"{unit.name} has no ExecStart"

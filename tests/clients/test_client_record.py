@@ -35,8 +35,9 @@ def locs_message(seq: int, frame: int, n: int) -> LocsMessage:
     rng = np.random.default_rng(frame)
     xyz = (rng.random((n, 3)) * [12288, 12288, 1600]).astype(np.float32)
     conf = np.full(n, 0.5 + (frame % 50) / 100, np.float32)
-    return LocsMessage("voxloc", seq, frame, "default", "1", 0.5, 1, 2, 3,
-                       Localizations(frame, xyz, conf))
+    return LocsMessage(
+        "voxloc", seq, frame, "default", "1", 0.5, 1, 2, 3, Localizations(frame, xyz, conf)
+    )
 
 
 @pytest.fixture
@@ -70,8 +71,10 @@ def test_subscriber_counts_gaps_and_restarts(ctx: zmq.Context, xpub) -> None:
         assert sub.recv(0.2) is None  # the garbage message is skipped, not yielded
     assert [m.seq for m in got] == [0, 1, 2, 5, 6, 9, 0, 1]
     assert sub.gaps.missed == 4 and sub.gaps.restarts == 1 and sub.bad_messages == 1
-    assert [(g.first_seq, g.last_seq, g.after_frame) for g in sub.gaps.gaps] == \
-        [(3, 4, 4), (7, 8, 12)]
+    assert [(g.first_seq, g.last_seq, g.after_frame) for g in sub.gaps.gaps] == [
+        (3, 4, 4),
+        (7, 8, 12),
+    ]
     assert np.allclose(got[3].locs.xyz_nm, locs_message(5, 10, 3).locs.xyz_nm)
 
 
@@ -97,8 +100,9 @@ def test_async_subscriber_yields_in_order_and_sees_gaps(xpub) -> None:
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".h5"])
-def test_record_writes_every_frame_in_format(ctx: zmq.Context, xpub, tmp_path: Path,
-                                             suffix: str) -> None:
+def test_record_writes_every_frame_in_format(
+    ctx: zmq.Context, xpub, tmp_path: Path, suffix: str
+) -> None:
     sock, endpoint = xpub
     out = tmp_path / f"rec{suffix}"
     sent = [locs_message(i, i, i % 4) for i in range(40)]  # frames with 0 locs too
@@ -119,7 +123,10 @@ def test_record_writes_every_frame_in_format(ctx: zmq.Context, xpub, tmp_path: P
 def _spawn_record(out: Path, endpoint: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "clients.cli", "record", "-o", str(out), "--endpoint", endpoint],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _frames_on_disk(out: Path) -> int:
@@ -150,8 +157,9 @@ def _wait_subscriber_up(sock: zmq.Socket, proc: subprocess.Popen) -> None:
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("suffix", [".csv", ".h5"])
-def test_sigkilled_recording_keeps_every_frame_written(xpub, tmp_path: Path, suffix: str,
-                                                       picasso_check) -> None:
+def test_sigkilled_recording_keeps_every_frame_written(
+    xpub, tmp_path: Path, suffix: str, picasso_check
+) -> None:
     """Frames the recorder had written survive SIGKILL, as complete frames."""
     sock, endpoint = xpub
     out = tmp_path / f"killed{suffix}"
@@ -205,8 +213,7 @@ def test_csv_killed_while_streaming_keeps_a_complete_prefix(xpub, tmp_path: Path
     assert all(counts[i] == 2 + i % 5 for i in range(k + 1))  # no partial frame
 
 
-def test_record_cli_stops_on_sigint_and_summarises(xpub, tmp_path: Path,
-                                                   picasso_check) -> None:
+def test_record_cli_stops_on_sigint_and_summarises(xpub, tmp_path: Path, picasso_check) -> None:
     sock, endpoint = xpub
     out = tmp_path / "cli.h5"
     proc = _spawn_record(out, endpoint)

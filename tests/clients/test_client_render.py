@@ -36,8 +36,9 @@ def test_render_colours_by_depth() -> None:
 
 
 def test_gauss_mode_spreads_and_keeps_colour() -> None:
-    settings = RenderSettings(nm_per_px=10.0, mode="gauss", sigma_nm=15.0,
-                              z_range_nm=(0.0, 1000.0), cmap="viridis")
+    settings = RenderSettings(
+        nm_per_px=10.0, mode="gauss", sigma_nm=15.0, z_range_nm=(0.0, 1000.0), cmap="viridis"
+    )
     rgb = render(np.array([[55, 55, 500.0]] * 3), settings, (110.0, 110.0))
     lit = rgb.sum(-1) > 0
     assert lit.sum() > 9 and lit[5, 5]
@@ -46,10 +47,15 @@ def test_gauss_mode_spreads_and_keeps_colour() -> None:
     assert np.allclose(hue, ref, atol=0.05)
 
 
-@pytest.mark.parametrize("bad, match", [
-    ({"nm_per_px": 0}, "nm per pixel"), ({"mode": "dots"}, "render mode"),
-    ({"z_range_nm": (5.0, 5.0)}, "z range"), ({"cmap": "nope"}, "unknown colour map"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"nm_per_px": 0}, "nm per pixel"),
+        ({"mode": "dots"}, "render mode"),
+        ({"z_range_nm": (5.0, 5.0)}, "z range"),
+        ({"cmap": "nope"}, "unknown colour map"),
+    ],
+)
 def test_render_settings_refuse_bad_values(bad: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         RenderSettings(**bad)
@@ -72,13 +78,28 @@ def test_save_png_with_colorbar_and_tiff(tmp_path: Path) -> None:
 
 def test_render_cli_from_csv(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     meta = TableMeta(frames=2, height=8, width=8, px_nm=100.0, dz_nm=400.0, planes=4)
-    table = LocTable(np.array([0, 1]), np.array([[150.0, 150, 200], [650, 650, 1400]]),
-                     np.array([0.9, 0.95]))
+    table = LocTable(
+        np.array([0, 1]), np.array([[150.0, 150, 200], [650, 650, 1400]]), np.array([0.9, 0.95])
+    )
     with open_table_writer(tmp_path / "t.csv", meta) as w:
         w.write_table(table)
     out = tmp_path / "t.png"
-    code = main(["render", str(tmp_path / "t.csv"), "-o", str(out), "--nm-per-px", "50",
-                 "--fov-px", "8", "8", "--px-nm", "100", "--no-colorbar"])
+    code = main(
+        [
+            "render",
+            str(tmp_path / "t.csv"),
+            "-o",
+            str(out),
+            "--nm-per-px",
+            "50",
+            "--fov-px",
+            "8",
+            "8",
+            "--px-nm",
+            "100",
+            "--no-colorbar",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     img = np.asarray(Image.open(out))
     assert img.shape == (16, 16, 3)

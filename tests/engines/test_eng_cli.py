@@ -74,8 +74,20 @@ def test_per_plane_files_hold_the_same_frames(sim):
 
 
 def test_simulate_camera_mode_writes_uint16(tmp_path, voxloc):
-    res = voxloc("simulate", "-o", tmp_path / "cam.tif", "--frames", 2, "--size", 24,
-                 "--camera", "emccd", "--molecules", 0, "-q")
+    res = voxloc(
+        "simulate",
+        "-o",
+        tmp_path / "cam.tif",
+        "--frames",
+        2,
+        "--size",
+        24,
+        "--camera",
+        "emccd",
+        "--molecules",
+        0,
+        "-q",
+    )
     assert res.code == 0, res.err
     with tifffile.TiffFile(tmp_path / "cam.tif") as tif:
         data = tif.asarray()

@@ -21,8 +21,14 @@ def _edge_points(geom: Geometry) -> tuple[torch.Tensor, torch.Tensor]:
     px, dz = geom.px_nm, geom.dz_nm
 
     def edges(n: int) -> list[tuple[float, int]]:  # (coordinate nm, pixel index)
-        return [(0.0, 0), (0.5 * px, 0), (px - EPS_NM, 0), (px, 1),
-                ((n - 0.5) * px, n - 1), (n * px - EPS_NM, n - 1)]
+        return [
+            (0.0, 0),
+            (0.5 * px, 0),
+            (px - EPS_NM, 0),
+            (px, 1),
+            ((n - 0.5) * px, n - 1),
+            (n * px - EPS_NM, n - 1),
+        ]
 
     lateral, rows = edges(geom.width), edges(geom.height)
     points, expect = [], []
@@ -34,8 +40,9 @@ def _edge_points(geom: Geometry) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(points, dtype=torch.float64), torch.tensor(expect)
 
 
-@pytest.mark.parametrize("geom", [Geometry(), Geometry(planes=8, px_nm=100.0, dz_nm=250.0,
-                                                       height=40, width=56)])
+@pytest.mark.parametrize(
+    "geom", [Geometry(), Geometry(planes=8, px_nm=100.0, dz_nm=250.0, height=40, width=56)]
+)
 def test_round_trip_every_plane_and_frame_edge(geom):
     xyz, expect = _edge_points(geom)
     idx, zeta = nm_to_voxel(xyz, geom)

@@ -11,18 +11,31 @@ from engines.errors import FormatError
 from engines.io.loctable import TableMeta, open_table_writer, read_hdf5, read_table
 from engines.types import Localizations
 
-META = TableMeta(frames=3, height=32, width=48, px_nm=192.0, dz_nm=400.0, planes=4,
-                 generated_by="voxloc localize", source="stack.tif", data_type="uint16",
-                 info={"Model": "default", "Threshold": 0.5})
+META = TableMeta(
+    frames=3,
+    height=32,
+    width=48,
+    px_nm=192.0,
+    dz_nm=400.0,
+    planes=4,
+    generated_by="voxloc localize",
+    source="stack.tif",
+    data_type="uint16",
+    info={"Model": "default", "Threshold": 0.5},
+)
 
 
 def _locs() -> list[Localizations]:
     return [
-        Localizations(0, np.array([[96.0, 192.0, 100.0], [384.5, 10.25, 1500.0]], np.float32),
-                      np.array([0.9, 0.6], np.float32)),
+        Localizations(
+            0,
+            np.array([[96.0, 192.0, 100.0], [384.5, 10.25, 1500.0]], np.float32),
+            np.array([0.9, 0.6], np.float32),
+        ),
         Localizations.empty(1),
-        Localizations(2, np.array([[1000.0, 2000.0, 650.0]], np.float32),
-                      np.array([0.75], np.float32)),
+        Localizations(
+            2, np.array([[1000.0, 2000.0, 650.0]], np.float32), np.array([0.75], np.float32)
+        ),
     ]
 
 

@@ -12,12 +12,14 @@ from engines.loss import hard_negative_mask, voxel_loss
 
 def test_hard_negatives_are_the_three_worst_negatives_of_each_image():
     # two images of 1 plane x 2 x 4 voxels; flat index = row * 4 + col
-    bce = torch.tensor([
-        [[[0.1, 0.9, 0.2, 0.8],
-          [5.0, 0.3, 0.7, 0.4]]],   # image 0: the positive (index 4) has the largest BCE
-        [[[0.5, 0.1, 0.6, 0.2],
-          [0.3, 0.9, 0.4, 0.8]]],   # image 1: no positive at all
-    ])
+    bce = torch.tensor(
+        [
+            [
+                [[0.1, 0.9, 0.2, 0.8], [5.0, 0.3, 0.7, 0.4]]
+            ],  # image 0: the positive (index 4) has the largest BCE
+            [[[0.5, 0.1, 0.6, 0.2], [0.3, 0.9, 0.4, 0.8]]],  # image 1: no positive at all
+        ]
+    )
     labels = torch.zeros_like(bce)
     labels[0, 0, 1, 0] = 1.0
     mask = hard_negative_mask(bce, labels)

@@ -37,8 +37,14 @@ def test_paper_mode_noise_parameters_are_used():
 def test_scmos_mode_shot_and_read_noise_in_adu():
     # 100 photons * qe 0.9 = 90 e- (Poisson), read noise 2 e-, 1 e-/ADU, baseline 100:
     # mean 100 + 90 = 190 ADU, variance 90 + 2^2 + 1/12 (rounding) = 94.08
-    n = NoiseParams(mode="scmos", background_photons=100.0, qe=0.9, e_per_adu=1.0,
-                    baseline_adu=100.0, read_noise_e=2.0)
+    n = NoiseParams(
+        mode="scmos",
+        background_photons=100.0,
+        qe=0.9,
+        e_per_adu=1.0,
+        baseline_adu=100.0,
+        read_noise_e=2.0,
+    )
     y = _noisy(n)
     assert float(y.mean()) == pytest.approx(190.0, abs=0.1)
     assert float(y.var()) == pytest.approx(94.08, rel=0.02)

@@ -53,7 +53,11 @@ def _one_molecule(x_nm, y_nm, z_nm, *, weight=1.0, drift=((0.0, 0.0),) * 4, size
         torch.tensor([[[x_nm, y_nm, z_nm]]], dtype=torch.float64),
         torch.tensor([[weight]], dtype=torch.float64),
         torch.tensor([drift], dtype=torch.float64),
-        focal, px_nm=192.0, height=size, width=size, psf=PSF,
+        focal,
+        px_nm=192.0,
+        height=size,
+        width=size,
+        psf=PSF,
     )[0]
 
 

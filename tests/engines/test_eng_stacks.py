@@ -26,8 +26,9 @@ def _per_plane(path: Path, compress_plane: int = 2) -> list[Path]:
     for k in range(P):
         p = path.with_name(f"{path.stem}_plane{k}.tif")
         comp = "zlib" if k == compress_plane else None
-        tifffile.imwrite(p, STACK[:, k], compression=comp, photometric="minisblack",
-                         metadata={"axes": "TYX"})
+        tifffile.imwrite(
+            p, STACK[:, k], compression=comp, photometric="minisblack", metadata={"axes": "TYX"}
+        )
         out.append(p)
     return out
 
@@ -36,23 +37,51 @@ LAYOUTS = {
     # name: (writer, memory-mapped)
     "imagej-TZYX": (lambda p: _imagej(p), True),
     "imagej-TCYX": (lambda p: _imagej(p, "TCYX"), True),
-    "ome-TZYX": (lambda p: (tifffile.imwrite(p.with_suffix(".ome.tif"), STACK,
-                                             metadata={"axes": "TZYX"}),
-                            [p.with_suffix(".ome.tif")])[1], True),
-    "plain-4d": (lambda p: (tifffile.imwrite(p, STACK, photometric="minisblack"), [p])[1],
-                 True),
+    "ome-TZYX": (
+        lambda p: (
+            tifffile.imwrite(p.with_suffix(".ome.tif"), STACK, metadata={"axes": "TZYX"}),
+            [p.with_suffix(".ome.tif")],
+        )[1],
+        True,
+    ),
+    "plain-4d": (lambda p: (tifffile.imwrite(p, STACK, photometric="minisblack"), [p])[1], True),
     # what older tifffile wrote for a plain (T, 4, H, W) array: planes as separate samples
-    "rgba-planar-samples": (lambda p: (tifffile.imwrite(
-        p, STACK, photometric="rgb", planarconfig="separate", extrasamples=["unspecified"],
-        compression="zlib"), [p])[1], False),
-    "zlib-TZYX": (lambda p: (tifffile.imwrite(p, STACK, compression="zlib",
-                                              photometric="minisblack",
-                                              metadata={"axes": "TZYX"}), [p])[1], False),
-    "pages-only": (lambda p: (tifffile.imwrite(p, STACK.reshape(T * P, H, W), imagej=True),
-                              [p])[1], True),
-    "big-endian": (lambda p: (tifffile.imwrite(p, STACK, byteorder=">",
-                                               photometric="minisblack",
-                                               metadata={"axes": "TZYX"}), [p])[1], True),
+    "rgba-planar-samples": (
+        lambda p: (
+            tifffile.imwrite(
+                p,
+                STACK,
+                photometric="rgb",
+                planarconfig="separate",
+                extrasamples=["unspecified"],
+                compression="zlib",
+            ),
+            [p],
+        )[1],
+        False,
+    ),
+    "zlib-TZYX": (
+        lambda p: (
+            tifffile.imwrite(
+                p, STACK, compression="zlib", photometric="minisblack", metadata={"axes": "TZYX"}
+            ),
+            [p],
+        )[1],
+        False,
+    ),
+    "pages-only": (
+        lambda p: (tifffile.imwrite(p, STACK.reshape(T * P, H, W), imagej=True), [p])[1],
+        True,
+    ),
+    "big-endian": (
+        lambda p: (
+            tifffile.imwrite(
+                p, STACK, byteorder=">", photometric="minisblack", metadata={"axes": "TZYX"}
+            ),
+            [p],
+        )[1],
+        True,
+    ),
     "per-plane": (_per_plane, None),
 }
 
@@ -111,8 +140,11 @@ def test_per_plane_file_count_must_match(tmp_path):
 def test_mismatched_per_plane_files_are_named(tmp_path):
     paths = _per_plane(tmp_path / "s.tif")
     tifffile.imwrite(paths[3], STACK[:4, 3], photometric="minisblack")  # one frame short
-    with pytest.raises(FormatError, match=r"per-plane files differ: .*plane0.tif has 5 frames"
-                                          r".*plane3.tif \(plane 3\) has 4 frames"):
+    with pytest.raises(
+        FormatError,
+        match=r"per-plane files differ: .*plane0.tif has 5 frames"
+        r".*plane3.tif \(plane 3\) has 4 frames",
+    ):
         open_stack(paths, P)
 
 
@@ -146,6 +178,9 @@ def test_truncated_imagej_file_is_reported(tmp_path):
     path = _imagej(tmp_path / "cut.tif")[0]
     with open(path, "r+b") as fh:
         fh.truncate(path.stat().st_size // 2)
-    with pytest.raises(FormatError, match=r"cut.tif: truncated or corrupted TIFF: its ImageJ "
-                                          r"metadata states 20 images, the file holds 1"):
+    with pytest.raises(
+        FormatError,
+        match=r"cut.tif: truncated or corrupted TIFF: its ImageJ "
+        r"metadata states 20 images, the file holds 1",
+    ):
         open_stack([path], P)

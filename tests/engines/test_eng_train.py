@@ -46,8 +46,16 @@ def test_loss_falls_on_held_out_frames():
 @pytest.mark.timeout(120)
 def test_train_writes_model_dir_and_resumes(tmp_path):
     out = tmp_path / "tiny"
-    cfg = TrainConfig(out_dir=out, name="tiny", steps=2, batch=2, crop_px=CROP,
-                      checkpoint_every=1, seed=5, command="voxloc train -o tiny")
+    cfg = TrainConfig(
+        out_dir=out,
+        name="tiny",
+        steps=2,
+        batch=2,
+        crop_px=CROP,
+        checkpoint_every=1,
+        seed=5,
+        command="voxloc train -o tiny",
+    )
     train(cfg, SimSettings())
     info = json.loads((out / "model.json").read_text())
     assert info["name"] == "tiny"
@@ -64,8 +72,9 @@ def test_train_writes_model_dir_and_resumes(tmp_path):
 
 def test_init_starts_from_another_models_weights_with_its_own_normalisation(tmp_path):
     emccd = SimSettings(noise={"mode": "emccd", "em_gain": 150, "baseline_adu": 200})
-    cfg = TrainConfig(out_dir=tmp_path / "ft", steps=1, batch=2, crop_px=CROP,
-                      init_from="default", command="test")
+    cfg = TrainConfig(
+        out_dir=tmp_path / "ft", steps=1, batch=2, crop_px=CROP, init_from="default", command="test"
+    )
     out = train(cfg, emccd)
     tuned, info = load_model(out)
     shipped, _ = load_model("default")
@@ -73,14 +82,14 @@ def test_init_starts_from_another_models_weights_with_its_own_normalisation(tmp_
     offset, _ = input_normalisation(emccd)
     assert float(tuned.input_offset) == pytest.approx(offset) != float(shipped.input_offset)
     # one small Adam step away from the shipped weights, not a fresh initialisation
-    for (name, a), b in zip(tuned.state_dict().items(), shipped.state_dict().values(),
-                            strict=True):
+    for (name, a), b in zip(tuned.state_dict().items(), shipped.state_dict().values(), strict=True):
         if a.is_floating_point() and a.dim() == 4:
             assert (a - b).abs().max() < 0.01, name
 
 
 def test_init_from_a_model_with_other_planes_names_the_difference(tmp_path):
-    cfg = TrainConfig(out_dir=tmp_path / "ft", steps=1, batch=2, crop_px=CROP,
-                      init_from="default", command="test")
+    cfg = TrainConfig(
+        out_dir=tmp_path / "ft", steps=1, batch=2, crop_px=CROP, init_from="default", command="test"
+    )
     with pytest.raises(EngineError, match="planes 4 differ from this model's 3"):
         train(cfg, SimSettings(geometry={"planes": 3}))

@@ -71,8 +71,9 @@ def test_camera_bound_shrinks_with_photons(mode):
 
 def test_emccd_excess_noise_costs_sqrt2_when_shot_noise_limited():
     def camera(mode):
-        noise = NoiseParams(mode=mode, background_photons=0.0, read_noise_e=0.0,
-                            qe=1.0, e_per_adu=1e-3)
+        noise = NoiseParams(
+            mode=mode, background_photons=0.0, read_noise_e=0.0, qe=1.0, e_per_adu=1e-3
+        )
         return with_(PAPER, noise=noise, psf=PSFParams(a_prime=1.0e6))
 
     theta = random_molecules(PAPER, 20, seed=2)
@@ -87,8 +88,9 @@ def test_lateral_bound_matches_hand_estimate_in_focus():
     settings = SimSettings(
         geometry=Geometry(planes=2, px_nm=px, dz_nm=400.0),
         psf=PSFParams(a_prime=a_prime),
-        noise=NoiseParams(mode="scmos", background_photons=0.0, read_noise_e=0.0,
-                          qe=1.0, e_per_adu=1e-3),
+        noise=NoiseParams(
+            mode="scmos", background_photons=0.0, read_noise_e=0.0, qe=1.0, e_per_adu=1e-3
+        ),
     )
     window = 121
     c = window // 2

@@ -15,8 +15,23 @@ SMALL = ["--low-frames", "4", "--crlb-samples", "20", "--seed", "3"]
 
 def test_evaluate_writes_report_and_plots(tmp_path, capsys):
     out = tmp_path / "report"
-    rc = main(["evaluate", "--frames", "10", "--sweep-frames", "4", "--densities", "5", "60",
-               "--backend", "torch", "-o", str(out), *SMALL])
+    rc = main(
+        [
+            "evaluate",
+            "--frames",
+            "10",
+            "--sweep-frames",
+            "4",
+            "--densities",
+            "5",
+            "60",
+            "--backend",
+            "torch",
+            "-o",
+            str(out),
+            *SMALL,
+        ]
+    )
     assert rc == 0
     table = capsys.readouterr().out
     assert "Table 4" in table and "CRLB" in table and "Density sweep" in table
@@ -29,8 +44,13 @@ def test_evaluate_writes_report_and_plots(tmp_path, capsys):
         assert v["tp"] + v["fp"] + v["fn"] + v["tn"] == 10 * 4 * 64 * 64
         assert v["tp"] + v["fn"] <= 10 * 50  # two molecules may share a voxel
         assert m["tp"] + m["fn"] == 10 * 50
-        assert set(m) >= {"rmse_lateral_nm", "rmse_axial_nm", "bias_z_nm",
-                          "efficiency_lateral", "efficiency_axial"}
+        assert set(m) >= {
+            "rmse_lateral_nm",
+            "rmse_axial_nm",
+            "bias_z_nm",
+            "efficiency_lateral",
+            "efficiency_axial",
+        }
     tau05 = report["results"][0]
     # loose: the shipped model may be a mid-training checkpoint
     assert tau05["molecule"]["jaccard"] > 0.5
@@ -50,9 +70,25 @@ def test_evaluate_writes_report_and_plots(tmp_path, capsys):
 def test_record_stores_metrics_in_model_json(tmp_path, capsys):
     model = tmp_path / "copy"
     shutil.copytree(resolve_model("default"), model)
-    rc = main(["evaluate", "--model", str(model), "--frames", "3", "--size", "32",
-               "--sweep-frames", "0", "--thresholds", "0.5", "--record",
-               "-o", str(tmp_path / "rep"), *SMALL])
+    rc = main(
+        [
+            "evaluate",
+            "--model",
+            str(model),
+            "--frames",
+            "3",
+            "--size",
+            "32",
+            "--sweep-frames",
+            "0",
+            "--thresholds",
+            "0.5",
+            "--record",
+            "-o",
+            str(tmp_path / "rep"),
+            *SMALL,
+        ]
+    )
     assert rc == 0
     assert "metrics recorded" in capsys.readouterr().out
     metrics = read_info(model).metrics["evaluate_32x32"]

@@ -46,9 +46,29 @@ def test_settings_match_the_documented_calibration(model):
 def test_localizes_its_own_frames(model, tmp_path, capsys):
     _, floor = SHIPPED[model]
     out = tmp_path / "rep"
-    rc = main(["evaluate", "--model", str(DOCS / model), "--frames", "16",
-               "--thresholds", "0.5", "--low-frames", "0", "--sweep-frames", "0",
-               "--backend", "torch", "--precision", "fp32", "--seed", "5", "-o", str(out)])
+    rc = main(
+        [
+            "evaluate",
+            "--model",
+            str(DOCS / model),
+            "--frames",
+            "16",
+            "--thresholds",
+            "0.5",
+            "--low-frames",
+            "0",
+            "--sweep-frames",
+            "0",
+            "--backend",
+            "torch",
+            "--precision",
+            "fp32",
+            "--seed",
+            "5",
+            "-o",
+            str(out),
+        ]
+    )
     assert rc == 0
     capsys.readouterr()
     row = json.loads((out / "report.json").read_text())["results"][0]

@@ -17,12 +17,17 @@ HAS_CUDA = torch.cuda.is_available()
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 HAS_ORT_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 
-NO_CUDA = pytest.mark.skipif(not HAS_CUDA, reason=f"no CUDA GPU visible to torch "
-                             f"{torch.__version__}")
-NO_ORT_CUDA = pytest.mark.skipif(not (HAS_CUDA and HAS_ORT_CUDA), reason="needs a CUDA GPU and "
-                                 "onnxruntime-gpu (pip install voxloc[gpu])")
-NO_TRT = pytest.mark.skipif(not (HAS_CUDA and HAS_TRT), reason="needs a CUDA GPU and TensorRT "
-                            "(pip install voxloc[tensorrt])")
+NO_CUDA = pytest.mark.skipif(
+    not HAS_CUDA, reason=f"no CUDA GPU visible to torch {torch.__version__}"
+)
+NO_ORT_CUDA = pytest.mark.skipif(
+    not (HAS_CUDA and HAS_ORT_CUDA),
+    reason="needs a CUDA GPU and onnxruntime-gpu (pip install voxloc[gpu])",
+)
+NO_TRT = pytest.mark.skipif(
+    not (HAS_CUDA and HAS_TRT),
+    reason="needs a CUDA GPU and TensorRT (pip install voxloc[tensorrt])",
+)
 
 # (id, backend, device, options, coordinate tolerance nm, confidence margin at threshold)
 BACKENDS = [
@@ -30,16 +35,26 @@ BACKENDS = [
     pytest.param("onnxruntime", "cpu", {}, 0.1, 1e-4, id="onnxruntime-cpu"),
     pytest.param("torch", "cpu", {"precision": "bf16"}, 5.0, 2e-2, id="torch-cpu-bf16"),
     pytest.param("torch", "cuda", {}, 0.1, 1e-3, id="torch-cuda", marks=NO_CUDA),
-    pytest.param("torch", "cuda", {"cuda_graphs": True}, 0.1, 1e-3,
-                 id="torch-cuda-graphs", marks=NO_CUDA),
-    pytest.param("torch", "cuda", {"precision": "fp16", "cuda_graphs": True}, 5.0, 2e-2,
-                 id="torch-cuda-fp16-graphs", marks=NO_CUDA),
-    pytest.param("torch", "cuda", {"precision": "bf16"}, 5.0, 2e-2, id="torch-cuda-bf16",
-                 marks=NO_CUDA),
+    pytest.param(
+        "torch", "cuda", {"cuda_graphs": True}, 0.1, 1e-3, id="torch-cuda-graphs", marks=NO_CUDA
+    ),
+    pytest.param(
+        "torch",
+        "cuda",
+        {"precision": "fp16", "cuda_graphs": True},
+        5.0,
+        2e-2,
+        id="torch-cuda-fp16-graphs",
+        marks=NO_CUDA,
+    ),
+    pytest.param(
+        "torch", "cuda", {"precision": "bf16"}, 5.0, 2e-2, id="torch-cuda-bf16", marks=NO_CUDA
+    ),
     pytest.param("onnxruntime", "cuda", {}, 0.1, 1e-3, id="onnxruntime-cuda", marks=NO_ORT_CUDA),
     pytest.param("tensorrt", "cuda", {}, 1.0, 1e-3, id="tensorrt-fp32", marks=NO_TRT),
-    pytest.param("tensorrt", "cuda", {"precision": "fp16"}, 5.0, 2e-2, id="tensorrt-fp16",
-                 marks=NO_TRT),
+    pytest.param(
+        "tensorrt", "cuda", {"precision": "fp16"}, 5.0, 2e-2, id="tensorrt-fp16", marks=NO_TRT
+    ),
 ]
 REDUCED_PRECISIONS = ("fp16", "bf16")
 CPU_BACKENDS = ["torch", "onnxruntime"]
@@ -50,14 +65,16 @@ def reference_locs(model_dir, frames: np.ndarray, threshold: float) -> list[Loca
     net, info = load_model(model_dir)
     g = info.settings.geometry
     with torch.inference_mode():
-        b, xyz, conf = decode(net(torch.from_numpy(frames)), threshold,
-                              px_nm=g.px_nm, dz_nm=g.dz_nm)
+        b, xyz, conf = decode(
+            net(torch.from_numpy(frames)), threshold, px_nm=g.px_nm, dz_nm=g.dz_nm
+        )
     b, xyz, conf = b.numpy(), xyz.numpy(), conf.numpy()
     return [Localizations(f, xyz[b == f], conf[b == f]) for f in range(frames.shape[0])]
 
 
-def unmatched(a: Localizations, b: Localizations, *, tol_nm: float, threshold: float,
-              margin: float) -> tuple[int, int, float]:
+def unmatched(
+    a: Localizations, b: Localizations, *, tol_nm: float, threshold: float, margin: float
+) -> tuple[int, int, float]:
     """Compare two frames' localizations.
 
     Returns ``(missing, extra, worst_nm)``: rows of ``a`` with confidence beyond

@@ -28,7 +28,9 @@ def test_cpu_candidates_follow_the_cpus_bfloat16(monkeypatch, isa):
     got = auto.candidates("cpu")
     if isa:
         assert [(c.backend, c.device, c.options) for c in got] == [
-            ("torch", "cpu", {"precision": "bf16"}), ("onnxruntime", "cpu", {})]
+            ("torch", "cpu", {"precision": "bf16"}),
+            ("onnxruntime", "cpu", {}),
+        ]
         assert "CPU has AVX512-BF16" in got[0].reason
     else:
         assert [(c.backend, c.device) for c in got] == [("onnxruntime", "cpu")]
@@ -39,14 +41,20 @@ def test_env_turns_the_cpu_bfloat16_choice_off(monkeypatch):
     monkeypatch.setenv(auto.CPU_BF16_ENV, "0")
     got = auto.candidates("cpu")
     assert [(c.backend, c.device, c.reason) for c in got] == [
-        ("onnxruntime", "cpu", f"CPU asked for; {auto.CPU_BF16_ENV}=0")]
+        ("onnxruntime", "cpu", f"CPU asked for; {auto.CPU_BF16_ENV}=0")
+    ]
 
 
 def test_order():
     names = [(c.backend, c.device.split(":")[0]) for c in auto.candidates()]
     assert names[-1] == ("onnxruntime", "cpu")
-    order = [("tensorrt", "cuda"), ("onnxruntime", "cuda"), ("torch", "cuda"),
-             ("torch", "cpu"), ("onnxruntime", "cpu")]
+    order = [
+        ("tensorrt", "cuda"),
+        ("onnxruntime", "cuda"),
+        ("torch", "cuda"),
+        ("torch", "cpu"),
+        ("onnxruntime", "cpu"),
+    ]
     assert names == [n for n in order if n in names]
     assert (("torch", "cuda") in names) == HAS_CUDA
     assert (("torch", "cpu") in names) == (CPU_BF16 is not None)
@@ -60,8 +68,10 @@ def test_auto_on_cpu_machine_says_what_it_picked(shared_model_dir, caplog):
     if CPU_BF16:
         assert isinstance(engine, TorchEngine) and engine.precision == "bf16"
         assert engine.label == "torch/cpu/bf16"
-        assert f"auto backend: torch on cpu (no CUDA GPU visible to torch {torch.__version__}; " \
-               f"CPU has {CPU_BF16}: bfloat16)" in caplog.text
+        assert (
+            f"auto backend: torch on cpu (no CUDA GPU visible to torch {torch.__version__}; "
+            f"CPU has {CPU_BF16}: bfloat16)" in caplog.text
+        )
     else:
         assert isinstance(engine, OnnxEngine) and engine.label == "onnxruntime/cpu"
         assert "auto backend: onnxruntime on cpu (no CUDA GPU visible to torch" in caplog.text
@@ -77,9 +87,14 @@ def test_auto_with_fp32_asked_for_skips_the_bfloat16_candidate(shared_model_dir,
 
 def test_auto_falls_through_a_backend_that_cannot_start(shared_model_dir, monkeypatch, caplog):
     # hardware detection replaced: pretend TensorRT was found but the device is wrong
-    monkeypatch.setattr(auto, "candidates", lambda device=None: [
-        auto.Candidate("tensorrt", "cpu", "pretend"),
-        auto.Candidate("onnxruntime", "cpu", "fallback")])
+    monkeypatch.setattr(
+        auto,
+        "candidates",
+        lambda device=None: [
+            auto.Candidate("tensorrt", "cpu", "pretend"),
+            auto.Candidate("onnxruntime", "cpu", "fallback"),
+        ],
+    )
     with caplog.at_level(logging.INFO, logger="engines.inference.base"):
         engine = create_engine(shared_model_dir, threads=1, precision="fp16")
     assert isinstance(engine, OnnxEngine)

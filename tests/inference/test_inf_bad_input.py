@@ -19,17 +19,20 @@ def engine(request, shared_model_dir):
     return create_engine(shared_model_dir, request.param)
 
 
-@pytest.mark.parametrize(("shape", "dtype", "message"), [
-    ((2, 3, 16, 16), np.float32, "expects 4 planes, got 3"),
-    ((2, 5, 16, 16), np.uint16, "expects 4 planes, got 5"),
-    ((0, 4, 16, 16), np.float32, "empty batch"),
-    ((2, 4, 0, 16), np.uint16, "empty batch"),
-    ((2, 4, 16, 0), np.float32, "empty batch"),
-    ((16, 16), np.float32, "got shape (16, 16)"),
-    ((1, 1, 4, 16, 16), np.float32, "got shape (1, 1, 4, 16, 16)"),
-    ((1, 4, 16, 16), np.complex64, "got complex64"),
-    ((1, 4, 16, 16), np.bool_, "got bool"),
-])
+@pytest.mark.parametrize(
+    ("shape", "dtype", "message"),
+    [
+        ((2, 3, 16, 16), np.float32, "expects 4 planes, got 3"),
+        ((2, 5, 16, 16), np.uint16, "expects 4 planes, got 5"),
+        ((0, 4, 16, 16), np.float32, "empty batch"),
+        ((2, 4, 0, 16), np.uint16, "empty batch"),
+        ((2, 4, 16, 0), np.float32, "empty batch"),
+        ((16, 16), np.float32, "got shape (16, 16)"),
+        ((1, 1, 4, 16, 16), np.float32, "got shape (1, 1, 4, 16, 16)"),
+        ((1, 4, 16, 16), np.complex64, "got complex64"),
+        ((1, 4, 16, 16), np.bool_, "got bool"),
+    ],
+)
 def test_bad_frames(engine, shape, dtype, message):
     with pytest.raises(FormatError) as err:
         engine.infer(np.zeros(shape, dtype))

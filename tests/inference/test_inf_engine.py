@@ -40,8 +40,7 @@ def test_one_result_per_frame_with_frame_numbers(engine, frames):
     blank = np.full((2, *frames.shape[1:]), engine.info.input_offset, np.float32)
     locs = engine.infer(np.concatenate([frames[:2], blank]), first_frame=7)
     assert [loc.frame for loc in locs] == [7, 8, 9, 10]
-    assert all(loc.xyz_nm.shape == (len(loc), 3) and loc.xyz_nm.dtype == np.float32
-               for loc in locs)
+    assert all(loc.xyz_nm.shape == (len(loc), 3) and loc.xyz_nm.dtype == np.float32 for loc in locs)
     assert len(locs[0]) > 0
 
 
@@ -74,12 +73,12 @@ def test_chunking_and_padding_do_not_change_results(engine, frames):
 
 
 def test_concurrent_callers_get_their_own_results(engine, frames):
-    want = [_flat(engine.infer(frames[i:i + 3])) for i in (0, 3)]
+    want = [_flat(engine.infer(frames[i : i + 3])) for i in (0, 3)]
     got: dict[int, np.ndarray] = {}
 
     def worker(i: int) -> None:
         for _ in range(3):
-            got[i] = _flat(engine.infer(frames[i:i + 3]))
+            got[i] = _flat(engine.infer(frames[i : i + 3]))
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in (0, 3)]
     for t in threads:

@@ -25,10 +25,15 @@ def test_graph_contract(model_dir):
     path = export_onnx(model_dir)
     assert path == model_dir / ONNX_FILE
     model = onnx.load(str(path))
-    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
-            for i in (*model.graph.input, *model.graph.output)}
-    assert dims == {"frames": ["batch", 4, "height", "width"], "threshold": [1],
-                    "locs": ["n_locs", 5]}
+    dims = {
+        i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+        for i in (*model.graph.input, *model.graph.output)
+    }
+    assert dims == {
+        "frames": ["batch", 4, "height", "width"],
+        "threshold": [1],
+        "locs": ["n_locs", 5],
+    }
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["weights_sha256"] == weights_sha256(model_dir)
     assert meta["voxloc_export_version"] == EXPORT_VERSION

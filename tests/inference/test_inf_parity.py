@@ -12,17 +12,16 @@ THRESHOLD = 0.5
 
 
 @pytest.mark.parametrize(("backend", "device", "options", "tol_nm", "margin"), BACKENDS)
-def test_backend_matches_reference(shared_model_dir, frames, backend, device, options,
-                                   tol_nm, margin):
-    engine = create_engine(shared_model_dir, backend, threshold=THRESHOLD, device=device,
-                           **options)
+def test_backend_matches_reference(
+    shared_model_dir, frames, backend, device, options, tol_nm, margin
+):
+    engine = create_engine(shared_model_dir, backend, threshold=THRESHOLD, device=device, **options)
     got = engine.infer(frames, first_frame=100)
     want = reference_locs(shared_model_dir, frames, THRESHOLD)
     assert [loc.frame for loc in got] == list(range(100, 100 + len(frames)))
     assert sum(len(w) for w in want) > 20, "too few localizations for a meaningful comparison"
     for g, w in zip(got, want, strict=True):
-        missing, extra, worst = unmatched(w, g, tol_nm=tol_nm, threshold=THRESHOLD,
-                                          margin=margin)
+        missing, extra, worst = unmatched(w, g, tol_nm=tol_nm, threshold=THRESHOLD, margin=margin)
         assert (missing, extra) == (0, 0), f"frame {g.frame}: {missing} missing, {extra} extra"
         assert worst <= tol_nm
         if options.get("precision") not in REDUCED_PRECISIONS:
@@ -43,8 +42,9 @@ def test_onnxruntime_equals_torch_engine(shared_model_dir, frames):
 
 
 @NO_TRT
-@pytest.mark.parametrize(("precision", "tol_nm", "min_matched"),
-                         [("fp32", 1.0, 1.0), ("fp16", 5.0, 0.99)])
+@pytest.mark.parametrize(
+    ("precision", "tol_nm", "min_matched"), [("fp32", 1.0, 1.0), ("fp16", 5.0, 0.99)]
+)
 def test_tensorrt_matches_onnxruntime(shared_model_dir, frames, precision, tol_nm, min_matched):
     ref = create_engine(shared_model_dir, "onnxruntime").infer(frames)
     trt = create_engine(shared_model_dir, "tensorrt", device="cuda", precision=precision)

@@ -15,8 +15,14 @@ from engines.inference import create_engine
 from engines.inference.base import BackendUnavailableError
 from engines.inference.engine_cache import CacheKey, EngineCache, Profile
 
-KEY = CacheKey(model="default", onnx_sha256="ab" * 32, trt_version="10.3.0",
-               gpu_name="NVIDIA H100", compute_capability="9.0", precision="fp16")
+KEY = CacheKey(
+    model="default",
+    onnx_sha256="ab" * 32,
+    trt_version="10.3.0",
+    gpu_name="NVIDIA H100",
+    compute_capability="9.0",
+    precision="fp16",
+)
 
 
 def test_import_without_tensorrt_names_the_extra(monkeypatch):
@@ -52,10 +58,16 @@ def test_cache_builds_once_then_loads(tmp_path):
     assert cache.get_or_build(KEY, b.build, b.deserialize, force=True)[0] == "engine #2"
 
 
-@pytest.mark.parametrize("change", [
-    {"trt_version": "10.4.0"}, {"gpu_name": "NVIDIA L4"}, {"precision": "fp32"},
-    {"profile": Profile(max_size=2048)}, {"onnx_sha256": "cd" * 32},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"trt_version": "10.4.0"},
+        {"gpu_name": "NVIDIA L4"},
+        {"precision": "fp32"},
+        {"profile": Profile(max_size=2048)},
+        {"onnx_sha256": "cd" * 32},
+    ],
+)
 def test_key_covers_what_engines_depend_on(change):
     other = dataclasses.replace(KEY, **change)
     assert other.digest() != KEY.digest() and other.filename() != KEY.filename()
@@ -70,7 +82,8 @@ def test_stale_cache_from_other_tensorrt_is_rebuilt(tmp_path):
     old_path = cache.path(old)
     path.write_bytes(old_path.read_bytes())
     path.with_name(path.name + ".json").write_bytes(
-        old_path.with_name(old_path.name + ".json").read_bytes())
+        old_path.with_name(old_path.name + ".json").read_bytes()
+    )
     assert cache.get_or_build(KEY, b.build, b.deserialize)[0] == "engine #2"
     assert cache.load(KEY) == b"engine #2"
 
@@ -100,8 +113,7 @@ def test_profile_checks():
 
 @NO_TRT
 def test_tensorrt_engine_is_cached_and_chunks_large_batches(shared_model_dir, frames, tmp_path):
-    profile = Profile(min_batch=1, opt_batch=2, max_batch=4, min_size=16, opt_size=48,
-                      max_size=64)
+    profile = Profile(min_batch=1, opt_batch=2, max_batch=4, min_size=16, opt_size=48, max_size=64)
     opts = {"device": "cuda", "profile": profile, "cache_dir": tmp_path}
     first = create_engine(shared_model_dir, "tensorrt", **opts)
     locs = first.infer(frames)  # 6 frames > max_batch 4: two calls

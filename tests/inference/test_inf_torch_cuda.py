@@ -10,8 +10,7 @@ from engines.inference import create_engine
 
 @NO_CUDA
 def test_cuda_graphs_are_reused_and_bounded(shared_model_dir, frames):
-    engine = create_engine(shared_model_dir, "torch", device="cuda", cuda_graphs=True,
-                           max_graphs=2)
+    engine = create_engine(shared_model_dir, "torch", device="cuda", cuda_graphs=True, max_graphs=2)
     a = engine.infer(frames[:3])  # padded to 4
     b = engine.infer(frames[:4])  # same padded shape: no new graph
     assert list(engine._graphs) == [(4, 4, 48, 40)]

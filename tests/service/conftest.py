@@ -29,8 +29,15 @@ TINY_THRESHOLD = 0.7
 def make_tiny_model(root: Path, name: str, seed: int) -> Path:
     """An untrained 1-layer model: fast, deterministic, gives a few localizations/frame."""
     torch.manual_seed(seed)
-    info = ModelInfo(name=name, version=f"tiny-{seed}", settings=SimSettings(),
-                     channels=(4,), kernels=(3,), input_offset=10.0, input_scale=50.0)
+    info = ModelInfo(
+        name=name,
+        version=f"tiny-{seed}",
+        settings=SimSettings(),
+        channels=(4,),
+        kernels=(3,),
+        input_offset=10.0,
+        input_scale=50.0,
+    )
     net = info.build().eval()
     return save_model(net, info, root / name)
 
@@ -57,12 +64,19 @@ def sim_frames() -> tuple[np.ndarray, object]:
 
 
 def service_settings(**inference: object) -> ServiceSettings:
-    cams = [CameraSettings(name=f"cam{k}", plane=k, endpoint="tcp://127.0.0.1:*")
-            for k in range(4)]
-    inf = {"model": "tiny", "backend": "torch", "threshold": TINY_THRESHOLD,
-           "drop_policy": "block", **inference}
-    return ServiceSettings(cameras=cams, inference=inf,
-                           stream={"publish": "tcp://127.0.0.1:*", "assembly_timeout_ms": 2000})
+    cams = [CameraSettings(name=f"cam{k}", plane=k, endpoint="tcp://127.0.0.1:*") for k in range(4)]
+    inf = {
+        "model": "tiny",
+        "backend": "torch",
+        "threshold": TINY_THRESHOLD,
+        "drop_policy": "block",
+        **inference,
+    }
+    return ServiceSettings(
+        cameras=cams,
+        inference=inf,
+        stream={"publish": "tcp://127.0.0.1:*", "assembly_timeout_ms": 2000},
+    )
 
 
 class Service:
@@ -91,8 +105,9 @@ class Service:
         return sock
 
     def send(self, cam: str, plane: int, frame: int, image: np.ndarray) -> None:
-        self.cams[cam].send_multipart(encode_frame(cam, plane, frame, image, time.time_ns()),
-                                      copy=False)
+        self.cams[cam].send_multipart(
+            encode_frame(cam, plane, frame, image, time.time_ns()), copy=False
+        )
 
     def send_set(self, frame: int, planes: np.ndarray) -> None:
         for k in range(planes.shape[0]):

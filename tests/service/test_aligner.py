@@ -16,17 +16,23 @@ def scipy_register(img: np.ndarray, affine: np.ndarray) -> np.ndarray:
     inv = np.linalg.inv(np.vstack([affine, [0, 0, 1]]))[:2]
     # (row, col) index space: x = j + 0.5, y = i + 0.5
     matrix = np.array([[inv[1, 1], inv[1, 0]], [inv[0, 1], inv[0, 0]]])
-    offset = [0.5 * (inv[1, 0] + inv[1, 1]) + inv[1, 2] - 0.5,
-              0.5 * (inv[0, 0] + inv[0, 1]) + inv[0, 2] - 0.5]
-    return ndi.affine_transform(img.astype(np.float64), matrix, offset=offset, order=1,
-                                mode="nearest")
+    offset = [
+        0.5 * (inv[1, 0] + inv[1, 1]) + inv[1, 2] - 0.5,
+        0.5 * (inv[0, 0] + inv[0, 1]) + inv[0, 2] - 0.5,
+    ]
+    return ndi.affine_transform(
+        img.astype(np.float64), matrix, offset=offset, order=1, mode="nearest"
+    )
 
 
-@pytest.mark.parametrize("affine", [
-    [[1, 0, 2.25], [0, 1, -1.5]],
-    [[np.cos(0.1), -np.sin(0.1), 3.0], [np.sin(0.1), np.cos(0.1), -2.0]],
-    [[1.05, 0.02, -0.3], [-0.01, 0.97, 0.6]],
-])
+@pytest.mark.parametrize(
+    "affine",
+    [
+        [[1, 0, 2.25], [0, 1, -1.5]],
+        [[np.cos(0.1), -np.sin(0.1), 3.0], [np.sin(0.1), np.cos(0.1), -2.0]],
+        [[1.05, 0.02, -0.3], [-0.01, 0.97, 0.6]],
+    ],
+)
 def test_bilinear_warp_matches_scipy(affine: list) -> None:
     rng = np.random.default_rng(0)
     img = rng.uniform(0, 1000, (40, 48)).astype(np.float32)
@@ -39,13 +45,23 @@ def test_bilinear_warp_matches_scipy(affine: list) -> None:
 
 def test_integer_shift_moves_pixels_and_converts_adu() -> None:
     img = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) + 100
-    warp = PlaneWarp(affine=np.array([[1, 0, 3], [0, 1, -2]]), height=64, width=64,
-                     gain_adu=2.0, baseline_adu=100.0)
+    warp = PlaneWarp(
+        affine=np.array([[1, 0, 3], [0, 1, -2]]),
+        height=64,
+        width=64,
+        gain_adu=2.0,
+        baseline_adu=100.0,
+    )
     out = warp.apply(img)
     # reference pixel (i, j) shows camera pixel (i + 2, j - 3)
     np.testing.assert_allclose(out[10, 20], (img[12, 17] - 100.0) / 2.0)
-    ident = PlaneWarp(affine=np.array([[1, 0, 0], [0, 1, 0]]), height=64, width=64,
-                      gain_adu=2.0, baseline_adu=100.0)
+    ident = PlaneWarp(
+        affine=np.array([[1, 0, 0], [0, 1, 0]]),
+        height=64,
+        width=64,
+        gain_adu=2.0,
+        baseline_adu=100.0,
+    )
     assert ident.identity
     np.testing.assert_array_equal(ident.apply(img), (img.astype(np.float32) - 100) / 2)
 
@@ -59,8 +75,15 @@ class FakeClock:
 
 
 def assembler(clock: FakeClock, planes: int = 3, window: int = 8) -> FrameAssembler:
-    return FrameAssembler(planes=planes, height=2, width=2, timeout_s=1.0, window=window,
-                          stats=ServiceStats(["c"]), clock=clock)
+    return FrameAssembler(
+        planes=planes,
+        height=2,
+        width=2,
+        timeout_s=1.0,
+        window=window,
+        stats=ServiceStats(["c"]),
+        clock=clock,
+    )
 
 
 def put(asm: FrameAssembler, plane: int, frame: int) -> Reject | None:
@@ -76,7 +99,7 @@ def test_out_of_order_and_duplicates_release_in_frame_order() -> None:
     asm = assembler(clock)
     for plane, frame in [(2, 1), (0, 1), (1, 1), (2, 0), (1, 0)]:
         assert put(asm, plane, frame) is None
-    assert asm.pop_ready() == []          # frame 0 lacks plane 0, frame 1 waits behind it
+    assert asm.pop_ready() == []  # frame 0 lacks plane 0, frame 1 waits behind it
     assert put(asm, 2, 0) is Reject.DUPLICATE
     assert put(asm, 0, 0) is None
     sets = asm.pop_ready()
@@ -92,15 +115,15 @@ def test_incomplete_and_missing_sets_time_out_and_are_counted() -> None:
     for p in range(3):
         put(asm, p, 0)
     asm.pop_ready()
-    put(asm, 0, 1)                       # frame 1: one plane only
+    put(asm, 0, 1)  # frame 1: one plane only
     for p in range(3):
-        put(asm, p, 4)                   # frames 2, 3: nothing at all
+        put(asm, p, 4)  # frames 2, 3: nothing at all
     clock.t = 0.5
     assert asm.pop_ready() == []
     clock.t = 1.01
     assert [s.frame for s in asm.pop_ready()] == [4]
     assert asm.stats.set_drops["timeout"] == 1 and asm.stats.set_drops["missing"] == 2
-    assert put(asm, 1, 1) is Reject.STALE       # too late: its set was dropped
+    assert put(asm, 1, 1) is Reject.STALE  # too late: its set was dropped
 
 
 def test_time_blocked_downstream_does_not_count_towards_the_timeout() -> None:
@@ -122,7 +145,7 @@ def test_window_overflow_drops_the_oldest() -> None:
     put(asm, 0, 1)
     for p in range(3):
         put(asm, p, 2)
-    assert asm.pop_ready() == []         # 3 pending > window 2: frame 0 dropped
+    assert asm.pop_ready() == []  # 3 pending > window 2: frame 0 dropped
     assert asm.stats.set_drops["overflow"] == 1 and asm.depth == 2
     put(asm, 0, 3)
     assert [s.frame for s in asm.pop_ready()] == [2]

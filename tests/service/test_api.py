@@ -21,8 +21,16 @@ def test_health_models_and_openapi(service: object) -> None:
     assert models["active"]["name"] == "tiny" and models["loading"] is None
     assert {"tiny", "tiny2", "default"} <= {m["name"] for m in models["available"]}
     paths = c.get("/openapi.json").json()["paths"]
-    for path in ("/health/live", "/health/ready", "/models", "/models/{name}/load", "/config",
-                 "/registration", "/stats", "/metrics"):
+    for path in (
+        "/health/live",
+        "/health/ready",
+        "/models",
+        "/models/{name}/load",
+        "/config",
+        "/registration",
+        "/stats",
+        "/metrics",
+    ):
         assert path in paths
     assert c.get("/docs").status_code == 200
 
@@ -35,8 +43,7 @@ def test_not_ready_after_stop(make_service: Callable) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_threshold_change_applies_to_later_frame_sets(service: object,
-                                                      sim_frames: tuple) -> None:
+def test_threshold_change_applies_to_later_frame_sets(service: object, sim_frames: tuple) -> None:
     frames = sim_frames[0]
     service.send_set(0, frames[0])
     assert service.receive(1)[0].threshold == 0.7
@@ -49,14 +56,16 @@ def test_threshold_change_applies_to_later_frame_sets(service: object,
     assert msg.threshold == 0.65 and (msg.locs.confidence > 0.65).all()
 
 
-@pytest.mark.parametrize(("body", "needle"), [
-    ({"threshold": 1.5}, "1.5"),
-    ({"drop_policy": "sometimes"}, "sometimes"),
-    ({"max_batch": 0}, "max_batch"),
-    ({"colour": "red"}, "colour"),
-])
-def test_bad_config_is_refused_with_the_value(service: object, body: dict,
-                                              needle: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"threshold": 1.5}, "1.5"),
+        ({"drop_policy": "sometimes"}, "sometimes"),
+        ({"max_batch": 0}, "max_batch"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+def test_bad_config_is_refused_with_the_value(service: object, body: dict, needle: str) -> None:
     r = service.client.put("/config", json=body)
     assert r.status_code == 422 and needle in r.text
     assert service.client.get("/config").json()["threshold"] == 0.7
@@ -65,16 +74,23 @@ def test_bad_config_is_refused_with_the_value(service: object, body: dict,
 def test_registration_roundtrip_and_validation(service: object) -> None:
     c = service.client
     reg = c.get("/registration").json()["cameras"]
-    assert reg["cam2"] == {"plane": 2, "affine": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],
-                           "gain_adu": 1.0, "baseline_adu": 0.0}
-    r = c.put("/registration", json={"cameras": {"cam2": {"affine": [[1, 0, 2], [0, 1, 0]],
-                                                          "gain_adu": 3}}})
+    assert reg["cam2"] == {
+        "plane": 2,
+        "affine": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],
+        "gain_adu": 1.0,
+        "baseline_adu": 0.0,
+    }
+    r = c.put(
+        "/registration",
+        json={"cameras": {"cam2": {"affine": [[1, 0, 2], [0, 1, 0]], "gain_adu": 3}}},
+    )
     assert r.status_code == 200
     assert r.json()["cameras"]["cam2"]["affine"][0] == [1.0, 0.0, 2.0]
     assert r.json()["cameras"]["cam2"]["gain_adu"] == 3.0
     assert not service.pipeline._warps["cam2"].identity
-    singular = c.put("/registration", json={"cameras": {"cam1": {"affine": [[1, 2, 0],
-                                                                            [2, 4, 0]]}}})
+    singular = c.put(
+        "/registration", json={"cameras": {"cam1": {"affine": [[1, 2, 0], [2, 4, 0]]}}}
+    )
     assert singular.status_code == 422 and "singular" in singular.text
     unknown = c.put("/registration", json={"cameras": {"cam7": {"gain_adu": 2}}})
     assert unknown.status_code == 422 and "cam7" in unknown.text
@@ -93,7 +109,7 @@ def test_mutating_endpoints_need_the_token(service: object) -> None:
         assert client.put("/registration", json={"cameras": {}}).status_code == 401
         good = {"Authorization": "Bearer s3cret"}
         assert client.put("/config", json={"threshold": 0.6}, headers=good).status_code == 200
-        assert client.get("/config").json()["threshold"] == 0.6   # reads need no token
+        assert client.get("/config").json()["threshold"] == 0.6  # reads need no token
         assert client.get("/stats").status_code == 200
 
 
@@ -141,7 +157,7 @@ def test_observers_see_every_published_frame_set(service: object, sim_frames: tu
     for i in range(3):
         service.send_set(i, sim_frames[0][i])
     service.receive(3)
-    deadline = time.monotonic() + 30   # observers run right after the message is sent
+    deadline = time.monotonic() + 30  # observers run right after the message is sent
     while len(obs.frames) < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert obs.frames == [0, 1, 2] and obs.shapes == {((4, 64, 64), "float32")}
@@ -154,4 +170,4 @@ def test_dashboard_router_is_included_when_installed(service: object) -> None:
     with TestClient(app) as client:
         page = client.get("/")
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-        assert client.get("/stats").status_code == 200   # the service routes stay intact
+        assert client.get("/stats").status_code == 200  # the service routes stay intact

@@ -31,8 +31,9 @@ def test_batches_up_to_max_batch_in_order() -> None:
     assert b.get_batch(8, 0.01, 0.01) is None
 
 
-@pytest.mark.parametrize(("policy", "kept"), [(DropPolicy.DROP_OLDEST, [2, 3, 4]),
-                                              (DropPolicy.REJECT, [0, 1, 2])])
+@pytest.mark.parametrize(
+    ("policy", "kept"), [(DropPolicy.DROP_OLDEST, [2, 3, 4]), (DropPolicy.REJECT, [0, 1, 2])]
+)
 def test_full_queue_drops_by_policy_and_counts(policy: DropPolicy, kept: list) -> None:
     b = batcher(3, policy)
     for i in range(5):

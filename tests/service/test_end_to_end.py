@@ -49,15 +49,24 @@ def camera_frames(frames: np.ndarray) -> np.ndarray:
 
 
 def registered(cam: np.ndarray) -> np.ndarray:
-    warps = [PlaneWarp.from_registration(CameraRegistration(
-        affine=AFFINES[k], gain_adu=GAINS[k], baseline_adu=BASELINES[k]), 64, 64)
-        for k in range(4)]
+    warps = [
+        PlaneWarp.from_registration(
+            CameraRegistration(affine=AFFINES[k], gain_adu=GAINS[k], baseline_adu=BASELINES[k]),
+            64,
+            64,
+        )
+        for k in range(4)
+    ]
     return np.stack([np.stack([warps[k].apply(f[k]) for k in range(4)]) for f in cam])
 
 
 def registration_body() -> dict:
-    return {"cameras": {f"cam{k}": {"affine": AFFINES[k], "gain_adu": GAINS[k],
-                                    "baseline_adu": BASELINES[k]} for k in range(4)}}
+    return {
+        "cameras": {
+            f"cam{k}": {"affine": AFFINES[k], "gain_adu": GAINS[k], "baseline_adu": BASELINES[k]}
+            for k in range(4)
+        }
+    }
 
 
 def assert_same_locs(got: np.ndarray, want: np.ndarray, threshold: float, frame: int) -> None:
@@ -68,16 +77,19 @@ def assert_same_locs(got: np.ndarray, want: np.ndarray, threshold: float, frame:
         return
     g = {tuple(np.round(r[1:4], 1)) for r in got}
     w = {tuple(np.round(r[1:4], 1)) for r in want}
-    odd = np.array([r[4] for r in np.concatenate([got, want])
-                    if tuple(np.round(r[1:4], 1)) in g ^ w])
+    odd = np.array(
+        [r[4] for r in np.concatenate([got, want]) if tuple(np.round(r[1:4], 1)) in g ^ w]
+    )
     assert odd.size < 3 and np.all(np.abs(odd - threshold) < 1e-3), (
         f"frame {frame}: {len(got)} rows received, {len(want)} expected; "
-        f"unmatched confidences {odd[:5]}")
+        f"unmatched confidences {odd[:5]}"
+    )
 
 
 @pytest.mark.timeout(120)
-def test_500_misaligned_frame_sets_in_order_and_exact(sim_frames: tuple,
-                                                      make_service: Callable) -> None:
+def test_500_misaligned_frame_sets_in_order_and_exact(
+    sim_frames: tuple, make_service: Callable
+) -> None:
     frames, _ = sim_frames
     cam = camera_frames(frames)
     svc = make_service()
@@ -116,8 +128,9 @@ def recall(locs: list, batch: object, n_frames: int, tol_nm: float = 250.0) -> f
 
 
 @pytest.mark.timeout(120)
-def test_registered_frames_localize_like_aligned_ones(sim_frames: tuple,
-                                                      make_service: Callable) -> None:
+def test_registered_frames_localize_like_aligned_ones(
+    sim_frames: tuple, make_service: Callable
+) -> None:
     frames, batch = sim_frames
     n = 24
     cam = camera_frames(frames[:n])
@@ -138,8 +151,9 @@ def test_registered_frames_localize_like_aligned_ones(sim_frames: tuple,
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("backend", ["onnxruntime", "auto"])
-def test_service_runs_each_cpu_backend(backend: str, make_service: Callable,
-                                       sim_frames: tuple) -> None:
+def test_service_runs_each_cpu_backend(
+    backend: str, make_service: Callable, sim_frames: tuple
+) -> None:
     frames = sim_frames[0][:16]
     svc = make_service(backend=backend)
     threshold = svc.pipeline.config.threshold
@@ -149,7 +163,8 @@ def test_service_runs_each_cpu_backend(backend: str, make_service: Callable,
     served_by = svc.pipeline.models.active.engine
     assert [m.frame for m in msgs] == list(range(16))
     same = {"precision": served_by.precision} if served_by.backend == "torch" else {}
-    reference = create_engine("tiny", served_by.backend, device=served_by.device,
-                              **same).infer(frames, threshold)
+    reference = create_engine("tiny", served_by.backend, device=served_by.device, **same).infer(
+        frames, threshold
+    )
     for m, ref in zip(msgs, reference, strict=True):
         assert_same_locs(m.locs.to_array(), ref.to_array(), threshold, m.frame)

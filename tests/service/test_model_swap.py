@@ -29,7 +29,8 @@ def corrupt_models(tmp_path: Path, model_root: Path, monkeypatch: pytest.MonkeyP
 
 @pytest.mark.timeout(180)
 def test_swap_under_load_loses_nothing_and_names_the_model(
-        make_service: Callable, sim_frames: tuple, corrupt_models: Path) -> None:
+    make_service: Callable, sim_frames: tuple, corrupt_models: Path
+) -> None:
     svc = make_service(max_batch=4)
     frames = sim_frames[0][:300]
     threshold = svc.pipeline.config.threshold
@@ -62,7 +63,7 @@ def test_swap_under_load_loses_nothing_and_names_the_model(
     assert names == ["tiny"] * switch + ["tiny2"] * (len(frames) - switch)
     assert {m.model_version for m in msgs} == {"tiny-1", "tiny-2"}
     refs = {n: create_engine(n, "torch").infer(frames, threshold) for n in ("tiny", "tiny2")}
-    for m in msgs[switch - 5: switch + 5]:
+    for m in msgs[switch - 5 : switch + 5]:
         ref = refs[m.model][m.frame]
         assert len(m.locs) == len(ref), f"frame {m.frame} not from {m.model}"
         np.testing.assert_allclose(m.locs.xyz_nm, ref.xyz_nm, atol=1e-3)
@@ -73,9 +74,9 @@ def test_swap_under_load_loses_nothing_and_names_the_model(
     assert svc.client.get("/health/ready").json()["model"] == "tiny2"
 
 
-def test_model_with_other_plane_count_is_refused(make_service: Callable, model_root: Path,
-                                                 tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_model_with_other_plane_count_is_refused(
+    make_service: Callable, model_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import json
 
     three = tmp_path / "three"

@@ -35,8 +35,10 @@ threshold = 0.6
 
 
 def cameras_toml(planes: int = 4) -> str:
-    return "".join(f'[[cameras]]\nname = "c{k}"\nplane = {k}\nendpoint = "tcp://127.0.0.1:*"\n'
-                   f"gain_adu = 2.0\n" for k in range(planes))
+    return "".join(
+        f'[[cameras]]\nname = "c{k}"\nplane = {k}\nendpoint = "tcp://127.0.0.1:*"\ngain_adu = 2.0\n'
+        for k in range(planes)
+    )
 
 
 def write_toml(tmp_path: Path, port: int = 8750, planes: int = 4) -> Path:
@@ -58,22 +60,31 @@ def test_toml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert s.runtime_config().assembly_timeout_ms == 250
 
 
-@pytest.mark.parametrize(("kwargs", "needle"), [
-    ({"api": {"host": "0.0.0.0"}}, "not loopback"),
-    ({"stream": {"publish": "udp://x:1"}}, "udp://x:1"),
-    ({"stream": {"planes": 3}}, "one camera per plane"),
-    ({"inference": {"threshold": 1.0}}, "threshold"),
-    ({"inference": {"precision": "int8"}}, "precision"),
-    ({"cameras": [{"name": "a", "plane": 0, "endpoint": "tcp://127.0.0.1:99999"}],
-      "stream": {"planes": 1}}, "99999"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"api": {"host": "0.0.0.0"}}, "not loopback"),
+        ({"stream": {"publish": "udp://x:1"}}, "udp://x:1"),
+        ({"stream": {"planes": 3}}, "one camera per plane"),
+        ({"inference": {"threshold": 1.0}}, "threshold"),
+        ({"inference": {"precision": "int8"}}, "precision"),
+        (
+            {
+                "cameras": [{"name": "a", "plane": 0, "endpoint": "tcp://127.0.0.1:99999"}],
+                "stream": {"planes": 1},
+            },
+            "99999",
+        ),
+    ],
+)
 def test_unsafe_or_inconsistent_settings_are_refused(kwargs: dict, needle: str) -> None:
     with pytest.raises(ValidationError, match=needle):
         ServiceSettings(**kwargs)
 
 
-def test_precision_setting_reaches_the_engine(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_precision_setting_reaches_the_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("VOXLOC_INFERENCE__PRECISION", "bf16")
     pipeline = Pipeline(load_settings(write_toml(tmp_path)))
     pipeline.start()
@@ -90,8 +101,9 @@ def test_missing_settings_file_names_it(tmp_path: Path) -> None:
 
 
 def test_plane_count_must_match_the_model(tmp_path: Path) -> None:
-    s = load_settings(write_toml(tmp_path, planes=3), stream={"planes": 3,
-                                                               "publish": "tcp://127.0.0.1:*"})
+    s = load_settings(
+        write_toml(tmp_path, planes=3), stream={"planes": 3, "publish": "tcp://127.0.0.1:*"}
+    )
     pipeline = Pipeline(s)
     with pytest.raises(EngineError, match="expects 4 planes, the service streams 3"):
         pipeline.start()
@@ -108,9 +120,13 @@ def free_port() -> int:
 def test_serve_becomes_ready_and_stops_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     path = write_toml(tmp_path, port=port)
-    proc = subprocess.Popen([sys.executable, "-m", "clients.cli", "serve", "--config",
-                             str(path)], env=dict(os.environ), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clients.cli", "serve", "--config", str(path)],
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -135,8 +151,9 @@ def test_serve_becomes_ready_and_stops_on_sigterm(tmp_path: Path) -> None:
             proc.wait(10)
 
 
-def test_serve_reports_a_bad_config_in_one_line(tmp_path: Path,
-                                               capsys: pytest.CaptureFixture) -> None:
+def test_serve_reports_a_bad_config_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from clients.cli import main
 
     bad = tmp_path / "bad.toml"
