@@ -135,6 +135,11 @@ class FrameAssembler:
     def depth(self) -> int:
         return len(self._pending)
 
+    @property
+    def released_upto(self) -> int:
+        """Every set index up to this one was released or dropped (-1: none yet)."""
+        return -1 if self._next is None or not self._released_any else self._next - 1
+
     def now(self) -> float:
         """Assembly clock: wall time minus the time the pipeline spent blocked downstream."""
         return self._clock() - self._paused_s

@@ -24,8 +24,9 @@ from service.ingest import CameraEndpoint, Ingest
 from service.publisher import Publisher
 from service.settings import CameraRegistration, RuntimeConfig, ServiceSettings
 from service.stats import ServiceStats
+from service.sync import CameraSync, Placed
 from service.types import LocalizationObserver, PipelineState
-from service.wire import FrameMessage
+from service.wire import FrameMessage, Reject
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,13 @@ class Pipeline:
             timeout_s=self._config.assembly_timeout_ms / 1e3,
             window=s.window,
             stats=self.stats,
+        )
+        self.sync: CameraSync[FrameMessage] = CameraSync(
+            [c.name for c in settings.cameras],
+            window=s.window,
+            active_s=max(2 * self.assembler.timeout_s, 0.5),
+            clock=self.assembler.now,
+            released_upto=lambda: self.assembler.released_upto,
         )
         self.batcher = Batcher(
             queue_size=self._config.queue_size, policy=self._config.drop_policy, stats=self.stats
@@ -184,16 +192,24 @@ class Pipeline:
             self._flush()
 
     def _accept(self, cam: CameraEndpoint, msg: FrameMessage) -> None:
-        reason = self.assembler.check(msg.plane, msg.frame)
-        if reason is not None:
-            self.stats.reject(cam.name, reason.value)
-            return
-        buf = self.assembler.slot(msg.plane, msg.frame, msg.t_ns)
-        self._warps[cam.name].apply(msg.image, out=buf)
-        self.assembler.commit(msg.plane, msg.frame, msg.t_ns)
-        self.stats.frame_ok(cam.name, msg.frame)
+        self._assemble(cam.name, self.sync.place(cam.name, msg.frame, msg.t_ns, msg))
+
+    def _assemble(self, camera: str, placed: Placed[FrameMessage]) -> None:
+        for _ in range(placed.desync):
+            self.stats.reject(camera, Reject.DESYNC.value)
+        for set_index, m in placed.sets:
+            reason = self.assembler.check(m.plane, set_index)
+            if reason is not None:
+                self.stats.reject(camera, reason.value)
+                continue
+            buf = self.assembler.slot(m.plane, set_index, m.t_ns)
+            self._warps[camera].apply(m.image, out=buf)
+            self.assembler.commit(m.plane, set_index, m.t_ns)
+            self.stats.frame_ok(camera, set_index)
 
     def _flush(self) -> None:
+        for camera, placed in self.sync.expire().items():
+            self._assemble(camera, placed)
         for frame_set in self.assembler.pop_ready():
             blocked_s = self.batcher.put(frame_set)
             if blocked_s:

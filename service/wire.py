@@ -39,6 +39,7 @@ class Reject(str, enum.Enum):
     STALE = "stale"  # frame index older than the assembly window
     DUPLICATE = "duplicate"  # frame index already received from this camera
     NONFINITE = "nonfinite"  # NaN / inf pixels
+    DESYNC = "desync"  # frame index inconsistent with the other cameras (service/sync.py)
 
 
 class WireError(StreamError):
