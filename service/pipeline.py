@@ -17,6 +17,7 @@ import zmq
 
 from engines.calibration.drift import DriftEstimator
 from engines.errors import VoxlocError
+from service.acquisitions import Acquisitions
 from service.aligner import Aligner
 from service.batcher import Batcher
 from service.inference import LoadedModel, ModelManager, run_batch
@@ -53,6 +54,14 @@ class Pipeline:
             timeout_s=self._config.assembly_timeout_ms / 1e3,
             window=s.window,
             stats=self.stats,
+        )
+        self.acquisitions = Acquisitions(
+            begin=self.aligner.begin,
+            current=lambda: self.aligner.current,
+            counts=self._counts_by_reason,
+            context=self._recording_context,
+            record_dir=settings.recording.directory,
+            px_nm=self._px_nm,
         )
         self.batcher = Batcher(
             queue_size=self._config.queue_size, policy=self._config.drop_policy, stats=self.stats
@@ -97,7 +106,7 @@ class Pipeline:
                 sndhwm=self.settings.stream.sndhwm,
                 stats=self.stats,
             )
-            self.publisher.observers.extend(self._observers)
+            self.publisher.observers.extend([self.acquisitions, *self._observers])
         except BaseException:
             self.state = PipelineState.FAILED
             self._close_sockets()
@@ -136,6 +145,7 @@ class Pipeline:
             if callable(close):
                 close()
         self.models.serving = False
+        self.acquisitions.close()
         self._close_sockets()
         self.models.close()
         if self.state is not PipelineState.FAILED:
@@ -241,6 +251,22 @@ class Pipeline:
         self.aligner.set_registration(regs)
         self._registration = regs
         log.info("registration updated for %s", sorted(changes))
+
+    def _counts_by_reason(self) -> dict[str, dict[str, int]]:
+        snap = self.stats.snapshot()
+        return {"rejects": snap["rejects"], "dropped": snap["assembler"]["dropped"]}
+
+    def _recording_context(self) -> dict[str, Any]:
+        """What a recording's metadata JSON holds beside the acquisition's own record."""
+        settings = self.settings.model_dump(mode="json", exclude={"api": {"token"}})
+        return {
+            "registration": {n: r.model_dump() for n, r in self._registration.items()},
+            "settings": settings,
+        }
+
+    def _px_nm(self) -> float:
+        active = self.models.active
+        return active.engine.info.settings.geometry.px_nm if active else 192.0
 
     def load_model(self, name: str) -> tuple[LoadedModel, LoadedModel | None]:
         return self.models.load(name)

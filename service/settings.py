@@ -164,6 +164,15 @@ def default_cameras() -> list[CameraSettings]:
     ]
 
 
+class RecordingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    directory: Path = Field(
+        Path("recordings"),
+        description="server-side recordings (POST /acquisitions) are written below this folder",
+    )
+
+
 class ServiceSettings(BaseSettings):
     """Everything ``voxloc serve`` needs."""
 
@@ -177,6 +186,7 @@ class ServiceSettings(BaseSettings):
     inference: InferenceSettings = InferenceSettings()
     cameras: list[CameraSettings] = Field(default_factory=default_cameras)
     drift: DriftSettings = DriftSettings()
+    recording: RecordingSettings = RecordingSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -6,7 +6,7 @@ import logging
 
 from fastapi import FastAPI
 
-from service.api import routes
+from service.api import acquisitions, routes
 from service.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ def create_app(pipeline: Pipeline, *, token: str | None = None, dashboard: bool 
     app.state.pipeline = pipeline
     app.state.token = pipeline.settings.api.token if token is None else token
     app.include_router(routes.router)
+    app.include_router(acquisitions.router)
     if dashboard:
         _include_dashboard(app, pipeline)
     return app

@@ -1,0 +1,90 @@
+"""Acquisition routes (docs/protocol.md Sec. 5.6): start, stop, list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.acquisitions import AcquisitionError
+from service.api.auth import require_token
+from service.pipeline import Pipeline
+
+router = APIRouter(tags=["acquisitions"])
+mutating = [Depends(require_token)]
+
+
+class AcquisitionStart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, description="free-form label")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="stored as given")
+    record: str | None = Field(
+        None,
+        max_length=1024,
+        description="server-side recording: a .csv or .h5 path relative to the service's "
+        "recording.directory; a metadata JSON is written beside it",
+    )
+
+
+class AcquisitionInfo(BaseModel):
+    id: str
+    name: str
+    state: str
+    metadata: dict[str, Any]
+    started_ns: int
+    stopped_ns: int | None
+    frame_sets: int
+    localizations: int
+    last_frame: int
+    recording: str | None
+    models: list[dict[str, Any]]
+    counts: dict[str, dict[str, int]]
+
+
+def _pipeline(request: Request) -> Pipeline:
+    return request.app.state.pipeline
+
+
+@router.post(
+    "/acquisitions",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=mutating,
+    response_model=AcquisitionInfo,
+)
+def start_acquisition(body: AcquisitionStart, request: Request) -> dict[str, Any]:
+    try:
+        return _pipeline(request).acquisitions.start(body.name, body.metadata, body.record)
+    except AcquisitionError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
+
+
+@router.post(
+    "/acquisitions/current/stop",
+    dependencies=mutating,
+    response_model=AcquisitionInfo,
+    responses={409: {"description": "no acquisition is running"}},
+)
+def stop_acquisition(request: Request) -> dict[str, Any]:
+    try:
+        return _pipeline(request).acquisitions.stop_current()
+    except AcquisitionError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+
+
+@router.get("/acquisitions", response_model=list[AcquisitionInfo])
+def list_acquisitions(request: Request) -> list[dict[str, Any]]:
+    return _pipeline(request).acquisitions.list()
+
+
+@router.get(
+    "/acquisitions/{acq_id}",
+    response_model=AcquisitionInfo,
+    responses={404: {"description": "unknown acquisition"}},
+)
+def get_acquisition(acq_id: str, request: Request) -> dict[str, Any]:
+    try:
+        return _pipeline(request).acquisitions.get(acq_id)
+    except KeyError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc.args[0])) from exc
