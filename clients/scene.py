@@ -168,11 +168,7 @@ class Scene:
                 psf=s.psf,
             )
             noisy = self._sim.add_noise(clean + s.psf.b)[0, 0].numpy()
-            out[k] = (
-                noisy.astype(np.float32)
-                if s.noise.mode == "paper"
-                else np.clip(noisy, 0, 65535).astype(np.uint16)
-            )
+            out[k] = self._sim.camera.to_frame(noisy)
         return out
 
     def _to_camera(self, xyz_nm: torch.Tensor, plane: int) -> torch.Tensor:

@@ -120,7 +120,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     settings = settings.model_copy(update={"geometry": g})
     aff = bd.random_affines(g.planes, height=g.height, width=g.width, seed=args.seed)
     # beads outshine dyes; on a camera keep them below uint16 saturation
-    bright = 20.0 if settings.noise.mode == "paper" else 4.0
+    bright = settings.noise.to_camera().bead_brightness
     reg = bd.simulate_registration_beads(
         settings, aff, beads=args.beads, seed=args.seed, brightness=bright
     )

@@ -71,7 +71,7 @@ def output_paths(out: Path, planes: int, per_plane: bool) -> tuple[list[Path], P
 
 def stack_dtype(settings: SimSettings, requested: str) -> np.dtype:
     if requested == "auto":
-        return np.dtype(np.float32 if settings.noise.mode == "paper" else np.uint16)
+        return settings.noise.to_camera().frame_dtype
     return np.dtype(requested)
 
 
