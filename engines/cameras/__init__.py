@@ -9,9 +9,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from engines.cameras.base import Camera, camera_class, camera_modes, register
+from engines.cameras.base import Camera, camera_class, camera_modes, cast_frames, register
 
-__all__ = ["Camera", "camera_class", "camera_modes", "register"]
+__all__ = ["Camera", "camera_class", "camera_modes", "cast_frames", "register"]
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")

@@ -60,12 +60,16 @@ class Camera(ABC):
         """
 
     def to_frame(self, frames: np.ndarray) -> np.ndarray:
-        """``frames`` in :attr:`frame_dtype`: integers round and clip to the dtype's range."""
-        dtype = self.frame_dtype
-        if dtype.kind in "ui":
-            info = np.iinfo(dtype)
-            return np.clip(np.rint(frames), info.min, info.max).astype(dtype)
-        return frames.astype(dtype)
+        """``frames`` (frame units) as the camera delivers them, in :attr:`frame_dtype`."""
+        return cast_frames(frames, self.frame_dtype)
+
+
+def cast_frames(frames: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``frames`` in ``dtype``; for an integer dtype rounded and clipped to its range."""
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(frames), info.min, info.max).astype(dtype)
+    return frames.astype(dtype)
 
 
 C = TypeVar("C", bound=type[Camera])

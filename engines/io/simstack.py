@@ -19,6 +19,7 @@ import numpy as np
 import tifffile
 from tqdm import tqdm
 
+from engines.cameras import cast_frames
 from engines.config import SimSettings
 from engines.io.atomic import discard, reserve_temp
 from engines.io.loctable import LocTable, TableMeta, open_table_writer
@@ -27,7 +28,6 @@ from engines.simulator import Simulator
 log = logging.getLogger(__name__)
 
 CHUNK_FRAMES = 16
-UINT16_MAX = 65535
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def _simulate_into(frames: np.ndarray, settings: SimSettings, cfg: SimStackConfi
     for t0 in range(0, cfg.frames, CHUNK_FRAMES):
         n = min(CHUNK_FRAMES, cfg.frames - t0)
         batch = sim.sample(n, cfg.molecules, drift=cfg.drift)
-        frames[t0 : t0 + n] = _to_dtype(batch.frames.numpy(), frames.dtype)
+        frames[t0 : t0 + n] = cast_frames(batch.frames.numpy(), frames.dtype)
         valid = batch.valid.numpy()
         b_idx = np.nonzero(valid)[0]
         parts.append((b_idx + t0, batch.xyz_nm.numpy()[valid], batch.weights.numpy()[valid]))
@@ -139,12 +139,6 @@ def _simulate_into(frames: np.ndarray, settings: SimSettings, cfg: SimStackConfi
     xyz = np.concatenate([p[1] for p in parts]).astype(np.float64)
     weight = np.concatenate([p[2] for p in parts]).astype(np.float64)
     return LocTable(frame, xyz, np.ones(len(frame)), {"weight": weight})
-
-
-def _to_dtype(frames: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    if dtype == np.uint16:
-        return np.clip(np.rint(frames), 0, UINT16_MAX).astype(np.uint16)
-    return frames.astype(dtype)
 
 
 def _write_tiff(path: Path, data: np.ndarray, settings: SimSettings, cfg: SimStackConfig) -> None:
