@@ -23,3 +23,7 @@ class StreamError(VoxlocError):
 
 class ModelNotFoundError(EngineError):
     """No model of that name or directory exists."""
+
+
+class OutputError(VoxlocError):
+    """An output file cannot be written where asked."""

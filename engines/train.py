@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from engines.config import SimSettings
 from engines.errors import EngineError
+from engines.io.atomic import atomic_output
 from engines.loss import voxel_loss
 from engines.modeldir import ModelInfo, load_model, save_model
 from engines.network import VoxelNet
@@ -179,20 +180,17 @@ def start_from(net: VoxelNet, info: ModelInfo, source: str) -> None:
 def _checkpoint(
     path: Path, net: VoxelNet, opt, sim: Simulator, step: int, ema, history: list[str]
 ) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "model": net.state_dict(),
-            "optimizer": opt.state_dict(),
-            "sim_rng": sim.gen.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "step": step,
-            "loss_ema": ema,
-            "history": history,
-        },
-        tmp,
-    )
-    tmp.replace(path)
+    state = {
+        "model": net.state_dict(),
+        "optimizer": opt.state_dict(),
+        "sim_rng": sim.gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "step": step,
+        "loss_ema": ema,
+        "history": history,
+    }
+    with atomic_output(path) as tmp:
+        torch.save(state, tmp)
 
 
 def _training_record(cfg: TrainConfig, step: int, ema, history: list[str]) -> dict:
