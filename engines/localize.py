@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from engines.errors import FormatError
-from engines.inference import Engine, create_engine, precision_option
+from engines.inference import Engine, create_engine
 from engines.io.loctable import TableMeta, TableWriter, open_table_writer, table_format
 from engines.io.stacks import Stack, open_stack
 from engines.modeldir import resolve_model
@@ -83,7 +83,7 @@ def localize_files(
         opts.backend,
         threshold=opts.threshold,
         device=opts.device,
-        **precision_option(opts.precision),
+        precision=opts.precision,
     )
     try:
         with open_stack(inputs, engine.planes) as stack:

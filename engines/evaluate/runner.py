@@ -19,7 +19,7 @@ import torch
 from engines.config import SimSettings
 from engines.evaluate.matching import Matching, match_localizations
 from engines.evaluate.metrics import VoxelConfusion, voxel_confusion
-from engines.inference import Engine, create_engine, precision_option
+from engines.inference import Engine, create_engine
 from engines.modeldir import ModelInfo, load_model
 from engines.network import VoxelNet
 from engines.simulator import Simulator
@@ -97,7 +97,7 @@ class Evaluator:
     def __init__(self, cfg: EvalConfig) -> None:
         self.cfg = cfg
         self.engine: Engine = create_engine(
-            cfg.model, cfg.backend, threshold=cfg.thresholds[0], **precision_option(cfg.precision)
+            cfg.model, cfg.backend, threshold=cfg.thresholds[0], precision=cfg.precision
         )
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         net, info = load_model(self.engine.model_dir, device=self.device)
