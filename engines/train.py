@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from engines.config import SimSettings
 from engines.errors import EngineError
+from engines.geometry import REFERENCE_AREA_PX
 from engines.io.atomic import atomic_output
 from engines.loss import voxel_loss
 from engines.modeldir import ModelInfo, load_model, save_model
@@ -26,7 +27,6 @@ from engines.simulator import Simulator
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
-REFERENCE_AREA_PX = 64 * 64  # molecule counts are given per 64x64 frame (paper Table 3)
 
 
 @dataclass

@@ -19,14 +19,13 @@ import torch
 from engines.config import SimSettings
 from engines.evaluate.matching import Matching, match_localizations
 from engines.evaluate.metrics import VoxelConfusion, voxel_confusion
+from engines.geometry import REFERENCE_AREA_PX
 from engines.inference import Engine, create_engine
 from engines.modeldir import ModelInfo, load_model
 from engines.network import VoxelNet
 from engines.simulator import Simulator
 
 log = logging.getLogger(__name__)
-
-REFERENCE_AREA_PX = 64 * 64  # densities are given per 64x64 frame, as in the paper
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,12 @@ from typing import ClassVar
 
 import numpy as np
 
-from engines.errors import EngineError, FormatError, VoxlocError
+from engines.errors import EngineError, FormatError, NonFiniteError, VoxlocError
 from engines.modeldir import ModelInfo, read_info, resolve_model
-from engines.types import Localizations
+from engines.types import ACCEPTED_DTYPE_NAMES, ACCEPTED_DTYPES, Localizations
 
 log = logging.getLogger(__name__)
 
-ACCEPTED_DTYPES = (np.uint16, np.float32, np.float64, np.uint8, np.int16, np.int32)
 # pixels (batch x H x W) per backend call: bounds peak activation memory (~2 kB per pixel
 # in float32) without costing throughput, since the work per pixel is the same
 DEFAULT_MAX_PIXELS = 1 << 21
@@ -96,7 +95,7 @@ class Engine(ABC):
                 f"expected frames of shape (batch, {self.planes}, H, W), got shape {arr.shape}"
             )
         if arr.dtype not in ACCEPTED_DTYPES:
-            raise FormatError(f"expected uint16 or float32 frames, got {arr.dtype}")
+            raise FormatError(f"expected {ACCEPTED_DTYPE_NAMES} frames, got {arr.dtype}")
         b, p, h, w = arr.shape
         if p != self.planes:
             raise FormatError(
@@ -106,11 +105,8 @@ class Engine(ABC):
         if b == 0 or h == 0 or w == 0:
             raise FormatError(f"empty batch: frames of shape {arr.shape}")
         out = np.ascontiguousarray(arr, dtype=np.float32)
-        if arr.dtype.kind == "f" and not np.isfinite(out).all():
-            raise FormatError(
-                f"frames contain {int((~np.isfinite(out)).sum())} NaN/inf values"
-                f" (frames of shape {arr.shape})"
-            )
+        if arr.dtype.kind == "f":
+            check_finite(out)
         return out
 
     def infer(
@@ -181,6 +177,26 @@ class Engine(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def check_finite(frames: np.ndarray) -> None:
+    """:class:`NonFiniteError` naming the first frame of ``(B, P, H, W)`` with NaN/inf pixels.
+
+    The one scan for non-finite pixels on the way into an engine (``voxloc localize``
+    reports the frame from the error's attributes).
+    """
+    if np.isfinite(frames).all():
+        return
+    per_frame = (~np.isfinite(frames)).reshape(frames.shape[0], -1).sum(axis=1)
+    b = int(np.flatnonzero(per_frame)[0])
+    total = int(per_frame.sum())
+    raise NonFiniteError(
+        f"frames contain {total} NaN/inf values (frames of shape {frames.shape}; "
+        f"first in frame {b} of the batch)",
+        frame=b,
+        count=int(per_frame[b]),
+        total=total,
+    )
 
 
 def check_threshold(value: float) -> float:
