@@ -29,5 +29,6 @@ def decode(
     conf = output[:, :, 0]
     b, k, i, j = torch.nonzero(conf > threshold, as_tuple=True)
     zeta = output[b, k, 1:, i, j]
-    xyz = voxel_to_nm(torch.stack([k, i, j], dim=-1), zeta, Geometry(px_nm=px_nm, dz_nm=dz_nm))
+    grid = Geometry.model_validate({"px_nm": px_nm, "dz_nm": dz_nm})
+    xyz = voxel_to_nm(torch.stack([k, i, j], dim=-1), zeta, grid)
     return b, xyz.float(), conf[b, k, i, j].float()
