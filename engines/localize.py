@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from engines.errors import FormatError
-from engines.inference import Engine, create_engine, precision_option
+from engines.errors import FormatError, NonFiniteError
+from engines.inference import Engine, create_engine
 from engines.io.loctable import TableMeta, TableWriter, open_table_writer, table_format
 from engines.io.stacks import Stack, open_stack
 from engines.modeldir import resolve_model
@@ -83,7 +83,7 @@ def localize_files(
         opts.backend,
         threshold=opts.threshold,
         device=opts.device,
-        **precision_option(opts.precision),
+        precision=opts.precision,
     )
     try:
         with open_stack(inputs, engine.planes) as stack:
@@ -125,8 +125,13 @@ def localize_stack(
     )
     try:
         for first, frames in stack.batches(opts.batch):
-            check_finite(frames, first, stack)
-            locs = engine.infer(frames, opts.threshold, first_frame=first)
+            try:
+                locs = engine.infer(frames, opts.threshold, first_frame=first)
+            except NonFiniteError as exc:  # name the frame in the stack, counting from 0
+                raise FormatError(
+                    f"{stack.describe()}: frame {first + exc.frame} (counting from 0) "
+                    f"has {exc.count} NaN/inf pixels"
+                ) from exc
             if not np.all(scale == 1):
                 locs = [
                     Localizations(loc.frame, loc.xyz_nm * scale, loc.confidence) for loc in locs
@@ -136,20 +141,6 @@ def localize_stack(
             bar.set_postfix(locs=writer.rows, refresh=False)
     finally:
         bar.close()
-
-
-def check_finite(frames: np.ndarray, first_frame: int, stack: Stack) -> None:
-    """Refuse NaN / inf pixels, naming the first bad frame (counting from 0)."""
-    if frames.dtype.kind != "f":
-        return
-    bad = ~np.isfinite(frames)
-    if bad.any():
-        per_frame = bad.reshape(bad.shape[0], -1).sum(axis=1)
-        b = int(np.flatnonzero(per_frame)[0])
-        raise FormatError(
-            f"{stack.describe()}: frame {first_frame + b} (counting from 0) "
-            f"has {int(per_frame[b])} NaN/inf pixels"
-        )
 
 
 def _output_geometry(engine: Engine, opts: LocalizeOptions) -> tuple[float, float]:

@@ -19,14 +19,13 @@ import torch
 from engines.config import SimSettings
 from engines.evaluate.matching import Matching, match_localizations
 from engines.evaluate.metrics import VoxelConfusion, voxel_confusion
-from engines.inference import Engine, create_engine, precision_option
+from engines.geometry import REFERENCE_AREA_PX
+from engines.inference import Engine, create_engine
 from engines.modeldir import ModelInfo, load_model
 from engines.network import VoxelNet
 from engines.simulator import Simulator
 
 log = logging.getLogger(__name__)
-
-REFERENCE_AREA_PX = 64 * 64  # densities are given per 64x64 frame, as in the paper
 
 
 @dataclass(frozen=True)
@@ -97,7 +96,7 @@ class Evaluator:
     def __init__(self, cfg: EvalConfig) -> None:
         self.cfg = cfg
         self.engine: Engine = create_engine(
-            cfg.model, cfg.backend, threshold=cfg.thresholds[0], **precision_option(cfg.precision)
+            cfg.model, cfg.backend, threshold=cfg.thresholds[0], precision=cfg.precision
         )
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         net, info = load_model(self.engine.model_dir, device=self.device)
