@@ -1,23 +1,19 @@
-"""Request bodies of the control plane (answers are plain JSON maps, docs/protocol.md)."""
+"""Request bodies of the control plane (answers: :mod:`service.api.answers`)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.settings import DropPolicy
+from service.runtime_config import RuntimeConfig, all_optional
 
-
-class ConfigUpdate(BaseModel):
-    """Any subset of the run-time configuration."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    threshold: float | None = Field(None, ge=0, lt=1)
-    max_batch: int | None = Field(None, ge=1, le=1024)
-    max_delay_ms: float | None = Field(None, ge=0, le=10_000)
-    queue_size: int | None = Field(None, ge=1, le=100_000)
-    drop_policy: DropPolicy | None = None
-    assembly_timeout_ms: float | None = Field(None, gt=0, le=600_000)
+if TYPE_CHECKING:  # its fields are made at import time, which a type checker cannot see
+    ConfigUpdate = BaseModel
+else:
+    ConfigUpdate = all_optional(
+        RuntimeConfig, "ConfigUpdate", "Any subset of the run-time configuration."
+    )
 
 
 class CameraRegistrationUpdate(BaseModel):
