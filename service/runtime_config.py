@@ -54,8 +54,8 @@ def all_optional(model: type[BaseModel], name: str, doc: str) -> type[BaseModel]
     """A model with ``model``'s fields and bounds, each optional (default ``None``)."""
     fields: dict[str, Any] = {}
     for key, field in model.model_fields.items():
-        bounded = (
-            Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
-        )
+        bounded: Any = field.annotation  # a type made at run time
+        if field.metadata:
+            bounded = Annotated[(bounded, *field.metadata)]
         fields[key] = (bounded | None, Field(None, description=field.description))
     return create_model(name, __config__=ConfigDict(extra="forbid"), __doc__=doc, **fields)
