@@ -1,6 +1,10 @@
 """Aligner: registers every camera image into the reference plane (affine, bilinear),
 converts ADU to model units, and assembles the planes of one time point into a
-:class:`~service.types.FrameSet`, released in frame order.
+:class:`~service.types.FrameSet`, released in frame order, per acquisition.
+
+Each acquisition has its own camera synchronisation (:mod:`service.sync`) and frame
+pointer, and frame indices count from 0 in each. When a new one begins, the sets still
+being assembled in the previous one complete (or time out) and are released first.
 
 Affine convention (docs/protocol.md Sec. 4): ``A`` (2x3, pixels) maps camera pixel
 coordinates ``(x, y)`` to reference coordinates; pixel ``(i, j)`` has its centre at
@@ -18,10 +22,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.settings import CameraRegistration
+from service.settings import CameraRegistration, CameraSettings
 from service.stats import ServiceStats
+from service.sync import CameraSync, Placed
 from service.types import FrameSet
-from service.wire import Reject
+from service.wire import FrameMessage, Reject
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +140,11 @@ class FrameAssembler:
     def depth(self) -> int:
         return len(self._pending)
 
+    @property
+    def released_upto(self) -> int:
+        """Every set index up to this one was released or dropped (-1: none yet)."""
+        return -1 if self._next is None or not self._released_any else self._next - 1
+
     def now(self) -> float:
         """Assembly clock: wall time minus the time the pipeline spent blocked downstream."""
         return self._clock() - self._paused_s
@@ -176,14 +186,14 @@ class FrameAssembler:
         p.t_cam_ns = min(p.t_cam_ns, t_cam_ns)
         p.t_recv_ns = time.time_ns()
 
-    def pop_ready(self) -> list[FrameSet]:
+    def pop_ready(self, acquisition: str = "") -> list[FrameSet]:
         """Complete sets in frame order; drops heads that timed out or overflowed."""
         out: list[FrameSet] = []
         now = self.now()
         while self._next is not None and self._pending:
             head = self._pending.get(self._next)
             if head is not None and head.have.all():
-                out.append(self._release(self._next))
+                out.append(self._release(self._next, acquisition))
                 continue
             if len(self._pending) > self.window:
                 self._drop_head(head, "overflow")
@@ -194,7 +204,7 @@ class FrameAssembler:
             self._drop_head(head, "timeout")
         return out
 
-    def _release(self, frame: int) -> FrameSet:
+    def _release(self, frame: int, acquisition: str) -> FrameSet:
         p = self._pending.pop(frame)
         self._next = frame + 1
         self._released_any = True
@@ -203,7 +213,7 @@ class FrameAssembler:
         if len(self._recent_order) > RECENT_RELEASED:
             self._recent.discard(self._recent_order.popleft())
         self.stats.set_assembled()
-        return FrameSet(frame, p.planes, p.t_cam_ns, p.t_recv_ns)
+        return FrameSet(frame, p.planes, p.t_cam_ns, p.t_recv_ns, acquisition)
 
     def _drop_head(self, head: _Pending | None, reason: str) -> None:
         assert self._next is not None
@@ -223,3 +233,160 @@ class FrameAssembler:
             )
             self._next += 1
         self._released_any = True
+
+
+@dataclass
+class _Run:
+    """The assembly state of one acquisition."""
+
+    acquisition: str
+    sync: CameraSync[FrameMessage]
+    assembler: FrameAssembler
+    last_frame: float  # assembly clock of its newest accepted frame
+
+
+class Aligner:
+    """Registration and frame-set assembly for every camera, per acquisition.
+
+    The ingest thread calls :meth:`accept` and :meth:`pop_ready`; the control plane
+    calls :meth:`begin`, :meth:`set_registration` and :meth:`set_timeout` (each swaps an
+    immutable value the ingest thread reads).
+    """
+
+    def __init__(
+        self,
+        *,
+        cameras: list[CameraSettings],
+        planes: int,
+        height: int,
+        width: int,
+        timeout_s: float,
+        window: int,
+        stats: ServiceStats,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._cameras = [c.name for c in cameras]
+        self._shape = (planes, height, width)
+        self._timeout_s = timeout_s
+        self._window = window
+        self._stats = stats
+        self._clock = clock
+        self._paused_s = 0.0
+        self._warps = {
+            c.name: PlaneWarp.from_registration(c.registration(), height, width) for c in cameras
+        }
+        self._runs: list[_Run] = []
+        self._ended: deque[str] = deque(maxlen=64)  # acquisitions whose assembly finished
+        self.begin("")
+
+    # -- control plane ---------------------------------------------------------------------
+    @property
+    def current(self) -> str:
+        """The acquisition frames without an acquisition id belong to."""
+        return self._runs[-1].acquisition
+
+    def begin(self, acquisition: str) -> None:
+        """Start assembling ``acquisition`` (frame indices from 0); the previous one drains."""
+        planes, height, width = self._shape
+        asm = FrameAssembler(
+            planes=planes,
+            height=height,
+            width=width,
+            timeout_s=self._timeout_s,
+            window=self._window,
+            stats=self._stats,
+            clock=self.now,
+        )
+        sync: CameraSync[FrameMessage] = CameraSync(
+            self._cameras,
+            window=self._window,
+            active_s=self.active_s,
+            clock=self.now,
+            released_upto=lambda: asm.released_upto,
+        )
+        self._runs.append(_Run(acquisition, sync, asm, self.now()))
+        log.info("acquisition %r: assembly begins", acquisition)
+
+    def set_registration(self, regs: dict[str, CameraRegistration]) -> None:
+        _, height, width = self._shape
+        warps = {n: PlaneWarp.from_registration(r, height, width) for n, r in regs.items()}
+        self._warps = {**self._warps, **warps}
+
+    def warp(self, camera: str) -> PlaneWarp:
+        return self._warps[camera]
+
+    def set_timeout(self, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
+        for run in self._runs:
+            run.assembler.timeout_s = timeout_s
+            run.sync.active_s = self.active_s
+
+    @property
+    def active_s(self) -> float:
+        """A camera that sent nothing for this long is not taken as a reference."""
+        return max(2 * self._timeout_s, 0.5)
+
+    # -- assembly clock ----------------------------------------------------------------------
+    def now(self) -> float:
+        """Wall time minus the time the pipeline spent blocked downstream."""
+        return self._clock() - self._paused_s
+
+    def pause(self, seconds: float) -> None:
+        self._paused_s += seconds
+
+    @property
+    def depth(self) -> int:
+        return sum(r.assembler.depth for r in self._runs)
+
+    # -- ingest thread -------------------------------------------------------------------------
+    def accept(self, camera: str, msg: FrameMessage) -> None:
+        """Place, register and assemble one validated camera frame; rejects are counted."""
+        run = self._run_for(msg.acquisition)
+        if run is None:
+            self._stats.reject(camera, Reject.STALE.value)  # its acquisition has ended
+            return
+        self._assemble(run, camera, run.sync.place(camera, msg.frame, msg.t_ns, msg))
+
+    def _run_for(self, acquisition: str | None) -> _Run | None:
+        if acquisition is None:
+            return self._runs[-1]
+        for run in reversed(self._runs):
+            if run.acquisition == acquisition:
+                return run
+        if acquisition in self._ended:
+            return None
+        self.begin(acquisition)  # a camera started a new acquisition
+        return self._runs[-1]
+
+    def _assemble(self, run: _Run, camera: str, placed: Placed[FrameMessage]) -> None:
+        for _ in range(placed.desync):
+            self._stats.reject(camera, Reject.DESYNC.value)
+        asm = run.assembler
+        for set_index, m in placed.sets:
+            reason = asm.check(m.plane, set_index)
+            if reason is not None:
+                self._stats.reject(camera, reason.value)
+                continue
+            self._warps[camera].apply(m.image, out=asm.slot(m.plane, set_index, m.t_ns))
+            asm.commit(m.plane, set_index, m.t_ns)
+            run.last_frame = self.now()
+            self._stats.frame_ok(camera, set_index)
+
+    def pop_ready(self) -> list[FrameSet]:
+        """Complete sets in order: the oldest acquisition's first."""
+        out: list[FrameSet] = []
+        for run in list(self._runs):
+            for camera, placed in run.sync.expire().items():
+                self._assemble(run, camera, placed)
+            out.extend(run.assembler.pop_ready(run.acquisition))
+            if run is self._runs[-1]:
+                break
+            if run.assembler.depth or self.now() - run.last_frame < self.active_s:
+                break  # frames of the previous acquisition may still come
+            self._runs.remove(run)
+            self._ended.append(run.acquisition)
+            log.info("acquisition %r: assembly finished", run.acquisition)
+        return out
+
+    def sync_states(self) -> dict[str, dict[str, object]]:
+        return self._runs[-1].sync.states()

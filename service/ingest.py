@@ -23,6 +23,7 @@ from service.wire import FrameMessage, Reject, WireError, decode_frame
 
 log = logging.getLogger(__name__)
 
+MAX_HEADER_BYTES = 64 * 1024
 DRAIN_PER_POLL = 32  # messages taken from one camera before looking at the others
 _MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 
@@ -71,6 +72,9 @@ class Ingest:
         sock = ctx.socket(zmq.PULL)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, self.stream.rcvhwm)
+        # a message part larger than a frame of this camera closes the sender's connection
+        # before it is read into memory (the camera reconnects by itself)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_part_bytes(cam))
         try:
             sock.bind(cam.endpoint)
         except zmq.ZMQError as exc:
@@ -86,6 +90,12 @@ class Ingest:
         self.poller.register(sock, zmq.POLLIN)
         self.poller.register(monitor, zmq.POLLIN)
         log.info("camera %s (plane %d) on %s", cam.name, cam.plane, ep.endpoint)
+
+    def max_part_bytes(self, cam: CameraSettings) -> int:
+        """Largest message part accepted from ``cam``: its frame's pixels (float32 unless
+        the camera's dtype is set), or a header of at most ``MAX_HEADER_BYTES``."""
+        itemsize = 2 if cam.dtype == "uint16" else 4
+        return max(self.stream.height * self.stream.width * itemsize, MAX_HEADER_BYTES)
 
     def receive(self, timeout_ms: int) -> Iterator[tuple[CameraEndpoint, FrameMessage]]:
         """Valid frames that arrived within ``timeout_ms``; rejects are counted here."""

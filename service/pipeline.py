@@ -17,15 +17,14 @@ import zmq
 
 from engines.calibration.drift import DriftEstimator
 from engines.errors import VoxlocError
-from service.aligner import FrameAssembler, PlaneWarp
+from service.aligner import Aligner
 from service.batcher import Batcher
 from service.inference import LoadedModel, ModelManager, run_batch
-from service.ingest import CameraEndpoint, Ingest
+from service.ingest import Ingest
 from service.publisher import Publisher
 from service.settings import CameraRegistration, RuntimeConfig, ServiceSettings
 from service.stats import ServiceStats
 from service.types import LocalizationObserver, PipelineState
-from service.wire import FrameMessage
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +43,10 @@ class Pipeline:
         self._config = settings.runtime_config()
         self._registration = {c.name: c.registration() for c in settings.cameras}
         s = settings.stream
-        self._warps = {
-            name: PlaneWarp.from_registration(r, s.height, s.width)
-            for name, r in self._registration.items()
-        }
         self._own_ctx = context is None
         self._ctx = context or zmq.Context()
-        self.assembler = FrameAssembler(
+        self.aligner = Aligner(
+            cameras=settings.cameras,
             planes=s.planes,
             height=s.height,
             width=s.width,
@@ -76,7 +72,7 @@ class Pipeline:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.stats.p_queue.labels("batcher").set_function(lambda: self.batcher.depth)
-        self.stats.p_queue.labels("assembler").set_function(lambda: self.assembler.depth)
+        self.stats.p_queue.labels("assembler").set_function(lambda: self.aligner.depth)
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -179,25 +175,15 @@ class Pipeline:
         assert self.ingest is not None
         while not self._stop.is_set():
             for cam, msg in self.ingest.receive(POLL_MS):
-                self._accept(cam, msg)
+                self.aligner.accept(cam.name, msg)
                 self._flush()
             self._flush()
 
-    def _accept(self, cam: CameraEndpoint, msg: FrameMessage) -> None:
-        reason = self.assembler.check(msg.plane, msg.frame)
-        if reason is not None:
-            self.stats.reject(cam.name, reason.value)
-            return
-        buf = self.assembler.slot(msg.plane, msg.frame, msg.t_ns)
-        self._warps[cam.name].apply(msg.image, out=buf)
-        self.assembler.commit(msg.plane, msg.frame, msg.t_ns)
-        self.stats.frame_ok(cam.name, msg.frame)
-
     def _flush(self) -> None:
-        for frame_set in self.assembler.pop_ready():
+        for frame_set in self.aligner.pop_ready():
             blocked_s = self.batcher.put(frame_set)
             if blocked_s:
-                self.assembler.pause(blocked_s)
+                self.aligner.pause(blocked_s)
 
     def _inference_loop(self) -> None:
         assert self.publisher is not None
@@ -235,7 +221,7 @@ class Pipeline:
         """Validate and apply ``changes``; the threshold applies from the next batch."""
         new = RuntimeConfig.model_validate({**self._config.model_dump(), **changes})
         self.batcher.configure(queue_size=new.queue_size, policy=new.drop_policy)
-        self.assembler.timeout_s = new.assembly_timeout_ms / 1e3
+        self.aligner.set_timeout(new.assembly_timeout_ms / 1e3)
         self._config = new
         log.info("config: %s", changes)
         return new
@@ -249,14 +235,11 @@ class Pipeline:
         unknown = sorted(set(changes) - set(self._registration))
         if unknown:
             raise KeyError(f"unknown camera(s) {unknown}; configured: {sorted(self._registration)}")
-        s = self.settings.stream
         regs = dict(self._registration)
         for name, fields in changes.items():
             regs[name] = CameraRegistration.model_validate({**regs[name].model_dump(), **fields})
-        warps = {
-            name: PlaneWarp.from_registration(r, s.height, s.width) for name, r in regs.items()
-        }
-        self._registration, self._warps = regs, warps  # the ingest thread reads _warps
+        self.aligner.set_registration(regs)
+        self._registration = regs
         log.info("registration updated for %s", sorted(changes))
 
     def load_model(self, name: str) -> tuple[LoadedModel, LoadedModel | None]:
@@ -288,7 +271,9 @@ class Pipeline:
             out["cameras"][cam.name].update(
                 endpoint=cam.endpoint, plane=cam.settings.plane, state=cam.state.value
             )
-        out["assembler"]["pending"] = self.assembler.depth
+        out["assembler"]["pending"] = self.aligner.depth
+        out["assembler"]["acquisition"] = self.aligner.current
+        out["assembler"]["cameras"] = self.aligner.sync_states()
         out["batcher"].update(
             depth=self.batcher.depth,
             queue_size=self.batcher.queue_size,

@@ -80,6 +80,7 @@ class Publisher:
                 t_recv_ns=fs.t_recv_ns,
                 t_pub_ns=t_pub,
                 locs=loc,
+                acquisition=fs.acquisition,
             )
             self._seq += 1
             self.stats.published_one(t_pub - fs.t_cam_ns)  # counted before anyone can see it

@@ -32,16 +32,18 @@ class FrameSet:
     """All planes of one time point, registered and in model units.
 
     Attributes:
-        frame: frame index (from 0, as sent by the cameras).
+        frame: frame index (from 0 per acquisition, as the cameras agree on it).
         planes: ``(P, H, W)`` float32, model units, reference-plane pixels.
         t_cam_ns: earliest camera timestamp of the planes, epoch ns.
         t_recv_ns: when the last plane arrived, epoch ns.
+        acquisition: the acquisition it belongs to ("" before any was started).
     """
 
     frame: int
     planes: np.ndarray
     t_cam_ns: int
     t_recv_ns: int
+    acquisition: str = ""
 
 
 @dataclass

@@ -39,6 +39,7 @@ class Reject(str, enum.Enum):
     STALE = "stale"  # frame index older than the assembly window
     DUPLICATE = "duplicate"  # frame index already received from this camera
     NONFINITE = "nonfinite"  # NaN / inf pixels
+    DESYNC = "desync"  # frame index inconsistent with the other cameras (service/sync.py)
 
 
 class WireError(StreamError):
@@ -58,14 +59,25 @@ class FrameMessage:
     frame: int
     t_ns: int
     image: np.ndarray  # (H, W) uint16 or float32, read-only view on the message buffer
+    acquisition: str | None = None  # None: the service's current acquisition
 
 
 def _pack(header: dict[str, Any]) -> bytes:
     return msgpack.packb(header, use_bin_type=True)
 
 
-def encode_frame(source: str, plane: int, frame: int, image: np.ndarray, t_ns: int) -> list:
-    """Multipart message for one camera image (zero-copy: the array is the second part)."""
+def encode_frame(
+    source: str,
+    plane: int,
+    frame: int,
+    image: np.ndarray,
+    t_ns: int,
+    acquisition: str | None = None,
+) -> list:
+    """Multipart message for one camera image (zero-copy: the array is the second part).
+
+    ``acquisition`` names the acquisition the frame belongs to (frame indices count from
+    0 in each); without it the frame belongs to the service's current acquisition."""
     img = np.ascontiguousarray(image)
     if img.ndim != 2:
         raise ValueError(f"expected a 2-D (H, W) image, got shape {img.shape}")
@@ -81,7 +93,22 @@ def encode_frame(source: str, plane: int, frame: int, image: np.ndarray, t_ns: i
         "dtype": img.dtype.name,
         "shape": [int(img.shape[0]), int(img.shape[1])],
     }
+    if acquisition is not None:
+        header["acquisition"] = _acquisition_id(acquisition, ValueError)
     return [_pack(header), img]
+
+
+MAX_ACQUISITION_ID = 255
+
+
+def _acquisition_id(value: object, error: type[Exception]) -> str:
+    if isinstance(value, str) and 0 < len(value) <= MAX_ACQUISITION_ID:
+        return value
+    got = f"{len(value)} characters" if isinstance(value, str) else repr(value)[:40]
+    text = f"acquisition id must be a string of 1-{MAX_ACQUISITION_ID} characters, got {got}"
+    if error is WireError:
+        raise WireError(Reject.FIELDS, text)
+    raise error(text)
 
 
 def _header(parts: list, kind: str) -> dict[str, Any]:
@@ -137,7 +164,10 @@ def decode_frame(parts: list) -> FrameMessage:
             f"payload of {buf.nbytes} bytes, expected {expected} for {shape[0]}x{shape[1]} {dtype}",
         )
     image = np.frombuffer(buf, dtype=dtype).reshape(shape)
-    return FrameMessage(source, plane, frame, t_ns, image)
+    acquisition = header.get("acquisition")
+    if acquisition is not None:
+        acquisition = _acquisition_id(acquisition, WireError)
+    return FrameMessage(source, plane, frame, t_ns, image, acquisition)
 
 
 @dataclass(frozen=True)
@@ -154,6 +184,7 @@ class LocsMessage:
     t_recv_ns: int
     t_pub_ns: int
     locs: Localizations
+    acquisition: str = ""
 
     def header(self) -> dict[str, Any]:
         return {
@@ -168,6 +199,7 @@ class LocsMessage:
             "t_cam_ns": self.t_cam_ns,
             "t_recv_ns": self.t_recv_ns,
             "t_pub_ns": self.t_pub_ns,
+            "acquisition": self.acquisition,
             "columns": list(LOC_COLUMNS),
             "dtype": "float64",
             "shape": [len(self.locs), 5],
@@ -202,4 +234,5 @@ def decode_locs(parts: list) -> LocsMessage:
         t_recv_ns=int(header.get("t_recv_ns", 0)),
         t_pub_ns=int(header.get("t_pub_ns", 0)),
         locs=Localizations.from_array(frame, rows),
+        acquisition=str(header.get("acquisition", "")),
     )
