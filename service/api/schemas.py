@@ -121,10 +121,18 @@ class CameraStats(Answer):
     state: CameraState | None = None
 
 
+class CameraSyncStats(Answer):
+    state: str = Field(description="synced, resyncing or desynchronised (service/sync.py)")
+    offset: int = Field(description="the camera's frame index minus the frame-set index")
+    resyncs: int
+
+
 class AssemblerStats(Answer):
     assembled: int
     dropped: dict[str, int] = Field(description="frame sets dropped per reason")
     pending: int
+    acquisition: str = Field(description="the current acquisition ('' before any started)")
+    cameras: dict[str, CameraSyncStats] = Field(description="per camera, its synchronisation")
 
 
 class BatcherStats(Answer):
