@@ -3,102 +3,62 @@
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 from pathlib import Path
 
-import numpy as np
+from clients.commands.options import (
+    Default,
+    add_camera_options,
+    add_geometry_options,
+    given,
+    settings_from_args,
+)
 
-from engines.errors import FormatError
-
-log = logging.getLogger(__name__)
-
-
-def read_stacks(paths: list[Path], planes: int, what: str) -> list[np.ndarray]:
-    """One array per camera/plane: one TIFF each, or one TIFF of ``(N, planes, H, W)``."""
-    import tifffile
-
-    arrays = []
-    for path in paths:
-        try:
-            arrays.append(np.asarray(tifffile.imread(path)))
-        except (OSError, ValueError, tifffile.TiffFileError) as exc:
-            raise FormatError(f"cannot read {what} {path}: {exc}") from exc
-    for path, arr in zip(paths, arrays, strict=True):
-        if arr.dtype.kind == "u" and (arr == np.iinfo(arr.dtype).max).mean() > 1e-4:
-            log.warning(
-                "%s: %.2f%% of pixels saturated (%d): bead centres, widths and a' will "
-                "be biased; record with less light or exposure",
-                path,
-                100 * (arr == np.iinfo(arr.dtype).max).mean(),
-                np.iinfo(arr.dtype).max,
-            )
-    if len(arrays) == 1 and arrays[0].ndim == 4:
-        arr = arrays[0]
-        if arr.shape[1] != planes:
-            raise FormatError(
-                f"{paths[0]}: expected (N, {planes}, H, W) with one plane per "
-                f"camera (--planes {planes}), got shape {arr.shape}"
-            )
-        return [arr[:, k] for k in range(planes)]
-    if len(arrays) != planes:
-        raise FormatError(
-            f"expected {planes} {what} files (one per camera/plane, --planes "
-            f"{planes}), got {len(arrays)}: {[str(p) for p in paths]}"
-        )
-    return arrays
-
-
-def _settings(args: argparse.Namespace):
-    from engines.cli import settings_from_args
-
-    return settings_from_args(args)
+WORKFLOW = "engines.calibration.workflow"
+MATCH = "engines.calibration.registration:MatchSettings"
 
 
 def _cmd_registration(args: argparse.Namespace) -> int:
-    from engines.calibration.registration import MatchSettings, fit_registration
+    from engines.calibration.registration import MatchSettings
+    from engines.calibration.workflow import registration_from_files
 
-    geom = _settings(args).geometry
-    images = read_stacks(args.beads, geom.planes, "bead image")
-    names = args.camera_names.split(",") if args.camera_names else None
-    ms = MatchSettings(max_shift_px=args.max_shift_px, min_matches=args.min_matches)
-    reg = fit_registration(
-        images,
-        px_nm=geom.px_nm,
-        planes=geom.planes,
-        names=names,
-        match=ms,
-        threshold_sigma=args.threshold,
-        roi_half_px=args.roi,
+    reg = registration_from_files(
+        args.beads,
+        args.out,
+        geometry=settings_from_args(args).geometry,
+        names=args.camera_names.split(",") if args.camera_names else None,
+        match=MatchSettings(**given(args, max_shift_px="max_shift_px", min_matches="min_matches")),
+        report=args.report,
+        **given(
+            args,
+            gain_adu="gain_adu",
+            baseline_adu="baseline_adu",
+            threshold_sigma="threshold",
+            roi_half_px="roi",
+        ),
     )
-    body = reg.to_json(gain_adu=args.gain_adu, baseline_adu=args.baseline_adu)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(body, indent=2) + "\n")
     for cam in reg.cameras:
         print(cam.summary())
-    if args.report:
-        args.report.write_text(json.dumps(reg.report(), indent=2) + "\n")
     print(f"registration written to {args.out} (PUT it to /registration)")
     return 0
 
 
 def _cmd_psf(args: argparse.Namespace) -> int:
-    from engines.calibration.psf_fit import calibrate_psf, plot_widths
+    from engines.calibration.workflow import psf_from_files
 
-    settings = _settings(args)
-    stacks = read_stacks(args.zstacks, settings.geometry.planes, "bead z-stack")
-    cal = calibrate_psf(
-        stacks,
+    cal, plot = psf_from_files(
+        args.zstacks,
+        args.out,
+        settings=settings_from_args(args),
         z_step_nm=args.z_step_nm,
-        geometry=settings.geometry,
-        noise=settings.noise,
-        roi_half_px=args.roi,
-        threshold_sigma=args.threshold,
-        min_beads=args.min_beads,
-        a_prime=args.a_prime,
+        plot=args.plot,
+        **given(
+            args,
+            roi_half_px="roi",
+            threshold_sigma="threshold",
+            min_beads="min_beads",
+            a_prime="a_prime",
+        ),
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(cal.to_json(), indent=2) + "\n")
     p = cal.psf
     print(
         f"r0 {p.r0_nm:.1f} nm, D {p.d_nm:.1f} nm, A {p.a3:.3g}, B {p.b4:.3g}, a' {p.a_prime:.3g} "
@@ -106,77 +66,64 @@ def _cmd_psf(args: argparse.Namespace) -> int:
         f"{[round(v, 1) for v in p.focal_offsets_nm or ()]} nm; "
         f"width rms residual {100 * cal.rms_rel:.2f}%"
     )
-    plot = args.plot or args.out.with_suffix(".png")
-    plot_widths(cal, plot)
     print(f"PSF written to {args.out} (voxloc train --psf {args.out}), plot {plot}")
     return 0
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from engines.calibration import beads as bd
+    from engines.calibration.workflow import simulate_bead_files
 
-    settings = _settings(args)
-    g = settings.geometry.with_size(args.height, args.width)
-    settings = settings.model_copy(update={"geometry": g})
-    aff = bd.random_affines(g.planes, height=g.height, width=g.width, seed=args.seed)
-    # beads outshine dyes; on a camera keep them below uint16 saturation
-    bright = 20.0 if settings.noise.mode == "paper" else 4.0
-    reg = bd.simulate_registration_beads(
-        settings, aff, beads=args.beads, seed=args.seed, brightness=bright
+    sim = simulate_bead_files(
+        args.out,
+        settings_from_args(args),
+        **given(
+            args,
+            beads="beads",
+            z_step_nm="z_step_nm",
+            height="height",
+            width="width",
+            seed="seed",
+        ),
     )
-    zs = bd.simulate_bead_zstacks(
-        settings, z_step_nm=args.z_step_nm, seed=args.seed, brightness=bright
-    )
-    reg_paths = bd.save_stacks(reg.images, args.out, "beads_cam")
-    z_paths = bd.save_stacks(zs.stacks, args.out, "zstack_plane")
-    truth = {
-        "affines": aff.tolist(),
-        "psf": settings.psf.model_dump(mode="json"),
-        "focal_nm": zs.focal_nm.tolist(),
-        "z_first_nm": float(zs.z_nm[0]),
-        "z_step_nm": zs.z_step_nm,
-    }
-    (args.out / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")
-    print(f"registration beads: {' '.join(str(p) for p in reg_paths)}")
-    print(f"z-stacks (step {zs.z_step_nm:g} nm): {' '.join(str(p) for p in z_paths)}")
+    print(f"registration beads: {' '.join(str(p) for p in sim.registration)}")
+    print(f"z-stacks (step {sim.z_step_nm:g} nm): {' '.join(str(p) for p in sim.zstacks)}")
     return 0
 
 
 def _microscope_options(p: argparse.ArgumentParser, *, psf: bool, camera: bool) -> None:
     g = p.add_argument_group("microscope")
-    g.add_argument("--planes", type=int, default=None, help="cameras/planes (default 4)")
-    g.add_argument("--px-nm", type=float, default=None, help="pixel size, nm (default 192)")
-    g.add_argument(
-        "--dz-nm", type=float, default=None, help="nominal plane spacing, nm (default 400)"
-    )
+    add_geometry_options(g, dz_nm="nominal plane spacing, nm (default %(default)s)")
     if psf:
         g.add_argument("--psf", type=Path, default=None, help="PSF JSON to simulate with")
-        g.add_argument("--height", type=int, default=96, help="simulated frame height, px")
-        g.add_argument("--width", type=int, default=96, help="simulated frame width, px")
+        simulate = f"{WORKFLOW}:simulate_bead_files"
+        g.add_argument(
+            "--height",
+            type=int,
+            default=Default(simulate, "height"),
+            help="simulated frame height, px",
+        )
+        g.add_argument(
+            "--width",
+            type=int,
+            default=Default(simulate, "width"),
+            help="simulated frame width, px",
+        )
     if camera:
-        g.add_argument(
-            "--camera",
-            choices=["paper", "emccd", "scmos"],
-            default=None,
-            help="noise model / camera (default paper)",
-        )
-        g.add_argument(
-            "--camera-json", type=Path, default=None, help="NoiseParams JSON (gain, baseline, ...)"
-        )
+        add_camera_options(g, help="noise model / camera (default %(default)s)")
 
 
-def _detection_options(p: argparse.ArgumentParser, roi: int) -> None:
+def _detection_options(p: argparse.ArgumentParser, fit: str) -> None:
     p.add_argument(
         "--threshold",
         type=float,
-        default=8.0,
-        help="bead detection threshold, robust standard deviations (default 8)",
+        default=Default(fit, "threshold_sigma"),
+        help="bead detection threshold, robust standard deviations (default %(default)s)",
     )
     p.add_argument(
         "--roi",
         type=int,
-        default=roi,
-        help=f"half-width of the bead fit window, px (default {roi})",
+        default=Default(fit, "roi_half_px"),
+        help="half-width of the bead fit window, px (default %(default)s)",
     )
 
 
@@ -187,7 +134,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Bead calibrations for your own microscope (docs/own-microscope.md).",
     )
     csub = cal.add_subparsers(dest="calibrate_command", metavar="WHAT", required=True)
+    _register_registration(csub)
+    _register_psf(csub)
+    _register_simulate(csub)
 
+
+def _register_registration(csub: argparse._SubParsersAction) -> None:
     p = csub.add_parser(
         "registration",
         help="camera affines from bead images",
@@ -202,20 +154,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("-o", "--out", type=Path, required=True, help="registration JSON to write")
     p.add_argument("--camera-names", default=None, help="comma-separated (default cam0,cam1,..)")
-    p.add_argument("--gain-adu", type=float, default=1.0, help="ADU per model unit (default 1)")
-    p.add_argument("--baseline-adu", type=float, default=0.0, help="camera baseline (default 0)")
+    workflow = f"{WORKFLOW}:registration_from_files"
+    p.add_argument(
+        "--gain-adu",
+        type=float,
+        default=Default(workflow, "gain_adu"),
+        help="ADU per model unit (default %(default)s)",
+    )
+    p.add_argument(
+        "--baseline-adu",
+        type=float,
+        default=Default(workflow, "baseline_adu"),
+        help="camera baseline (default %(default)s)",
+    )
     p.add_argument(
         "--max-shift-px",
         type=float,
-        default=20.0,
-        help="largest camera offset to search, px (default 20)",
+        default=Default(MATCH, "max_shift_px"),
+        help="largest camera offset to search, px (default %(default)s)",
     )
-    p.add_argument("--min-matches", type=int, default=6, help="beads a camera must match")
+    p.add_argument(
+        "--min-matches",
+        type=int,
+        default=Default(MATCH, "min_matches"),
+        help="beads a camera must match",
+    )
     p.add_argument("--report", type=Path, default=None, help="also write residuals as JSON")
-    _detection_options(p, 5)
+    _detection_options(p, "engines.calibration.registration:fit_registration")
     _microscope_options(p, psf=False, camera=False)
     p.set_defaults(func=_cmd_registration)
 
+
+def _register_psf(csub: argparse._SubParsersAction) -> None:
     p = csub.add_parser(
         "psf",
         help="PSF parameters from bead z-stacks",
@@ -231,26 +201,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("-o", "--out", type=Path, required=True, help="PSF JSON to write")
     p.add_argument("--plot", type=Path, default=None, help="plot file (default OUT.png)")
+    fit = "engines.calibration.psf_fit:calibrate_psf"
     p.add_argument(
         "--a-prime",
         type=float,
-        default=None,
+        default=Default(fit, "a_prime"),
         help="use this a' instead of the beads' (beads outshine single dyes)",
     )
-    p.add_argument("--min-beads", type=int, default=3, help="isolated beads needed per plane")
-    _detection_options(p, 9)
+    p.add_argument(
+        "--min-beads",
+        type=int,
+        default=Default(fit, "min_beads"),
+        help="isolated beads needed per plane",
+    )
+    _detection_options(p, fit)
     _microscope_options(p, psf=False, camera=True)
     p.set_defaults(func=_cmd_psf)
 
+
+def _register_simulate(csub: argparse._SubParsersAction) -> None:
     p = csub.add_parser(
         "simulate-beads",
         help="write simulated bead recordings to try the above",
         description="Simulated registration beads (random affines) and bead "
         "z-stacks, with the truth in truth.json.",
     )
+    simulate = f"{WORKFLOW}:simulate_bead_files"
     p.add_argument("-o", "--out", type=Path, required=True, help="directory to write")
-    p.add_argument("--beads", type=int, default=80, help="registration beads")
-    p.add_argument("--z-step-nm", type=float, default=50.0, help="z-stack step, nm")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--beads", type=int, default=Default(simulate, "beads"), help="registration beads"
+    )
+    p.add_argument(
+        "--z-step-nm", type=float, default=Default(simulate, "z_step_nm"), help="z-stack step, nm"
+    )
+    p.add_argument("--seed", type=int, default=Default(simulate, "seed"))
     _microscope_options(p, psf=True, camera=True)
     p.set_defaults(func=_cmd_simulate)

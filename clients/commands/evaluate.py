@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from engines.cli import add_precision_option
+from clients.commands.options import Default, add_precision_option, given
+
+CONFIG = "engines.evaluate.runner:EvalConfig"
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -14,21 +16,24 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from engines.evaluate.runner import EvalConfig
 
     cfg = EvalConfig(
-        model=args.model,
-        frames=args.frames,
-        molecules=args.molecules,
-        size=args.size,
-        seed=args.seed,
-        thresholds=tuple(args.thresholds),
-        backend=args.backend,
+        **given(
+            args,
+            model="model",
+            frames="frames",
+            molecules="molecules",
+            size="size",
+            seed="seed",
+            thresholds="thresholds",
+            backend="backend",
+            low_density_molecules="low_molecules",
+            low_density_frames="low_frames",
+            densities="densities",
+            sweep_frames="sweep_frames",
+            crlb_samples="crlb_samples",
+        ),
         precision=args.precision,
-        low_density_molecules=args.low_molecules,
-        low_density_frames=args.low_frames,
-        densities=tuple(args.densities),
-        sweep_frames=args.sweep_frames,
-        crlb_samples=args.crlb_samples,
     )
-    out_dir = args.out or Path(f"evaluation-{Path(str(args.model)).name}-{args.size}")
+    out_dir = args.out or Path(f"evaluation-{Path(str(cfg.model)).name}-{cfg.size}")
     report = run_evaluation(cfg, out_dir)
     print(format_table(report))
     print(f"\nreport written to {out_dir / REPORT_JSON}")
@@ -48,30 +53,42 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the Cramer-Rao bound, and a density sweep (Figs. 7-8). Prints a table and writes "
         "REPORT_DIR/report.json plus PNG figures.",
     )
-    p.add_argument("--model", default="default", help="model name or directory (default: default)")
-    p.add_argument("--frames", type=int, default=500, help="test frames (paper: 500)")
+    p.add_argument(
+        "--model",
+        default=Default(CONFIG, "model"),
+        help="model name or directory (default: %(default)s)",
+    )
+    p.add_argument(
+        "--frames",
+        type=int,
+        default=Default(CONFIG, "frames"),
+        help="test frames (paper: 500; default %(default)s)",
+    )
     p.add_argument(
         "--molecules",
         type=int,
-        default=50,
-        help="molecules per 64x64 area (paper: 50); scaled with --size",
+        default=Default(CONFIG, "molecules"),
+        help="molecules per 64x64 area (paper: 50; default %(default)s); scaled with --size",
     )
     p.add_argument(
         "--size",
         type=int,
-        default=64,
-        help="frame height and width, px (the density per area stays the same)",
+        default=Default(CONFIG, "size"),
+        help="frame height and width, px (the density per area stays the same; "
+        "default %(default)s)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=Default(CONFIG, "seed"))
     p.add_argument(
         "--thresholds",
         type=float,
         nargs="+",
-        default=[0.5, 0.9],
-        help="confidence thresholds tau (paper: 0.5 0.9)",
+        default=Default(CONFIG, "thresholds"),
+        help="confidence thresholds tau (paper: 0.5 0.9; default %(default)s)",
     )
     p.add_argument(
-        "--backend", default="auto", help="inference backend: auto, torch, onnxruntime, tensorrt"
+        "--backend",
+        default=Default(CONFIG, "backend"),
+        help="inference backend: auto, torch, onnxruntime, tensorrt (default %(default)s)",
     )
     add_precision_option(p)
     p.add_argument(
@@ -90,29 +107,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--low-molecules",
         type=int,
-        default=10,
-        help="molecules per 64x64 area of the no-drift set compared with the CRLB",
+        default=Default(CONFIG, "low_density_molecules"),
+        help="molecules per 64x64 area of the no-drift set compared with the CRLB "
+        "(default %(default)s)",
     )
     g.add_argument(
         "--low-frames",
         type=int,
-        default=200,
-        help="frames of the low-density set (0: skip it and the CRLB)",
+        default=Default(CONFIG, "low_density_frames"),
+        help="frames of the low-density set (0: skip it and the CRLB; default %(default)s)",
     )
     g.add_argument(
         "--densities",
         type=int,
         nargs="+",
-        default=[5, 10, 25, 50, 100, 150],
-        help="molecules per 64x64 area of the density sweep",
+        default=Default(CONFIG, "densities"),
+        help="molecules per 64x64 area of the density sweep (default %(default)s)",
     )
     g.add_argument(
         "--sweep-frames",
         type=int,
-        default=100,
-        help="frames per density (0: skip the sweep and its plots)",
+        default=Default(CONFIG, "sweep_frames"),
+        help="frames per density (0: skip the sweep and its plots; default %(default)s)",
     )
     g.add_argument(
-        "--crlb-samples", type=int, default=500, help="random molecules the CRLB is averaged over"
+        "--crlb-samples",
+        type=int,
+        default=Default(CONFIG, "crlb_samples"),
+        help="random molecules the CRLB is averaged over (default %(default)s)",
     )
     p.set_defaults(func=_cmd_evaluate)
