@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from pydantic import ValidationError
+
 from clients.commands import (
     build_engine,
     calibrate,
@@ -21,6 +23,7 @@ from clients.commands import (
     simulate,
     train,
 )
+from clients.commands.options import describe
 from engines.errors import VoxlocError
 
 # in the order ``voxloc --help`` lists them; each provides ``register(subparsers)``
@@ -68,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("voxloc: interrupted", file=sys.stderr)
         return 130
+    except ValidationError as exc:
+        print(f"voxloc {args.command}: error: {describe(exc)}", file=sys.stderr)
+        return 2
     except (VoxlocError, OSError, ValueError) as exc:
         print(f"voxloc {args.command}: error: {exc}", file=sys.stderr)
         return 2

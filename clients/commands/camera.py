@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from clients.commands.options import (
     Default,
     add_settings_options,
+    build,
     given,
     settings_from_args,
     value,
@@ -50,20 +51,14 @@ def build_scene(args: argparse.Namespace) -> Scene:
             )
         )
     )
-    return Scene(
-        SceneConfig(
-            settings=settings,
-            misalign=misalign,
-            **given(
-                args,
-                molecules="molecules",
-                structure="structure",
-                filaments="filaments",
-                stage_drift_nm_per_frame="stage_drift_nm",
-                seed="seed",
-            ),
-        )
+    fields = dict(
+        molecules="molecules",
+        structure="structure",
+        filaments="filaments",
+        stage_drift_nm_per_frame="stage_drift_nm",
+        seed="seed",
     )
+    return Scene(build(SceneConfig, args, fields, settings=settings, misalign=misalign))
 
 
 def _simulated_source(args: argparse.Namespace, planes: list[int]) -> SimulatedSource:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clients.commands.options import Default, add_precision_option, given
+from clients.commands.options import Default, add_precision_option, build
 
 CONFIG = "engines.evaluate.runner:EvalConfig"
 
@@ -15,9 +15,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from engines.evaluate.report import format_table, record_metrics
     from engines.evaluate.runner import EvalConfig
 
-    cfg = EvalConfig(
-        **given(
-            args,
+    cfg = build(
+        EvalConfig,
+        args,
+        dict(
             model="model",
             frames="frames",
             molecules="molecules",

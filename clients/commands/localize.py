@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clients.commands.options import Default, add_precision_option, given
+from clients.commands.options import Default, add_precision_option, build
 
 CONFIG = "engines.localize:LocalizeOptions"
 
@@ -13,9 +13,10 @@ CONFIG = "engines.localize:LocalizeOptions"
 def _cmd_localize(args: argparse.Namespace) -> int:
     from engines.localize import LocalizeOptions, localize_files
 
-    opts = LocalizeOptions(
-        **given(
-            args,
+    opts = build(
+        LocalizeOptions,
+        args,
+        dict(
             model="model",
             backend="backend",
             device="device",

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from engines.config import Geometry, NoiseParams, PSFParams, SimSettings
 
@@ -71,6 +71,31 @@ def given(args: argparse.Namespace, **fields: str) -> dict[str, Any]:
         if not isinstance(option, Default):
             out[field] = tuple(option) if isinstance(option, list) else option
     return out
+
+
+def build(cls: type[Any], args: argparse.Namespace, fields: dict[str, str], **fixed: Any) -> Any:
+    """``cls(**fixed, **given(args, **fields))``; a refused value is a one-line ValueError
+    naming the field and the option it came from."""
+    try:
+        return cls(**fixed, **given(args, **fields))
+    except ValidationError as exc:
+        flags = {field: "--" + attr.replace("_", "-") for field, attr in fields.items()}
+        raise ValueError(describe(exc, flags)) from exc
+
+
+def describe(exc: ValidationError, flags: dict[str, str] | None = None) -> str:
+    """One line naming each refused field of a settings object, its rule and the value;
+    with ``flags`` (field -> command-line option) the option too."""
+    problems = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        name = ".".join([exc.title, *loc])
+        if loc and flags and loc[0] in flags:
+            name += f" ({flags[loc[0]]})"
+        message = error["msg"].removeprefix("Value error, ")
+        got = "" if error["type"] == "value_error" else f" (got {error.get('input')!r})"
+        problems.append(f"{name}: {message}{got}")
+    return "; ".join(problems)
 
 
 def add_settings_options(p: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clients.commands.options import Default, given
+from clients.commands.options import Default, build
 from engines.config import Geometry
 
 CONFIG = "clients.render:RenderSettings"
@@ -22,15 +22,16 @@ def _cmd_render(args: argparse.Namespace) -> int:
         extent = (args.fov_px[0] * args.px_nm, args.fov_px[1] * args.px_nm)
     elif table_format(args.table) == "hdf5":
         extent = _hdf5_extent(args.table)
-    settings = RenderSettings(
-        **given(
-            args,
+    settings = build(
+        RenderSettings,
+        args,
+        dict(
             nm_per_px="nm_per_px",
             mode="mode",
             sigma_nm="sigma_nm",
             z_range_nm="z_range",
             cmap="cmap",
-        )
+        ),
     )
     rgb = render(xyz, settings, extent)
     save_image(args.out, rgb, settings, colorbar=not args.no_colorbar)

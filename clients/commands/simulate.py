@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clients.commands.options import Default, add_settings_options, given, settings_from_args
+from clients.commands.options import Default, add_settings_options, build, settings_from_args
 
 CONFIG = "engines.io.simstack:SimStackConfig"
 
@@ -17,8 +17,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.size is not None:
         geometry = settings.geometry.with_size(args.size, args.size)
         settings = settings.model_copy(update={"geometry": geometry})
-    cfg = SimStackConfig(
-        **given(args, frames="frames", molecules="molecules", seed="seed", dtype="dtype"),
+    cfg = build(
+        SimStackConfig,
+        args,
+        dict(frames="frames", molecules="molecules", seed="seed", dtype="dtype"),
         per_plane=args.per_plane,
         drift=not args.no_drift,
         progress=not args.quiet,
