@@ -15,9 +15,11 @@ PROFILE_FIELDS = [
 
 def _cmd_build_engine(args: argparse.Namespace) -> int:
     from engines.inference.engine_cache import Profile
+
+    # a bad profile is refused before TensorRT is looked for
+    profile = Profile(**given(args, **{f: f for f in PROFILE_FIELDS}))
     from engines.inference.tensorrt_backend import build_engine
 
-    profile = Profile(**given(args, **{f: f for f in PROFILE_FIELDS}))
     path = build_engine(
         args.model,
         precision=args.precision,
