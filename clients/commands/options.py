@@ -15,11 +15,13 @@ import importlib
 import inspect
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from engines.config import Geometry, NoiseParams, PSFParams, SimSettings
+
+T = TypeVar("T")
 
 
 class Default:
@@ -73,7 +75,7 @@ def given(args: argparse.Namespace, **fields: str) -> dict[str, Any]:
     return out
 
 
-def build(cls: type[Any], args: argparse.Namespace, fields: dict[str, str], **fixed: Any) -> Any:
+def build(cls: type[T], args: argparse.Namespace, fields: dict[str, str], **fixed: Any) -> T:
     """``cls(**fixed, **given(args, **fields))``; a refused value is a one-line ValueError
     naming the field and the option it came from."""
     try:
