@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from engines.errors import FormatError, NonFiniteError
@@ -34,25 +35,20 @@ from engines.types import Localizations
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class LocalizeOptions:
-    model: str = "default"
+class LocalizeOptions(BaseModel):
+    """How :func:`localize_files` runs; ``px_nm`` / ``dz_nm`` None: the model's grid."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str | Path = "default"
     backend: str = "auto"
     device: str | None = None
     precision: str | None = None  # None: the backend's default
-    threshold: float = 0.5
-    batch: int = 16
-    px_nm: float | None = None
-    dz_nm: float | None = None
+    threshold: float = 0.5  # checked by the engine, which names the accepted range
+    batch: int = Field(16, ge=1, description="frames per inference batch")
+    px_nm: float | None = Field(None, gt=0, le=10_000)
+    dz_nm: float | None = Field(None, gt=0, le=10_000)
     progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.batch < 1:
-            raise ValueError(f"batch must be >= 1, got {self.batch}")
-        for name in ("px_nm", "dz_nm"):
-            value = getattr(self, name)
-            if value is not None and not 0 < value <= 10_000:
-                raise ValueError(f"{name} must be in (0, 10000] nm, got {value}")
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 import tifffile
+from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from engines.cameras import cast_frames
@@ -30,23 +31,18 @@ log = logging.getLogger(__name__)
 CHUNK_FRAMES = 16
 
 
-@dataclass(frozen=True)
-class SimStackConfig:
+class SimStackConfig(BaseModel):
     """What to simulate: ``frames`` frames with ``molecules`` molecules each."""
 
-    frames: int = 20
-    molecules: int = 50
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    frames: int = Field(20, ge=1)
+    molecules: int = Field(50, ge=0, description="mean molecules per frame")
     seed: int = 0
     per_plane: bool = False
     dtype: Literal["auto", "uint16", "float32"] = "auto"
     drift: bool = True
     progress: bool = False
-
-    def __post_init__(self) -> None:
-        if self.frames < 1:
-            raise ValueError(f"frames must be >= 1, got {self.frames}")
-        if self.molecules < 0:
-            raise ValueError(f"molecules must be >= 0, got {self.molecules}")
 
 
 @dataclass
