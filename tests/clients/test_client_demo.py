@@ -7,11 +7,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
+import polling
 import pytest
 
 from clients.cli import main
@@ -84,10 +84,14 @@ def test_dashboard_in_headless_chromium(demo, tmp_path: Path) -> None:
                 page.keyboard.press("ArrowRight")
             expected = round(float(slider.input_value()), 2)
             assert expected != before
-            deadline = time.monotonic() + 10
-            while httpx.get(f"{demo.url}/config").json()["threshold"] != pytest.approx(expected):
-                assert time.monotonic() < deadline, "threshold never reached the service"
-                time.sleep(0.1)
+            polling.wait_for(
+                lambda: (
+                    httpx.get(f"{demo.url}/config").json()["threshold"] == pytest.approx(expected)
+                ),
+                "the threshold to reach the service",
+                10,
+                interval_s=0.1,
+            )
 
             # let the image build up a little more for the screenshot
             page.wait_for_timeout(3000)
