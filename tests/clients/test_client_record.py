@@ -14,6 +14,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import polling
 import pytest
 import zmq
 
@@ -157,11 +158,11 @@ def _frames_on_disk(out: Path) -> int:
 
 
 def _wait_frames(out: Path, n: int, proc: subprocess.Popen, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while _frames_on_disk(out) < n:
+    def written() -> bool:
         assert proc.poll() is None, proc.stdout.read().decode()
-        assert time.monotonic() < deadline, f"only {_frames_on_disk(out)} of {n} frames written"
-        time.sleep(0.05)
+        return _frames_on_disk(out) >= n
+
+    polling.wait_for(written, f"{n} frames written to {out.name}", timeout_s, interval_s=0.05)
 
 
 def _wait_subscriber_up(sock: zmq.Socket, proc: subprocess.Popen) -> None:
