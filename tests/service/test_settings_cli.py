@@ -116,6 +116,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_serve_becomes_ready_and_stops_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
