@@ -1,23 +1,46 @@
-"""The ``voxloc`` command: one entry point, subcommands registered by each package."""
+"""The ``voxloc`` command: one entry point, one module per subcommand in ``clients.commands``."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 
+from pydantic import ValidationError
+
+from clients.commands import (
+    build_engine,
+    calibrate,
+    camera,
+    ctl,
+    demo,
+    evaluate,
+    export,
+    localize,
+    record,
+    render,
+    serve,
+    simulate,
+    train,
+)
+from clients.commands.options import describe
 from engines.errors import VoxlocError
 
-# modules that provide ``register(subparsers)``; a missing one (not built yet, or an
-# optional extra not installed) just contributes no subcommands
-COMMAND_MODULES = (
-    "engines.cli",
-    "engines.cli_engines",
-    "engines.cli_evaluate",
-    "service.cli",
-    "clients.commands",
-    "engines.calibration.cli",
+# in the order ``voxloc --help`` lists them; each provides ``register(subparsers)``
+COMMANDS = (
+    train,
+    simulate,
+    localize,
+    export,
+    build_engine,
+    evaluate,
+    serve,
+    camera,
+    record,
+    ctl,
+    render,
+    demo,
+    calibrate,
 )
 
 
@@ -28,14 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name and name.startswith(exc.name):
-                continue
-            raise
-        module.register(sub)
+    for command in COMMANDS:
+        command.register(sub)
     return parser
 
 
@@ -54,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("voxloc: interrupted", file=sys.stderr)
         return 130
+    except ValidationError as exc:
+        print(f"voxloc {args.command}: error: {describe(exc)}", file=sys.stderr)
+        return 2
     except (VoxlocError, OSError, ValueError) as exc:
         print(f"voxloc {args.command}: error: {exc}", file=sys.stderr)
         return 2

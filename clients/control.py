@@ -18,17 +18,11 @@ from typing import Any
 import httpx
 
 from engines.errors import VoxlocError
+from service.runtime_config import RuntimeConfig
 
 DEFAULT_URL = "http://127.0.0.1:8750"
 TOKEN_ENV = "VOXLOC_TOKEN"
-CONFIG_KEYS = (
-    "threshold",
-    "max_batch",
-    "max_delay_ms",
-    "queue_size",
-    "drop_policy",
-    "assembly_timeout_ms",
-)
+CONFIG_KEYS = tuple(RuntimeConfig.model_fields)  # what PUT /config accepts
 
 
 class ControlError(VoxlocError):

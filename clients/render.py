@@ -11,11 +11,11 @@ PNG or TIFF with a labelled colour bar.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engines.errors import FormatError
 
@@ -24,33 +24,46 @@ DEFAULT_CMAP = "turbo"
 GROW_STEP_PX = 256
 
 
-@dataclass(frozen=True)
-class RenderSettings:
+class RenderSettings(BaseModel):
     """How localizations become an image. Lengths in nm."""
 
-    nm_per_px: float = 20.0
-    mode: RenderMode = "hist"
-    sigma_nm: float = 20.0
-    z_range_nm: tuple[float, float] = (0.0, 1600.0)
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    nm_per_px: float = Field(20.0, description="nm per pixel of the image")
+    mode: RenderMode = Field("hist", description="render mode")
+    sigma_nm: float = Field(20.0, gt=0, description="Gaussian width in gauss mode")
+    z_range_nm: tuple[float, float] = Field((0.0, 1600.0), description="depth of the colour map")
     cmap: str = DEFAULT_CMAP
-    saturate_percentile: float = 99.5  # brightness saturates at this percentile of counts
+    # brightness saturates at this percentile of counts
+    saturate_percentile: float = Field(99.5, gt=0, le=100)
     gamma: float = 0.7
 
-    def __post_init__(self) -> None:
-        if not 0 < self.nm_per_px <= 10_000:
-            raise ValueError(f"nm per pixel must be in (0, 10000], got {self.nm_per_px}")
-        if self.mode not in ("hist", "gauss"):
-            raise ValueError(f"render mode must be 'hist' or 'gauss', got {self.mode!r}")
-        if self.sigma_nm <= 0:
-            raise ValueError(f"sigma must be > 0 nm, got {self.sigma_nm}")
-        lo, hi = self.z_range_nm
-        if not hi > lo:
-            raise ValueError(f"z range must increase, got {self.z_range_nm}")
-        if not 0 < self.saturate_percentile <= 100:
-            raise ValueError(
-                f"saturate percentile must be in (0, 100], got {self.saturate_percentile}"
-            )
-        lut(self.cmap)  # fail early on an unknown colour map
+    @field_validator("nm_per_px")
+    @classmethod
+    def _scale(cls, nm_per_px: float) -> float:
+        if not 0 < nm_per_px <= 10_000:
+            raise ValueError(f"nm per pixel must be in (0, 10000], got {nm_per_px}")
+        return nm_per_px
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode(cls, mode: object) -> object:
+        if mode not in ("hist", "gauss"):
+            raise ValueError(f"render mode must be 'hist' or 'gauss', got {mode!r}")
+        return mode
+
+    @field_validator("z_range_nm")
+    @classmethod
+    def _increasing(cls, z_range_nm: tuple[float, float]) -> tuple[float, float]:
+        if not z_range_nm[1] > z_range_nm[0]:
+            raise ValueError(f"z range must increase, got {z_range_nm}")
+        return z_range_nm
+
+    @field_validator("cmap")
+    @classmethod
+    def _known_cmap(cls, cmap: str) -> str:
+        lut(cmap)  # fail early on an unknown colour map
+        return cmap
 
 
 def lut(cmap: str) -> np.ndarray:

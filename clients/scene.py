@@ -15,11 +15,12 @@ publish one plane of the same scene send consistent frame sets.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engines.config import SimSettings
 from engines.psf import render_planes
@@ -50,25 +51,26 @@ class Misalignment:
         return out
 
 
-@dataclass
-class SceneConfig:
+class SceneConfig(BaseModel):
     """What :class:`Scene` draws. Lengths in nm, rates per frame."""
 
-    settings: SimSettings = field(default_factory=SimSettings)
-    molecules: int = 30  # blinking molecules per frame inside the field of view
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    settings: SimSettings = Field(default_factory=SimSettings)
+    molecules: int = Field(30, ge=0, description="blinking molecules per frame in the field")
     structure: Structure = "filaments"
-    filaments: int = 6
-    misalign: Misalignment | None = field(default_factory=Misalignment)
+    filaments: int = Field(6, ge=0, description="number of filaments (>= 1 for filaments)")
+    misalign: Misalignment | None = Field(default_factory=Misalignment)
     stage_drift_nm_per_frame: tuple[float, float] = (0.0, 0.0)
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        if self.molecules < 0:
-            raise ValueError(f"molecules per frame must be >= 0, got {self.molecules}")
-        if self.structure not in ("uniform", "filaments"):
-            raise ValueError(f"structure must be 'uniform' or 'filaments', got {self.structure!r}")
+    @model_validator(mode="after")
+    def _some_filaments(self) -> SceneConfig:
         if self.structure == "filaments" and self.filaments < 1:
-            raise ValueError(f"filaments must be >= 1, got {self.filaments}")
+            raise ValueError(
+                f"filaments must be >= 1 for structure 'filaments', got {self.filaments}"
+            )
+        return self
 
 
 def _filament_points(cfg: SceneConfig, rng: np.random.Generator) -> np.ndarray:
@@ -168,11 +170,7 @@ class Scene:
                 psf=s.psf,
             )
             noisy = self._sim.add_noise(clean + s.psf.b)[0, 0].numpy()
-            out[k] = (
-                noisy.astype(np.float32)
-                if s.noise.mode == "paper"
-                else np.clip(noisy, 0, 65535).astype(np.uint16)
-            )
+            out[k] = self._sim.camera.to_frame(noisy)
         return out
 
     def _to_camera(self, xyz_nm: torch.Tensor, plane: int) -> torch.Tensor:

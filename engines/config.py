@@ -7,9 +7,12 @@ trained for.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from engines.cameras import Camera
 
 
 class _Frozen(BaseModel):
@@ -53,7 +56,9 @@ class PSFParams(_Frozen):
 
 
 class NoiseParams(_Frozen):
-    """Noise model.
+    """Noise model, as serialised; :meth:`to_camera` builds the model itself.
+
+    ``mode`` names a camera of :mod:`engines.cameras`; each reads the fields it needs.
 
     ``paper``: Table 3, additive Poisson(``poisson_rate``) + Gaussian(0, ``gaussian_var``)
     on the noiseless intensity, in arbitrary intensity units.
@@ -63,7 +68,7 @@ class NoiseParams(_Frozen):
     (EMCCD) or read noise (sCMOS), conversion to ADU with a baseline, uint16 clipping.
     """
 
-    mode: Literal["paper", "emccd", "scmos"] = "paper"
+    mode: str = Field("paper", description="camera model: paper, emccd, scmos, ...")
     poisson_rate: float = Field(10.0, ge=0)
     gaussian_var: float = Field(9.0, ge=0)
     background_photons: float = Field(10.0, ge=0)
@@ -73,20 +78,26 @@ class NoiseParams(_Frozen):
     baseline_adu: float = Field(100.0, ge=0)
     read_noise_e: float = Field(1.5, ge=0)
 
+    @field_validator("mode")
+    @classmethod
+    def _registered(cls, mode: str) -> str:
+        from engines.cameras import camera_class  # the cameras need torch, settings do not
+
+        camera_class(mode)
+        return mode
+
+    def to_camera(self) -> Camera:
+        from engines.cameras import camera_class
+
+        return camera_class(self.mode).from_settings(self)
+
     def expected_background(self, psf_b: float) -> float:
         """Mean value of an empty pixel in the units frames arrive in."""
-        if self.mode == "paper":
-            return psf_b + self.poisson_rate
-        gain = self.em_gain if self.mode == "emccd" else 1.0
-        photons = psf_b + self.background_photons
-        return self.baseline_adu + photons * self.qe * gain / self.e_per_adu
+        return self.to_camera().expected_background(psf_b)
 
     def intensity_scale(self) -> float:
         """Frame units per unit of PSF intensity (1 in paper mode, ADU/photon otherwise)."""
-        if self.mode == "paper":
-            return 1.0
-        gain = self.em_gain if self.mode == "emccd" else 1.0
-        return self.qe * gain / self.e_per_adu
+        return self.to_camera().intensity_scale()
 
 
 class SimSettings(_Frozen):

@@ -1,12 +1,16 @@
 """Network output -> localizations, on whatever device the output lives on.
 
 Threshold tau on the voxel confidence gives one localization per positive voxel
-(paper Sec. 4.2); its position is the voxel corner plus the regressed sub-voxel offset.
+(paper Sec. 4.2); its position is the voxel corner plus the regressed sub-voxel offset
+(:func:`engines.geometry.voxel_to_nm`).
 """
 
 from __future__ import annotations
 
 import torch
+
+from engines.config import Geometry
+from engines.geometry import voxel_to_nm
 
 
 def decode(
@@ -25,12 +29,6 @@ def decode(
     conf = output[:, :, 0]
     b, k, i, j = torch.nonzero(conf > threshold, as_tuple=True)
     zeta = output[b, k, 1:, i, j]
-    xyz = torch.stack(
-        [
-            (j.to(zeta.dtype) + zeta[:, 0]) * px_nm,
-            (i.to(zeta.dtype) + zeta[:, 1]) * px_nm,
-            (k.to(zeta.dtype) + zeta[:, 2]) * dz_nm,
-        ],
-        dim=-1,
-    )
+    grid = Geometry.model_validate({"px_nm": px_nm, "dz_nm": dz_nm})
+    xyz = voxel_to_nm(torch.stack([k, i, j], dim=-1), zeta, grid)
     return b, xyz.float(), conf[b, k, i, j].float()

@@ -35,8 +35,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from engines.errors import EngineError
+from engines.errors import EngineError, OutputError
 from engines.inference.fused import fold_batchnorm
+from engines.io.atomic import write_bytes
 from engines.modeldir import SHIPPED_MODELS, WEIGHTS, ModelInfo, load_model, resolve_model
 from engines.network import VoxelNet
 
@@ -210,15 +211,10 @@ def is_fresh(path: Path, model_dir: Path) -> bool:
 
 
 def write_onnx(model_dir: Path, out: Path) -> Path:
-    """Export ``model_dir`` to ``out`` atomically (temp file + rename)."""
+    """Export ``model_dir`` to ``out`` atomically (:mod:`engines.io.atomic`)."""
     data = build_onnx(model_dir).SerializeToString()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_bytes(out, data)
     log.info("exported %s -> %s (%.1f kB)", model_dir, out, len(data) / 1e3)
     return out
 
@@ -236,7 +232,7 @@ def export_onnx(model: str | os.PathLike, out: Path | None = None, *, force: boo
             log.warning("%s is corrupt; exporting again", out)
     try:
         return write_onnx(model_dir, out)
-    except PermissionError as exc:
+    except (PermissionError, OutputError) as exc:
         raise EngineError(f"cannot write {out}: {exc}; pass another output path") from exc
 
 
@@ -261,7 +257,7 @@ def onnx_for_engine(model_dir: Path, info: ModelInfo) -> Path:
         if _writable(path.parent):
             try:
                 return write_onnx(model_dir, path)
-            except OSError as exc:
+            except (OSError, OutputError) as exc:
                 log.warning("cannot write %s (%s); trying the cache", path, exc)
     raise EngineError(
         f"cannot export {model_dir}: neither {candidates[0].parent} nor "

@@ -11,6 +11,9 @@ import torch
 
 from engines.config import Geometry
 
+# molecule densities are given per 64x64 px frame, as in the paper (Table 3)
+REFERENCE_AREA_PX = 64 * 64
+
 
 def nm_to_voxel(xyz_nm: torch.Tensor, geom: Geometry) -> tuple[torch.Tensor, torch.Tensor]:
     """Split positions into voxel indices and sub-voxel coordinates.

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
-from engines.errors import FormatError
-from engines.inference import Engine, create_engine, precision_option
+from engines.errors import FormatError, NonFiniteError
+from engines.inference import Engine, create_engine
 from engines.io.loctable import TableMeta, TableWriter, open_table_writer, table_format
 from engines.io.stacks import Stack, open_stack
 from engines.modeldir import resolve_model
@@ -34,25 +35,20 @@ from engines.types import Localizations
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class LocalizeOptions:
-    model: str = "default"
+class LocalizeOptions(BaseModel):
+    """How :func:`localize_files` runs; ``px_nm`` / ``dz_nm`` None: the model's grid."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str | Path = "default"
     backend: str = "auto"
     device: str | None = None
     precision: str | None = None  # None: the backend's default
-    threshold: float = 0.5
-    batch: int = 16
-    px_nm: float | None = None
-    dz_nm: float | None = None
+    threshold: float = 0.5  # checked by the engine, which names the accepted range
+    batch: int = Field(16, ge=1, description="frames per inference batch")
+    px_nm: float | None = Field(None, gt=0, le=10_000)
+    dz_nm: float | None = Field(None, gt=0, le=10_000)
     progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.batch < 1:
-            raise ValueError(f"batch must be >= 1, got {self.batch}")
-        for name in ("px_nm", "dz_nm"):
-            value = getattr(self, name)
-            if value is not None and not 0 < value <= 10_000:
-                raise ValueError(f"{name} must be in (0, 10000] nm, got {value}")
 
 
 @dataclass
@@ -83,7 +79,7 @@ def localize_files(
         opts.backend,
         threshold=opts.threshold,
         device=opts.device,
-        **precision_option(opts.precision),
+        precision=opts.precision,
     )
     try:
         with open_stack(inputs, engine.planes) as stack:
@@ -125,8 +121,13 @@ def localize_stack(
     )
     try:
         for first, frames in stack.batches(opts.batch):
-            check_finite(frames, first, stack)
-            locs = engine.infer(frames, opts.threshold, first_frame=first)
+            try:
+                locs = engine.infer(frames, opts.threshold, first_frame=first)
+            except NonFiniteError as exc:  # name the frame in the stack, counting from 0
+                raise FormatError(
+                    f"{stack.describe()}: frame {first + exc.frame} (counting from 0) "
+                    f"has {exc.count} NaN/inf pixels"
+                ) from exc
             if not np.all(scale == 1):
                 locs = [
                     Localizations(loc.frame, loc.xyz_nm * scale, loc.confidence) for loc in locs
@@ -136,20 +137,6 @@ def localize_stack(
             bar.set_postfix(locs=writer.rows, refresh=False)
     finally:
         bar.close()
-
-
-def check_finite(frames: np.ndarray, first_frame: int, stack: Stack) -> None:
-    """Refuse NaN / inf pixels, naming the first bad frame (counting from 0)."""
-    if frames.dtype.kind != "f":
-        return
-    bad = ~np.isfinite(frames)
-    if bad.any():
-        per_frame = bad.reshape(bad.shape[0], -1).sum(axis=1)
-        b = int(np.flatnonzero(per_frame)[0])
-        raise FormatError(
-            f"{stack.describe()}: frame {first_frame + b} (counting from 0) "
-            f"has {int(per_frame[b])} NaN/inf pixels"
-        )
 
 
 def _output_geometry(engine: Engine, opts: LocalizeOptions) -> tuple[float, float]:

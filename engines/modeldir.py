@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engines.config import SimSettings
 from engines.errors import EngineError, ModelNotFoundError
+from engines.io.atomic import atomic_output, write_text
 from engines.network import DEFAULT_CHANNELS, DEFAULT_KERNELS, VoxelNet
 
 MODEL_JSON = "model.json"
@@ -116,18 +117,18 @@ def load_model(name_or_dir: str | os.PathLike, device: str = "cpu") -> tuple[Vox
 
 
 def save_model(net: VoxelNet, info: ModelInfo, model_dir: Path) -> Path:
-    """Write weights and ``model.json`` atomically (temp file + rename)."""
+    """Write weights and ``model.json`` atomically (:mod:`engines.io.atomic`)."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    tmp = model_dir / (WEIGHTS + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(model_dir / WEIGHTS)
+    with atomic_output(model_dir / WEIGHTS) as tmp:
+        torch.save(state, tmp)
     write_info(info, model_dir)
     return model_dir
 
 
 def write_info(info: ModelInfo, model_dir: Path) -> None:
-    tmp = Path(model_dir) / (MODEL_JSON + ".tmp")
-    tmp.write_text(json.dumps(info.model_dump(mode="json"), indent=2) + "\n")
-    tmp.replace(Path(model_dir) / MODEL_JSON)
+    """Write ``model.json`` atomically."""
+    write_text(
+        Path(model_dir) / MODEL_JSON, json.dumps(info.model_dump(mode="json"), indent=2) + "\n"
+    )

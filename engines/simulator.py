@@ -1,13 +1,12 @@
 """Frames drawn from the paper's observation model (Sec. 2, Eq. 3), vectorised in torch.
 
 One call draws a whole batch: molecule positions, weights and per-plane drift, renders
-the separable Gaussian PSF of every plane, adds noise (paper or real-camera mode) and
+the separable Gaussian PSF of every plane, adds noise (the settings' camera, engines.cameras) and
 builds the voxel targets of Sec. 3.2.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +51,7 @@ class Simulator:
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(seed)
         self._focal = torch.tensor(settings.focal_planes_nm(), dtype=torch.float32)
+        self.camera = settings.noise.to_camera()
 
     def _uniform(self, *shape: int, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
         u = torch.rand(*shape, generator=self.gen, device=self.device)
@@ -118,23 +118,7 @@ class Simulator:
 
     def add_noise(self, intensity: torch.Tensor) -> torch.Tensor:
         """Noisy frame from a noiseless intensity (background ``b`` included)."""
-        n = self.settings.noise
-        if n.mode == "paper":
-            rate = torch.full_like(intensity, n.poisson_rate)
-            shot = torch.poisson(rate, generator=self.gen) if n.poisson_rate > 0 else 0.0
-            gauss = torch.randn(intensity.shape, generator=self.gen, device=self.device)
-            return intensity + shot + math.sqrt(n.gaussian_var) * gauss
-        photons = intensity + n.background_photons
-        electrons = torch.poisson(photons * n.qe, generator=self.gen)
-        if n.mode == "emccd":
-            # EM register: gamma-distributed gain, excess noise factor F^2 = 2; the
-            # Gaussian approximation of that Gamma keeps the draw on our generator.
-            noise = torch.randn(electrons.shape, generator=self.gen, device=self.device)
-            electrons = n.em_gain * electrons + n.em_gain * torch.sqrt(electrons) * noise
-            electrons = electrons.clamp_min(0.0)
-        read = n.read_noise_e * torch.randn(electrons.shape, generator=self.gen, device=self.device)
-        adu = torch.round(n.baseline_adu + (electrons + read) / n.e_per_adu)
-        return adu.clamp(0.0, 65535.0)
+        return self.camera.sample(intensity, self.gen)
 
     def targets(
         self, xyz_nm: torch.Tensor, valid: torch.Tensor, planes: int, height: int, width: int

@@ -9,6 +9,16 @@ import numpy as np
 # Column order of localization arrays on the wire and in the CSV (CONVENTIONS.md).
 LOC_COLUMNS: tuple[str, ...] = ("frame", "x [nm]", "y [nm]", "z [nm]", "confidence")
 
+# Pixel types stacks on disk and engines take (engines compute in float32): uint16 and
+# float32 are what cameras and ImageJ write, the others are accepted too.
+ACCEPTED_DTYPES: tuple[np.dtype, ...] = tuple(
+    np.dtype(t) for t in ("uint16", "float32", "uint8", "int16", "int32", "float64")
+)
+ACCEPTED_DTYPE_NAMES = (
+    f"{ACCEPTED_DTYPES[0]} or {ACCEPTED_DTYPES[1]} "
+    f"(or {', '.join(str(t) for t in ACCEPTED_DTYPES[2:])})"
+)
+
 
 @dataclass(frozen=True)
 class Localizations:

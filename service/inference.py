@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.errors import EngineError, ModelNotFoundError, VoxlocError
-from engines.inference import Engine, create_engine, precision_option
+from engines.inference import Engine, create_engine
 from engines.modeldir import read_info, resolve_model
 from engines.types import Localizations
 from service.stats import ServiceStats
@@ -108,7 +108,7 @@ class ModelManager:
                 f"model {name!r} expects {planes} planes, the service streams {self.planes}"
             )
         try:
-            engine = create_engine(name, self.backend, **precision_option(self.precision))
+            engine = create_engine(name, self.backend, precision=self.precision)
         except (ModelNotFoundError, EngineError):
             raise
         except Exception as exc:  # backends raise their own types (ImportError, RuntimeError)

@@ -6,7 +6,6 @@ Precedence: keyword arguments > environment > TOML file > defaults.
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 import re
 from pathlib import Path
@@ -22,17 +21,18 @@ from pydantic_settings import (
 )
 
 from engines.calibration.drift import DriftSettings
+from service.runtime_config import (
+    AssemblyTimeoutMs,
+    DropPolicy,
+    MaxBatch,
+    MaxDelayMs,
+    QueueSize,
+    RuntimeConfig,
+    Threshold,
+)
 
 IDENTITY_AFFINE: tuple[tuple[float, float, float], ...] = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
 _ENDPOINT = re.compile(r"^(tcp://[^:/]+:(\*|\d{1,5})|ipc://.+|inproc://.+)$")
-
-
-class DropPolicy(str, enum.Enum):
-    """What the batcher queue does when it is full."""
-
-    DROP_OLDEST = "drop_oldest"  # discard the oldest queued frame set (bounded latency)
-    REJECT = "reject"  # discard the arriving frame set
-    BLOCK = "block"  # wait: backpressure to the cameras through ZeroMQ
 
 
 def check_endpoint(value: str) -> str:
@@ -119,7 +119,7 @@ class StreamSettings(BaseModel):
     planes: int = Field(4, ge=1, le=8)
     height: int = Field(64, ge=1, le=8192)
     width: int = Field(64, ge=1, le=8192)
-    assembly_timeout_ms: float = Field(500.0, gt=0, le=600_000)
+    assembly_timeout_ms: AssemblyTimeoutMs = 500.0
     window: int = Field(256, ge=2, le=100_000, description="max frame sets being assembled")
     rcvhwm: int = Field(64, ge=1, le=1_000_000)
     sndhwm: int = Field(10_000, ge=1, le=10_000_000)
@@ -137,24 +137,11 @@ class InferenceSettings(BaseModel):
         description="network arithmetic; None: the backend's default (auto: bf16 on "
         "CPUs with native bfloat16, fp32 elsewhere)",
     )
-    threshold: float = Field(0.5, ge=0, lt=1)
-    max_batch: int = Field(8, ge=1, le=1024)
-    max_delay_ms: float = Field(5.0, ge=0, le=10_000)
-    queue_size: int = Field(64, ge=1, le=100_000)
+    threshold: Threshold = 0.5
+    max_batch: MaxBatch = 8
+    max_delay_ms: MaxDelayMs = 5.0
+    queue_size: QueueSize = 64
     drop_policy: DropPolicy = DropPolicy.DROP_OLDEST
-
-
-class RuntimeConfig(BaseModel):
-    """What ``PUT /config`` may change while the service runs."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    threshold: float = Field(0.5, ge=0, lt=1)
-    max_batch: int = Field(8, ge=1, le=1024)
-    max_delay_ms: float = Field(5.0, ge=0, le=10_000)
-    queue_size: int = Field(64, ge=1, le=100_000)
-    drop_policy: DropPolicy = DropPolicy.DROP_OLDEST
-    assembly_timeout_ms: float = Field(500.0, gt=0, le=600_000)
 
 
 def default_cameras() -> list[CameraSettings]:
@@ -217,15 +204,14 @@ class ServiceSettings(BaseSettings):
         return self
 
     def runtime_config(self) -> RuntimeConfig:
-        i = self.inference
-        return RuntimeConfig(
-            threshold=i.threshold,
-            max_batch=i.max_batch,
-            max_delay_ms=i.max_delay_ms,
-            queue_size=i.queue_size,
-            drop_policy=i.drop_policy,
-            assembly_timeout_ms=self.stream.assembly_timeout_ms,
-        )
+        """The run-time part of these settings: each key from the section that holds it."""
+        values = {
+            key: getattr(section, key)
+            for section in (self.inference, self.stream)
+            for key in RuntimeConfig.model_fields
+            if key in type(section).model_fields
+        }
+        return RuntimeConfig(**values)
 
     def camera(self, name: str) -> CameraSettings:
         for cam in self.cameras:

@@ -1,12 +1,1 @@
-"""Client subcommands of ``voxloc``: camera, record, ctl, render, demo."""
-
-from __future__ import annotations
-
-import argparse
-
-from clients.commands import camera, ctl, demo, record, render
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    for module in (camera, record, ctl, render, demo):
-        module.register(sub)
+"""The subcommands of ``voxloc``, one module each; ``clients.cli`` registers them."""

@@ -9,14 +9,27 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clients.commands.record import stop_on_signals
-from engines.cli import add_settings_options, settings_from_args
+from clients.commands.options import (
+    Default,
+    add_settings_options,
+    build,
+    given,
+    settings_from_args,
+    value,
+)
+from clients.commands.signals import stop_on_signals
+from engines.config import Geometry
 
 if TYPE_CHECKING:
     from clients.camera import SimulatedSource
     from clients.scene import Scene
 
 log = logging.getLogger(__name__)
+
+SCENE = "clients.scene:SceneConfig"
+MISALIGN = "clients.scene:Misalignment"
+ENDPOINT = "clients.camera:default_endpoint"
+PUBLISHER = "clients.camera:CameraPublisher"
 
 
 def build_scene(args: argparse.Namespace) -> Scene:
@@ -30,22 +43,22 @@ def build_scene(args: argparse.Namespace) -> Scene:
         None
         if args.no_misalign
         else Misalignment(
-            max_shift_px=args.misalign_px,
-            max_rotation_deg=args.misalign_deg,
-            max_scale=args.misalign_scale,
+            **given(
+                args,
+                max_shift_px="misalign_px",
+                max_rotation_deg="misalign_deg",
+                max_scale="misalign_scale",
+            )
         )
     )
-    return Scene(
-        SceneConfig(
-            settings=settings,
-            molecules=args.molecules,
-            structure=args.structure,
-            filaments=args.filaments,
-            misalign=misalign,
-            stage_drift_nm_per_frame=tuple(args.stage_drift_nm),
-            seed=args.seed,
-        )
+    fields = dict(
+        molecules="molecules",
+        structure="structure",
+        filaments="filaments",
+        stage_drift_nm_per_frame="stage_drift_nm",
+        seed="seed",
     )
+    return Scene(build(SceneConfig, args, fields, settings=settings, misalign=misalign))
 
 
 def _simulated_source(args: argparse.Namespace, planes: list[int]) -> SimulatedSource:
@@ -93,11 +106,13 @@ def _run(args: argparse.Namespace) -> int:
                 "stack per camera, in plane order"
             )
     else:
-        planes = args.plane or list(range(args.planes or 4))
+        planes = args.plane or list(range(value(args.planes)))
     names = {k: f"{args.name_prefix}{k}" for k in planes}
     if args.endpoint and len(args.endpoint) != len(planes):
         raise ValueError(f"got {len(args.endpoint)} --endpoint values for planes {planes}")
-    endpoints = args.endpoint or [default_endpoint(k, args.host, args.base_port) for k in planes]
+    endpoints = args.endpoint or [
+        default_endpoint(k, **given(args, host="host", base_port="base_port")) for k in planes
+    ]
     if args.tiff:
         source = TiffSource(
             args.tiff, planes, start=args.start_frame, frames=args.frames, loop=args.loop
@@ -105,7 +120,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         source = _simulated_source(args, planes)
     pubs = {
-        k: CameraPublisher(ep, names[k], k, sndhwm=args.sndhwm)
+        k: CameraPublisher(ep, names[k], k, **given(args, sndhwm="sndhwm"))
         for k, ep in zip(planes, endpoints, strict=True)
     }
     stop = threading.Event()
@@ -151,8 +166,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="endpoint per selected camera, in order (default tcp://HOST:BASE_PORT+K)",
     )
-    g.add_argument("--host", default="127.0.0.1", help="service host (default 127.0.0.1)")
-    g.add_argument("--base-port", type=int, default=5550, help="port of cam0 (default 5550)")
+    g.add_argument(
+        "--host", default=Default(ENDPOINT, "host"), help="service host (default %(default)s)"
+    )
+    g.add_argument(
+        "--base-port",
+        type=int,
+        default=Default(ENDPOINT, "base_port"),
+        help="port of cam0 (default %(default)s)",
+    )
     g.add_argument("--name-prefix", default="cam", help="camera names PREFIX0.. (default cam)")
     g.add_argument("--rate", type=float, default=20.0, help="frame sets per second (0: max)")
     g.add_argument("--frames", type=int, default=None, help="stop after N frame sets")
@@ -162,26 +184,55 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0,
         help="first frame index (continue an acquisition after a restart)",
     )
-    g.add_argument("--sndhwm", type=int, default=8, help="send queue per camera, frames")
+    g.add_argument(
+        "--sndhwm",
+        type=int,
+        default=Default(PUBLISHER, "sndhwm"),
+        help="send queue per camera, frames (default %(default)s)",
+    )
     s = p.add_argument_group("simulation")
-    s.add_argument("--molecules", type=int, default=30, help="blinking molecules per frame")
-    s.add_argument("--structure", choices=["filaments", "uniform"], default="filaments")
-    s.add_argument("--filaments", type=int, default=6, help="number of filaments")
-    s.add_argument("--height", type=int, default=64, help="frame height, px")
-    s.add_argument("--width", type=int, default=64, help="frame width, px")
-    s.add_argument("--misalign-px", type=float, default=1.5, help="max camera shift, px")
-    s.add_argument("--misalign-deg", type=float, default=0.5, help="max camera rotation, deg")
-    s.add_argument("--misalign-scale", type=float, default=0.005, help="max scale error")
+    s.add_argument(
+        "--molecules",
+        type=int,
+        default=Default(SCENE, "molecules"),
+        help="blinking molecules per frame (default %(default)s)",
+    )
+    s.add_argument(
+        "--structure", choices=["filaments", "uniform"], default=Default(SCENE, "structure")
+    )
+    s.add_argument(
+        "--filaments", type=int, default=Default(SCENE, "filaments"), help="number of filaments"
+    )
+    s.add_argument("--height", type=int, default=Geometry().height, help="frame height, px")
+    s.add_argument("--width", type=int, default=Geometry().width, help="frame width, px")
+    s.add_argument(
+        "--misalign-px",
+        type=float,
+        default=Default(MISALIGN, "max_shift_px"),
+        help="max camera shift, px (default %(default)s)",
+    )
+    s.add_argument(
+        "--misalign-deg",
+        type=float,
+        default=Default(MISALIGN, "max_rotation_deg"),
+        help="max camera rotation, deg (default %(default)s)",
+    )
+    s.add_argument(
+        "--misalign-scale",
+        type=float,
+        default=Default(MISALIGN, "max_scale"),
+        help="max scale error (default %(default)s)",
+    )
     s.add_argument("--no-misalign", action="store_true", help="cameras perfectly aligned")
     s.add_argument(
         "--stage-drift-nm",
         type=float,
         nargs=2,
-        default=[0.0, 0.0],
+        default=Default(SCENE, "stage_drift_nm_per_frame"),
         metavar=("X", "Y"),
         help="sample drift per frame, nm",
     )
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=Default(SCENE, "seed"))
     s.add_argument(
         "--registration-out",
         type=Path,

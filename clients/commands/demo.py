@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from clients.commands.signals import on_stop_signals
+
 STOP_TIMEOUT_S = 15.0
 
 
@@ -91,9 +93,14 @@ def status_line(s: dict[str, Any], t0: float) -> str:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    # SIGTERM ends the demo like Ctrl-C: stop the cameras, then the service
+    with on_stop_signals(_interrupt):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from clients.control import ControlClient
 
-    signal.signal(signal.SIGTERM, _raise_interrupt)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per status poll
     api_port = args.port or free_port()
     locs_port = args.locs_port or free_port()
@@ -149,7 +156,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _raise_interrupt(*_: Any) -> None:
+def _interrupt(_sig: signal.Signals) -> None:
     raise KeyboardInterrupt
 
 

@@ -3,27 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
+from clients.commands.signals import stop_on_signals
+from engines.config import Geometry
 
-@contextlib.contextmanager
-def stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGINT/SIGTERM set ``stop`` (a clean end) instead of interrupting; restored after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {
-        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+PAPER = Geometry()
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
@@ -81,9 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--idle-timeout", type=float, default=None, help="stop after S seconds without a message"
     )
     m = p.add_argument_group("metadata for the Picasso yaml (defaults: paper set-up)")
-    m.add_argument("--px-nm", type=float, default=192.0, help="pixel size, nm")
-    m.add_argument("--dz-nm", type=float, default=400.0, help="plane spacing, nm")
-    m.add_argument("--planes", type=int, default=4, help="focal planes")
-    m.add_argument("--height", type=int, default=64, help="frame height, px")
-    m.add_argument("--width", type=int, default=64, help="frame width, px")
+    m.add_argument("--px-nm", type=float, default=PAPER.px_nm, help="pixel size, nm")
+    m.add_argument("--dz-nm", type=float, default=PAPER.dz_nm, help="plane spacing, nm")
+    m.add_argument("--planes", type=int, default=PAPER.planes, help="focal planes")
+    m.add_argument("--height", type=int, default=PAPER.height, help="frame height, px")
+    m.add_argument("--width", type=int, default=PAPER.width, help="frame width, px")
     p.set_defaults(func=_cmd_record)

@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from clients.commands.options import Default, build
+from engines.config import Geometry
+
+CONFIG = "clients.render:RenderSettings"
+
 
 def _cmd_render(args: argparse.Namespace) -> int:
     from clients.render import RenderSettings, render, save_image
@@ -17,18 +22,22 @@ def _cmd_render(args: argparse.Namespace) -> int:
         extent = (args.fov_px[0] * args.px_nm, args.fov_px[1] * args.px_nm)
     elif table_format(args.table) == "hdf5":
         extent = _hdf5_extent(args.table)
-    settings = RenderSettings(
-        nm_per_px=args.nm_per_px,
-        mode=args.mode,
-        sigma_nm=args.sigma_nm,
-        z_range_nm=tuple(args.z_range),
-        cmap=args.cmap,
+    settings = build(
+        RenderSettings,
+        args,
+        dict(
+            nm_per_px="nm_per_px",
+            mode="mode",
+            sigma_nm="sigma_nm",
+            z_range_nm="z_range",
+            cmap="cmap",
+        ),
     )
     rgb = render(xyz, settings, extent)
     save_image(args.out, rgb, settings, colorbar=not args.no_colorbar)
     print(
         f"rendered {len(xyz)} localizations into {rgb.shape[1]}x{rgb.shape[0]} px at "
-        f"{args.nm_per_px:g} nm/px -> {args.out}"
+        f"{settings.nm_per_px:g} nm/px -> {args.out}"
     )
     return 0
 
@@ -54,18 +63,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("table", type=Path, help="localizations (.csv, .h5)")
     p.add_argument("-o", "--out", type=Path, required=True, help="image (.png, .tif)")
-    p.add_argument("--nm-per-px", type=float, default=20.0, help="output scale (default 20)")
-    p.add_argument("--mode", choices=["hist", "gauss"], default="hist")
-    p.add_argument("--sigma-nm", type=float, default=20.0, help="Gaussian width (gauss mode)")
+    p.add_argument(
+        "--nm-per-px",
+        type=float,
+        default=Default(CONFIG, "nm_per_px"),
+        help="output scale (default %(default)s)",
+    )
+    p.add_argument("--mode", choices=["hist", "gauss"], default=Default(CONFIG, "mode"))
+    p.add_argument(
+        "--sigma-nm",
+        type=float,
+        default=Default(CONFIG, "sigma_nm"),
+        help="Gaussian width (gauss mode)",
+    )
     p.add_argument(
         "--z-range",
         type=float,
         nargs=2,
-        default=[0.0, 1600.0],
+        default=Default(CONFIG, "z_range_nm"),
         metavar=("LO", "HI"),
         help="depth range of the colour map, nm",
     )
-    p.add_argument("--cmap", default="turbo", help="matplotlib colour map (default turbo)")
+    p.add_argument(
+        "--cmap",
+        default=Default(CONFIG, "cmap"),
+        help="matplotlib colour map (default %(default)s)",
+    )
     p.add_argument(
         "--min-confidence",
         type=float,
@@ -80,6 +103,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar=("W", "H"),
         help="field of view in camera pixels (default: the table's)",
     )
-    p.add_argument("--px-nm", type=float, default=192.0, help="camera pixel size for --fov-px")
+    p.add_argument(
+        "--px-nm",
+        type=float,
+        default=Geometry().px_nm,
+        help="camera pixel size for --fov-px",
+    )
     p.add_argument("--no-colorbar", action="store_true", help="image only")
     p.set_defaults(func=_cmd_render)

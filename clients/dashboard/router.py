@@ -11,13 +11,42 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
 
-from clients.dashboard.live import LiveImage
+from clients.dashboard.live import LiveImage, LiveState
 from clients.render import RenderMode, RenderSettings
 
 STATIC = Path(__file__).parent / "static"
 ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
 HEARTBEAT_S = 10.0
+
+
+class DashboardInfo(BaseModel):
+    """Scale, depth range and colour bar of the live image."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    nm_per_px: float
+    z_min_nm: float
+    z_max_nm: float
+    colorbar: list[str] = Field(description="CSS colours from z_min_nm to z_max_nm")
+    endpoint: str = Field(description="the localization stream the dashboard subscribes to")
+    state: LiveState
+
+
+class DashboardReset(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reset: bool
+    version: int = Field(description="version of the (now blank) image")
+
+
+class PNGResponse(Response):
+    media_type = "image/png"
+
+
+class EventStreamResponse(StreamingResponse):
+    media_type = "text/event-stream"
 
 
 def create_router(
@@ -74,31 +103,30 @@ def _add_routes(router: APIRouter, live: LiveImage) -> None:
         return FileResponse(STATIC / name, media_type=ASSETS[name])
 
     @router.get("/dashboard/info")
-    def info() -> dict[str, Any]:
+    def info() -> DashboardInfo:
         """Scale, depth range and colour bar of the live image."""
-        return live.describe()
+        return DashboardInfo(**live.describe())
 
-    @router.get("/dashboard/image.png")
-    def image() -> Response:
+    @router.get("/dashboard/image.png", response_class=PNGResponse)
+    def image() -> PNGResponse:
         """The latest rendered image (PNG)."""
         import base64
 
         live.start()
-        return Response(base64.b64decode(live.snapshot.png_b64), media_type="image/png")
+        return PNGResponse(base64.b64decode(live.snapshot.png_b64))
 
     @router.post("/dashboard/reset")
-    def reset() -> dict[str, Any]:
+    def reset() -> DashboardReset:
         """Clear the accumulated image (this dashboard's view only; the service is untouched)."""
         live.reset()
-        return {"reset": True, "version": live.snapshot.version}
+        return DashboardReset(reset=True, version=live.snapshot.version)
 
-    @router.get("/dashboard/events")
-    async def events(request: Request) -> StreamingResponse:
-        """Server-sent events: one ``image`` event per new rendering."""
+    @router.get("/dashboard/events", response_class=EventStreamResponse)
+    async def events(request: Request) -> EventStreamResponse:
+        """Server-sent events: one ``image`` event per new rendering (JSON data)."""
         live.start()
-        return StreamingResponse(
+        return EventStreamResponse(
             _event_stream(live, request.is_disconnected),
-            media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 

@@ -7,7 +7,8 @@ plane by ``d_k``. It is measured directly in the registered frames, at the posit
 the published localizations (any sample: single emitters suffice, no structure needed):
 
 * for each isolated localization, cut a small patch around it in every plane and fit a
-  symmetric 2D Gaussian on a flat background (Levenberg-Marquardt, all patches at once).
+  symmetric 2D Gaussian on a flat background (:mod:`engines.calibration.gaussfit`,
+  all patches at once, the registration's bilinear resampling included).
   The PSF is radially symmetric in every plane, so defocus changes its width, never its
   centre; the fit's covariance gives each centre's variance;
 * molecule ``i`` seen in plane ``k`` at ``c_ik = m_i + d_k + noise``. The unknown true
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 from scipy.spatial import cKDTree
 
-_PARAMS = 5  # x, y, log(sigma), amplitude, background
+from engines.calibration.gaussfit import AMP, LOG_SIGMA, fit_gaussians
 
 
 def isolated(xy_px: np.ndarray, isolation_px: float) -> np.ndarray:
@@ -134,137 +135,6 @@ def cut_patches(
     )
 
 
-def _profile(d: np.ndarray, inv: np.ndarray, frac: np.ndarray) -> np.ndarray:
-    """1D profile of the fitted spot along one axis and its derivatives' building blocks:
-    ``(M, 3, S)`` = ``sum_c w_c e(u_c) u_c^k`` for k = 0, 1, 2 with ``e(u) =
-    exp(-u^2 inv / 2)``, over the two taps of a bilinear resampling at fraction ``frac``
-    (``u = d - frac`` with weight ``1 - frac``, ``u = d - frac + 1`` with weight
-    ``frac``; ``frac = 0`` is a plain Gaussian). Products, not ``**``: numpy's float power
-    is slow."""
-    out = np.zeros((d.shape[0], 3, d.shape[1]))
-    for w, shift in ((1.0 - frac, frac), (frac, frac - 1.0)):
-        u = d - shift[:, None]
-        e = w[:, None] * np.exp(-0.5 * u * u * inv[:, None])
-        out[:, 0] += e
-        out[:, 1] += e * u
-        out[:, 2] += e * u * u
-    return out
-
-
-class _Separable:
-    """A symmetric Gaussian ``a exp(-r^2 / 2 s^2) + b`` as the service's registration shows
-    it: resampled bilinearly at a sub-pixel fraction ``(fx, fy)`` per patch, which skews
-    the spot (its mean stays put, its peak moves by up to ~5 nm for in-focus spots). Both
-    are separable, so the normal matrix and gradient of the least-squares fit come from 1D
-    Gram matrices and one iteration costs a few passes over the pixels."""
-
-    def __init__(self, theta: np.ndarray, gx: np.ndarray, gy: np.ndarray, frac: np.ndarray) -> None:
-        x, y, log_s, a, _ = theta.T
-        inv = np.exp(-2.0 * log_s)  # 1 / s^2
-        self.amp = a * inv
-        self.ex = _profile(gx - x[:, None], inv, frac[:, 0])  # (M, 3, S)
-        self.ey = _profile(gy - y[:, None], inv, frac[:, 1])
-        self.image = (
-            a[:, None, None] * self.ey[:, 0, :, None] * self.ex[:, 0, None, :]
-            + theta[:, 4, None, None]
-        )  # (M, S, S)
-
-    def normal_matrix(self) -> np.ndarray:
-        """``J^T J`` ``(M, 5, 5)``, parameters (x, y, log s, a, b)."""
-        gx = self.ex @ self.ex.transpose(0, 2, 1)  # (M, 3, 3)
-        gy = self.ey @ self.ey.transpose(0, 2, 1)
-        nx, ny = self.ex.sum(2), self.ey.sum(2)  # (M, 3)
-        a = self.amp
-
-        def g(p: int, q: int, r: int, t: int) -> np.ndarray:  # <F_p E_q, F_r E_t>
-            return gy[:, p, r] * gx[:, q, t]
-
-        xx, yy, xy = a * a * g(0, 1, 0, 1), a * a * g(1, 0, 1, 0), a * a * g(0, 1, 1, 0)
-        xs = a * a * (g(0, 1, 0, 2) + g(0, 1, 2, 0))
-        ys = a * a * (g(1, 0, 0, 2) + g(1, 0, 2, 0))
-        ss = a * a * (g(0, 2, 0, 2) + 2 * g(0, 2, 2, 0) + g(2, 0, 2, 0))
-        xa, ya = a * g(0, 1, 0, 0), a * g(1, 0, 0, 0)
-        sa = a * (g(0, 2, 0, 0) + g(2, 0, 0, 0))
-        xb, yb = a * ny[:, 0] * nx[:, 1], a * ny[:, 1] * nx[:, 0]
-        sb = a * (ny[:, 0] * nx[:, 2] + ny[:, 2] * nx[:, 0])
-        aa, ab = g(0, 0, 0, 0), ny[:, 0] * nx[:, 0]
-        bb = np.full_like(a, float(self.ex.shape[2] * self.ey.shape[2]))
-        rows = [
-            [xx, xy, xs, xa, xb],
-            [xy, yy, ys, ya, yb],
-            [xs, ys, ss, sa, sb],
-            [xa, ya, sa, aa, ab],
-            [xb, yb, sb, ab, bb],
-        ]
-        return np.stack([np.stack(r, -1) for r in rows], -2)
-
-    def gradient(self, resid: np.ndarray) -> np.ndarray:
-        """``J^T r`` ``(M, 5)`` for residual images ``(M, S, S)``."""
-        t = self.ey @ (resid @ self.ex.transpose(0, 2, 1))  # (M, 3, 3): F_q r E_p
-        a = self.amp
-        return np.stack(
-            [
-                a * t[:, 0, 1],
-                a * t[:, 1, 0],
-                a * (t[:, 0, 2] + t[:, 2, 0]),
-                t[:, 0, 0],
-                resid.sum((1, 2)),
-            ],
-            1,
-        )
-
-
-def fit_gaussians(
-    patches: np.ndarray,
-    gx: np.ndarray,
-    gy: np.ndarray,
-    frac: np.ndarray | None = None,
-    *,
-    sigma0_px: float = 1.0,
-    iterations: int = 12,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Least-squares symmetric Gaussian fits of ``(M, S, S)`` patches (vectorised LM).
-
-    ``gx``/``gy`` ``(M, S)`` are the pixel-centre coordinates of each patch's columns and
-    rows, pixels; ``frac`` ``(M, 2)`` the bilinear resampling fractions the patches went
-    through (:func:`bilinear_fractions`; None: not resampled). Returns the centres
-    ``(M, 2)`` px (same coordinates), their variances ``(M, 2)`` px^2 (fit covariance
-    scaled by the residual variance), and the ``(M, 5)`` parameters (x, y, log sigma,
-    amplitude, background)."""
-    m, s, _ = patches.shape
-    border = np.concatenate(
-        [patches[:, 0], patches[:, -1], patches[:, 1:-1, 0], patches[:, 1:-1, -1]], axis=1
-    )
-    b0 = np.median(border, axis=1)
-    c = s // 2
-    a0 = np.maximum(patches[:, c - 1 : c + 2, c - 1 : c + 2].mean(axis=(1, 2)) - b0, 1e-3)
-    theta = np.stack([np.zeros(m), np.zeros(m), np.full(m, np.log(sigma0_px)), a0, b0], 1)
-    lam = np.full(m, 1e-2)
-    frac = np.zeros((m, 2)) if frac is None else frac
-    model = _Separable(theta, gx, gy, frac)
-    cost = ((patches - model.image) ** 2).sum((1, 2))
-    eye = np.eye(_PARAMS)
-    for _ in range(iterations):
-        jtj = model.normal_matrix()
-        grad = model.gradient(patches - model.image)
-        damp = jtj + lam[:, None, None] * jtj * eye + 1e-12 * eye
-        trial = theta + np.linalg.solve(damp, grad[..., None])[..., 0]
-        trial[:, 2] = np.clip(trial[:, 2], np.log(0.3), np.log(6.0))
-        new = _Separable(trial, gx, gy, frac)
-        cost_new = ((patches - new.image) ** 2).sum((1, 2))
-        better = np.isfinite(cost_new) & (cost_new < cost)
-        theta[better], cost[better] = trial[better], cost_new[better]
-        model = _Separable(theta, gx, gy, frac) if not better.all() else new
-        lam = np.where(better, lam / 3.0, np.minimum(lam * 4.0, 1e6))
-    jtj = model.normal_matrix()
-    ok = np.linalg.cond(jtj) < 1e12
-    cov = np.full((m, _PARAMS, _PARAMS), np.inf)
-    cov[ok] = np.linalg.inv(jtj[ok])
-    resid_var = cost / max(s * s - _PARAMS, 1)
-    var = np.stack([cov[:, 0, 0], cov[:, 1, 1]], 1) * resid_var[:, None]
-    return theta[:, :2].copy(), var, theta
-
-
 @dataclass(frozen=True)
 class PlaneMeasurements:
     """Per-plane fitted centres of isolated localizations of one or more frame sets.
@@ -304,10 +174,10 @@ def fit_planes(patches: Patches, *, px_nm: float, max_shift_px: float = 2.0) -> 
         gy,
         patches.frac.reshape(n * planes, 2),
     )
-    sigma = np.exp(theta[:, 2])
+    sigma = np.exp(theta[:, LOG_SIGMA])
     ok = (
         np.isfinite(var).all(1)
-        & (theta[:, 3] > 0)
+        & (theta[:, AMP] > 0)
         & (sigma > 0.35)
         & (sigma < 5.5)
         & (np.abs(centre) < max_shift_px).all(1)

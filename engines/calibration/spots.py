@@ -1,4 +1,5 @@
-"""Bead detection with sub-pixel precision: local maxima, then batched 2D Gaussian fits.
+"""Bead detection with sub-pixel precision: local maxima, then batched 2D Gaussian fits
+(:mod:`engines.calibration.gaussfit`).
 
 Pixel coordinates follow CONVENTIONS.md divided by the pixel size: ``x`` along columns,
 ``y`` along rows, the centre of pixel ``(row i, col j)`` at ``(x, y) = (j + 0.5, i + 0.5)``.
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
+
+from engines.calibration import gaussfit
 
 # columns of a Gaussian parameter array
 AMP, X0, Y0, SIGMA, OFFSET = range(5)
@@ -91,34 +94,13 @@ def initial_guess(rois: np.ndarray) -> np.ndarray:
     return out
 
 
-def _model_and_jac(p: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
-    grid = np.arange(s, dtype=np.float64)
-    dx = grid[None, None, :] - p[:, X0, None, None]
-    dy = grid[None, :, None] - p[:, Y0, None, None]
-    s2 = p[:, SIGMA, None, None] ** 2
-    r2 = dx**2 + dy**2
-    e = np.exp(-r2 / (2.0 * s2))
-    a = p[:, AMP, None, None]
-    model = a * e + p[:, OFFSET, None, None]
-    jac = np.stack(
-        [
-            e,
-            a * e * dx / s2,
-            a * e * dy / s2,
-            a * e * r2 / (s2 * p[:, SIGMA, None, None]),
-            np.ones_like(e),
-        ],
-        axis=-1,
-    )
-    return model.reshape(len(p), -1), jac.reshape(len(p), -1, 5)
-
-
 def fit_gaussians(
     rois: np.ndarray, init: np.ndarray | None = None, *, iters: int = 40
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Least-squares fit of ``amp * exp(-r^2 / 2 sigma^2) + offset`` to every window.
 
-    A batched Levenberg-Marquardt: every window has its own damping, all iterate together.
+    The batched Levenberg-Marquardt of :mod:`engines.calibration.gaussfit`, in window
+    pixel indices and this module's parameter columns.
 
     Args:
         rois: ``(N, S, S)`` windows.
@@ -131,42 +113,30 @@ def fit_gaussians(
         ``rms`` is the root-mean-square fit residual, image units.
     """
     n, s, _ = rois.shape
-    p = initial_guess(rois) if init is None else init.astype(np.float64).copy()
-    data = rois.reshape(n, -1)
-    lam = np.full(n, 1e-3)
-    model, jac = _model_and_jac(p, s)
-    cost = ((model - data) ** 2).sum(axis=1)
-    for _ in range(iters):
-        jac_t = jac.transpose(0, 2, 1)
-        jtj = jac_t @ jac
-        jtr = (jac_t @ (data - model)[..., None])[..., 0]
-        diag = np.diagonal(jtj, axis1=1, axis2=2)
-        reg = lam[:, None] * diag + 1e-9 * diag.max(axis=1, keepdims=True) + 1e-12
-        damped = jtj + reg[:, :, None] * np.eye(5)
-        step = np.linalg.solve(damped, jtr[..., None])[..., 0]
-        trial = p + step
-        trial[:, SIGMA] = np.abs(trial[:, SIGMA]) + 1e-6
-        t_model, t_jac = _model_and_jac(trial, s)
-        t_cost = ((t_model - data) ** 2).sum(axis=1)
-        better = np.isfinite(t_cost) & (t_cost < cost)
-        p[better], model[better], jac[better], cost[better] = (
-            trial[better],
-            t_model[better],
-            t_jac[better],
-            t_cost[better],
-        )
-        lam = np.where(better, lam / 3.0, lam * 4.0)
-    ok = (
-        np.isfinite(p).all(axis=1)
-        & (p[:, AMP] > 0)
-        & (p[:, SIGMA] >= 0.3)
-        & (p[:, SIGMA] <= s / 2.0)
-        & (p[:, X0] >= 0)
-        & (p[:, X0] <= s - 1)
-        & (p[:, Y0] >= 0)
-        & (p[:, Y0] <= s - 1)
+    p = initial_guess(rois) if init is None else init.astype(np.float64)
+    start = np.stack(
+        [p[:, X0], p[:, Y0], np.log(np.abs(p[:, SIGMA]) + 1e-6), p[:, AMP], p[:, OFFSET]], 1
     )
-    return p, ok, np.sqrt(cost / data.shape[1])
+    grid = np.broadcast_to(np.arange(s, dtype=np.float64), (n, s))
+    _, _, theta = gaussfit.fit_gaussians(
+        rois, grid, grid, init=start, sigma_range_px=(0.05, float(s)), iterations=iters
+    )
+    # this module's columns (AMP, X0, Y0, SIGMA, OFFSET) from gaussfit's
+    out = theta[:, [gaussfit.AMP, gaussfit.X, gaussfit.Y, gaussfit.LOG_SIGMA, gaussfit.BG]]
+    out[:, SIGMA] = np.exp(out[:, SIGMA])
+    model = gaussfit.SeparableGaussian(theta, grid, grid, np.zeros((n, 2))).image
+    rms = np.sqrt(((model - rois) ** 2).mean(axis=(1, 2)))
+    ok = (
+        np.isfinite(out).all(axis=1)
+        & (out[:, AMP] > 0)
+        & (out[:, SIGMA] >= 0.3)
+        & (out[:, SIGMA] <= s / 2.0)
+        & (out[:, X0] >= 0)
+        & (out[:, X0] <= s - 1)
+        & (out[:, Y0] >= 0)
+        & (out[:, Y0] <= s - 1)
+    )
+    return out, ok, rms
 
 
 def detect_spots(

@@ -6,17 +6,11 @@ simulator renders (engines.psf.render_planes). Fisher information
 
     I(theta) = sum over pixels of  J_pix * grad mu grad mu^T,
 
-with ``J_pix`` the Fisher information per unit mean shift of one pixel's noise:
-
-* ``paper`` mode, as :class:`~engines.simulator.Simulator` draws it: y = mu + Poisson(lambda)
-  + N(0, sigma^2). The noise does not depend on mu, so y is a location family and J_pix is
-  the exact location Fisher information of the Poisson(lambda) * N(0, sigma^2) density,
-  integrated numerically (a little above 1 / (lambda + sigma^2)). A second bound,
-  ``shot_noise_on_signal``, is reported for the physical reading of Eq. 3 where the
-  Poisson term were shot noise of signal + background: shifted-Poisson approximation
-  J_pix = 1 / (mu + lambda + sigma^2).
-* ``emccd`` / ``scmos``: in photons, J_pix = qe^2 / (F^2 qe (mu + bg) + (read/G)^2 + q^2/12),
-  excess factor F^2 = 2 for EMCCD (1 for sCMOS), gain G, ADU step q in input electrons.
+with ``J_pix`` the Fisher information per unit mean shift of one pixel's noise, from the
+settings' camera (:meth:`engines.cameras.Camera.pixel_information`, which gives the
+formula of each noise model). For the paper's additive noise a second bound,
+``shot_noise_on_signal``, is reported for the physical reading of Eq. 3 where the Poisson
+term were shot noise of signal + background.
 
 The bound is inv(I); it is averaged over random positions (sub-pixel x, y; z over the
 whole depth) and weights, without drift, and reported as sqrt(mean variance).
@@ -28,15 +22,13 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 
+from engines.cameras.paper import additive_noise_fisher as additive_noise_fisher
 from engines.config import NoiseParams, SimSettings
 from engines.psf import render_planes, width_nm
 
 log = logging.getLogger(__name__)
-
-_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
 
 PSF_HALF_WIDTHS = 5.0  # the window reaches this many PSF sigmas of the most defocused plane
 
@@ -69,48 +61,11 @@ class CRLBResult:
         return asdict(self)
 
 
-def additive_noise_fisher(poisson_rate: float, gaussian_var: float) -> float:
-    """Location Fisher information E[(f'/f)^2] of f = Poisson(rate) * N(0, var)."""
-    if gaussian_var <= 0:
-        raise ValueError(
-            "the CRLB of paper-mode noise needs gaussian_var > 0 (pure Poisson noise on a "
-            f"continuous shift has unbounded information), got {gaussian_var}"
-        )
-    sd = math.sqrt(gaussian_var)
-    n_max = int(poisson_rate + 12 * math.sqrt(poisson_rate) + 12) if poisson_rate > 0 else 0
-    n = np.arange(n_max + 1, dtype=np.float64)
-    if poisson_rate > 0:
-        log_fact = np.array([math.lgamma(k + 1.0) for k in n])
-        p = np.exp(n * math.log(poisson_rate) - poisson_rate - log_fact)
-    else:
-        p = np.ones(1)
-    y = np.linspace(-12 * sd, n_max + 12 * sd, 20_001)
-    u = (y[:, None] - n[None, :]) / sd
-    phi = np.exp(-0.5 * u**2) / (sd * math.sqrt(2 * math.pi))
-    f = phi @ p
-    df = -(phi * u / sd) @ p
-    integrand = np.where(f > 1e-300, df**2 / np.maximum(f, 1e-300), 0.0)
-    return float(_trapezoid(integrand, y))
-
-
 def pixel_information(
     mu: torch.Tensor, noise: NoiseParams, *, shot_noise: bool = False
 ) -> torch.Tensor:
     """Per-pixel J_pix for mean intensity ``mu`` (PSF units, background b included)."""
-    if noise.mode == "paper":
-        if shot_noise:
-            return 1.0 / (mu + noise.poisson_rate + noise.gaussian_var).clamp_min(1e-12)
-        j = additive_noise_fisher(noise.poisson_rate, noise.gaussian_var)
-        return torch.full_like(mu, j)
-    excess = 2.0 if noise.mode == "emccd" else 1.0
-    gain = noise.em_gain if noise.mode == "emccd" else 1.0
-    step_e = noise.e_per_adu / gain  # ADU quantisation step in input electrons
-    var_e = (
-        excess * noise.qe * (mu + noise.background_photons)
-        + (noise.read_noise_e / gain) ** 2
-        + step_e**2 / 12.0
-    )
-    return noise.qe**2 / var_e.clamp_min(1e-12)
+    return noise.to_camera().pixel_information(mu, shot_noise=shot_noise)
 
 
 def mean_jacobian(
@@ -203,13 +158,7 @@ def bound_from_theta(
     mean_var = var.mean(dim=0)
     if not torch.isfinite(mean_var).all() or (mean_var[:3] < 0).any():
         raise ValueError("singular Fisher information: the molecule is not identifiable")
-    mode = settings.noise.mode
-    method = {
-        "paper": "paper noise as simulated: additive Poisson(lambda) + Gaussian(sigma^2), "
-        "exact location Fisher information",
-        "emccd": "EMCCD: shot noise x excess factor 2 + read noise + ADU step",
-        "scmos": "sCMOS: shot noise + read noise + ADU step",
-    }[mode]
+    method = settings.noise.to_camera().crlb_method
     if shot_noise:
         method = "shifted-Poisson approximation, variance mu + lambda + sigma^2"
     vx, vy, vz = (float(v) for v in mean_var[:3])

@@ -12,15 +12,15 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from engines.evaluate.runner import SetResult
+from engines.io.atomic import atomic_output
 
 AXES = ("x", "y", "z")
 COLOURS = {"x": "tab:blue", "y": "tab:orange", "z": "tab:green"}
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
     return path
 
 

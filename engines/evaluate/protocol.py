@@ -97,7 +97,7 @@ def _run_sets(ev: Evaluator, out_dir: Path) -> dict[str, Any]:
         crlb = average_crlb(ev.settings, samples=cfg.crlb_samples, seed=s["crlb"])
         shot = (
             average_crlb(ev.settings, samples=cfg.crlb_samples, seed=s["crlb"], shot_noise=True)
-            if ev.settings.noise.mode == "paper"
+            if ev.settings.noise.to_camera().additive_noise
             else None
         )
         ceiling = voxel_jaccard_ceiling(ev.settings, seed=s["crlb"])

@@ -11,6 +11,7 @@ from typing import Any
 from engines.evaluate.crlb import CRLBResult, VoxelCeiling
 from engines.evaluate.metrics import MoleculeStats
 from engines.evaluate.runner import SetResult
+from engines.io.atomic import write_text
 from engines.modeldir import read_info, write_info
 
 REPORT_VERSION = 1
@@ -83,11 +84,8 @@ def sweep_section(points: list[tuple[int, float, SetResult]]) -> list[dict[str, 
 
 
 def write_json(report: dict[str, Any], path: Path) -> Path:
-    """Write strictly valid JSON atomically (temp file + rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_clean(report), indent=2, allow_nan=False) + "\n")
-    tmp.replace(path)
-    return path
+    """Write strictly valid JSON atomically (:mod:`engines.io.atomic`)."""
+    return write_text(path, json.dumps(_clean(report), indent=2, allow_nan=False) + "\n")
 
 
 def record_metrics(model_dir: Path, report: dict[str, Any]) -> str:

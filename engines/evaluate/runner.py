@@ -13,62 +13,49 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engines.config import SimSettings
 from engines.evaluate.matching import Matching, match_localizations
 from engines.evaluate.metrics import VoxelConfusion, voxel_confusion
-from engines.inference import Engine, create_engine, precision_option
+from engines.geometry import REFERENCE_AREA_PX
+from engines.inference import Engine, create_engine
 from engines.modeldir import ModelInfo, load_model
 from engines.network import VoxelNet
 from engines.simulator import Simulator
 
 log = logging.getLogger(__name__)
 
-REFERENCE_AREA_PX = 64 * 64  # densities are given per 64x64 frame, as in the paper
 
-
-@dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(BaseModel):
     """What ``voxloc evaluate`` runs; ``molecules`` and ``densities`` are per 64x64 area."""
 
-    model: str = "default"
-    frames: int = 500
-    molecules: int = 50
-    size: int = 64
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str | Path = "default"
+    frames: int = Field(500, ge=1)
+    molecules: int = Field(50, ge=1)
+    size: int = Field(64, ge=16, le=4096, description="frame height and width, px")
     seed: int = 0
-    thresholds: tuple[float, ...] = (0.5, 0.9)
+    thresholds: tuple[Annotated[float, Field(gt=0.0, lt=1.0)], ...] = Field(
+        (0.5, 0.9), min_length=1, description="kept sorted, without repeats"
+    )
     backend: str = "auto"
     precision: str | None = None  # None: the backend's default
-    low_density_molecules: int = 10
-    low_density_frames: int = 200
-    densities: tuple[int, ...] = (5, 10, 25, 50, 100, 150)
-    sweep_frames: int = 100
-    crlb_samples: int = 500
-    batch_frames: int = 50  # per 64x64 area; fewer frames per batch for larger sizes
+    low_density_molecules: int = Field(10, ge=1)
+    low_density_frames: int = Field(200, ge=0)
+    densities: tuple[Annotated[int, Field(ge=1)], ...] = (5, 10, 25, 50, 100, 150)
+    sweep_frames: int = Field(100, ge=0)
+    crlb_samples: int = Field(500, ge=1)
+    batch_frames: int = Field(50, ge=1)  # per 64x64 area; fewer per batch for larger sizes
 
-    def __post_init__(self) -> None:
-        checks = [
-            (self.frames >= 1, f"--frames must be >= 1, got {self.frames}"),
-            (self.molecules >= 1, f"--molecules must be >= 1, got {self.molecules}"),
-            (16 <= self.size <= 4096, f"--size must be in 16..4096 px, got {self.size}"),
-            (len(self.thresholds) >= 1, "at least one threshold is needed"),
-            (
-                all(0.0 < t < 1.0 for t in self.thresholds),
-                f"thresholds must lie in (0, 1), got {list(self.thresholds)}",
-            ),
-            (self.low_density_frames >= 0 and self.sweep_frames >= 0, "frame counts must be >= 0"),
-            (
-                all(d >= 1 for d in self.densities),
-                f"densities must be >= 1 molecule, got {list(self.densities)}",
-            ),
-            (self.crlb_samples >= 1, f"CRLB samples must be >= 1, got {self.crlb_samples}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-        object.__setattr__(self, "thresholds", tuple(sorted(set(self.thresholds))))
+    @field_validator("thresholds")
+    @classmethod
+    def _sorted(cls, thresholds: tuple[float, ...]) -> tuple[float, ...]:
+        return tuple(sorted(set(thresholds)))
 
     def per_frame(self, molecules_per_64: int) -> int:
         """Molecules per frame of ``size x size`` at the density of ``molecules_per_64``."""
@@ -97,7 +84,7 @@ class Evaluator:
     def __init__(self, cfg: EvalConfig) -> None:
         self.cfg = cfg
         self.engine: Engine = create_engine(
-            cfg.model, cfg.backend, threshold=cfg.thresholds[0], **precision_option(cfg.precision)
+            cfg.model, cfg.backend, threshold=cfg.thresholds[0], precision=cfg.precision
         )
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         net, info = load_model(self.engine.model_dir, device=self.device)

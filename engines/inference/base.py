@@ -12,23 +12,21 @@ device, so only localizations cross back to the host.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
 import numpy as np
 
-from engines.errors import EngineError, FormatError, VoxlocError
+from engines.errors import EngineError, FormatError, NonFiniteError, VoxlocError
 from engines.modeldir import ModelInfo, read_info, resolve_model
-from engines.types import Localizations
+from engines.types import ACCEPTED_DTYPE_NAMES, ACCEPTED_DTYPES, Localizations
 
 log = logging.getLogger(__name__)
 
-ACCEPTED_DTYPES = (np.uint16, np.float32, np.float64, np.uint8, np.int16, np.int32)
 # pixels (batch x H x W) per backend call: bounds peak activation memory (~2 kB per pixel
 # in float32) without costing throughput, since the work per pixel is the same
 DEFAULT_MAX_PIXELS = 1 << 21
@@ -43,10 +41,14 @@ class BackendUnavailableError(EngineError, ImportError):
 class Engine(ABC):
     """Runs one model. Thread-safe: calls are serialised by a lock.
 
-    Class attributes a backend may set: ``max_batch`` (largest batch per call, None for
-    no limit), ``max_pixels`` (largest batch x H x W per call) and ``pad_batch`` (pad
-    each chunk to a power of two with blank frames, for backends with per-shape state).
+    Class attributes a backend may set: ``options`` (the keyword arguments its constructor
+    takes besides ``model``, ``threshold`` and ``device``; :func:`create_engine` passes
+    only these), ``max_batch`` (largest batch per call, None for no limit), ``max_pixels``
+    (largest batch x H x W per call) and ``pad_batch`` (pad each chunk to a power of two
+    with blank frames, for backends with per-shape state).
     """
+
+    options: ClassVar[frozenset[str]] = frozenset()
 
     backend: str = "abstract"
     device: str = "cpu"
@@ -93,7 +95,7 @@ class Engine(ABC):
                 f"expected frames of shape (batch, {self.planes}, H, W), got shape {arr.shape}"
             )
         if arr.dtype not in ACCEPTED_DTYPES:
-            raise FormatError(f"expected uint16 or float32 frames, got {arr.dtype}")
+            raise FormatError(f"expected {ACCEPTED_DTYPE_NAMES} frames, got {arr.dtype}")
         b, p, h, w = arr.shape
         if p != self.planes:
             raise FormatError(
@@ -103,11 +105,8 @@ class Engine(ABC):
         if b == 0 or h == 0 or w == 0:
             raise FormatError(f"empty batch: frames of shape {arr.shape}")
         out = np.ascontiguousarray(arr, dtype=np.float32)
-        if arr.dtype.kind == "f" and not np.isfinite(out).all():
-            raise FormatError(
-                f"frames contain {int((~np.isfinite(out)).sum())} NaN/inf values"
-                f" (frames of shape {arr.shape})"
-            )
+        if arr.dtype.kind == "f":
+            check_finite(out)
         return out
 
     def infer(
@@ -180,6 +179,26 @@ class Engine(ABC):
         self.close()
 
 
+def check_finite(frames: np.ndarray) -> None:
+    """:class:`NonFiniteError` naming the first frame of ``(B, P, H, W)`` with NaN/inf pixels.
+
+    The one scan for non-finite pixels on the way into an engine (``voxloc localize``
+    reports the frame from the error's attributes).
+    """
+    if np.isfinite(frames).all():
+        return
+    per_frame = (~np.isfinite(frames)).reshape(frames.shape[0], -1).sum(axis=1)
+    b = int(np.flatnonzero(per_frame)[0])
+    total = int(per_frame.sum())
+    raise NonFiniteError(
+        f"frames contain {total} NaN/inf values (frames of shape {frames.shape}; "
+        f"first in frame {b} of the batch)",
+        frame=b,
+        count=int(per_frame[b]),
+        total=total,
+    )
+
+
 def check_threshold(value: float) -> float:
     tau = float(value)
     if not 0.0 <= tau < 1.0:
@@ -213,69 +232,3 @@ def split_per_frame(
         )
         for b in range(batch)
     ]
-
-
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
-
-
-def backend_class(backend: str) -> type[Engine]:
-    """The engine class of a backend name (imports it; may raise BackendUnavailableError)."""
-    if backend == "torch":
-        from engines.inference.torch_backend import TorchEngine
-
-        return TorchEngine
-    if backend == "onnxruntime":
-        from engines.inference.onnx_backend import OnnxEngine
-
-        return OnnxEngine
-    if backend == "tensorrt":
-        from engines.inference.tensorrt_backend import TensorRTEngine
-
-        return TensorRTEngine
-    raise EngineError(f"unknown backend {backend!r}; expected auto or one of {BACKENDS}")
-
-
-def precision_option(precision: str | None) -> dict[str, str]:
-    """``{"precision": p}`` for :func:`create_engine`, or nothing for the backend's default."""
-    return {} if precision is None else {"precision": precision}
-
-
-def create_engine(
-    model: str | Path = "default",
-    backend: str = "auto",
-    *,
-    threshold: float = 0.5,
-    device: str | None = None,
-    **options: Any,
-) -> Engine:
-    """Build an engine; ``auto`` picks the fastest backend this machine can run.
-
-    ``options`` go to the backend (e.g. ``precision="fp16"``, ``cuda_graphs=True``,
-    ``threads=2``); with ``auto`` each candidate gets the options it accepts, and a
-    candidate that fails to start is logged and skipped.
-    """
-    if backend != "auto":
-        cls = backend_class(backend)
-        kwargs = {"device": device} if device is not None else {}
-        return cls(model, threshold=threshold, **kwargs, **options)
-    from engines.inference.auto import candidates
-
-    errors = []
-    for name, dev, reason, wanted in candidates(device):
-        clash = [k for k, v in wanted.items() if options.get(k, v) != v]
-        if clash:  # e.g. precision="fp32" asked for: skip the CPU bfloat16 candidate
-            asked = ", ".join(f"{k}={options[k]}" for k in clash)
-            log.info("auto backend: %s on %s skipped (%s asked for)", name, dev, asked)
-            continue
-        try:
-            cls = backend_class(name)
-            accepted = inspect.signature(cls.__init__).parameters
-            kw = {k: v for k, v in {**wanted, **options}.items() if k in accepted}
-            engine = cls(model, threshold=threshold, device=dev, **kw)
-        except EngineError as exc:
-            log.warning("auto backend: %s on %s unavailable (%s); trying the next", name, dev, exc)
-            errors.append(f"{name} on {dev}: {exc}")
-            continue
-        log.info("auto backend: %s on %s (%s)", name, dev, reason)
-        return engine
-    raise EngineError("no inference backend could start: " + "; ".join(errors))

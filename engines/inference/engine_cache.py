@@ -13,13 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 from engines.errors import EngineError
+from engines.io.atomic import write_bytes, write_text
 
 log = logging.getLogger(__name__)
 
@@ -129,13 +129,8 @@ class EngineCache:
         path = self.path(key)
         self.folder.mkdir(parents=True, exist_ok=True)
         meta = {"key": key.to_dict(), "sha256": hashlib.sha256(blob).hexdigest()}
-        for target, data in (
-            (path, blob),
-            (path.with_name(path.name + ".json"), (json.dumps(meta, indent=2) + "\n").encode()),
-        ):
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(data)
-            tmp.replace(target)
+        write_bytes(path, blob)
+        write_text(path.with_name(path.name + ".json"), json.dumps(meta, indent=2) + "\n")
         return path
 
     def get_or_build(

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 class OnnxEngine(Engine):
     backend = "onnxruntime"
+    options = frozenset({"threads", "trt_ep", "onnx_path"})
 
     def __init__(
         self,

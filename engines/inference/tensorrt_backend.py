@@ -148,6 +148,7 @@ def _keep_decode_fp32(network: Any) -> None:
 
 class TensorRTEngine(Engine):
     backend = "tensorrt"
+    options = frozenset({"precision", "profile", "cache_dir", "rebuild"})
 
     def __init__(
         self,

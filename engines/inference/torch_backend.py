@@ -22,7 +22,7 @@ import torch
 
 from engines.decode import decode
 from engines.errors import EngineError
-from engines.inference.auto import cpu_bf16_instructions
+from engines.inference import hardware
 from engines.inference.base import BackendUnavailableError, Engine, FlatLocs
 from engines.inference.fused import FusedVoxelNet
 from engines.modeldir import load_model
@@ -57,6 +57,7 @@ class _CapturedShape:
 
 class TorchEngine(Engine):
     backend = "torch"
+    options = frozenset({"precision", "cuda_graphs", "max_graphs", "threads"})
 
     def __init__(
         self,
@@ -82,7 +83,7 @@ class TorchEngine(Engine):
                 f"precision {precision} needs a CUDA device, got device "
                 f"{device!r}; on the CPU use one of {CPU_PRECISIONS}"
             )
-        if not cuda and precision == "bf16" and cpu_bf16_instructions() is None:
+        if not cuda and precision == "bf16" and hardware.cpu_bf16_instructions() is None:
             log.warning(
                 "this CPU has no native bfloat16 (AVX512-BF16/AMX): bf16 runs "
                 "emulated, slower than fp32"

@@ -1,6 +1,7 @@
 """Atomic output files: write to a hidden temp file next to the target, rename on success.
 
-An interrupted or failed run leaves no file under the final name (a killed process may
+The one place voxloc writes a file under its final name: an interrupted or failed write
+leaves the old file (if any) untouched and no temp file behind (a killed process may
 leave a ``.NAME.partial-*`` file, which does not look like a finished output).
 """
 
@@ -12,11 +13,16 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from engines.errors import VoxlocError
+from engines.errors import OutputError
 
-
-class OutputError(VoxlocError):
-    """An output file cannot be written where asked."""
+__all__ = [
+    "OutputError",
+    "atomic_output",
+    "discard",
+    "reserve_temp",
+    "write_bytes",
+    "write_text",
+]
 
 
 def reserve_temp(final: Path) -> Path:
@@ -49,6 +55,20 @@ def atomic_output(final: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_bytes(final: Path, data: bytes) -> Path:
+    """Write ``data`` to ``final`` atomically; returns ``final``."""
+    with atomic_output(final) as tmp:
+        tmp.write_bytes(data)
+    return Path(final)
+
+
+def write_text(final: Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``final`` atomically; returns ``final``."""
+    with atomic_output(final) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(final)
 
 
 def discard(paths: list[Path]) -> None:

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from engines.errors import FormatError
-from engines.io.atomic import OutputError, discard, reserve_temp
+from engines.errors import FormatError, OutputError
+from engines.io.atomic import discard, reserve_temp
 from engines.types import LOC_COLUMNS, Localizations
 
 CSV_SUFFIXES = (".csv",)

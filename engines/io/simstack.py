@@ -17,8 +17,10 @@ from typing import Literal
 
 import numpy as np
 import tifffile
+from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
+from engines.cameras import cast_frames
 from engines.config import SimSettings
 from engines.io.atomic import discard, reserve_temp
 from engines.io.loctable import LocTable, TableMeta, open_table_writer
@@ -27,26 +29,20 @@ from engines.simulator import Simulator
 log = logging.getLogger(__name__)
 
 CHUNK_FRAMES = 16
-UINT16_MAX = 65535
 
 
-@dataclass(frozen=True)
-class SimStackConfig:
+class SimStackConfig(BaseModel):
     """What to simulate: ``frames`` frames with ``molecules`` molecules each."""
 
-    frames: int = 20
-    molecules: int = 50
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    frames: int = Field(20, ge=1)
+    molecules: int = Field(50, ge=0, description="mean molecules per frame")
     seed: int = 0
     per_plane: bool = False
     dtype: Literal["auto", "uint16", "float32"] = "auto"
     drift: bool = True
     progress: bool = False
-
-    def __post_init__(self) -> None:
-        if self.frames < 1:
-            raise ValueError(f"frames must be >= 1, got {self.frames}")
-        if self.molecules < 0:
-            raise ValueError(f"molecules must be >= 0, got {self.molecules}")
 
 
 @dataclass
@@ -71,7 +67,7 @@ def output_paths(out: Path, planes: int, per_plane: bool) -> tuple[list[Path], P
 
 def stack_dtype(settings: SimSettings, requested: str) -> np.dtype:
     if requested == "auto":
-        return np.dtype(np.float32 if settings.noise.mode == "paper" else np.uint16)
+        return settings.noise.to_camera().frame_dtype
     return np.dtype(requested)
 
 
@@ -129,7 +125,7 @@ def _simulate_into(frames: np.ndarray, settings: SimSettings, cfg: SimStackConfi
     for t0 in range(0, cfg.frames, CHUNK_FRAMES):
         n = min(CHUNK_FRAMES, cfg.frames - t0)
         batch = sim.sample(n, cfg.molecules, drift=cfg.drift)
-        frames[t0 : t0 + n] = _to_dtype(batch.frames.numpy(), frames.dtype)
+        frames[t0 : t0 + n] = cast_frames(batch.frames.numpy(), frames.dtype)
         valid = batch.valid.numpy()
         b_idx = np.nonzero(valid)[0]
         parts.append((b_idx + t0, batch.xyz_nm.numpy()[valid], batch.weights.numpy()[valid]))
@@ -139,12 +135,6 @@ def _simulate_into(frames: np.ndarray, settings: SimSettings, cfg: SimStackConfi
     xyz = np.concatenate([p[1] for p in parts]).astype(np.float64)
     weight = np.concatenate([p[2] for p in parts]).astype(np.float64)
     return LocTable(frame, xyz, np.ones(len(frame)), {"weight": weight})
-
-
-def _to_dtype(frames: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    if dtype == np.uint16:
-        return np.clip(np.rint(frames), 0, UINT16_MAX).astype(np.uint16)
-    return frames.astype(dtype)
 
 
 def _write_tiff(path: Path, data: np.ndarray, settings: SimSettings, cfg: SimStackConfig) -> None:

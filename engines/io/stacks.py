@@ -18,12 +18,10 @@ import numpy as np
 import tifffile
 
 from engines.errors import FormatError
+from engines.types import ACCEPTED_DTYPE_NAMES, ACCEPTED_DTYPES
 
 log = logging.getLogger(__name__)
 
-ACCEPTED_DTYPES = tuple(
-    np.dtype(t) for t in (np.uint16, np.float32, np.uint8, np.int16, np.int32, np.float64)
-)
 PLANE_AXES = "ZCS"  # axis labels that may hold the focal planes
 
 
@@ -54,8 +52,7 @@ class TiffSource:
         self.dtype = np.dtype(series.dtype).newbyteorder("=")
         if self.dtype not in ACCEPTED_DTYPES:
             raise FormatError(
-                f"{self.path}: expected uint16 or float32 pixels (or uint8, int16, "
-                f"int32, float64), got {self.dtype}"
+                f"{self.path}: expected {ACCEPTED_DTYPE_NAMES} pixels, got {self.dtype}"
             )
         if "Y" not in self.axes or "X" not in self.axes:
             raise FormatError(f"{self.path}: no image axes Y, X in TIFF axes {self.axes!r}")

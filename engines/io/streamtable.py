@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.io.atomic import OutputError, atomic_output
+from engines.errors import OutputError
+from engines.io.atomic import atomic_output
 from engines.io.loctable import (
     CSV_FMT,
     LocTable,

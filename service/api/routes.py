@@ -11,12 +11,34 @@ from pydantic import ValidationError
 from engines.errors import EngineError, ModelNotFoundError
 from engines.modeldir import available_models, read_info
 from service.api.auth import require_token
-from service.api.schemas import ConfigUpdate, RegistrationUpdate
+from service.api.schemas import (
+    AvailableModel,
+    CameraRegistrationState,
+    ConfigUpdate,
+    ErrorAnswer,
+    Live,
+    Models,
+    ModelSummary,
+    ModelSwitch,
+    Ready,
+    Registration,
+    RegistrationUpdate,
+    Stats,
+    UnreadableModel,
+)
 from service.inference import ModelBusyError
 from service.pipeline import Pipeline
+from service.runtime_config import RuntimeConfig
 
 router = APIRouter()
 mutating = [Depends(require_token)]
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorAnswer, "description": "missing or wrong bearer token"}
+}
+
+
+class PrometheusResponse(Response):
+    media_type = CONTENT_TYPE_LATEST
 
 
 def _pipeline(request: Request) -> Pipeline:
@@ -32,12 +54,16 @@ def _invalid(exc: ValidationError) -> HTTPException:
 
 
 @router.get("/health/live", tags=["health"])
-def live(request: Request) -> dict[str, Any]:
-    return {"status": "live", "state": _pipeline(request).state.value}
+def live(request: Request) -> Live:
+    return Live(status="live", state=_pipeline(request).state)
 
 
-@router.get("/health/ready", tags=["health"])
-def ready(request: Request) -> dict[str, Any]:
+@router.get(
+    "/health/ready",
+    tags=["health"],
+    responses={503: {"model": ErrorAnswer, "description": "no model or pipeline not running"}},
+)
+def ready(request: Request) -> Ready:
     p = _pipeline(request)
     if not p.ready:
         raise HTTPException(
@@ -46,37 +72,47 @@ def ready(request: Request) -> dict[str, Any]:
             f"{p.models.active.name if p.models.active else None!r}",
         )
     assert p.models.active is not None
-    return {
-        "ready": True,
-        "state": p.state.value,
-        "model": p.models.active.name,
-        "version": p.models.active.version,
-        "backend": p.models.active.backend,
-    }
+    return Ready(
+        ready=True,
+        state=p.state,
+        model=p.models.active.name,
+        version=p.models.active.version,
+        backend=p.models.active.backend,
+    )
 
 
 @router.get("/models", tags=["models"])
-def models(request: Request) -> dict[str, Any]:
+def models(request: Request) -> Models:
     p = _pipeline(request)
-    available = []
+    available: list[AvailableModel | UnreadableModel] = []
     for name, path in available_models().items():
         try:
             info = read_info(path)
             available.append(
-                {"name": name, "version": info.version, "dir": str(path), "planes": info.planes}
+                AvailableModel(name=name, version=info.version, dir=str(path), planes=info.planes)
             )
         except EngineError as exc:
-            available.append({"name": name, "dir": str(path), "error": str(exc)})
+            available.append(UnreadableModel(name=name, dir=str(path), error=str(exc)))
     active = p.models.active
-    return {
-        "active": active.describe() if active else None,
-        "loading": p.models.loading,
-        "available": available,
-    }
+    return Models(
+        active=ModelSummary(**active.describe()) if active else None,
+        loading=p.models.loading,
+        available=available,
+    )
 
 
-@router.post("/models/{name}/load", tags=["models"], dependencies=mutating)
-def load_model(name: str, request: Request) -> dict[str, Any]:
+@router.post(
+    "/models/{name}/load",
+    tags=["models"],
+    dependencies=mutating,
+    responses={
+        **UNAUTHORIZED,
+        404: {"model": ErrorAnswer, "description": "unknown model"},
+        409: {"model": ErrorAnswer, "description": "another load in progress"},
+        422: {"model": ErrorAnswer, "description": "the model cannot be loaded"},
+    },
+)
+def load_model(name: str, request: Request) -> ModelSwitch:
     """Load and warm ``name`` beside the running model, then switch between batches."""
     try:
         new, previous = _pipeline(request).load_model(name)
@@ -89,40 +125,43 @@ def load_model(name: str, request: Request) -> dict[str, Any]:
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             f"model {name!r} not loaded, the previous one keeps serving: {exc}",
         ) from exc
-    return {"active": new.describe(), "previous": previous.describe() if previous else None}
+    return ModelSwitch(
+        active=ModelSummary(**new.describe()),
+        previous=ModelSummary(**previous.describe()) if previous else None,
+    )
 
 
 @router.get("/config", tags=["config"])
-def get_config(request: Request) -> dict[str, Any]:
-    return _pipeline(request).config.model_dump(mode="json")
+def get_config(request: Request) -> RuntimeConfig:
+    return _pipeline(request).config
 
 
-@router.put("/config", tags=["config"], dependencies=mutating)
-def put_config(update: ConfigUpdate, request: Request) -> dict[str, Any]:
+@router.put("/config", tags=["config"], dependencies=mutating, responses=UNAUTHORIZED)
+def put_config(update: ConfigUpdate, request: Request) -> RuntimeConfig:
     changes = update.model_dump(exclude_none=True)
     try:
-        return _pipeline(request).update_config(changes).model_dump(mode="json")
+        return _pipeline(request).update_config(changes)
     except ValidationError as exc:
         raise _invalid(exc) from exc
 
 
-def _registration(p: Pipeline) -> dict[str, Any]:
+def _registration(p: Pipeline) -> Registration:
     planes = {c.name: c.plane for c in p.settings.cameras}
-    return {
-        "cameras": {
-            name: {"plane": planes[name], **reg.model_dump(mode="json")}
+    return Registration(
+        cameras={
+            name: CameraRegistrationState(plane=planes[name], **reg.model_dump(mode="json"))
             for name, reg in p.registration.items()
         }
-    }
+    )
 
 
 @router.get("/registration", tags=["registration"])
-def get_registration(request: Request) -> dict[str, Any]:
+def get_registration(request: Request) -> Registration:
     return _registration(_pipeline(request))
 
 
-@router.put("/registration", tags=["registration"], dependencies=mutating)
-def put_registration(update: RegistrationUpdate, request: Request) -> dict[str, Any]:
+@router.put("/registration", tags=["registration"], dependencies=mutating, responses=UNAUTHORIZED)
+def put_registration(update: RegistrationUpdate, request: Request) -> Registration:
     p = _pipeline(request)
     changes = {name: cam.model_dump(exclude_none=True) for name, cam in update.cameras.items()}
     try:
@@ -134,12 +173,13 @@ def put_registration(update: RegistrationUpdate, request: Request) -> dict[str, 
     return _registration(p)
 
 
-@router.get("/stats", tags=["stats"])
+@router.get("/stats", tags=["stats"], response_model=Stats, response_model_exclude_unset=True)
 def stats(request: Request) -> dict[str, Any]:
+    # exclude_unset: keys the pipeline leaves out before it has started stay out
     return _pipeline(request).snapshot()
 
 
-@router.get("/metrics", tags=["stats"])
-def metrics(request: Request) -> Response:
-    data = generate_latest(_pipeline(request).stats.registry)
-    return Response(data, media_type=CONTENT_TYPE_LATEST)
+@router.get("/metrics", tags=["stats"], response_class=PrometheusResponse)
+def metrics(request: Request) -> PrometheusResponse:
+    """Prometheus text format (``voxloc_*`` metrics)."""
+    return PrometheusResponse(generate_latest(_pipeline(request).stats.registry))

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import tifffile
 
 from clients.cli import main
 
 
+@pytest.mark.slow
 def test_simulate_register_and_fit_psf(tmp_path, capsys):
     beads = tmp_path / "beads"
     assert (

@@ -12,13 +12,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from pydantic import ValidationError
 
 from engines.calibration.drift import DriftEstimator, DriftSettings, registration_changes
-from engines.calibration.plane_offsets import (
-    PlaneMeasurements,
-    _Separable,
-    fit_gaussians,
-    measure_planes,
-    solve_offsets,
-)
+from engines.calibration.gaussfit import SeparableGaussian, fit_gaussians
+from engines.calibration.plane_offsets import PlaneMeasurements, measure_planes, solve_offsets
 from engines.config import SimSettings
 from engines.psf import render_planes
 from engines.simulator import Simulator
@@ -125,14 +120,18 @@ def test_separable_normal_matrix_matches_finite_differences():
     gy = np.tile(np.arange(s) - 4.0 - 0.2, (m, 1))
     frac = rng.uniform(0, 1, (m, 2))  # bilinear resampling of the registration
     frac[0] = 0.0
-    model = _Separable(theta, gx, gy, frac)
+    model = SeparableGaussian(theta, gx, gy, frac)
     jac = np.zeros((m, s * s, 5))
     for p in range(5):  # central differences
         up, down = theta.copy(), theta.copy()
         up[:, p] += 1e-5
         down[:, p] -= 1e-5
         jac[:, :, p] = (
-            (_Separable(up, gx, gy, frac).image - _Separable(down, gx, gy, frac).image) / 2e-5
+            (
+                SeparableGaussian(up, gx, gy, frac).image
+                - SeparableGaussian(down, gx, gy, frac).image
+            )
+            / 2e-5
         ).reshape(m, -1)
     resid = rng.standard_normal((m, s, s))
     np.testing.assert_allclose(

@@ -142,6 +142,7 @@ def offsets_of(stats: dict) -> np.ndarray:
     return np.array([[p["x_nm"], p["y_nm"]] for p in stats["planes"]], dtype=float)
 
 
+@pytest.mark.slow
 def test_injected_30nm_offsets_within_5nm(serve, camera_frames):
     pipeline, client = serve()
     locs = stream(pipeline, camera_frames[:FRAMES])
@@ -162,6 +163,7 @@ def test_injected_30nm_offsets_within_5nm(serve, camera_frames):
     assert client.get("/registration").json()["cameras"]["cam1"]["affine"] == AFFINES[1]
 
 
+@pytest.mark.slow
 def test_feedback_corrects_the_registration(serve, camera_frames):
     """Feedback after 600 measured localizations: the translation of each camera moves by
     the offset; frame sets sent afterwards (registered with the correction) show ~0."""

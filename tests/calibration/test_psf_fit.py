@@ -7,9 +7,9 @@ import argparse
 import numpy as np
 import pytest
 
+from clients.commands.options import settings_from_args
 from engines.calibration.beads import simulate_bead_zstacks
 from engines.calibration.psf_fit import calibrate_psf, defocus_width, plot_widths
-from engines.cli import settings_from_args
 from engines.config import Geometry, NoiseParams, PSFParams, SimSettings
 from engines.errors import FormatError
 from tests.calibration.conftest import noise_images

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -18,24 +19,34 @@ from service.settings import CameraRegistration
 from service.wire import decode_frame
 
 
-def _pull(ctx: zmq.Context, rcvhwm: int = 1000) -> tuple[zmq.Socket, str]:
-    sock = ctx.socket(zmq.PULL)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVHWM, rcvhwm)
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    return sock, f"tcp://127.0.0.1:{port}"
+@pytest.fixture
+def pull(ctx: zmq.Context) -> Iterator[Callable[..., tuple[zmq.Socket, str]]]:
+    """Factory: ``pull(rcvhwm=...)`` binds a PULL socket to a random port; closed after."""
+    socks: list[zmq.Socket] = []
+
+    def make(rcvhwm: int = 1000) -> tuple[zmq.Socket, str]:
+        sock = ctx.socket(zmq.PULL)
+        socks.append(sock)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        port = sock.bind_to_random_port("tcp://127.0.0.1")
+        return sock, f"tcp://127.0.0.1:{port}"
+
+    yield make
+    for sock in socks:
+        sock.close(linger=0)
 
 
-def test_publish_delivers_decodable_frames(ctx: zmq.Context) -> None:
-    pull, endpoint = _pull(ctx)
+def test_publish_delivers_decodable_frames(ctx: zmq.Context, pull: Callable) -> None:
+    sock, endpoint = pull()
     pub = CameraPublisher(endpoint, "cam2", 2, context=ctx)
     img = np.arange(12 * 10, dtype=np.uint16).reshape(12, 10)
     assert pub.publish(0, img, t_ns=123)
     img[:] = 0  # the caller may reuse its buffer at once
     assert pub.publish(1, img)
-    pull.setsockopt(zmq.RCVTIMEO, 5000)
-    first = decode_frame(pull.recv_multipart())
-    second = decode_frame(pull.recv_multipart())
+    sock.setsockopt(zmq.RCVTIMEO, 5000)
+    first = decode_frame(sock.recv_multipart())
+    second = decode_frame(sock.recv_multipart())
     pub.close()
     assert (first.source, first.plane, first.frame, first.t_ns) == ("cam2", 2, 0, 123)
     assert np.array_equal(first.image, np.arange(120, dtype=np.uint16).reshape(12, 10))
@@ -55,17 +66,17 @@ def test_publish_delivers_decodable_frames(ctx: zmq.Context) -> None:
     ],
 )
 def test_publish_refuses_bad_input(
-    ctx: zmq.Context, image: np.ndarray, frame: int, match: str
+    ctx: zmq.Context, pull: Callable, image: np.ndarray, frame: int, match: str
 ) -> None:
-    _, endpoint = _pull(ctx)
+    _, endpoint = pull()
     with CameraPublisher(endpoint, "cam0", 0, context=ctx) as pub:
         pub.publish(0, np.zeros((8, 8), np.uint16))
         with pytest.raises(FormatError, match=match):
             pub.publish(frame, image)
 
 
-def test_publish_refuses_nan_and_closed(ctx: zmq.Context) -> None:
-    _, endpoint = _pull(ctx)
+def test_publish_refuses_nan_and_closed(ctx: zmq.Context, pull: Callable) -> None:
+    _, endpoint = pull()
     pub = CameraPublisher(endpoint, "cam0", 0, context=ctx)
     bad = np.zeros((4, 4), np.float32)
     bad[1, 1] = np.nan
@@ -77,9 +88,9 @@ def test_publish_refuses_nan_and_closed(ctx: zmq.Context) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_stalled_service_publish_returns_and_counts_drops(ctx: zmq.Context) -> None:
+def test_stalled_service_publish_returns_and_counts_drops(ctx: zmq.Context, pull: Callable) -> None:
     """A bound socket that never reads: every publish returns quickly, drops are counted."""
-    stalled, endpoint = _pull(ctx, rcvhwm=4)
+    stalled, endpoint = pull(rcvhwm=4)
     pub = CameraPublisher(endpoint, "cam0", 0, sndhwm=4, linger_ms=0, context=ctx)
     image = np.ones((256, 256), np.uint16)
     attempts, results = 3000, []
@@ -102,8 +113,8 @@ def test_stalled_service_publish_returns_and_counts_drops(ctx: zmq.Context) -> N
     stalled.close()
 
 
-def test_run_cameras_paces_all_planes(ctx: zmq.Context) -> None:
-    socks = [_pull(ctx) for _ in range(4)]
+def test_run_cameras_paces_all_planes(ctx: zmq.Context, pull: Callable) -> None:
+    socks = [pull() for _ in range(4)]
     scene = Scene(SceneConfig(molecules=5))
     pubs = {k: CameraPublisher(ep, f"cam{k}", k, context=ctx) for k, (_, ep) in enumerate(socks)}
     sent = run_cameras(SimulatedSource(scene, range(4), start=7, frames=3), pubs, rate_hz=0)
@@ -118,8 +129,8 @@ def test_run_cameras_paces_all_planes(ctx: zmq.Context) -> None:
         p.close()
 
 
-def test_run_cameras_stops_on_event(ctx: zmq.Context) -> None:
-    _, endpoint = _pull(ctx)
+def test_run_cameras_stops_on_event(ctx: zmq.Context, pull: Callable) -> None:
+    _, endpoint = pull()
     stop = threading.Event()
     scene = Scene(SceneConfig(molecules=1))
     with CameraPublisher(endpoint, "cam0", 0, context=ctx) as pub:

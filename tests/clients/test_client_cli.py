@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +22,24 @@ def _voxloc(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
-def _pulls(ctx: zmq.Context, n: int) -> list[tuple[zmq.Socket, str]]:
-    out = []
-    for _ in range(n):
-        sock = ctx.socket(zmq.PULL)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVTIMEO, 10_000)
-        out.append((sock, f"tcp://127.0.0.1:{sock.bind_to_random_port('tcp://127.0.0.1')}"))
-    return out
+@pytest.fixture
+def pulls(ctx: zmq.Context) -> Iterator[Callable[[int], list[tuple[zmq.Socket, str]]]]:
+    """Factory: ``pulls(n)`` binds n PULL sockets to random ports; closed after the test."""
+    socks: list[zmq.Socket] = []
+
+    def make(n: int) -> list[tuple[zmq.Socket, str]]:
+        out = []
+        for _ in range(n):
+            sock = ctx.socket(zmq.PULL)
+            socks.append(sock)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVTIMEO, 10_000)
+            out.append((sock, f"tcp://127.0.0.1:{sock.bind_to_random_port('tcp://127.0.0.1')}"))
+        return out
+
+    yield make
+    for sock in socks:
+        sock.close(linger=0)
 
 
 @pytest.mark.parametrize(
@@ -37,14 +48,14 @@ def _pulls(ctx: zmq.Context, n: int) -> list[tuple[zmq.Socket, str]]:
     ids=["page-per-frame", "frames-as-samples"],
 )
 def test_camera_replays_per_camera_tiff_stacks(
-    ctx: zmq.Context, tmp_path: Path, layout: dict, capsys
+    pulls: Callable, tmp_path: Path, layout: dict, capsys
 ) -> None:
     stacks = [np.arange(3 * 8 * 6, dtype=np.uint16).reshape(3, 8, 6) + 1000 * k for k in range(2)]
     paths = []
     for k, stack in enumerate(stacks):
         paths.append(tmp_path / f"cam{k}.tif")
         tifffile.imwrite(paths[-1], stack, **layout)
-    socks = _pulls(ctx, 2)
+    socks = pulls(2)
     code, out, err = _voxloc(
         capsys,
         "camera",
@@ -66,9 +77,9 @@ def test_camera_replays_per_camera_tiff_stacks(
 
 
 def test_camera_simulates_one_plane_and_writes_registration(
-    ctx: zmq.Context, tmp_path: Path, capsys
+    pulls: Callable, tmp_path: Path, capsys
 ) -> None:
-    ((sock, ep),) = _pulls(ctx, 1)
+    ((sock, ep),) = pulls(1)
     reg = tmp_path / "reg.json"
     code, _, err = _voxloc(
         capsys,

@@ -7,11 +7,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
+import polling
 import pytest
 
 from clients.cli import main
@@ -48,6 +48,7 @@ def _voxloc(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.timeout(180)
 def test_dashboard_in_headless_chromium(demo, tmp_path: Path) -> None:
@@ -84,10 +85,14 @@ def test_dashboard_in_headless_chromium(demo, tmp_path: Path) -> None:
                 page.keyboard.press("ArrowRight")
             expected = round(float(slider.input_value()), 2)
             assert expected != before
-            deadline = time.monotonic() + 10
-            while httpx.get(f"{demo.url}/config").json()["threshold"] != pytest.approx(expected):
-                assert time.monotonic() < deadline, "threshold never reached the service"
-                time.sleep(0.1)
+            polling.wait_for(
+                lambda: (
+                    httpx.get(f"{demo.url}/config").json()["threshold"] == pytest.approx(expected)
+                ),
+                "the threshold to reach the service",
+                10,
+                interval_s=0.1,
+            )
 
             # let the image build up a little more for the screenshot
             page.wait_for_timeout(3000)
@@ -102,6 +107,7 @@ def test_dashboard_in_headless_chromium(demo, tmp_path: Path) -> None:
     httpx.put(f"{demo.url}/config", json={"threshold": before})
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_reset_clears_the_live_image(demo) -> None:
     before = httpx.get(f"{demo.url}/dashboard/info").json()
@@ -112,6 +118,7 @@ def test_reset_clears_the_live_image(demo) -> None:
     assert png.headers["content-type"] == "image/png" and png.content[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_record_demo_stream_to_csv_and_picasso_hdf5(
     demo, tmp_path: Path, picasso_check, capsys: pytest.CaptureFixture
@@ -164,6 +171,7 @@ def test_record_demo_stream_to_csv_and_picasso_hdf5(
     assert arr.shape[0] == 256 and (arr[:, :256].sum(-1) > 0).sum() > 20  # 64 px * 192 / 48
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_control_client_against_the_service(demo, capsys: pytest.CaptureFixture) -> None:
     with ControlClient(demo.url) as ctl:

@@ -9,11 +9,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import h5py
 import numpy as np
+import polling
 import pytest
 import zmq
 
@@ -120,13 +121,30 @@ def test_record_writes_every_frame_in_format(
     assert np.allclose(table.confidence, rows[:, 4], atol=1e-4)
 
 
-def _spawn_record(out: Path, endpoint: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "clients.cli", "record", "-o", str(out), "--endpoint", endpoint],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+@pytest.fixture
+def spawn_record() -> Iterator[Callable[[Path, str], subprocess.Popen]]:
+    """Factory: ``spawn_record(out, endpoint)`` starts ``voxloc record``; killed if still
+    running and its pipe closed after the test."""
+    procs: list[subprocess.Popen] = []
+
+    def spawn(out: Path, endpoint: str) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "clients.cli", "record", "-o", str(out)]
+        procs.append(
+            subprocess.Popen(
+                [*cmd, "--endpoint", endpoint],
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+        )
+        return procs[-1]
+
+    yield spawn
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        proc.stdout.close()
 
 
 def _frames_on_disk(out: Path) -> int:
@@ -140,11 +158,11 @@ def _frames_on_disk(out: Path) -> int:
 
 
 def _wait_frames(out: Path, n: int, proc: subprocess.Popen, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while _frames_on_disk(out) < n:
+    def written() -> bool:
         assert proc.poll() is None, proc.stdout.read().decode()
-        assert time.monotonic() < deadline, f"only {_frames_on_disk(out)} of {n} frames written"
-        time.sleep(0.05)
+        return _frames_on_disk(out) >= n
+
+    polling.wait_for(written, f"{n} frames written to {out.name}", timeout_s, interval_s=0.05)
 
 
 def _wait_subscriber_up(sock: zmq.Socket, proc: subprocess.Popen) -> None:
@@ -158,12 +176,12 @@ def _wait_subscriber_up(sock: zmq.Socket, proc: subprocess.Popen) -> None:
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("suffix", [".csv", ".h5"])
 def test_sigkilled_recording_keeps_every_frame_written(
-    xpub, tmp_path: Path, suffix: str, picasso_check
+    xpub, spawn_record, tmp_path: Path, suffix: str, picasso_check
 ) -> None:
     """Frames the recorder had written survive SIGKILL, as complete frames."""
     sock, endpoint = xpub
     out = tmp_path / f"killed{suffix}"
-    proc = _spawn_record(out, endpoint)
+    proc = spawn_record(out, endpoint)
     _wait_subscriber_up(sock, proc)
     for i in range(30):
         sock.send_multipart(encode_locs(locs_message(i, i, 1 + i % 3)))
@@ -181,11 +199,13 @@ def test_sigkilled_recording_keeps_every_frame_written(
 
 
 @pytest.mark.timeout(90)
-def test_csv_killed_while_streaming_keeps_a_complete_prefix(xpub, tmp_path: Path) -> None:
+def test_csv_killed_while_streaming_keeps_a_complete_prefix(
+    xpub, spawn_record, tmp_path: Path
+) -> None:
     """SIGKILL at an arbitrary moment of a live stream: the CSV holds whole frames 0..k."""
     sock, endpoint = xpub
     out = tmp_path / "live.csv"
-    proc = _spawn_record(out, endpoint)
+    proc = spawn_record(out, endpoint)
     _wait_subscriber_up(sock, proc)
     stop = threading.Event()
 
@@ -213,10 +233,12 @@ def test_csv_killed_while_streaming_keeps_a_complete_prefix(xpub, tmp_path: Path
     assert all(counts[i] == 2 + i % 5 for i in range(k + 1))  # no partial frame
 
 
-def test_record_cli_stops_on_sigint_and_summarises(xpub, tmp_path: Path, picasso_check) -> None:
+def test_record_cli_stops_on_sigint_and_summarises(
+    xpub, spawn_record, tmp_path: Path, picasso_check
+) -> None:
     sock, endpoint = xpub
     out = tmp_path / "cli.h5"
-    proc = _spawn_record(out, endpoint)
+    proc = spawn_record(out, endpoint)
     _wait_subscriber_up(sock, proc)
     for i in range(5):
         sock.send_multipart(encode_locs(locs_message(i, i, 2)))

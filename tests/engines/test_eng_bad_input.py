@@ -165,6 +165,7 @@ def test_bad_threshold(inputs, tmp_path, voxloc, files_in):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_installed_entry_point_exit_code(inputs, tmp_path):
     proc = subprocess.run(

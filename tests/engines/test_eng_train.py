@@ -18,6 +18,7 @@ from engines.train import TrainConfig, input_normalisation, train
 CROP = 16
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_loss_falls_on_held_out_frames():
     torch.manual_seed(0)
@@ -43,6 +44,7 @@ def test_loss_falls_on_held_out_frames():
     assert after < 0.8 * before, f"loss {before:.3f} -> {after:.3f}"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_train_writes_model_dir_and_resumes(tmp_path):
     out = tmp_path / "tiny"

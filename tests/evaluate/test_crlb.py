@@ -32,6 +32,7 @@ def test_noise_information_gaussian_and_poisson_gaussian():
         additive_noise_fisher(10.0, 0.0)
 
 
+@pytest.mark.slow
 def test_jacobian_matches_finite_differences():
     theta = random_molecules(PAPER, 3, seed=4)
     _, jac = mean_jacobian(theta, PAPER)
@@ -45,6 +46,7 @@ def test_jacobian_matches_finite_differences():
         assert torch.allclose(jac[q], fd, rtol=1e-4, atol=1e-6 * fd.abs().max())
 
 
+@pytest.mark.slow
 def test_bound_shrinks_with_brighter_molecules_and_less_noise():
     theta = random_molecules(PAPER, 40, seed=1)
     base = bound_from_theta(theta, PAPER)

@@ -13,6 +13,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SMALL = ["--low-frames", "4", "--crlb-samples", "20", "--seed", "3"]
 
 
+@pytest.mark.slow
 def test_evaluate_writes_report_and_plots(tmp_path, capsys):
     out = tmp_path / "report"
     rc = main(
@@ -67,6 +68,7 @@ def test_evaluate_writes_report_and_plots(tmp_path, capsys):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
 
 
+@pytest.mark.slow
 def test_record_stores_metrics_in_model_json(tmp_path, capsys):
     model = tmp_path / "copy"
     shutil.copytree(resolve_model("default"), model)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 
+import pytest
 import torch
 
 from engines.config import NoiseParams, PSFParams, SimSettings
@@ -54,6 +55,7 @@ def test_ceiling_matches_the_per_axis_hand_value():
     assert math.isclose(got.voxel_jaccard, got.p_same_voxel / (2 - got.p_same_voxel))
 
 
+@pytest.mark.slow
 def test_ceiling_rises_with_brightness_and_falls_with_noise():
     base = SimSettings(psf=OWN_MICROSCOPE_PSF, noise=EMCCD)
     bright = base.model_copy(update={"psf": OWN_MICROSCOPE_PSF.model_copy(update={"a_prime": 2e8})})
@@ -65,6 +67,7 @@ def test_ceiling_rises_with_brightness_and_falls_with_noise():
     assert c["noisy"] < c["base"] < c["bright"] < 1
 
 
+@pytest.mark.slow
 def test_own_microscope_example_leaves_little_room_above_voxel_jaccard_080():
     """The docs' EMCCD example (typical dye): an ideal localizer on isolated, drift-free
     molecules reaches about 0.82, while the paper's noise model leaves room above 0.9."""

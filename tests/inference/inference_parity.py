@@ -28,15 +28,17 @@ NO_TRT = pytest.mark.skipif(
     not (HAS_CUDA and HAS_TRT),
     reason="needs a CUDA GPU and TensorRT (pip install voxloc[tensorrt])",
 )
+GPU = pytest.mark.gpu  # `pytest -m "not gpu"` deselects every test that needs one
+ON_CUDA, ON_ORT_CUDA, ON_TRT = (GPU, NO_CUDA), (GPU, NO_ORT_CUDA), (GPU, NO_TRT)
 
 # (id, backend, device, options, coordinate tolerance nm, confidence margin at threshold)
 BACKENDS = [
     pytest.param("torch", "cpu", {}, 0.1, 1e-4, id="torch-cpu"),
     pytest.param("onnxruntime", "cpu", {}, 0.1, 1e-4, id="onnxruntime-cpu"),
     pytest.param("torch", "cpu", {"precision": "bf16"}, 5.0, 2e-2, id="torch-cpu-bf16"),
-    pytest.param("torch", "cuda", {}, 0.1, 1e-3, id="torch-cuda", marks=NO_CUDA),
+    pytest.param("torch", "cuda", {}, 0.1, 1e-3, id="torch-cuda", marks=ON_CUDA),
     pytest.param(
-        "torch", "cuda", {"cuda_graphs": True}, 0.1, 1e-3, id="torch-cuda-graphs", marks=NO_CUDA
+        "torch", "cuda", {"cuda_graphs": True}, 0.1, 1e-3, id="torch-cuda-graphs", marks=ON_CUDA
     ),
     pytest.param(
         "torch",
@@ -45,15 +47,15 @@ BACKENDS = [
         5.0,
         2e-2,
         id="torch-cuda-fp16-graphs",
-        marks=NO_CUDA,
+        marks=ON_CUDA,
     ),
     pytest.param(
-        "torch", "cuda", {"precision": "bf16"}, 5.0, 2e-2, id="torch-cuda-bf16", marks=NO_CUDA
+        "torch", "cuda", {"precision": "bf16"}, 5.0, 2e-2, id="torch-cuda-bf16", marks=ON_CUDA
     ),
-    pytest.param("onnxruntime", "cuda", {}, 0.1, 1e-3, id="onnxruntime-cuda", marks=NO_ORT_CUDA),
-    pytest.param("tensorrt", "cuda", {}, 1.0, 1e-3, id="tensorrt-fp32", marks=NO_TRT),
+    pytest.param("onnxruntime", "cuda", {}, 0.1, 1e-3, id="onnxruntime-cuda", marks=ON_ORT_CUDA),
+    pytest.param("tensorrt", "cuda", {}, 1.0, 1e-3, id="tensorrt-fp32", marks=ON_TRT),
     pytest.param(
-        "tensorrt", "cuda", {"precision": "fp16"}, 5.0, 2e-2, id="tensorrt-fp16", marks=NO_TRT
+        "tensorrt", "cuda", {"precision": "fp16"}, 5.0, 2e-2, id="tensorrt-fp16", marks=ON_TRT
     ),
 ]
 REDUCED_PRECISIONS = ("fp16", "bf16")

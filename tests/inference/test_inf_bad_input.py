@@ -104,3 +104,10 @@ def test_cuda_without_gpu_names_the_problem(shared_model_dir):
 def test_ort_cuda_without_provider_names_the_extra(shared_model_dir):
     with pytest.raises(BackendUnavailableError, match=r"pip install voxloc\[gpu\]"):
         create_engine(shared_model_dir, "onnxruntime", device="cuda")
+
+
+def test_dtype_error_names_every_accepted_dtype(engine):
+    with pytest.raises(FormatError) as err:
+        engine.infer(np.zeros((1, 4, 16, 16), np.complex64))
+    for name in ("uint16", "float32", "uint8", "int16", "int32", "float64"):
+        assert name in str(err.value)

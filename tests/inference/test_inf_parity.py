@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from inference_parity import BACKENDS, NO_TRT, REDUCED_PRECISIONS, reference_locs, unmatched
+from inference_parity import BACKENDS, GPU, NO_TRT, REDUCED_PRECISIONS, reference_locs, unmatched
 
 from engines.inference import create_engine
 
@@ -41,6 +41,7 @@ def test_onnxruntime_equals_torch_engine(shared_model_dir, frames):
     assert total > 20
 
 
+@GPU
 @NO_TRT
 @pytest.mark.parametrize(
     ("precision", "tol_nm", "min_matched"), [("fp32", 1.0, 1.0), ("fp16", 5.0, 0.99)]

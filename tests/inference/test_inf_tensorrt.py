@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from inference_parity import NO_TRT
+from inference_parity import GPU, NO_TRT
 
 from engines.errors import EngineError
 from engines.inference import create_engine
@@ -111,6 +111,7 @@ def test_profile_checks():
         p.check_frame(64, 600)
 
 
+@GPU
 @NO_TRT
 def test_tensorrt_engine_is_cached_and_chunks_large_batches(shared_model_dir, frames, tmp_path):
     profile = Profile(min_batch=1, opt_batch=2, max_batch=4, min_size=16, opt_size=48, max_size=64)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-from inference_parity import NO_CUDA
+from inference_parity import GPU, NO_CUDA
 
 from engines.inference import create_engine
 
 
+@GPU
 @NO_CUDA
 def test_cuda_graphs_are_reused_and_bounded(shared_model_dir, frames):
     engine = create_engine(shared_model_dir, "torch", device="cuda", cuda_graphs=True, max_graphs=2)

@@ -63,7 +63,7 @@ def sim_frames() -> tuple[np.ndarray, object]:
     return batch.frames.numpy(), batch
 
 
-def service_settings(**inference: object) -> ServiceSettings:
+def service_settings(stream: dict | None = None, **inference: object) -> ServiceSettings:
     cams = [CameraSettings(name=f"cam{k}", plane=k, endpoint="tcp://127.0.0.1:*") for k in range(4)]
     inf = {
         "model": "tiny",
@@ -75,7 +75,7 @@ def service_settings(**inference: object) -> ServiceSettings:
     return ServiceSettings(
         cameras=cams,
         inference=inf,
-        stream={"publish": "tcp://127.0.0.1:*", "assembly_timeout_ms": 2000},
+        stream={"publish": "tcp://127.0.0.1:*", "assembly_timeout_ms": 2000, **(stream or {})},
     )
 
 
@@ -143,11 +143,12 @@ def wait_for(cond: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> 
 
 @pytest.fixture
 def make_service() -> Iterator[Callable[..., Service]]:
-    """Factory: ``make_service(**inference_settings)``; every service is closed after."""
+    """Factory: ``make_service(stream=None, **inference_settings)``; every service is
+    closed after."""
     made: list[Service] = []
 
-    def make(**inference: object) -> Service:
-        made.append(Service(service_settings(**inference)))
+    def make(stream: dict | None = None, **inference: object) -> Service:
+        made.append(Service(service_settings(stream, **inference)))
         return made[-1]
 
     yield make

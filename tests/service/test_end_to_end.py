@@ -86,6 +86,7 @@ def assert_same_locs(got: np.ndarray, want: np.ndarray, threshold: float, frame:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_500_misaligned_frame_sets_in_order_and_exact(
     sim_frames: tuple, make_service: Callable
@@ -127,6 +128,7 @@ def recall(locs: list, batch: object, n_frames: int, tol_nm: float = 250.0) -> f
     return hits / max(total, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_registered_frames_localize_like_aligned_ones(
     sim_frames: tuple, make_service: Callable

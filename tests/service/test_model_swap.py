@@ -9,9 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import polling
 import pytest
 
 from engines.inference import create_engine
+
+BEFORE_SWAP = 120  # sets published before the swap; the rest wait for it
 
 
 @pytest.fixture
@@ -27,31 +30,41 @@ def corrupt_models(tmp_path: Path, model_root: Path, monkeypatch: pytest.MonkeyP
     return tmp_path
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_swap_under_load_loses_nothing_and_names_the_model(
     make_service: Callable, sim_frames: tuple, corrupt_models: Path
 ) -> None:
+    """The swap lands mid-stream by construction: the producer publishes the first
+    BEFORE_SWAP sets, and the rest only once the service reports the new model."""
     svc = make_service(max_batch=4)
     frames = sim_frames[0][:300]
     threshold = svc.pipeline.config.threshold
-    sent = threading.Event()
+    swapped, sent = threading.Event(), threading.Event()
 
     def produce() -> None:
-        for i in range(len(frames)):
+        for i in range(BEFORE_SWAP):
             svc.send_set(i, frames[i])
-        sent.set()
+        if swapped.wait(120):
+            for i in range(BEFORE_SWAP, len(frames)):
+                svc.send_set(i, frames[i])
+            sent.set()
 
-    producer = threading.Thread(target=produce)
+    producer = threading.Thread(target=produce, daemon=True)
     producer.start()
-    first = svc.receive(40)
-    for name in ("broken", "badjson"):
-        r = svc.client.post(f"/models/{name}/load")
-        assert r.status_code == 422, r.text
-        assert name in r.json()["detail"] and "previous one keeps serving" in r.json()["detail"]
-    assert svc.client.post("/models/nosuchmodel/load").status_code == 404
-    r = svc.client.post("/models/tiny2/load")
-    assert r.status_code == 200, r.text
-    assert r.json()["active"]["name"] == "tiny2" and r.json()["previous"]["name"] == "tiny"
+    try:
+        first = svc.receive(40)
+        for name in ("broken", "badjson"):
+            r = svc.client.post(f"/models/{name}/load")
+            assert r.status_code == 422, r.text
+            assert name in r.json()["detail"] and "previous one keeps serving" in r.json()["detail"]
+        assert svc.client.post("/models/nosuchmodel/load").status_code == 404
+        r = svc.client.post("/models/tiny2/load")  # returns once the inference thread switched
+        assert r.status_code == 200, r.text
+        assert r.json()["active"]["name"] == "tiny2" and r.json()["previous"]["name"] == "tiny"
+        polling.wait_for(lambda: svc.stats()["inference"]["model_swaps"] == 1, "the swap", 30)
+    finally:
+        swapped.set()
     rest = svc.receive(len(frames) - len(first))
     producer.join(60)
     msgs = first + rest

@@ -8,10 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+import polling
 import pytest
 from pydantic import ValidationError
 
@@ -116,6 +116,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_serve_becomes_ready_and_stops_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
@@ -127,18 +128,17 @@ def test_serve_becomes_ready_and_stops_on_sigterm(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+    def ready() -> bool:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                r = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=1)
-                if r.status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "service did not become ready"
-            time.sleep(0.2)
+        polling.wait_for(ready, "the service to become ready", 90, interval_s=0.2)
+        r = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=5)
         assert r.json()["model"] == "tiny"
         stats = httpx.get(f"http://127.0.0.1:{port}/stats", timeout=5).json()
         assert set(stats["cameras"]) == {"c0", "c1", "c2", "c3"}
@@ -149,6 +149,7 @@ def test_serve_becomes_ready_and_stops_on_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+        proc.stdout.close()
 
 
 def test_serve_reports_a_bad_config_in_one_line(

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
 import zmq
-from conftest import Service, service_settings
 
 from service.wire import decode_locs, encode_frame
 
@@ -26,18 +26,12 @@ Schedule = Callable[[int], dict[int, int | None]]
 
 
 @pytest.fixture
-def fast_service() -> Iterator[Service]:
-    settings = service_settings()
-    settings = settings.model_copy(
-        update={"stream": settings.stream.model_copy(update={"assembly_timeout_ms": TIMEOUT_MS})}
-    )
-    svc = Service(settings)
-    yield svc
-    svc.close()
+def fast_service(make_service: Callable[..., Any]) -> Any:
+    return make_service(stream={"assembly_timeout_ms": TIMEOUT_MS})
 
 
 def stream(
-    svc: Service,
+    svc: Any,
     frames: np.ndarray,
     ticks: int,
     schedule: Schedule,
@@ -95,7 +89,7 @@ def frames_strictly_increasing(got: list, acquisition: str = "") -> None:
 
 
 @pytest.mark.timeout(120)
-def test_one_camera_restarting_at_zero(fast_service: Service, sim_frames: tuple) -> None:
+def test_one_camera_restarting_at_zero(fast_service: Any, sim_frames: tuple) -> None:
     ticks = 240
 
     def schedule(k: int) -> dict[int, int | None]:
@@ -109,7 +103,7 @@ def test_one_camera_restarting_at_zero(fast_service: Service, sim_frames: tuple)
 
 
 @pytest.mark.timeout(120)
-def test_every_camera_restarting(fast_service: Service, sim_frames: tuple) -> None:
+def test_every_camera_restarting(fast_service: Any, sim_frames: tuple) -> None:
     ticks = 240
 
     def schedule(k: int) -> dict[int, int | None]:
@@ -125,7 +119,7 @@ def test_every_camera_restarting(fast_service: Service, sim_frames: tuple) -> No
 
 
 @pytest.mark.timeout(120)
-def test_one_bogus_frame_index(fast_service: Service, sim_frames: tuple) -> None:
+def test_one_bogus_frame_index(fast_service: Any, sim_frames: tuple) -> None:
     ticks = 200
 
     def schedule(k: int) -> dict[int, int | None]:
@@ -139,7 +133,7 @@ def test_one_bogus_frame_index(fast_service: Service, sim_frames: tuple) -> None
 
 
 @pytest.mark.timeout(120)
-def test_planes_starting_two_seconds_late(fast_service: Service, sim_frames: tuple) -> None:
+def test_planes_starting_two_seconds_late(fast_service: Any, sim_frames: tuple) -> None:
     late = int(2 * RATE_HZ)
     ticks = late + 160
 
@@ -155,7 +149,7 @@ def test_planes_starting_two_seconds_late(fast_service: Service, sim_frames: tup
 
 
 @pytest.mark.timeout(120)
-def test_two_acquisitions_back_to_back_from_zero(fast_service: Service, sim_frames: tuple) -> None:
+def test_two_acquisitions_back_to_back_from_zero(fast_service: Any, sim_frames: tuple) -> None:
     n = 100
 
     def schedule(k: int) -> dict[int, int | None]:

@@ -1,0 +1,104 @@
+"""The OpenAPI spec describes every answer (docs/protocol.md Sec. 5), and the typed
+answers keep the JSON bodies the pipeline produces."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import zmq
+from fastapi.testclient import TestClient
+
+from service.api import create_app
+from service.pipeline import Pipeline
+from service.settings import ServiceSettings
+
+JSON = "application/json"
+DOCUMENTED = {
+    ("get", "/health/live"),
+    ("get", "/health/ready"),
+    ("get", "/models"),
+    ("post", "/models/{name}/load"),
+    ("get", "/config"),
+    ("put", "/config"),
+    ("get", "/registration"),
+    ("put", "/registration"),
+    ("get", "/stats"),
+    ("get", "/metrics"),
+}
+DASHBOARD = {
+    ("get", "/dashboard/info"),
+    ("get", "/dashboard/image.png"),
+    ("post", "/dashboard/reset"),
+    ("get", "/dashboard/events"),
+}
+
+
+def _resolve(spec: dict, schema: dict) -> dict:
+    while "$ref" in schema:
+        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    return schema
+
+
+def _operations(spec: dict) -> dict[tuple[str, str], dict]:
+    return {(method, path): op for path, ops in spec["paths"].items() for method, op in ops.items()}
+
+
+def test_every_answer_has_a_schema_and_json_ones_name_their_keys(service: Any) -> None:
+    pytest.importorskip("clients.dashboard", reason="clients.dashboard not installed")
+    spec = create_app(service.pipeline, dashboard=True).openapi()
+    ops = _operations(spec)
+    assert DOCUMENTED | DASHBOARD <= set(ops)
+    for (method, path), op in ops.items():
+        where = f"{method.upper()} {path}"
+        ok = [code for code in op["responses"] if code.startswith("2")]
+        assert ok, f"{where}: no success answer"
+        for code, answer in op["responses"].items():
+            content = answer.get("content")
+            assert content, f"{where} {code}: no content type"
+            for media, body in content.items():
+                schema = _resolve(spec, body.get("schema", {}))
+                assert schema, f"{where} {code} {media}: empty schema"
+                if media == JSON and code in ok:
+                    assert schema.get("properties"), f"{where} {code}: keys not named: {schema}"
+
+
+def test_error_answers_are_documented(service: Any) -> None:
+    ops = _operations(service.client.get("/openapi.json").json())
+    assert "503" in ops[("get", "/health/ready")]["responses"]
+    assert {"401", "404", "409", "422"} <= set(ops[("post", "/models/{name}/load")]["responses"])
+    for route in (("put", "/config"), ("put", "/registration")):
+        assert {"401", "422"} <= set(ops[route]["responses"])
+    assert "text/plain" in next(iter(ops[("get", "/metrics")]["responses"]["200"]["content"]))
+
+
+def _keys(value: Any) -> Any:
+    """The key tree of a JSON value (lists by their first item)."""
+    if isinstance(value, dict):
+        return {k: _keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_keys(value[0])] if value else []
+    return type(value).__name__ if value is None else "value"
+
+
+def test_stats_answer_is_the_pipeline_snapshot(service: Any) -> None:
+    body = service.client.get("/stats").json()
+    assert _keys(body) == _keys(service.pipeline.snapshot())
+    assert list(body) == list(service.pipeline.snapshot())
+
+
+def test_answers_of_a_pipeline_not_started() -> None:
+    settings = ServiceSettings(inference={"model": "tiny", "drop_policy": "block"})
+    ctx = zmq.Context()
+    pipeline = Pipeline(settings, context=ctx)
+    try:
+        with TestClient(create_app(pipeline, dashboard=False)) as client:
+            body = client.get("/stats").json()
+            assert _keys(body) == _keys(pipeline.snapshot())
+            assert "endpoint" not in body["cameras"]["cam0"] and body["model"] is None
+            assert client.get("/health/live").json() == {"status": "live", "state": "created"}
+            assert client.get("/health/ready").status_code == 503
+            assert client.get("/models").json()["active"] is None
+            assert client.get("/config").json()["drop_policy"] == "block"
+    finally:
+        ctx.term()
