@@ -35,7 +35,7 @@ from service.wire import LocsMessage
 log = logging.getLogger(__name__)
 
 META_EVERY_S = 1.0  # the metadata JSON's counts are rewritten at most this often
-RECORD_FORMATS = {"csv": ".csv", "h5": ".h5"}
+RECORD_SUFFIXES = (".csv", ".h5", ".hdf5")
 
 
 class AcquisitionError(VoxlocError):
@@ -94,7 +94,7 @@ class Acquisitions:
         counts: Callable[[], dict[str, dict[str, int]]],
         context: Callable[[], dict[str, Any]],
         record_dir: Path,
-        px_nm: Callable[[], float],
+        table_meta: Callable[[str], TableMeta],
     ) -> None:
         """
         Args:
@@ -103,10 +103,11 @@ class Acquisitions:
             counts: service-wide counters by reason (``{"rejects": ..., "dropped": ...}``).
             context: what the metadata records beside the counts (registration, settings).
             record_dir: recordings are written below this folder only.
-            px_nm: pixel size of the active model (Picasso HDF5 needs it).
+            table_meta: what a recording's table records of its source (Picasso yaml),
+                given the acquisition id.
         """
         self._begin, self._current, self._counts = begin, current, counts
-        self._context, self._px_nm = context, px_nm
+        self._context, self._table_meta = context, table_meta
         self.record_dir = Path(record_dir)
         self._lock = threading.Lock()
         self._acqs: dict[str, Acquisition] = {}
@@ -128,7 +129,7 @@ class Acquisitions:
             acq = self._new_locked(acq_id, name, metadata or {})
             if path is not None:
                 acq.record_path = path
-                acq.writer = open_stream_writer(path, TableMeta(px_nm=self._px_nm()))
+                acq.writer = open_stream_writer(path, self._table_meta(acq_id))
                 self._write_meta(acq, force=True)
         self._begin(acq_id)
         log.info("acquisition %s started%s", acq_id, f", recording {path}" if path else "")
@@ -167,7 +168,7 @@ class Acquisitions:
                 f"record path must be relative to the recordings folder {self.record_dir} "
                 f"without '..', got {record!r}"
             )
-        if rel.suffix.lower() not in RECORD_FORMATS.values() | {".hdf5"}:
+        if rel.suffix.lower() not in RECORD_SUFFIXES:
             raise AcquisitionError(f"record path must end in .csv or .h5, got {record!r}")
         path = self.record_dir / rel
         if path.exists():

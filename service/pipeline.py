@@ -16,7 +16,9 @@ from typing import Any
 import zmq
 
 from engines.calibration.drift import DriftEstimator
+from engines.config import Geometry
 from engines.errors import VoxlocError
+from engines.io.loctable import TableMeta
 from service.acquisitions import Acquisitions
 from service.aligner import Aligner
 from service.batcher import Batcher
@@ -61,7 +63,7 @@ class Pipeline:
             counts=self._counts_by_reason,
             context=self._recording_context,
             record_dir=settings.recording.directory,
-            px_nm=self._px_nm,
+            table_meta=self._table_meta,
         )
         self.batcher = Batcher(
             queue_size=self._config.queue_size, policy=self._config.drop_policy, stats=self.stats
@@ -264,9 +266,20 @@ class Pipeline:
             "settings": settings,
         }
 
-    def _px_nm(self) -> float:
+    def _table_meta(self, acquisition: str) -> TableMeta:
         active = self.models.active
-        return active.engine.info.settings.geometry.px_nm if active else 192.0
+        geometry = active.engine.info.settings.geometry if active else Geometry()
+        s = self.settings.stream
+        return TableMeta(
+            frames=0,
+            height=s.height,
+            width=s.width,
+            px_nm=geometry.px_nm,
+            dz_nm=geometry.dz_nm,
+            planes=s.planes,
+            source=f"{self.settings.name} acquisition {acquisition}",
+            data_type="float32",
+        )
 
     def load_model(self, name: str) -> tuple[LoadedModel, LoadedModel | None]:
         return self.models.load(name)

@@ -1,0 +1,80 @@
+"""Acquisitions over the real app and sockets: started and stopped by REST, each frame
+set tagged with its acquisition, server-side recordings that read back complete."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engines.io.loctable import read_table
+
+
+@pytest.fixture
+def rec_service(make_service: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("VOXLOC_RECORDING__DIRECTORY", str(tmp_path / "recordings"))
+    return make_service()
+
+
+def run_acquisition(svc: Any, frames: Any, name: str, record: str, n: int) -> dict:
+    r = svc.client.post(
+        "/acquisitions", json={"name": name, "metadata": {"sample": name}, "record": record}
+    )
+    assert r.status_code == 201, r.text
+    acq = r.json()
+    for i in range(n):
+        svc.send_set(i, frames[i])  # frame indices from 0 in every acquisition
+    msgs = svc.receive(n)
+    assert [m.frame for m in msgs] == list(range(n))
+    assert {m.acquisition for m in msgs} == {acq["id"]}
+    stop = svc.client.post("/acquisitions/current/stop")
+    assert stop.status_code == 200, stop.text
+    return stop.json()
+
+
+@pytest.mark.timeout(120)
+def test_two_recorded_acquisitions_back_to_back(
+    rec_service: Any, sim_frames: tuple, tmp_path: Path
+) -> None:
+    frames = sim_frames[0]
+    a = run_acquisition(rec_service, frames, "first", "day1/first.csv", 40)
+    b = run_acquisition(rec_service, frames, "second", "day1/second.h5", 30)
+    assert a["state"] == b["state"] == "stopped"
+    assert (a["frame_sets"], b["frame_sets"]) == (40, 30)
+    listed = rec_service.client.get("/acquisitions").json()
+    assert [x["id"] for x in listed] == [a["id"], b["id"]]
+    rec = tmp_path / "recordings" / "day1"
+    for info, path, n in ((a, rec / "first.csv", 40), (b, rec / "second.h5", 30)):
+        table = read_table(path)
+        assert len(table.frame) == info["localizations"] > 0
+        assert set(table.frame.tolist()) <= set(range(n))
+        meta = json.loads(path.with_suffix(path.suffix + ".json").read_text())
+        assert meta["id"] == info["id"] and meta["frame_sets"] == n
+        assert meta["metadata"] == {"sample": info["name"]}
+        assert meta["models"][0]["model"] == "tiny" and meta["stopped_ns"] > meta["started_ns"]
+        assert "registration" in meta and "token" not in meta["settings"]["api"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        ({"name": "x", "record": "../escape.csv"}, 400, "relative"),
+        ({"name": "x", "record": "/etc/passwd.csv"}, 400, "relative"),
+        ({"name": "x", "record": "run.txt"}, 400, ".csv or .h5"),
+        ({"name": ""}, 422, "name"),
+        ({"name": "x" * 300}, 422, "name"),
+        ({"name": "x", "bogus": 1}, 422, "bogus"),
+    ],
+)
+def test_bad_acquisition_requests(rec_service: Any, body: dict, status: int, words: str) -> None:
+    r = rec_service.client.post("/acquisitions", json=body)
+    assert r.status_code == status, r.text
+    assert words in r.text
+
+
+def test_stop_without_acquisition_is_a_conflict(rec_service: Any) -> None:
+    r = rec_service.client.post("/acquisitions/current/stop")
+    assert r.status_code == 409 and "no acquisition" in r.text
+    assert rec_service.client.get("/acquisitions/nope").status_code == 404
