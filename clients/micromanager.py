@@ -208,7 +208,8 @@ class MDAStream:
         self.last_error: str | None = None
         self.publishers: dict[int, CameraPublisher] = {}
         self._running = 0  # attached cores whose MDA runs now
-        self._offset = self._next_frame = 0
+        self._offset: dict[int, int] = dict.fromkeys(planes, 0)  # added to event.index["t"]
+        self._next_frame: dict[int, int] = dict.fromkeys(planes, 0)
         self._lock = threading.RLock()
         self._cores: list[Any] = []
 
@@ -245,7 +246,9 @@ class MDAStream:
             if self._running > 1:
                 return  # another core's MDA opened the publishers already
             self.stats.sequences += 1
-            self._offset = self._next_frame if self.continue_frames else 0
+            self._offset = {
+                k: self._next_frame[k] if self.continue_frames else 0 for k in self._offset
+            }
             error = _sequence_error(sequence)
             if error is not None:
                 self._fail(error)
@@ -273,14 +276,14 @@ class MDAStream:
         camera = str((meta or {}).get("camera_device") or "")
         with self._lock:  # cores run their MDAs on their own threads
             try:
-                frame = self._offset + int(event.index.get(_TIME_AXIS, 0))
+                t = int(event.index.get(_TIME_AXIS, 0))
                 parts = self.layout.split(np.asarray(image), camera)
                 if not parts:
                     self._ignore(camera)
                     return
                 self.stats.images += 1
                 for plane, sub in parts:
-                    self._publish(plane, frame, sub, t_ns)
+                    self._publish(plane, self._offset[plane] + t, sub, t_ns)
             except VoxlocError as exc:
                 self.stats.errors += 1
                 self._fail(str(exc))
@@ -298,9 +301,10 @@ class MDAStream:
     # -- internals ------------------------------------------------------------------------
     def _publish(self, plane: int, frame: int, image: np.ndarray, t_ns: int) -> None:
         pub = self.publishers[plane]
-        if pub.publish(frame, _frame_dtype(image, pub.camera), t_ns):
+        sent = pub.publish(frame, _frame_dtype(image, pub.camera), t_ns)
+        self._next_frame[plane] = max(self._next_frame[plane], frame + 1)
+        if sent:
             self.stats.published += 1
-            self._next_frame = max(self._next_frame, frame + 1)
         else:
             self.stats.dropped[plane] += 1
             if self.stats.dropped_total in (1, 10, 100) or self.stats.dropped_total % 1000 == 0:
