@@ -239,7 +239,6 @@ class LiveWidget(QWidget):
             border_width=0,
             axis_labels=("z", "y", "x"),
             units=UNITS,
-            out_of_slice_display=True,
         )
 
     # -- REST controls --------------------------------------------------------------------

@@ -58,7 +58,7 @@ def table_layer(path: Path) -> LayerData:
         table, info = read_hdf5(path)
         features = _hdf5_columns(path)
         z_key = "z"
-        px_nm = next((d["Pixelsize"] for d in info if isinstance(d, dict) and "Pixelsize" in d))
+        px_nm = next(d["Pixelsize"] for d in info if isinstance(d, dict) and "Pixelsize" in d)
     return points_layer(
         table.xyz_nm,
         features,
@@ -85,7 +85,6 @@ def points_layer(
         "border_width": 0,
         "axis_labels": AXES,
         "units": UNITS,
-        "out_of_slice_display": True,
         "metadata": dict(metadata or {}),
     }
     if len(xyz_nm):  # a colormap needs values to set its range from
