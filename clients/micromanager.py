@@ -208,6 +208,7 @@ class MDAStream:
         self.last_error: str | None = None
         self.publishers: dict[int, CameraPublisher] = {}
         self._running = 0  # attached cores whose MDA runs now
+        self._at_start = (0, 0)  # (published, dropped) when this acquisition started
         self._offset: dict[int, int] = dict.fromkeys(planes, 0)  # added to event.index["t"]
         self._next_frame: dict[int, int] = dict.fromkeys(planes, 0)
         self._lock = threading.RLock()
@@ -246,6 +247,7 @@ class MDAStream:
             if self._running > 1:
                 return  # another core's MDA opened the publishers already
             self.stats.sequences += 1
+            self._at_start = (self.stats.published, self.stats.dropped_total)
             self._offset = {
                 k: self._next_frame[k] if self.continue_frames else 0 for k in self._offset
             }
@@ -335,17 +337,18 @@ class MDAStream:
         self.publishers = {}
 
     def _report(self) -> None:
-        s = self.stats
-        if s.dropped_total:
+        sent = self.stats.published - self._at_start[0]
+        dropped = self.stats.dropped_total - self._at_start[1]
+        if dropped:
             log.warning(
                 "voxloc: acquisition done, %d plane images sent, %d dropped because the "
-                "service did not keep up (by plane: %s)",
-                s.published,
-                s.dropped_total,
-                dict(s.dropped),
+                "service did not keep up (all acquisitions, by plane: %s)",
+                sent,
+                dropped,
+                dict(self.stats.dropped),
             )
         else:
-            log.info("voxloc: acquisition done, %d plane images sent, none dropped", s.published)
+            log.info("voxloc: acquisition done, %d plane images sent, none dropped", sent)
 
 
 def _sequence_error(sequence: Any) -> str | None:
