@@ -14,12 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from clients.entrypoint import ENGINE_MODULES
+
 REPO = Path(__file__).resolve().parents[2]
 LIGHT_MODULES = "clients.camera, clients.subscriber, clients.micromanager"
 ALLOWED_THIRD_PARTY = {"numpy", "zmq", "msgpack"}
 OURS = {"clients", "engines", "service"}
-# what an acquisition PC must not get: the engine and the service stack
-HEAVY = {"torch", "onnx", "onnxruntime", "scipy", "fastapi", "uvicorn", "matplotlib", "h5py"}
+# what a light install lacks: every top-level module of the engine extra
+HEAVY = ENGINE_MODULES
 ACQUISITION_INSTALL = 'pip install "voxloc[micromanager]"'
 
 BLOCKER = """
@@ -28,7 +30,7 @@ import importlib.abc, sys
 class _Blocked(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in {blocked!r}:
-            raise ImportError(f"{{name}} is blocked: not installed on an acquisition PC")
+            raise ModuleNotFoundError(f"No module named {{name!r}} (blocked)", name=name)
         return None
 
 sys.meta_path.insert(0, _Blocked())
@@ -115,3 +117,34 @@ def test_pymmcore_plus_brings_no_torch_either() -> None:
             if req.marker is None or req.marker.evaluate({"extra": ""}):
                 todo.append(req.name.lower().replace("_", "-"))
     assert not seen & {"torch", "onnxruntime", "onnx"}, sorted(seen)
+
+
+def test_voxloc_command_on_a_light_install_says_what_to_install(tmp_path: Path) -> None:
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER.format(blocked=sorted(HEAVY)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    run = subprocess.run(
+        [sys.executable, "-m", "clients.entrypoint", "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2, run.stderr
+    assert "pip install 'voxloc[engine]'" in run.stderr and "Traceback" not in run.stderr
+    tomllib = pytest.importorskip("tomllib")
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["voxloc"] == "clients.entrypoint:main"
+
+
+def test_engine_modules_cover_the_engine_extra() -> None:
+    """Every installed distribution of the engine extra provides only modules that
+    ``clients.entrypoint`` knows as engine modules (so its message covers them)."""
+    provides: dict[str, set[str]] = {}
+    for module, dists in importlib.metadata.packages_distributions().items():
+        for dist in dists:
+            provides.setdefault(dist.lower().replace("_", "-"), set()).add(module)
+    light = set(_requirements(set()))
+    for name in set(_requirements({"engine"})) - light - {"tomli"}:
+        modules = {m for m in provides.get(name, set()) if not m.startswith("_")}
+        assert modules, f"{name} is not installed"
+        assert modules & ENGINE_MODULES, f"{name} provides {modules}, none in ENGINE_MODULES"
