@@ -137,7 +137,6 @@ class LiveWidget(QWidget):
         self.timer.setInterval(int(1000 / refresh_hz))
         self.timer.timeout.connect(self.refresh)
         self._build(locs_endpoint, url)
-        self.destroyed.connect(self.stop)
 
     # -- UI -------------------------------------------------------------------------------
     def _build(self, locs_endpoint: str, url: str) -> None:
@@ -156,8 +155,10 @@ class LiveWidget(QWidget):
         self.model_combo = QComboBox()
         self.model_button = QPushButton("Load")
         self.model_button.clicked.connect(self.load_model)
-        self.status = QLabel("not connected")
+        self.status = QLabel("not connected")  # the stream
         self.status.setWordWrap(True)
+        self.message = QLabel("")  # answers of the REST calls
+        self.message.setWordWrap(True)
         form = QFormLayout(self)
         form.addRow("stream", self.endpoint_edit)
         form.addRow("REST API", self.url_edit)
@@ -165,6 +166,7 @@ class LiveWidget(QWidget):
         form.addRow("threshold", _row(self.threshold_spin, self.threshold_button))
         form.addRow("model", _row(self.model_combo, self.model_button))
         form.addRow(self.status)
+        form.addRow(self.message)
 
     # -- stream ---------------------------------------------------------------------------
     def toggle(self) -> None:
@@ -196,6 +198,10 @@ class LiveWidget(QWidget):
             self.control.close()
             self.control = None
         self.connect_button.setText("Connect")
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
+        self.stop()
+        super().closeEvent(event)
 
     def refresh(self) -> None:
         """One rate-limited update: drain the buffer, redraw the layer if rows came."""
@@ -250,7 +256,7 @@ class LiveWidget(QWidget):
             self.threshold_spin.setValue(self.control.threshold())
             models = self.control.models()
         except ControlError as exc:
-            self._say(f"REST API: {exc}")
+            self._tell(f"REST API: {exc}")
             return
         active = models["active"]["name"]
         self.model_combo.clear()
@@ -259,25 +265,25 @@ class LiveWidget(QWidget):
 
     def apply_threshold(self) -> None:
         if self.control is None:
-            self._say("connect first")
+            self._tell("connect first")
             return
         try:
             config = self.control.set_threshold(self.threshold_spin.value())
         except ControlError as exc:
-            self._say(f"threshold not set: {exc}")
+            self._tell(f"threshold not set: {exc}")
             return
-        self._say(f"threshold set to {config['threshold']:g}")
+        self._tell(f"threshold set to {config['threshold']:g}")
 
     def load_model(self) -> None:
         """Load the chosen model beside the running one (in a worker: loads take a while)."""
         from napari.qt.threading import create_worker
 
         if self.control is None:
-            self._say("connect first")
+            self._tell("connect first")
             return
         name = self.model_combo.currentText()
         self.model_button.setEnabled(False)
-        self._say(f"loading model {name} ...")
+        self._tell(f"loading model {name} ...")
         self._worker = create_worker(self.control.load_model, name)
         self._worker.returned.connect(self._model_loaded)
         self._worker.errored.connect(lambda exc: self._model_failed(name, exc))
@@ -285,14 +291,17 @@ class LiveWidget(QWidget):
         self._worker.start()
 
     def _model_loaded(self, answer: dict) -> None:
-        self._say(f"model {answer['active']['name']} {answer['active']['version']} serving")
+        self._tell(f"model {answer['active']['name']} {answer['active']['version']} serving")
 
     def _model_failed(self, name: str, exc: Exception) -> None:
-        self._say(f"model {name} not loaded (the old one keeps serving): {exc}")
+        self._tell(f"model {name} not loaded (the old one keeps serving): {exc}")
 
     def _say(self, text: str) -> None:
         self.status.setText(text)
-        log.debug("%s", text)
+
+    def _tell(self, text: str) -> None:
+        self.message.setText(text)
+        log.info("%s", text)
 
 
 def _row(*widgets: QWidget) -> QWidget:

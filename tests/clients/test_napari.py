@@ -139,7 +139,14 @@ def test_live_widget_follows_a_running_service(make_napari_viewer, qtbot, demo) 
             widget.threshold_spin.setValue(0.7)
             qtbot.mouseClick(widget.threshold_button, qtbot_left())
             assert ctl.threshold() == pytest.approx(0.7)
+            assert widget.message.text() == "threshold set to 0.7"
             qtbot.waitUntil(lambda: buf.threshold == pytest.approx(0.7), timeout=30_000)
+
+            swaps = ctl.stats()["inference"]["model_swaps"]
+            qtbot.mouseClick(widget.model_button, qtbot_left())  # reload "default"
+            qtbot.waitUntil(lambda: "serving" in widget.message.text(), timeout=120_000)
+            assert widget.message.text() == "model default 1 serving"
+            assert ctl.stats()["inference"]["model_swaps"] == swaps + 1
         finally:
             ctl.set_threshold(before)
             widget.stop()
