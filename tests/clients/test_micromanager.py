@@ -22,6 +22,13 @@ from engines.errors import FormatError  # noqa: E402
 from service.wire import decode_frame  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _psygnal_signals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Direct (psygnal) MDA signals even when an earlier test left a QApplication: with
+    Qt signals, pymmcore-plus queues frameReady to an event loop that no test runs."""
+    monkeypatch.setenv("PYMM_SIGNALS_BACKEND", "psygnal")
+
+
 class CountingCamera(SimpleCameraDevice):
     """Exposure n fills the sensor with ``n`` plus a per-pixel ramp."""
 

@@ -35,6 +35,13 @@ THRESHOLD = 0.5
 MODEL = "default"  # the shipped model: real molecules give real localizations
 
 
+@pytest.fixture(autouse=True)
+def _psygnal_signals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Direct (psygnal) MDA signals even when an earlier test left a QApplication: with
+    Qt signals, pymmcore-plus queues frameReady to an event loop that no test runs."""
+    monkeypatch.setenv("PYMM_SIGNALS_BACKEND", "psygnal")
+
+
 class StackCamera(SimpleCameraDevice):
     """A camera whose n-th exposure returns ``images[n]``, ``(T, H, W)`` uint16."""
 
