@@ -13,9 +13,12 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
 fi
 if [ "${1:-}" = "--test" ]; then
   "$PY" -m pip install -q -e ".[engine,test]"
-  if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
-      || echo "install.sh: chromium not installed; browser tests will be skipped" >&2
+  # Debian's chromium for the browser tests; GL/xkb libraries for napari's Qt (offscreen)
+  debs="chromium libgl1 libegl1 libxkbcommon0 libdbus-1-3 libfontconfig1"
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+    && ! dpkg -s $debs >/dev/null 2>&1; then
+    (apt-get update -qq && apt-get install -y -qq $debs >/dev/null) \
+      || echo "install.sh: $debs not all installed; browser/napari tests may skip" >&2
   fi
 else
   "$PY" -m pip install -q -e ".[engine]"
