@@ -26,13 +26,16 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import zmq
 
-from clients.scene import Scene
 from engines.errors import FormatError, StreamError
 from service.wire import FRAME_DTYPES, encode_frame
+
+if TYPE_CHECKING:  # the scene simulator needs torch; an acquisition PC has none
+    from clients.scene import Scene
 
 log = logging.getLogger(__name__)
 
