@@ -193,11 +193,6 @@ class Acquisitions:
                 acq.writer.append([msg.locs])
                 self._write_meta(acq, force=changed)
 
-    def stats(self) -> dict[str, Any]:
-        with self._lock:
-            cur = self._acqs.get(self._current())
-            return {"current": cur.id if cur else None, "count": len(self._acqs)}
-
     # -- internals (lock held) ----------------------------------------------------------------
     def _new_locked(self, acq_id: str, name: str, metadata: dict[str, Any]) -> Acquisition:
         counts = {k: Counter(v) for k, v in self._counts().items()}

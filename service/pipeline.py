@@ -254,6 +254,12 @@ class Pipeline:
         self._registration = regs
         log.info("registration updated for %s", sorted(changes))
 
+    def stream_health(self) -> dict[str, Any]:
+        """``GET /health/stream``: stalled when frames arrive but nothing was published for
+        twice the assembly timeout (the reasons per camera beside)."""
+        window_s = 2 * self._config.assembly_timeout_ms / 1e3
+        return self.stats.stream_health(window_s, self.aligner.sync_states())
+
     def _counts_by_reason(self) -> dict[str, dict[str, int]]:
         snap = self.stats.snapshot()
         return {"rejects": snap["rejects"], "dropped": snap["assembler"]["dropped"]}
@@ -325,4 +331,5 @@ class Pipeline:
             subscribers=pub.subscribers if pub else 0,
         )
         out["observers"] = pub.observer_stats() if pub else {}
+        out["stream"] = self.stream_health()
         return out

@@ -95,8 +95,10 @@ class Publisher:
         out: dict[str, Any] = {}
         for obs in self.observers:
             fn = getattr(obs, "stats", None)
+            if not callable(fn):
+                continue  # an observer without stats (the acquisition registry) is not listed
             try:
-                out[obs.name] = fn() if callable(fn) else {}
+                out[obs.name] = fn()
             except Exception as exc:
                 out[obs.name] = {"error": str(exc)}
         return out

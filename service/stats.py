@@ -48,6 +48,8 @@ class CameraCounters:
         self.connects = 0
         self.disconnects = 0
         self.last_frame: int | None = None
+        self.last_in_s = float("-inf")  # monotonic time of its newest message
+        self.last_ok_s = float("-inf")  # ... and of its newest accepted frame
 
 
 class ServiceStats:
@@ -64,6 +66,10 @@ class ServiceStats:
         self.batched_sets = 0
         self.engine_s = 0.0
         self.published = 0
+        self.last_published_s = float("-inf")
+        self.last_in_s = float("-inf")  # newest message of any camera
+        self.arriving_since_s = float("-inf")  # when messages began arriving after a pause
+        self.health_window_s = 1.0  # a pause longer than this starts a new arrival streak
         self.model_swaps = 0
         self.failed_loads = 0
         self._rate_in = _Rate()
@@ -106,6 +112,12 @@ class ServiceStats:
         self.p_swaps = PromCounter("voxloc_model_swaps", "model switches", registry=r)
         self.p_failed = PromCounter("voxloc_model_load_failures", "failed model loads", registry=r)
         self.p_queue = Gauge("voxloc_queue_depth", "items waiting", ["queue"], registry=r)
+        self.p_stream = Gauge(
+            "voxloc_stream_healthy",
+            "0 while frames arrive but nothing is published (GET /health/stream)",
+            registry=r,
+        )
+        self.p_stream.set(1)
         self.p_subscribers = Gauge("voxloc_subscribers", "localization subscribers", registry=r)
         self.p_model = Gauge(
             "voxloc_model_info", "active model", ["name", "version", "backend"], registry=r
@@ -113,14 +125,20 @@ class ServiceStats:
 
     # -- ingest ---------------------------------------------------------------------------
     def frame_in(self, camera: str) -> None:
+        now = time.monotonic()
         with self._lock:
-            self.cameras[camera].frames_in += 1
+            cam = self.cameras[camera]
+            cam.frames_in += 1
+            if now - self.last_in_s > self.health_window_s:
+                self.arriving_since_s = now  # frames arrive again after a pause
+            cam.last_in_s = self.last_in_s = now
         self.p_frames.labels(camera).inc()
 
     def frame_ok(self, camera: str, frame: int) -> None:
         with self._lock:
             cam = self.cameras[camera]
             cam.frames_ok += 1
+            cam.last_ok_s = time.monotonic()
             cam.last_frame = frame if cam.last_frame is None else max(cam.last_frame, frame)
 
     def reject(self, camera: str, reason: str) -> None:
@@ -165,6 +183,7 @@ class ServiceStats:
     def published_one(self, latency_ns: int) -> None:
         with self._lock:
             self.published += 1
+            self.last_published_s = time.monotonic()
             self._rate_out.add()
             self._latency_ms.append(latency_ns / 1e6)
         self.p_published.inc()
@@ -195,6 +214,38 @@ class ServiceStats:
             "p99": round(float(p99), 3),
             "count": int(samples.size),
         }
+
+    def stream_health(self, window_s: float, sync: dict[str, dict[str, object]]) -> dict[str, Any]:
+        """Stream state: ``idle`` (no camera sent within ``window_s``), ``streaming``
+        (something published within it) or ``stalled`` (frames arrive and nothing was
+        published for longer than ``window_s`` since they began arriving), with the
+        reasons per camera."""
+        now = time.monotonic()
+        with self._lock:
+            cams = {n: (c.last_in_s, c.last_ok_s, dict(c.rejects)) for n, c in self.cameras.items()}
+            self.health_window_s = window_s
+            last_pub = max(self.last_published_s, self.arriving_since_s)
+        arriving = any(now - t_in <= window_s for t_in, _, _ in cams.values())
+        if not arriving:
+            state = "idle"
+        elif now - last_pub <= window_s:
+            state = "streaming"
+        else:
+            state = "stalled"
+        reasons: dict[str, list[str]] = {}
+        for name, (t_in, t_ok, rejects) in cams.items():
+            why = []
+            if now - t_in > window_s:
+                why.append("silent")
+            elif now - t_ok > window_s:
+                why.append("rejected: " + ", ".join(f"{k} {v}" for k, v in sorted(rejects.items())))
+            sync_state = str(sync.get(name, {}).get("state", "synced"))
+            if sync_state != "synced":
+                why.append(sync_state)
+            if why:
+                reasons[name] = why
+        self.p_stream.set(1 if state != "stalled" else 0)
+        return {"state": state, "healthy": state != "stalled", "cameras": reasons}
 
     def snapshot(self) -> dict[str, Any]:
         """Counters (JSON-ready); the pipeline adds endpoints, states and depths."""

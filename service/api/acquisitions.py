@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.acquisitions import AcquisitionError
 from service.api.auth import require_token
+from service.api.schemas import Answer, ErrorAnswer
 from service.pipeline import Pipeline
 
 router = APIRouter(tags=["acquisitions"])
@@ -28,7 +29,7 @@ class AcquisitionStart(BaseModel):
     )
 
 
-class AcquisitionInfo(BaseModel):
+class AcquisitionInfo(Answer):
     id: str
     name: str
     state: str
@@ -52,6 +53,7 @@ def _pipeline(request: Request) -> Pipeline:
     status_code=status.HTTP_201_CREATED,
     dependencies=mutating,
     response_model=AcquisitionInfo,
+    responses={400: {"model": ErrorAnswer, "description": "bad recording path"}},
 )
 def start_acquisition(body: AcquisitionStart, request: Request) -> dict[str, Any]:
     try:
@@ -64,7 +66,7 @@ def start_acquisition(body: AcquisitionStart, request: Request) -> dict[str, Any
     "/acquisitions/current/stop",
     dependencies=mutating,
     response_model=AcquisitionInfo,
-    responses={409: {"description": "no acquisition is running"}},
+    responses={409: {"model": ErrorAnswer, "description": "no acquisition is running"}},
 )
 def stop_acquisition(request: Request) -> dict[str, Any]:
     try:
@@ -73,15 +75,21 @@ def stop_acquisition(request: Request) -> dict[str, Any]:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
 
 
-@router.get("/acquisitions", response_model=list[AcquisitionInfo])
-def list_acquisitions(request: Request) -> list[dict[str, Any]]:
-    return _pipeline(request).acquisitions.list()
+class AcquisitionList(Answer):
+    current: str = Field(description="the acquisition frames without an id belong to")
+    acquisitions: list[AcquisitionInfo]
+
+
+@router.get("/acquisitions", response_model=AcquisitionList)
+def list_acquisitions(request: Request) -> dict[str, Any]:
+    p = _pipeline(request)
+    return {"current": p.aligner.current, "acquisitions": p.acquisitions.list()}
 
 
 @router.get(
     "/acquisitions/{acq_id}",
     response_model=AcquisitionInfo,
-    responses={404: {"description": "unknown acquisition"}},
+    responses={404: {"model": ErrorAnswer, "description": "unknown acquisition"}},
 )
 def get_acquisition(acq_id: str, request: Request) -> dict[str, Any]:
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
@@ -24,6 +25,7 @@ from service.api.schemas import (
     Registration,
     RegistrationUpdate,
     Stats,
+    StreamHealth,
     UnreadableModel,
 )
 from service.inference import ModelBusyError
@@ -79,6 +81,21 @@ def ready(request: Request) -> Ready:
         version=p.models.active.version,
         backend=p.models.active.backend,
     )
+
+
+@router.get(
+    "/health/stream",
+    tags=["health"],
+    response_model=StreamHealth,
+    responses={
+        503: {"model": StreamHealth, "description": "stalled: frames arrive, none published"}
+    },
+)
+def stream_health(request: Request) -> Any:
+    health = StreamHealth(**_pipeline(request).stream_health())
+    if not health.healthy:
+        return JSONResponse(health.model_dump(), status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+    return health
 
 
 @router.get("/models", tags=["models"])

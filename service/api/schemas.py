@@ -166,6 +166,18 @@ class Latency(Answer):
     count: int
 
 
+class StreamHealth(Answer):
+    state: Literal["idle", "streaming", "stalled"] = Field(
+        description="idle: no camera sent within twice the assembly timeout; streaming: "
+        "frame sets were published within it; stalled: frames arrive, nothing is published"
+    )
+    healthy: bool
+    cameras: dict[str, list[str]] = Field(
+        description="per camera, why it holds the stream up: silent, rejected (with the "
+        "counts by reason), resyncing or desynchronised"
+    )
+
+
 class Stats(Answer):
     uptime_s: float
     cameras: dict[str, CameraStats]
@@ -180,3 +192,4 @@ class Stats(Answer):
     state: PipelineState
     model: ModelSummary | None
     observers: dict[str, dict[str, Any]] = Field(description="stats of each observer, by name")
+    stream: StreamHealth

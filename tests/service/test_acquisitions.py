@@ -44,7 +44,8 @@ def test_two_recorded_acquisitions_back_to_back(
     assert a["state"] == b["state"] == "stopped"
     assert (a["frame_sets"], b["frame_sets"]) == (40, 30)
     listed = rec_service.client.get("/acquisitions").json()
-    assert [x["id"] for x in listed] == [a["id"], b["id"]]
+    assert [x["id"] for x in listed["acquisitions"]] == [a["id"], b["id"]]
+    assert listed["current"] == ""  # stopped: frames without an id belong to none
     rec = tmp_path / "recordings" / "day1"
     for info, path, n in ((a, rec / "first.csv", 40), (b, rec / "second.h5", 30)):
         table = read_table(path)

@@ -42,6 +42,13 @@ def stream(
     got: list[tuple[float, int, str]] = []
     start = time.monotonic()
     done = threading.Event()
+    svc.health = []  # (tick, HTTP status of /health/stream), polled while streaming
+
+    def poll_health() -> None:
+        while not done.is_set():
+            code = svc.client.get("/health/stream").status_code
+            svc.health.append(((time.monotonic() - start) * RATE_HZ, code))
+            time.sleep(0.1)
 
     def send() -> None:
         for k in range(ticks):
@@ -59,13 +66,23 @@ def stream(
 
     sender = threading.Thread(target=send, daemon=True)
     sender.start()
+    poller = threading.Thread(target=poll_health, daemon=True)
+    poller.start()
     while not done.is_set() or svc.sub.poll(0):
         if svc.sub.poll(50):
             msg = decode_locs(svc.sub.recv_multipart(zmq.NOBLOCK))
             tick = (time.monotonic() - start) * RATE_HZ
             got.append((tick, msg.frame, msg.acquisition))
     sender.join(5)
+    poller.join(5)
     return got
+
+
+def health_codes(svc: Any, lo: float, hi: float) -> set[int]:
+    codes = {code for tick, code in svc.health if lo <= tick < hi}
+    if codes != {200}:
+        print("health timeline (tick, status):", [(round(t), c) for t, c in svc.health])
+    return codes
 
 
 def published_ticks(got: list[tuple[float, int, str]]) -> np.ndarray:
@@ -98,6 +115,7 @@ def test_one_camera_restarting_at_zero(fast_service: Any, sim_frames: tuple) -> 
     got = stream(fast_service, sim_frames[0], ticks, schedule)
     assert_recovers(got, 80, ticks)
     frames_strictly_increasing(got)
+    assert health_codes(fast_service, 80 + RECOVER_S * RATE_HZ, ticks) == {200}
     cams = fast_service.stats()["assembler"]["cameras"]
     assert cams["cam2"]["offset"] == -80 and cams["cam2"]["state"] == "synced"
 
@@ -143,6 +161,10 @@ def test_planes_starting_two_seconds_late(fast_service: Any, sim_frames: tuple) 
     got = stream(fast_service, sim_frames[0], ticks, schedule)
     assert_recovers(got, late, ticks)
     frames_strictly_increasing(got)
+    assert health_codes(fast_service, 0.5 * late, late) == {503}  # plane 0 alone: stalled
+    assert health_codes(fast_service, late + RECOVER_S * RATE_HZ, ticks) == {200}
+    cams = fast_service.client.get("/stats").json()["stream"]
+    assert cams["state"] in ("streaming", "idle")
     offsets = {n: c["offset"] for n, c in fast_service.stats()["assembler"]["cameras"].items()}
     assert offsets["cam1"] == offsets["cam2"] == offsets["cam3"], offsets
     assert abs(offsets["cam0"] - offsets["cam1"] - late) <= 1, offsets
