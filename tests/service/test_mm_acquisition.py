@@ -26,9 +26,10 @@ from pymmcore_plus.experimental.unicore import SimpleCameraDevice, UniMMCore  # 
 
 from clients.cli import main as voxloc  # noqa: E402
 from clients.micromanager import CameraPlanes, MDAStream, SensorRegions, StreamState  # noqa: E402
-from clients.record import CsvStreamWriter, record  # noqa: E402
+from clients.record import record  # noqa: E402
 from clients.subscriber import LocalizationSubscriber  # noqa: E402
 from engines.io.loctable import TableMeta, read_table  # noqa: E402
+from engines.io.streamtable import CsvStreamWriter  # noqa: E402
 
 FRAMES = 50
 THRESHOLD = 0.5
