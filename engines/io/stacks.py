@@ -34,7 +34,7 @@ class TiffSource:
             sequence of pages is split frame-major, plane-minor into this many planes).
     """
 
-    def __init__(self, path: Path, planes: int) -> None:
+    def __init__(self, path: str | Path, planes: int) -> None:
         self.path = Path(path)
         self._tif = _open_tiff(self.path)
         try:
