@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import threading
@@ -21,7 +22,7 @@ from clients.commands.signals import stop_on_signals
 from engines.config import Geometry
 
 if TYPE_CHECKING:
-    from clients.camera import SimulatedSource
+    from clients.camera import SimulatedSource, TiffSource
     from clients.scene import Scene
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def _cmd_camera(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from clients.camera import CameraPublisher, TiffSource, default_endpoint, run_cameras
+    from clients.camera import TiffSource, default_endpoint
 
     if args.tiff:
         planes = args.plane or list(range(len(args.tiff)))
@@ -114,11 +115,24 @@ def _run(args: argparse.Namespace) -> int:
         default_endpoint(k, **given(args, host="host", base_port="base_port")) for k in planes
     ]
     if args.tiff:
-        source = TiffSource(
+        tiffs = TiffSource(
             args.tiff, planes, start=args.start_frame, frames=args.frames, loop=args.loop
         )
-    else:
-        source = _simulated_source(args, planes)
+        with contextlib.closing(tiffs):
+            return _publish(args, tiffs, planes, names, endpoints)
+    return _publish(args, _simulated_source(args, planes), planes, names, endpoints)
+
+
+def _publish(
+    args: argparse.Namespace,
+    source: TiffSource | SimulatedSource,
+    planes: list[int],
+    names: dict[int, str],
+    endpoints: list[str],
+) -> int:
+    """Send the frame sets of ``source`` at ``--rate`` until it ends or a stop signal."""
+    from clients.camera import CameraPublisher, run_cameras
+
     pubs = {
         k: CameraPublisher(ep, names[k], k, **given(args, sndhwm="sndhwm"))
         for k, ep in zip(planes, endpoints, strict=True)
