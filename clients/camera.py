@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import zmq
@@ -33,6 +34,9 @@ import zmq
 from clients.scene import Scene
 from engines.errors import FormatError, StreamError
 from service.wire import FRAME_DTYPES, encode_frame
+
+if TYPE_CHECKING:
+    from tifffile import TiffFile
 
 log = logging.getLogger(__name__)
 
@@ -229,13 +233,13 @@ class TiffSource:
                 f"got {len(paths)} TIFF stacks for {len(planes)} planes {list(planes)}"
             )
         self.planes, self.start, self.frames, self.loop = list(planes), start, frames, loop
-        self._tifs: list[object] = []
+        self._tifs: list[TiffFile] = []
         self._stacks = [self._open(Path(p)) for p in paths]
         self.length = min(len(s) for s in self._stacks)
         if self.length == 0:
             raise FormatError(f"TIFF stacks {[str(p) for p in paths]} hold no frames")
 
-    def _open(self, path: Path) -> Sequence[np.ndarray]:
+    def _open(self, path: Path) -> _Stack:
         import tifffile
 
         try:
@@ -273,7 +277,15 @@ class TiffSource:
 
     def close(self) -> None:
         for t in self._tifs:
-            t.close()  # type: ignore[attr-defined]
+            t.close()
+
+
+class _Stack(Protocol):
+    """One camera's frames ``(T, H, W)``: an array, or :class:`_LazyPages`."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int, /) -> np.ndarray: ...
 
 
 class _LazyPages:
