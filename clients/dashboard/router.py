@@ -55,6 +55,14 @@ class EventStreamResponse(StreamingResponse):
     media_type = "text/event-stream"
 
 
+class DashboardRouter(APIRouter):
+    """The dashboard's routes and the live image they serve (for tests and embedding apps)."""
+
+    def __init__(self, live: LiveImage, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.live = live
+
+
 def create_router(
     locs_endpoint: str,
     *,
@@ -64,7 +72,7 @@ def create_router(
     mode: RenderMode = "gauss",
     sigma_nm: float = 20.0,
     interval_s: float = 0.5,
-) -> APIRouter:
+) -> DashboardRouter:
     """The dashboard as an ``APIRouter`` to include at ``/``.
 
     Args:
@@ -90,8 +98,7 @@ def create_router(
         yield
         live.stop()
 
-    router = APIRouter(lifespan=lifespan, tags=["dashboard"])
-    router.live = live  # type: ignore[attr-defined]  # for tests and embedding apps
+    router = DashboardRouter(live, lifespan=lifespan, tags=["dashboard"])
     _add_routes(router, live)
     return router
 
