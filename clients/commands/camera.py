@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import threading
 from pathlib import Path
@@ -64,12 +63,13 @@ def build_scene(args: argparse.Namespace) -> Scene:
 
 def _simulated_source(args: argparse.Namespace, planes: list[int]) -> SimulatedSource:
     from clients.camera import SimulatedSource
+    from engines.io.atomic import write_json
 
     scene = build_scene(args)
     names = [f"{args.name_prefix}{k}" for k in range(scene.planes)]
     reg = {n: {"affine": a} for n, a in zip(names, scene.registration(), strict=True)}
     if args.registration_out:  # the body PUT /registration takes
-        args.registration_out.write_text(json.dumps({"cameras": reg}, indent=2))
+        write_json(args.registration_out, {"cameras": reg})
     if args.register:
         _register_service(args.register, args.token, reg, args.wait_ready)
     return SimulatedSource(scene, planes, start=args.start_frame, frames=args.frames)
