@@ -26,7 +26,6 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import zmq
@@ -34,9 +33,6 @@ import zmq
 from clients.scene import Scene
 from engines.errors import FormatError, StreamError
 from service.wire import FRAME_DTYPES, encode_frame
-
-if TYPE_CHECKING:
-    from tifffile import TiffFile
 
 log = logging.getLogger(__name__)
 
@@ -233,13 +229,13 @@ class TiffSource:
                 f"got {len(paths)} TIFF stacks for {len(planes)} planes {list(planes)}"
             )
         self.planes, self.start, self.frames, self.loop = list(planes), start, frames, loop
-        self._tifs: list[TiffFile] = []
+        self._tifs: list[object] = []
         self._stacks = [self._open(Path(p)) for p in paths]
         self.length = min(len(s) for s in self._stacks)
         if self.length == 0:
             raise FormatError(f"TIFF stacks {[str(p) for p in paths]} hold no frames")
 
-    def _open(self, path: Path) -> _Stack:
+    def _open(self, path: Path) -> _LazyPages | np.ndarray:
         import tifffile
 
         try:
@@ -277,15 +273,7 @@ class TiffSource:
 
     def close(self) -> None:
         for t in self._tifs:
-            t.close()
-
-
-class _Stack(Protocol):
-    """One camera's frames ``(T, H, W)``: an array, or :class:`_LazyPages`."""
-
-    def __len__(self) -> int: ...
-
-    def __getitem__(self, i: int, /) -> np.ndarray: ...
+            t.close()  # type: ignore[attr-defined]
 
 
 class _LazyPages:
