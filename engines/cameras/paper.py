@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from scipy.integrate import trapezoid  # numpy < 2 has no np.trapezoid
 
 from engines.cameras.base import Camera, register
 
@@ -20,6 +19,8 @@ if TYPE_CHECKING:
 
 def additive_noise_fisher(poisson_rate: float, gaussian_var: float) -> float:
     """Location Fisher information E[(f'/f)^2] of f = Poisson(rate) * N(0, var)."""
+    from scipy.integrate import trapezoid  # numpy < 2 has no np.trapezoid; slow to import
+
     if gaussian_var <= 0:
         raise ValueError(
             "the CRLB of paper-mode noise needs gaussian_var > 0 (pure Poisson noise on a "
