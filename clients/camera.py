@@ -238,7 +238,7 @@ class TiffSource:
         if self.length == 0:
             raise FormatError(f"TIFF stacks {[str(p) for p in paths]} hold no frames")
 
-    def _open(self, path: Path) -> Sequence[np.ndarray]:
+    def _open(self, path: Path) -> _LazyPages | np.ndarray:
         import tifffile
 
         try:

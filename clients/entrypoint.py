@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import sys
 
-from clients.cli import main as cli_main
-
 # top-level modules of the `engine` extra (pyproject.toml); their absence means a light install
 ENGINE_MODULES = frozenset(
     {
@@ -32,6 +30,8 @@ ENGINE_MODULES = frozenset(
 
 def main(argv: list[str] | None = None) -> int:
     try:
+        from clients.cli import main as cli_main
+
         return cli_main(argv)
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in ENGINE_MODULES:

@@ -102,7 +102,8 @@ class DepthHistogram:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.counts.shape  # type: ignore[return-value]
+        h, w = self.counts.shape
+        return h, w
 
     def reset(self) -> None:
         self.counts[:] = 0

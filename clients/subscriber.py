@@ -19,6 +19,7 @@ import re
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import zmq
 import zmq.asyncio
@@ -91,7 +92,10 @@ class GapTracker:
         return gap
 
 
-def _sub_socket(ctx: zmq.Context, endpoint: str, rcvhwm: int) -> zmq.Socket:
+_SocketT = TypeVar("_SocketT", bound=zmq.Socket)  # a zmq or zmq.asyncio socket
+
+
+def _sub_socket(ctx: zmq.Context[_SocketT], endpoint: str, rcvhwm: int) -> _SocketT:
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.RCVHWM, rcvhwm)
     sock.setsockopt(zmq.LINGER, 0)

@@ -117,7 +117,9 @@ def build_onnx(model_dir: Path) -> onnx.ModelProto:
     return model
 
 
-def _network_nodes(net: VoxelNet, info: ModelInfo):
+def _network_nodes(
+    net: VoxelNet, info: ModelInfo
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """Normalisation, the BN-folded convolutions and the sigmoid: ``frames`` -> ``y``."""
     mk = helper.make_node
     inits = [
@@ -148,7 +150,9 @@ def _network_nodes(net: VoxelNet, info: ModelInfo):
     return nodes, inits
 
 
-def _decode_nodes(y: str, planes: int, *, px_nm: float, dz_nm: float):
+def _decode_nodes(
+    y: str, planes: int, *, px_nm: float, dz_nm: float
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """Threshold + gather of ``y (B, 4P, H, W)`` into ``locs (N, 5)``; channel = 4 * plane + q."""
     inits = [_const(f"ch{q}", np.arange(q, 4 * planes, 4, dtype=np.int64)) for q in range(4)]
     inits += [

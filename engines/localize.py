@@ -70,8 +70,8 @@ def localize_files(
     """Localize a TIFF stack (or one TIFF per plane) into a CSV / HDF5 table."""
     output = Path(output)
     table_format(output)  # unknown extension: fail before loading anything
-    inputs = [Path(p) for p in inputs]
-    if any(p.resolve() == output.resolve() for p in inputs):
+    input_paths = [Path(p) for p in inputs]
+    if any(p.resolve() == output.resolve() for p in input_paths):
         raise FormatError(f"output {output} is also an input")
     model_dir = resolve_model(opts.model)  # unknown model: one clear error, before backends
     engine = create_engine(
@@ -82,10 +82,10 @@ def localize_files(
         precision=opts.precision,
     )
     try:
-        with open_stack(inputs, engine.planes) as stack:
+        with open_stack(input_paths, engine.planes) as stack:
             log.info("input %s", stack.describe())
             px_nm, dz_nm = _output_geometry(engine, opts)
-            meta = _table_meta(engine, stack, inputs, px_nm, dz_nm, opts.threshold)
+            meta = _table_meta(engine, stack, input_paths, px_nm, dz_nm, opts.threshold)
             t0 = time.perf_counter()
             with open_table_writer(output, meta) as writer:
                 localize_stack(engine, stack, writer, opts, px_nm=px_nm, dz_nm=dz_nm)

@@ -8,7 +8,6 @@ models shipped inside the package (``default``).
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engines.config import SimSettings
 from engines.errors import EngineError, ModelNotFoundError
-from engines.io.atomic import atomic_output, write_text
+from engines.io.atomic import atomic_output, write_json
 from engines.network import DEFAULT_CHANNELS, DEFAULT_KERNELS, VoxelNet
 
 MODEL_JSON = "model.json"
@@ -129,6 +128,4 @@ def save_model(net: VoxelNet, info: ModelInfo, model_dir: Path) -> Path:
 
 def write_info(info: ModelInfo, model_dir: Path) -> None:
     """Write ``model.json`` atomically."""
-    write_text(
-        Path(model_dir) / MODEL_JSON, json.dumps(info.model_dump(mode="json"), indent=2) + "\n"
-    )
+    write_json(Path(model_dir) / MODEL_JSON, info.model_dump(mode="json"))

@@ -20,6 +20,9 @@ OUTPUTS_PER_VOXEL = 4  # confidence, zeta_x, zeta_y, zeta_z
 class VoxelNet(nn.Module):
     """Raw frames ``(B, P, H, W)`` -> ``(B, P, 4, H, W)`` in [0, 1]."""
 
+    input_offset: torch.Tensor  # buffers, registered in __init__
+    input_scale: torch.Tensor
+
     def __init__(
         self,
         planes: int = 4,
@@ -62,7 +65,11 @@ class VoxelNet(nn.Module):
         return self.head(self.features(x)).view(b, p, OUTPUTS_PER_VOXEL, h, w)
 
 
-def macs_per_pixel(planes: int = 4, channels=DEFAULT_CHANNELS, kernels=DEFAULT_KERNELS) -> int:
+def macs_per_pixel(
+    planes: int = 4,
+    channels: tuple[int, ...] = DEFAULT_CHANNELS,
+    kernels: tuple[int, ...] = DEFAULT_KERNELS,
+) -> int:
     """Multiply-accumulates per output pixel of one forward pass (BN folded)."""
     total, c_in = 0, planes
     for c_out, k in zip(channels, kernels, strict=True):

@@ -87,7 +87,8 @@ def train(cfg: TrainConfig, settings: SimSettings, *, resume: bool = False) -> P
         input_offset=offset,
         input_scale=scale,
     )
-    net = info.build().to(cfg.device, memory_format=torch.channels_last)
+    # torch's Module.to overloads omit its documented memory_format= argument
+    net = info.build().to(cfg.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
     sim = Simulator(settings, seed=cfg.seed, device=cfg.device)
     start = 0
@@ -178,7 +179,13 @@ def start_from(net: VoxelNet, info: ModelInfo, source: str) -> None:
 
 
 def _checkpoint(
-    path: Path, net: VoxelNet, opt, sim: Simulator, step: int, ema, history: list[str]
+    path: Path,
+    net: VoxelNet,
+    opt: torch.optim.Optimizer,
+    sim: Simulator,
+    step: int,
+    ema: float | None,
+    history: list[str],
 ) -> None:
     state = {
         "model": net.state_dict(),
@@ -193,7 +200,7 @@ def _checkpoint(
         torch.save(state, tmp)
 
 
-def _training_record(cfg: TrainConfig, step: int, ema, history: list[str]) -> dict:
+def _training_record(cfg: TrainConfig, step: int, ema: float | None, history: list[str]) -> dict:
     return {
         "command": cfg.command,
         "history": history,

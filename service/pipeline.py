@@ -235,7 +235,7 @@ class Pipeline:
         self.batcher.configure(queue_size=new.queue_size, policy=new.drop_policy)
         self.aligner.set_timeout(new.assembly_timeout_ms / 1e3)
         self._config = new
-        log.info("config: %s", changes)
+        log.info("config: %s", ", ".join(f"{k}={v!r}" for k, v in changes.items()))
         return new
 
     @property

@@ -56,7 +56,7 @@ def check_affine(value: Any) -> tuple[tuple[float, float, float], ...]:
     det = float(np.linalg.det(arr[:, :2]))
     if abs(det) < 1e-6:
         raise ValueError(f"affine is singular (det {det:.3g}): {value!r}")
-    return tuple(tuple(float(v) for v in row) for row in arr)  # type: ignore[return-value]
+    return tuple((float(row[0]), float(row[1]), float(row[2])) for row in arr)
 
 
 class CameraRegistration(BaseModel):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import logging
 import threading
 from pathlib import Path
@@ -21,7 +21,7 @@ from clients.commands.signals import stop_on_signals
 from engines.config import Geometry
 
 if TYPE_CHECKING:
-    from clients.camera import SimulatedSource
+    from clients.camera import SimulatedSource, TiffSource
     from clients.scene import Scene
 
 log = logging.getLogger(__name__)
@@ -63,12 +63,13 @@ def build_scene(args: argparse.Namespace) -> Scene:
 
 def _simulated_source(args: argparse.Namespace, planes: list[int]) -> SimulatedSource:
     from clients.camera import SimulatedSource
+    from engines.io.atomic import write_json
 
     scene = build_scene(args)
     names = [f"{args.name_prefix}{k}" for k in range(scene.planes)]
     reg = {n: {"affine": a} for n, a in zip(names, scene.registration(), strict=True)}
     if args.registration_out:  # the body PUT /registration takes
-        args.registration_out.write_text(json.dumps({"cameras": reg}, indent=2))
+        write_json(args.registration_out, {"cameras": reg})
     if args.register:
         _register_service(args.register, args.token, reg, args.wait_ready)
     return SimulatedSource(scene, planes, start=args.start_frame, frames=args.frames)
@@ -96,7 +97,7 @@ def _cmd_camera(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from clients.camera import CameraPublisher, TiffSource, default_endpoint, run_cameras
+    from clients.camera import TiffSource, default_endpoint
 
     if args.tiff:
         planes = args.plane or list(range(len(args.tiff)))
@@ -114,11 +115,24 @@ def _run(args: argparse.Namespace) -> int:
         default_endpoint(k, **given(args, host="host", base_port="base_port")) for k in planes
     ]
     if args.tiff:
-        source = TiffSource(
+        tiffs = TiffSource(
             args.tiff, planes, start=args.start_frame, frames=args.frames, loop=args.loop
         )
-    else:
-        source = _simulated_source(args, planes)
+        with contextlib.closing(tiffs):
+            return _publish(args, tiffs, planes, names, endpoints)
+    return _publish(args, _simulated_source(args, planes), planes, names, endpoints)
+
+
+def _publish(
+    args: argparse.Namespace,
+    source: TiffSource | SimulatedSource,
+    planes: list[int],
+    names: dict[int, str],
+    endpoints: list[str],
+) -> int:
+    """Send the frame sets of ``source`` at ``--rate`` until it ends or a stop signal."""
+    from clients.camera import CameraPublisher, run_cameras
+
     pubs = {
         k: CameraPublisher(ep, names[k], k, **given(args, sndhwm="sndhwm"))
         for k, ep in zip(planes, endpoints, strict=True)

@@ -6,6 +6,7 @@ import argparse
 import threading
 from pathlib import Path
 
+from clients.commands.options import add_geometry_options, value
 from clients.commands.signals import stop_on_signals
 from engines.config import Geometry
 
@@ -21,9 +22,9 @@ def _cmd_record(args: argparse.Namespace) -> int:
         frames=0,
         height=args.height,
         width=args.width,
-        px_nm=args.px_nm,
-        dz_nm=args.dz_nm,
-        planes=args.planes,
+        px_nm=value(args.px_nm),
+        dz_nm=value(args.dz_nm),
+        planes=value(args.planes),
         source=args.endpoint,
         data_type="float32",
         info={"Recorded by": "voxloc record"},
@@ -67,9 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--idle-timeout", type=float, default=None, help="stop after S seconds without a message"
     )
     m = p.add_argument_group("metadata for the Picasso yaml (defaults: paper set-up)")
-    m.add_argument("--px-nm", type=float, default=PAPER.px_nm, help="pixel size, nm")
-    m.add_argument("--dz-nm", type=float, default=PAPER.dz_nm, help="plane spacing, nm")
-    m.add_argument("--planes", type=int, default=PAPER.planes, help="focal planes")
+    add_geometry_options(m, planes="focal planes (default %(default)s)")
     m.add_argument("--height", type=int, default=PAPER.height, help="frame height, px")
     m.add_argument("--width", type=int, default=PAPER.width, help="frame width, px")
     p.set_defaults(func=_cmd_record)

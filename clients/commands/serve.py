@@ -16,6 +16,7 @@ API = "service.settings:ApiSettings"
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from clients.dashboard import include_dashboard
     from service.api import create_app
     from service.pipeline import Pipeline
     from service.server import Server
@@ -25,7 +26,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     pipeline = Pipeline(settings)
     pipeline.start()
     try:
-        server = Server(create_app(pipeline), host=settings.api.host, port=settings.api.port)
+        app = create_app(pipeline)
+        include_dashboard(app, pipeline)
+        server = Server(app, host=settings.api.host, port=settings.api.port)
         with on_stop_signals(server.request_stop):
             server.run()
     finally:

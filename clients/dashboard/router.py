@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from clients.dashboard.live import LiveImage, LiveState
 from clients.render import RenderMode, RenderSettings
+
+if TYPE_CHECKING:
+    from service.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
@@ -49,6 +55,14 @@ class EventStreamResponse(StreamingResponse):
     media_type = "text/event-stream"
 
 
+class DashboardRouter(APIRouter):
+    """The dashboard's routes and the live image they serve (for tests and embedding apps)."""
+
+    def __init__(self, live: LiveImage, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.live = live
+
+
 def create_router(
     locs_endpoint: str,
     *,
@@ -58,7 +72,7 @@ def create_router(
     mode: RenderMode = "gauss",
     sigma_nm: float = 20.0,
     interval_s: float = 0.5,
-) -> APIRouter:
+) -> DashboardRouter:
     """The dashboard as an ``APIRouter`` to include at ``/``.
 
     Args:
@@ -84,10 +98,33 @@ def create_router(
         yield
         live.stop()
 
-    router = APIRouter(lifespan=lifespan, tags=["dashboard"])
-    router.live = live  # type: ignore[attr-defined]  # for tests and embedding apps
+    router = DashboardRouter(live, lifespan=lifespan, tags=["dashboard"])
     _add_routes(router, live)
     return router
+
+
+def include_dashboard(app: FastAPI, pipeline: Pipeline) -> None:
+    """Mount the dashboard of ``pipeline``'s localization stream on ``app`` at ``/``.
+
+    The image covers the stream's field of view and depth range in the active model's
+    geometry (the defaults of :func:`create_router` before a model is loaded).
+    """
+    endpoint = pipeline.publish_endpoint or pipeline.settings.stream.publish
+    stream = pipeline.settings.stream
+    active = pipeline.models.active
+    try:
+        if active is None:
+            router = create_router(endpoint)
+        else:
+            g = active.engine.info.settings.geometry
+            router = create_router(
+                endpoint,
+                extent_nm=(stream.width * g.px_nm, stream.height * g.px_nm),
+                z_range_nm=(0.0, stream.planes * g.dz_nm),
+            )
+        app.include_router(router)
+    except Exception:  # the dashboard is optional: never keep the service from starting
+        log.exception("dashboard router could not be included")
 
 
 def _add_routes(router: APIRouter, live: LiveImage) -> None:

@@ -13,7 +13,7 @@ the wire), ``z [nm]`` and ``confidence``. Its controls call the service's REST A
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtCore import QTimer
@@ -32,6 +32,10 @@ from clients.control import DEFAULT_URL, ControlClient, ControlError
 from clients.napari_plugin.reader import COLORMAP, POINT_SIZE_NM, UNITS, zyx
 from clients.subscriber import DEFAULT_LOCS_ENDPOINT, LocalizationSubscriber
 from engines.errors import VoxlocError
+
+if TYPE_CHECKING:
+    from napari.layers import Points
+    from napari.qt.threading import FunctionWorker
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +135,8 @@ class LiveWidget(QWidget):
         self.max_points, self.max_messages = max_points, max_messages
         self.buffer: LiveBuffer | None = None
         self.control: ControlClient | None = None
-        self.layer = None
-        self._worker = None
+        self.layer: Points | None = None
+        self._worker: FunctionWorker[dict[str, Any]] | None = None
         self.timer = QTimer(self)
         self.timer.setInterval(int(1000 / refresh_hz))
         self.timer.timeout.connect(self.refresh)
@@ -210,10 +214,10 @@ class LiveWidget(QWidget):
             return
         new = buf.poll()
         if new:
-            self._ensure_layer()
-            self.layer.data = zyx(buf.xyz_nm)
-            self.layer.features = buf.features()
-            self.layer.refresh_colors(update_color_mapping=True)
+            layer = self._ensure_layer()
+            layer.data = zyx(buf.xyz_nm)
+            layer.features = buf.features()
+            layer.refresh_colors(update_color_mapping=True)
         self._say(
             f"{buf.messages} frames, {len(buf.frame)} points shown"
             + (f", {buf.discarded} oldest dropped" if buf.discarded else "")
@@ -227,9 +231,9 @@ class LiveWidget(QWidget):
         if self.layer is not None:
             self.layer.data = np.zeros((0, 3))
 
-    def _ensure_layer(self) -> None:
+    def _ensure_layer(self) -> Points:
         if self.layer is not None and self.layer in self.viewer.layers:
-            return
+            return self.layer
         self.layer = self.viewer.add_points(
             np.zeros((0, 3)),
             ndim=3,
@@ -246,6 +250,7 @@ class LiveWidget(QWidget):
             axis_labels=("z", "y", "x"),
             units=UNITS,
         )
+        return self.layer
 
     # -- REST controls --------------------------------------------------------------------
     def sync_controls(self) -> None:
@@ -284,11 +289,12 @@ class LiveWidget(QWidget):
         name = self.model_combo.currentText()
         self.model_button.setEnabled(False)
         self._tell(f"loading model {name} ...")
-        self._worker = create_worker(self.control.load_model, name)
-        self._worker.returned.connect(self._model_loaded)
-        self._worker.errored.connect(lambda exc: self._model_failed(name, exc))
-        self._worker.finished.connect(lambda: self.model_button.setEnabled(True))
-        self._worker.start()
+        worker: FunctionWorker[dict[str, Any]] = create_worker(self.control.load_model, name)
+        worker.returned.connect(self._model_loaded)
+        worker.errored.connect(lambda exc: self._model_failed(name, exc))
+        worker.finished.connect(lambda: self.model_button.setEnabled(True))
+        worker.start()
+        self._worker = worker
 
     def _model_loaded(self, answer: dict) -> None:
         self._tell(f"model {answer['active']['name']} {answer['active']['version']} serving")

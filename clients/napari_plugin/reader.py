@@ -15,12 +15,13 @@ other readers: :func:`get_reader` returns None for them.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engines.io.loctable import read_csv, read_hdf5
+from engines.io.loctable import LocTable, read_csv, read_hdf5
 from engines.types import LOC_COLUMNS
 
 LayerData = tuple[np.ndarray, dict[str, Any], str]
@@ -30,7 +31,7 @@ AXES = ("z", "y", "x")
 UNITS = ("nm", "nm", "nm")
 
 
-def get_reader(path: str | list[str]):
+def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
     """The reader for ``path`` if it is a voxloc table, else None (npe2 convention)."""
     if isinstance(path, list):
         return None if len(path) != 1 else get_reader(path[0])
@@ -97,7 +98,7 @@ def zyx(xyz_nm: np.ndarray) -> np.ndarray:
     return np.asarray(xyz_nm, dtype=np.float64).reshape(-1, 3)[:, ::-1].copy()
 
 
-def _csv_columns(path: Path, table) -> dict[str, np.ndarray]:
+def _csv_columns(path: Path, table: LocTable) -> dict[str, np.ndarray]:
     with open(path, newline="") as fh:
         header = next(csv.reader(fh))
     cols = {

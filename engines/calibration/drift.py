@@ -270,10 +270,12 @@ class DriftEstimator:
         if self._metrics:
             self._metrics.update(est)
         if self.settings.feedback and self._correct is not None:
-            self._maybe_correct(est)
+            self._maybe_correct(est, self._correct)
         return est
 
-    def _maybe_correct(self, est: OffsetEstimate) -> None:
+    def _maybe_correct(
+        self, est: OffsetEstimate, correct: Callable[[np.ndarray], int | None]
+    ) -> None:
         s = self.settings
         if est.molecules < s.feedback_min_locs or not np.isfinite(est.offsets_nm).all():
             return
@@ -288,7 +290,7 @@ class DriftEstimator:
             np.round(offsets[confident], 1).tolist(),
             est.molecules,
         )
-        first_frame = self._correct(offsets)
+        first_frame = correct(offsets)
         if first_frame is None:
             self.reset(settle_sets=s.feedback_settle_sets)
         else:

@@ -190,8 +190,8 @@ def calibrate_psf(
         raise FormatError(f"expected {geometry.planes} z-stacks (one per plane), got {len(stacks)}")
     if z_step_nm == 0 or not math.isfinite(z_step_nm):
         raise FormatError(f"z step must be a non-zero number of nm, got {z_step_nm}")
-    shapes = {np.shape(s)[0] if np.ndim(s) == 3 else None for s in stacks}
-    if len(shapes) != 1 or None in shapes or shapes.pop() < 5:
+    depths = {np.shape(s)[0] for s in stacks if np.ndim(s) == 3}
+    if any(np.ndim(s) != 3 for s in stacks) or len(depths) != 1 or depths.pop() < 5:
         raise FormatError(
             "expected every z-stack as (Z, H, W) with the same Z >= 5 slices, got "
             f"shapes {[np.shape(s) for s in stacks]}"

@@ -164,9 +164,11 @@ def _mutual_pairs(mapped: np.ndarray, dst: np.ndarray, tol: float) -> tuple[np.n
     """Indices of mutual nearest neighbours closer than ``tol``."""
     d_fw, i_fw = cKDTree(dst).query(mapped, distance_upper_bound=tol)
     _, i_bw = cKDTree(mapped).query(dst)
+    # (N, 2) queries give arrays; asarray because the stubs also allow a scalar result
+    fw, bw = np.asarray(i_fw), np.asarray(i_bw)
     src_idx = np.flatnonzero(np.isfinite(d_fw))
-    src_idx = src_idx[i_bw[i_fw[src_idx]] == src_idx]
-    return src_idx, i_fw[src_idx]
+    src_idx = src_idx[bw[fw[src_idx]] == src_idx]
+    return src_idx, fw[src_idx]
 
 
 def match_affine(

@@ -170,7 +170,7 @@ def detect_spots(
     if len(rc) > 1:
         iso = roi_half_px + 1.0 if isolation_px is None else isolation_px
         nearest, _ = cKDTree(rc).query(rc, k=2)
-        ok &= nearest[:, 1] >= iso
+        ok &= np.asarray(nearest)[:, 1] >= iso  # asarray: the stubs allow a scalar result
     if ok.sum() >= 3:
         # merged pairs fit a round Gaussian badly and wide; isolated beads all look alike
         rel = rms / np.maximum(params[:, AMP], 1e-12)

@@ -6,7 +6,6 @@ Each workflow reads the TIFF recordings, runs the fit of :mod:`registration` or
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from engines.calibration.psf_fit import PSFCalibration, calibrate_psf, plot_widt
 from engines.calibration.registration import Registration, fit_registration
 from engines.config import Geometry, SimSettings
 from engines.errors import FormatError
+from engines.io.atomic import write_json
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def read_stacks(paths: list[Path], planes: int, what: str) -> list[np.ndarray]:
 
 def _write_json(path: Path, body: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(body, indent=2) + "\n")
+    write_json(path, body)
 
 
 def registration_from_files(

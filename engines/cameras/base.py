@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar, Self, TypeVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import numpy as np
 import torch
 
 if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+
+
     from engines.config import NoiseParams
 
 

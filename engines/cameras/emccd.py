@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -11,6 +11,8 @@ from engines.cameras.base import register
 from engines.cameras.photon import PhotonCamera
 
 if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+
+
     from engines.config import NoiseParams
 
 

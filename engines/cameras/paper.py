@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -12,14 +12,15 @@ import torch
 from engines.cameras.base import Camera, register
 
 if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+
+
     from engines.config import NoiseParams
-
-
-_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
 
 
 def additive_noise_fisher(poisson_rate: float, gaussian_var: float) -> float:
     """Location Fisher information E[(f'/f)^2] of f = Poisson(rate) * N(0, var)."""
+    from scipy.integrate import trapezoid  # numpy < 2 has no np.trapezoid; slow to import
+
     if gaussian_var <= 0:
         raise ValueError(
             "the CRLB of paper-mode noise needs gaussian_var > 0 (pure Poisson noise on a "
@@ -39,7 +40,7 @@ def additive_noise_fisher(poisson_rate: float, gaussian_var: float) -> float:
     f = phi @ p
     df = -(phi * u / sd) @ p
     integrand = np.where(f > 1e-300, df**2 / np.maximum(f, 1e-300), 0.0)
-    return float(_trapezoid(integrand, y))
+    return float(trapezoid(integrand, y))
 
 
 @register

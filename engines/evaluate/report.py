@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from datetime import datetime, timezone
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 from engines.evaluate.crlb import CRLBResult, VoxelCeiling
 from engines.evaluate.metrics import MoleculeStats
 from engines.evaluate.runner import SetResult
-from engines.io.atomic import write_text
+from engines.io import atomic
 from engines.modeldir import read_info, write_info
 
 REPORT_VERSION = 1
@@ -85,7 +84,7 @@ def sweep_section(points: list[tuple[int, float, SetResult]]) -> list[dict[str, 
 
 def write_json(report: dict[str, Any], path: Path) -> Path:
     """Write strictly valid JSON atomically (:mod:`engines.io.atomic`)."""
-    return write_text(path, json.dumps(_clean(report), indent=2, allow_nan=False) + "\n")
+    return atomic.write_json(path, _clean(report), allow_nan=False)
 
 
 def record_metrics(model_dir: Path, report: dict[str, Any]) -> str:

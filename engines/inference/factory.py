@@ -14,7 +14,7 @@ import importlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
@@ -42,12 +42,23 @@ class Candidate(NamedTuple):
     options: dict[str, Any] = {}
 
 
-def backend_class(backend: str) -> type[Engine]:
+class EngineClass(Protocol):
+    """A backend's engine class: built from a model, a threshold, a device and the options
+    it declares (:attr:`Engine.options`)."""
+
+    options: frozenset[str]
+
+    def __call__(
+        self, model: str | Path, *, threshold: float, device: str = ..., **options: Any
+    ) -> Engine: ...
+
+
+def backend_class(backend: str) -> EngineClass:
     """The engine class of a backend name (imports it; may raise BackendUnavailableError)."""
     if backend not in BACKENDS:
         raise EngineError(f"unknown backend {backend!r}; expected auto or one of {tuple(BACKENDS)}")
     module, _, name = BACKENDS[backend].partition(":")
-    cls: type[Engine] = getattr(importlib.import_module(module), name)
+    cls: EngineClass = getattr(importlib.import_module(module), name)
     return cls
 
 

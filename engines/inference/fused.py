@@ -38,6 +38,8 @@ def fold_batchnorm(net: VoxelNet) -> list[FoldedConv]:
     for conv, bn in zip(mods[0::3], mods[1::3], strict=True):
         if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d):
             raise TypeError(f"expected Conv2d -> BatchNorm2d, got {type(conv)} -> {type(bn)}")
+        if bn.running_mean is None or bn.running_var is None:
+            raise TypeError(f"expected BatchNorm2d with running statistics, got {bn}")
         w = conv.weight.detach().double()
         scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
         bias = bn.bias.detach().double() - bn.running_mean.double() * scale
@@ -65,6 +67,9 @@ class FusedVoxelNet(nn.Module):
     rounded to the reduced precision's 8 (bf16) or 11 (fp16) significant bits.
     """
 
+    input_offset: torch.Tensor  # buffers, registered in __init__
+    input_scale: torch.Tensor
+
     def __init__(self, net: VoxelNet, *, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.planes = net.planes
@@ -75,6 +80,7 @@ class FusedVoxelNet(nn.Module):
         for layer in fold_batchnorm(net):
             c_out, c_in, k, _ = layer.weight.shape
             conv = nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=True)
+            assert conv.bias is not None  # bias=True
             conv.weight.data.copy_(torch.from_numpy(layer.weight))
             conv.bias.data.copy_(torch.from_numpy(layer.bias))
             convs.append(conv)

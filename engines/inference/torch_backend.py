@@ -94,7 +94,8 @@ class TorchEngine(Engine):
         self.precision = precision
         self.net = FusedVoxelNet(net, dtype=PRECISIONS[precision])
         if not cuda:
-            self.net = self.net.to(memory_format=torch.channels_last)
+            # torch's Module.to overloads omit its documented memory_format= form
+            self.net = self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.cuda_graphs = cuda_graphs
         self.pad_batch = cuda_graphs
         self.max_graphs = max_graphs

@@ -8,10 +8,12 @@ leave a ``.NAME.partial-*`` file, which does not look like a finished output).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from engines.errors import OutputError
 
@@ -21,6 +23,7 @@ __all__ = [
     "discard",
     "reserve_temp",
     "write_bytes",
+    "write_json",
     "write_text",
 ]
 
@@ -69,6 +72,12 @@ def write_text(final: Path, text: str) -> Path:
     with atomic_output(final) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(final)
+
+
+def write_json(final: Path, data: Any, *, allow_nan: bool = True) -> Path:
+    """Write ``data`` as indented JSON (with a final newline) to ``final`` atomically;
+    ``allow_nan=False`` refuses NaN and infinities (strict JSON) with a ValueError."""
+    return write_text(final, json.dumps(data, indent=2, allow_nan=allow_nan) + "\n")
 
 
 def discard(paths: list[Path]) -> None:

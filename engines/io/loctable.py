@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -136,7 +137,12 @@ class TableWriter(ABC):
     def __enter__(self) -> TableWriter:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if exc_type is None and not self._done:
             self.commit()
         else:
@@ -213,6 +219,8 @@ def picasso_dtype(extra_columns: Sequence[str] = ()) -> np.dtype:
 
 def picasso_records(table: LocTable, px_nm: float, dtype: np.dtype) -> np.ndarray:
     """``table`` as Picasso records: frame from 0, x and y in pixels, z in nm."""
+    if dtype.names is None:
+        raise ValueError(f"expected a structured Picasso dtype, got {dtype}")
     rec = np.zeros(len(table), dtype)
     rec["frame"] = table.frame
     rec["x"] = table.xyz_nm[:, 0] / px_nm

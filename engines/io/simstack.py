@@ -151,7 +151,7 @@ def _write_tiff(path: Path, data: np.ndarray, settings: SimSettings, cfg: SimSta
         }
     )
     axes = "TZYX" if data.ndim == 4 else "TYX"
-    metadata = {"axes": axes, "unit": "um", "Info": info}
+    metadata: dict[str, str | float] = {"axes": axes, "unit": "um", "Info": info}
     if data.ndim == 4:
         metadata["spacing"] = g.dz_nm / 1000.0
     tifffile.imwrite(

@@ -34,7 +34,7 @@ class TiffSource:
             sequence of pages is split frame-major, plane-minor into this many planes).
     """
 
-    def __init__(self, path: Path, planes: int) -> None:
+    def __init__(self, path: str | Path, planes: int) -> None:
         self.path = Path(path)
         self._tif = _open_tiff(self.path)
         try:
@@ -119,7 +119,7 @@ class TiffSource:
                 "expected TZYX or TCYX"
             )
 
-    def _try_memmap(self, series) -> np.ndarray | None:
+    def _try_memmap(self, series: tifffile.TiffPageSeries) -> np.ndarray | None:
         """A read-only view of the file's pixels if they lie contiguous and uncompressed."""
         offset = series.dataoffset
         dtype = np.dtype(series.dtype).newbyteorder(self._tif.byteorder)  # the file's order
@@ -258,7 +258,7 @@ class Stack:
     def __enter__(self) -> Stack:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

@@ -1,24 +1,19 @@
-"""App factory: routes, token, Prometheus endpoint and (when installed) the dashboard."""
+"""App factory: routes, token and Prometheus endpoint (``voxloc serve`` adds the dashboard)."""
 
 from __future__ import annotations
-
-import logging
 
 from fastapi import FastAPI
 
 from service.api import acquisitions, routes
 from service.pipeline import Pipeline
 
-log = logging.getLogger(__name__)
 
-
-def create_app(pipeline: Pipeline, *, token: str | None = None, dashboard: bool = True) -> FastAPI:
+def create_app(pipeline: Pipeline, *, token: str | None = None) -> FastAPI:
     """FastAPI app over ``pipeline`` (started or not).
 
     Args:
         token: bearer token for mutating endpoints; default ``pipeline.settings.api.token``
             (empty: no auth).
-        dashboard: include ``clients.dashboard.create_router(...)`` at ``/`` if importable.
     """
     app = FastAPI(
         title="voxloc service",
@@ -29,27 +24,4 @@ def create_app(pipeline: Pipeline, *, token: str | None = None, dashboard: bool 
     app.state.token = pipeline.settings.api.token if token is None else token
     app.include_router(routes.router)
     app.include_router(acquisitions.router)
-    if dashboard:
-        _include_dashboard(app, pipeline)
     return app
-
-
-def _include_dashboard(app: FastAPI, pipeline: Pipeline) -> None:
-    try:
-        from clients.dashboard import create_router
-    except ImportError as exc:
-        log.debug("no dashboard: %s", exc)
-        return
-    endpoint = pipeline.publish_endpoint or pipeline.settings.stream.publish
-    stream = pipeline.settings.stream
-    kwargs = {}
-    if pipeline.models.active is not None:
-        g = pipeline.models.active.engine.info.settings.geometry
-        kwargs = {
-            "extent_nm": (stream.width * g.px_nm, stream.height * g.px_nm),
-            "z_range_nm": (0.0, stream.planes * g.dz_nm),
-        }
-    try:
-        app.include_router(create_router(locs_endpoint=endpoint, **kwargs))
-    except Exception:  # the dashboard is optional: never keep the service from starting
-        log.exception("dashboard router could not be included")

@@ -81,7 +81,7 @@ def serve() -> Iterator[Callable[..., tuple[Pipeline, TestClient]]]:
         )
         pipeline = Pipeline(settings)
         pipeline.start()
-        made.append((pipeline, TestClient(create_app(pipeline, dashboard=False))))
+        made.append((pipeline, TestClient(create_app(pipeline))))
         return made[-1]
 
     yield start

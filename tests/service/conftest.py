@@ -87,7 +87,7 @@ class Service:
         self.closed = False
         self.pipeline = Pipeline(settings)
         self.pipeline.start()
-        self.client = TestClient(create_app(self.pipeline, dashboard=False))
+        self.client = TestClient(create_app(self.pipeline))
         self.endpoints = self.pipeline.camera_endpoints()
         self.cams = {name: self.camera(name) for name in self.endpoints}
         self.sub = self.ctx.socket(zmq.SUB)

@@ -9,6 +9,7 @@ import polling
 import pytest
 from fastapi.testclient import TestClient
 
+from clients.dashboard import include_dashboard
 from service.api import create_app
 
 
@@ -100,7 +101,7 @@ def test_registration_roundtrip_and_validation(service: object) -> None:
 
 
 def test_mutating_endpoints_need_the_token(service: object) -> None:
-    client = TestClient(create_app(service.pipeline, token="s3cret", dashboard=False))
+    client = TestClient(create_app(service.pipeline, token="s3cret"))
     with client:
         assert client.put("/config", json={"threshold": 0.6}).status_code == 401
         bad = {"Authorization": "Bearer nope"}
@@ -163,9 +164,9 @@ def test_observers_see_every_published_frame_set(service: object, sim_frames: tu
     assert service.stats()["observers"] == {"counting": {"seen": 3}}
 
 
-def test_dashboard_router_is_included_when_installed(service: object) -> None:
-    pytest.importorskip("clients.dashboard", reason="clients.dashboard not installed")
-    app = create_app(service.pipeline, dashboard=True)
+def test_dashboard_router_is_included_beside_the_service_routes(service: object) -> None:
+    app = create_app(service.pipeline)  # as `voxloc serve` builds it
+    include_dashboard(app, service.pipeline)
     with TestClient(app) as client:
         page = client.get("/")
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 import zmq
 from fastapi.testclient import TestClient
 
+from clients.dashboard import include_dashboard
 from service.api import create_app
 from service.pipeline import Pipeline
 from service.settings import ServiceSettings
@@ -45,8 +45,9 @@ def _operations(spec: dict) -> dict[tuple[str, str], dict]:
 
 
 def test_every_answer_has_a_schema_and_json_ones_name_their_keys(service: Any) -> None:
-    pytest.importorskip("clients.dashboard", reason="clients.dashboard not installed")
-    spec = create_app(service.pipeline, dashboard=True).openapi()
+    app = create_app(service.pipeline)
+    include_dashboard(app, service.pipeline)  # as `voxloc serve` does
+    spec = app.openapi()
     ops = _operations(spec)
     assert DOCUMENTED | DASHBOARD <= set(ops)
     for (method, path), op in ops.items():
@@ -92,7 +93,7 @@ def test_answers_of_a_pipeline_not_started() -> None:
     ctx = zmq.Context()
     pipeline = Pipeline(settings, context=ctx)
     try:
-        with TestClient(create_app(pipeline, dashboard=False)) as client:
+        with TestClient(create_app(pipeline)) as client:
             body = client.get("/stats").json()
             assert _keys(body) == _keys(pipeline.snapshot())
             assert "endpoint" not in body["cameras"]["cam0"] and body["model"] is None
