@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -68,11 +68,10 @@ class LocalizationObserver(Protocol):
     ``planes`` is ``(P, H, W)`` float32, registered into the reference plane, model units
     (read-only by convention; keeping a reference is fine). It runs on the inference
     thread right after the message was sent: keep it short (or hand off to a thread).
-    ``stats`` (optional) is merged into ``GET /stats`` under ``observers[name]``.
+    A ``stats() -> dict`` method (optional, so not part of the protocol) is merged into
+    ``GET /stats`` under ``observers[name]``.
     """
 
     name: str
 
     def observe(self, msg: LocsMessage, planes: np.ndarray) -> None: ...
-
-    def stats(self) -> dict[str, Any]: ...

@@ -14,7 +14,7 @@ PAPER = Geometry()
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
-    from clients.record import open_stream_writer, record
+    from clients.record import acquisition_path, open_stream_writer, record
     from clients.subscriber import LocalizationSubscriber
     from engines.io.loctable import TableMeta
 
@@ -40,9 +40,11 @@ def _cmd_record(args: argparse.Namespace) -> int:
             duration_s=args.duration,
             idle_timeout_s=args.idle_timeout,
             stop=stop,
+            next_writer=lambda acq: open_stream_writer(acquisition_path(args.out, acq), meta),
         )
+    files = ", ".join(str(f) for f in result.files)
     print(
-        f"wrote {result.rows} localizations from {result.messages} frame sets to {args.out}"
+        f"wrote {result.rows} localizations from {result.messages} frame sets to {files}"
         f"; {result.missed} messages missed (seq gaps)"
     )
     return 0
@@ -54,7 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="record the service's localizations to CSV / HDF5",
         description="Subscribe to the service's localization stream and write it to a "
         "ThunderSTORM CSV (.csv) or Picasso HDF5 (.h5 + .yaml) table, flushing after every "
-        "batch of messages: an interrupted recording keeps everything written so far.",
+        "batch of messages: an interrupted recording keeps everything written so far. "
+        "A new acquisition goes to a new file: -o run.csv, then run.<acquisition>.csv.",
     )
     p.add_argument("-o", "--out", type=Path, required=True, help="output .csv, .h5 or .hdf5")
     p.add_argument(

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import polling
 import pytest
 
 from engines.io.loctable import read_table
@@ -79,3 +80,45 @@ def test_stop_without_acquisition_is_a_conflict(rec_service: Any) -> None:
     r = rec_service.client.post("/acquisitions/current/stop")
     assert r.status_code == 409 and "no acquisition" in r.text
     assert rec_service.client.get("/acquisitions/nope").status_code == 404
+
+
+@pytest.mark.timeout(120)
+def test_voxloc_record_starts_a_new_file_per_acquisition(
+    service: Any, sim_frames: tuple, tmp_path: Path
+) -> None:
+    import threading
+
+    from clients.record import acquisition_path, open_stream_writer, record
+    from clients.subscriber import LocalizationSubscriber
+    from engines.io.loctable import TableMeta
+    from service.wire import encode_frame
+
+    meta = TableMeta(frames=0, height=64, width=64, px_nm=192, dz_nm=400, planes=4)
+    out = tmp_path / "run.csv"
+    frames = sim_frames[0]
+    result: list = []
+    with LocalizationSubscriber(service.pipeline.publish_endpoint) as sub:
+        polling.wait_for(lambda: service.pipeline.publisher.subscribers >= 2, "recorder", 30)
+        t = threading.Thread(
+            target=lambda: result.append(
+                record(
+                    sub,
+                    open_stream_writer(out, meta),
+                    max_frames=50,
+                    next_writer=lambda a: open_stream_writer(acquisition_path(out, a), meta),
+                )
+            )
+        )
+        t.start()
+        for acq, n in (("mouse-1", 30), ("mouse-2", 20)):
+            for i in range(n):
+                for k in range(4):
+                    service.cams[f"cam{k}"].send_multipart(
+                        encode_frame(f"cam{k}", k, i, frames[i, k], 1 + i, acquisition=acq)
+                    )
+        t.join(60)
+    assert result and result[0].files == [out, tmp_path / "run.mouse-2.csv"]
+    first, second = read_table(out), read_table(tmp_path / "run.mouse-2.csv")
+    assert set(first.frame.tolist()) <= set(range(30)) and len(first.frame) > 0
+    assert set(second.frame.tolist()) <= set(range(20)) and len(second.frame) > 0
+    assert result[0].rows == len(first.frame) + len(second.frame)
