@@ -62,6 +62,7 @@ class LiveImage:
         self.frames = 0
         self.missed = 0
         self.last: dict[str, Any] = {}
+        self.acquisition: str | None = None  # a new one starts a new image
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -111,6 +112,14 @@ class LiveImage:
         deadline = time.monotonic() + 0.1
         msg = sub.recv(0.1)
         while msg is not None:
+            if msg.acquisition != self.acquisition:
+                if self.acquisition is not None:  # a new acquisition: a new image
+                    rows.clear()
+                    with self._lock:
+                        self.hist.reset()
+                        self.frames = 0
+                    log.info("dashboard: acquisition %r, image reset", msg.acquisition)
+                self.acquisition = msg.acquisition
             rows.append(msg.locs.xyz_nm)
             with self._lock:
                 self.frames += 1
@@ -120,6 +129,7 @@ class LiveImage:
                 "model": msg.model,
                 "model_version": msg.model_version,
                 "threshold": msg.threshold,
+                "acquisition": msg.acquisition,
             }
             if len(rows) >= 2000 or time.monotonic() >= deadline:
                 break

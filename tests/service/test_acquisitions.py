@@ -122,3 +122,30 @@ def test_voxloc_record_starts_a_new_file_per_acquisition(
     assert set(first.frame.tolist()) <= set(range(30)) and len(first.frame) > 0
     assert set(second.frame.tolist()) <= set(range(20)) and len(second.frame) > 0
     assert result[0].rows == len(first.frame) + len(second.frame)
+
+
+@pytest.mark.timeout(120)
+def test_dashboard_image_starts_anew_with_an_acquisition(service: Any, sim_frames: tuple) -> None:
+    from clients.dashboard.live import LiveImage
+    from clients.render import RenderSettings
+
+    live = LiveImage(
+        service.pipeline.publish_endpoint,
+        RenderSettings(),
+        (64 * 192.0, 64 * 192.0),
+        interval_s=0.05,
+    )
+    live.start()
+    try:
+        polling.wait_for(lambda: service.pipeline.publisher.subscribers >= 2, "dashboard", 30)
+        frames = sim_frames[0]
+        for i in range(12):
+            service.send_set(i, frames[i])
+        polling.wait_for(lambda: live.snapshot.info.get("frames") == 12, "12 frame sets", 30)
+        service.client.post("/acquisitions", json={"name": "next"})
+        for i in range(5):
+            service.send_set(i, frames[20 + i])
+        polling.wait_for(lambda: live.snapshot.info.get("frames") == 5, "a fresh image", 30)
+        assert live.snapshot.info["acquisition"].endswith("next")
+    finally:
+        live.stop()

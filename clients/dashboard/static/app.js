@@ -37,7 +37,8 @@ function connectEvents() {
     const model = d.model ? `${d.model} v${d.model_version}, threshold ${d.threshold}` : "";
     $("imginfo").textContent =
       `${d.frames} frame sets, ${d.localizations} localizations` +
-      (d.frame !== undefined ? `, last frame ${d.frame}` : "") + (model ? ` — ${model}` : "");
+      (d.frame !== undefined ? `, last frame ${d.frame}` : "") + (model ? ` — ${model}` : "") +
+      (d.acquisition ? `, acquisition ${d.acquisition}` : "");
     $("missed").textContent = d.missed;
   });
   es.onopen = () => { $("conn").textContent = "live"; $("conn").className = "pill ok"; };
@@ -81,9 +82,19 @@ function renderCameras(cams) {
   }));
 }
 
+function renderStream(s) {
+  const st = s.stream || {};
+  const why = Object.entries(st.cameras || {}).map(([cam, r]) => `${cam}: ${r.join(", ")}`);
+  $("stream").textContent = (st.state || "–") + (why.length ? ` (${why.join("; ")})` : "");
+  $("stream").className = st.healthy === false ? "bad" : "";
+  const acq = s.assembler ? s.assembler.acquisition : undefined;
+  $("acquisition").textContent = acq === undefined ? "–" : acq || "(none)";
+}
+
 async function pollStats() {
   try {
     const s = await api("GET", "/stats");
+    renderStream(s);
     $("fps_in").textContent = fmt(s.fps_in);
     $("fps_out").textContent = fmt(s.fps_out);
     const lat = s.latency_ms || {};
