@@ -236,8 +236,11 @@ class Pipeline:
         if unknown:
             raise KeyError(f"unknown camera(s) {unknown}; configured: {sorted(self._registration)}")
         regs = dict(self._registration)
+        frame = {"frame": (self.settings.stream.height, self.settings.stream.width)}
         for name, fields in changes.items():
-            regs[name] = CameraRegistration.model_validate({**regs[name].model_dump(), **fields})
+            regs[name] = CameraRegistration.model_validate(
+                {**regs[name].model_dump(), **fields}, context=frame
+            )
         self.aligner.set_registration(regs)
         self._registration = regs
         log.info("registration updated for %s", sorted(changes))

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from clients.dashboard.live import LiveImage, LiveState
 from clients.render import RenderMode, RenderSettings
+from service.api.auth import MUTATING_ERRORS, mutating
 
 STATIC = Path(__file__).parent / "static"
 ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
@@ -115,7 +116,7 @@ def _add_routes(router: APIRouter, live: LiveImage) -> None:
         live.start()
         return PNGResponse(base64.b64decode(live.snapshot.png_b64))
 
-    @router.post("/dashboard/reset")
+    @router.post("/dashboard/reset", dependencies=mutating, responses=MUTATING_ERRORS)
     def reset() -> DashboardReset:
         """Clear the accumulated image (this dashboard's view only; the service is untouched)."""
         live.reset()

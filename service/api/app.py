@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 
 from service.api import routes
+from service.api.errors import BodyGuard, validation_error
 from service.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,10 @@ def create_app(pipeline: Pipeline, *, token: str | None = None, dashboard: bool 
     )
     app.state.pipeline = pipeline
     app.state.token = pipeline.settings.api.token if token is None else token
+    app.state.host = pipeline.settings.api.host
+    app.state.allowed_origins = list(pipeline.settings.api.allowed_origins)
+    app.add_middleware(BodyGuard)
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(routes.router)
     if dashboard:
         _include_dashboard(app, pipeline)
