@@ -36,16 +36,14 @@ class CameraRegistrationUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    affine: list[Annotated[list[StrictNumber], Field(min_length=3, max_length=3)]] | None = (
-        Field(
-            None,
-            min_length=2,
-            max_length=2,
-            description="2x3 matrix, camera pixels -> reference pixels: pixel scale "
-            f"{AFFINE_SCALE_RANGE[0]:g}..{AFFINE_SCALE_RANGE[1]:g}, condition number at most "
-            f"{AFFINE_MAX_CONDITION:g}, translation at most {MAX_TRANSLATION_FRAMES:g} "
-            "frame sizes",
-        )
+    affine: list[Annotated[list[StrictNumber], Field(min_length=3, max_length=3)]] | None = Field(
+        None,
+        min_length=2,
+        max_length=2,
+        description="2x3 matrix, camera pixels -> reference pixels: pixel scale "
+        f"{AFFINE_SCALE_RANGE[0]:g}..{AFFINE_SCALE_RANGE[1]:g}, condition number at most "
+        f"{AFFINE_MAX_CONDITION:g}, translation at most {MAX_TRANSLATION_FRAMES:g} "
+        "frame sizes",
     )
     gain_adu: StrictNumber | None = Field(
         None, ge=GAIN_RANGE[0], le=GAIN_RANGE[1], description="ADU per model unit"
