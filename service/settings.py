@@ -73,11 +73,13 @@ def check_affine(value: Any) -> tuple[tuple[float, float, float], ...]:
         raise ValueError(f"affine must be a 2x3 matrix, got shape {arr.shape}: {value!r}")
     if not np.isfinite(arr).all():
         raise ValueError(f"affine has non-finite entries: {value!r}")
+    lo, hi = AFFINE_SCALE_RANGE
+    if np.abs(arr[:, :2]).max() > hi:  # a singular value is at least the largest entry
+        raise ValueError(f"affine scales pixels by more than {hi:g}: {value!r}")
     det = float(np.linalg.det(arr[:, :2]))
     if abs(det) < 1e-6:
         raise ValueError(f"affine is singular (det {det:.3g}): {value!r}")
     s = np.linalg.svd(arr[:, :2], compute_uv=False)
-    lo, hi = AFFINE_SCALE_RANGE
     if s.min() < lo or s.max() > hi:
         raise ValueError(
             f"affine scales pixels by {s.min():.3g}..{s.max():.3g}, expected within "
