@@ -35,7 +35,8 @@ from service.settings import CameraRegistration
 router = APIRouter()
 UNAUTHORIZED = MUTATING_ERRORS  # the errors of every route that declares ``mutating``
 INVALID: dict[int | str, dict[str, Any]] = {
-    422: {"model": ErrorAnswer, "description": "a refused value; the detail names each field"}
+    400: {"model": ErrorAnswer, "description": "the body could not be read (not UTF-8 JSON)"},
+    422: {"model": ErrorAnswer, "description": "a refused value; the detail names each field"},
 }
 MODEL_NAME_MAX = 255  # a model name is a directory name
 
@@ -55,7 +56,7 @@ def _invalid(exc: ValidationError, *prefix: str) -> HTTPException:
 
 @router.get("/health/live", tags=["health"])
 def live(request: Request) -> Live:
-    return Live(status="live", state=_pipeline(request).state)
+    return Live(status="live", state=_pipeline(request).state, instance=request.app.state.instance)
 
 
 @router.get(

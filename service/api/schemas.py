@@ -69,6 +69,9 @@ class ErrorAnswer(Answer):
 class Live(Answer):
     status: Literal["live"]
     state: PipelineState
+    instance: str = Field(
+        description="id of this service process (voxloc serve --instance-id; default random)"
+    )
 
 
 class Ready(Answer):
