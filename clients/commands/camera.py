@@ -70,16 +70,20 @@ def _simulated_source(args: argparse.Namespace, planes: list[int]) -> SimulatedS
     if args.registration_out:  # the body PUT /registration takes
         args.registration_out.write_text(json.dumps({"cameras": reg}, indent=2))
     if args.register:
-        _register_service(args.register, args.token, reg, args.wait_ready)
+        _register_service(args.register, args.token, reg, args.wait_ready, args.instance)
     return SimulatedSource(scene, planes, start=args.start_frame, frames=args.frames)
 
 
-def _register_service(url: str, token: str | None, cams: dict, wait_s: float) -> None:
-    from clients.control import ControlClient
+def _register_service(
+    url: str, token: str | None, cams: dict, wait_s: float, instance: str | None = None
+) -> None:
+    from clients.control import ControlClient, ControlError
 
     with ControlClient(url, token=token) as ctl:
         if wait_s > 0:
-            ctl.wait_ready(wait_s)
+            ctl.wait_ready(wait_s, instance=instance)
+        elif not ctl.is_instance(instance):
+            raise ControlError(f"the service at {url} is not instance {instance}")
         ctl.set_registration(cams)
     log.info("registration of %d cameras set on %s", len(cams), url)
 
@@ -254,6 +258,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "ready (model loaded)",
     )
     s.add_argument("--token", default=None, help="API token for --register (default $VOXLOC_TOKEN)")
+    s.add_argument(
+        "--instance",
+        default=None,
+        metavar="ID",
+        help="with --register: only the service reporting this instance id in "
+        "/health/live (voxloc serve --instance-id) is registered",
+    )
     add_settings_options(p)
     r = p.add_argument_group("replay")
     r.add_argument(

@@ -16,16 +16,22 @@ API = "service.settings:ApiSettings"
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from service.api import create_app
-    from service.pipeline import Pipeline
-    from service.server import Server
+    from service.preflight import check_endpoints
     from service.settings import load_settings
 
     settings = _with_overrides(load_settings(args.config), args)
+    # before the model loads or a socket opens: a busy port is one line, at once
+    check_endpoints(settings)
+
+    from service.api import create_app
+    from service.pipeline import Pipeline
+    from service.server import Server
+
     pipeline = Pipeline(settings)
     pipeline.start()
     try:
-        server = Server(create_app(pipeline), host=settings.api.host, port=settings.api.port)
+        app = create_app(pipeline, instance=args.instance_id)
+        server = Server(app, host=settings.api.host, port=settings.api.port)
         with on_stop_signals(server.request_stop):
             server.run()
     finally:
@@ -68,4 +74,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="control-plane port (default %(default)s)",
     )
     p.add_argument("--model", default=None, help="model to start with (name or directory)")
+    p.add_argument(
+        "--instance-id",
+        default=None,
+        metavar="ID",
+        help="the id GET /health/live reports (default: a random one), so that the process "
+        "that started this service can tell it from another on the same port",
+    )
     p.set_defaults(func=_cmd_serve)
