@@ -32,6 +32,7 @@ import zmq
 
 from clients.scene import Scene
 from engines.errors import FormatError, StreamError
+from service.curve import CurveClientKeys
 from service.wire import FRAME_DTYPES, encode_frame
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ class CameraPublisher:
         dtype: ``"uint16"`` or ``"float32"``; default: the first image's.
         sndhwm: send-queue length in messages; beyond it images are dropped.
         linger_ms: how long :meth:`close` waits to flush queued images.
+        curve: the service's public key and this camera's key pair, for a service with
+            ``[security] curve = true`` (``CurveClientKeys.from_files``; docs/deploy.md).
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class CameraPublisher:
         sndhwm: int = DEFAULT_SNDHWM,
         linger_ms: int = 1000,
         context: zmq.Context | None = None,
+        curve: CurveClientKeys | None = None,
     ) -> None:
         if not camera:
             raise ValueError("camera name must not be empty")
@@ -110,6 +114,8 @@ class CameraPublisher:
         self._sock = self._ctx.socket(zmq.PUSH)
         self._sock.setsockopt(zmq.SNDHWM, sndhwm)
         self._sock.setsockopt(zmq.LINGER, linger_ms)
+        if curve is not None:
+            curve.apply(self._sock)
         try:
             self._sock.connect(endpoint)
         except zmq.ZMQError as exc:

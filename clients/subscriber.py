@@ -24,6 +24,7 @@ import zmq
 import zmq.asyncio
 
 from engines.errors import StreamError
+from service.curve import CurveClientKeys
 from service.wire import LocsMessage, WireError, decode_locs
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,12 @@ class GapTracker:
         return gap
 
 
-def _sub_socket(ctx: zmq.Context, endpoint: str, rcvhwm: int) -> zmq.Socket:
+def _sub_socket(
+    ctx: zmq.Context, endpoint: str, rcvhwm: int, curve: CurveClientKeys | None = None
+) -> zmq.Socket:
     sock = ctx.socket(zmq.SUB)
+    if curve is not None:  # a service with [security] curve = true (docs/deploy.md)
+        curve.apply(sock)
     sock.setsockopt(zmq.RCVHWM, rcvhwm)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SUBSCRIBE, b"")
@@ -134,9 +139,10 @@ class LocalizationSubscriber(_Base):
         rcvhwm: int = DEFAULT_RCVHWM,
         on_gap: Callable[[Gap], None] | None = None,
         context: zmq.Context | None = None,
+        curve: CurveClientKeys | None = None,
     ) -> None:
         super().__init__(endpoint, on_gap)
-        self._sock = _sub_socket(context or zmq.Context.instance(), endpoint, rcvhwm)
+        self._sock = _sub_socket(context or zmq.Context.instance(), endpoint, rcvhwm, curve)
         self._poller = zmq.Poller()
         self._poller.register(self._sock, zmq.POLLIN)
 
@@ -176,9 +182,11 @@ class AsyncLocalizationSubscriber(_Base):
         rcvhwm: int = DEFAULT_RCVHWM,
         on_gap: Callable[[Gap], None] | None = None,
         context: zmq.asyncio.Context | None = None,
+        curve: CurveClientKeys | None = None,
     ) -> None:
         super().__init__(endpoint, on_gap)
-        self._sock = _sub_socket(context or zmq.asyncio.Context.instance(), endpoint, rcvhwm)
+        ctx = context or zmq.asyncio.Context.instance()
+        self._sock = _sub_socket(ctx, endpoint, rcvhwm, curve)
 
     async def recv(self) -> LocsMessage:
         while True:

@@ -19,6 +19,7 @@ from engines.calibration.drift import DriftEstimator
 from engines.errors import VoxlocError
 from service.aligner import Aligner
 from service.batcher import Batcher
+from service.curve import CurveServer
 from service.inference import LoadedModel, ModelManager, run_batch
 from service.ingest import Ingest
 from service.publisher import Publisher
@@ -68,6 +69,7 @@ class Pipeline:
         )
         self.ingest: Ingest | None = None
         self.publisher: Publisher | None = None
+        self.curve: CurveServer | None = None  # [security] curve = true
         self._observers: list[LocalizationObserver] = []
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -84,11 +86,18 @@ class Pipeline:
             self.models.load(self.settings.inference.model)
             if self.settings.drift.enabled:
                 self.add_observer(DriftEstimator.for_pipeline(self))
+            sec = self.settings.security
+            if sec.curve:
+                assert sec.server_key is not None and sec.client_keys is not None
+                self.curve = CurveServer(
+                    self._ctx, server_key=sec.server_key, client_keys=sec.client_keys
+                )
             self.ingest = Ingest(
                 self._ctx,
                 cameras=self.settings.cameras,
                 stream=self.settings.stream,
                 stats=self.stats,
+                curve=self.curve,
             )
             self.publisher = Publisher(
                 self._ctx,
@@ -96,6 +105,7 @@ class Pipeline:
                 source=self.settings.name,
                 sndhwm=self.settings.stream.sndhwm,
                 stats=self.stats,
+                curve=self.curve,
             )
             self.publisher.observers.extend(self._observers)
         except BaseException:
@@ -147,6 +157,9 @@ class Pipeline:
             self.ingest.close()
         if self.publisher is not None:
             self.publisher.close()
+        if self.curve is not None:
+            self.curve.close()
+            self.curve = None
         if self._own_ctx and not self._ctx.closed:
             self._ctx.term()
 

@@ -61,9 +61,7 @@ def bind_error(host: str, port: int) -> OSError | None:
 
 def describe_bind_error(exc: OSError, what: str, where: str, setting: str) -> str:
     if exc.errno == errno.EADDRINUSE:
-        return (
-            f"{what} {where} is already in use (another voxloc service?); change {setting}"
-        )
+        return f"{what} {where} is already in use (another voxloc service?); change {setting}"
     return f"cannot bind {what} {where}: {exc.strerror or exc}; change {setting}"
 
 

@@ -217,6 +217,37 @@ class InferenceSettings(BaseModel):
     drop_policy: DropPolicy = DropPolicy.DROP_OLDEST
 
 
+class SecuritySettings(BaseModel):
+    """ZeroMQ CURVE on the camera and localization sockets (service/curve.py); off by
+    default, for loopback use. ``voxloc keys DIR`` makes the files."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    curve: bool = Field(False, description="encrypt and authenticate the ZeroMQ streams")
+    server_key: Path | None = Field(
+        None, description="the service's key pair: the service.key_secret file of voxloc keys"
+    )
+    client_keys: Path | None = Field(
+        None, description="directory of the allowed clients' public keys (*.key)"
+    )
+
+    @model_validator(mode="after")
+    def _files(self) -> SecuritySettings:
+        if not self.curve:
+            return self
+        if self.server_key is None or not self.server_key.is_file():
+            raise ValueError(
+                f"security.server_key must be the service's .key_secret file, got "
+                f"{self.server_key} (make one with `voxloc keys DIR`)"
+            )
+        if self.client_keys is None or not self.client_keys.is_dir():
+            raise ValueError(
+                f"security.client_keys must be a directory of allowed client keys, got "
+                f"{self.client_keys} (make one with `voxloc keys DIR`)"
+            )
+        return self
+
+
 def default_cameras() -> list[CameraSettings]:
     return [
         CameraSettings(name=f"cam{k}", plane=k, endpoint=f"tcp://127.0.0.1:{5550 + k}")
@@ -237,6 +268,7 @@ class ServiceSettings(BaseSettings):
     inference: InferenceSettings = InferenceSettings()
     cameras: list[CameraSettings] = Field(default_factory=default_cameras)
     drift: DriftSettings = DriftSettings()
+    security: SecuritySettings = SecuritySettings()
 
     @classmethod
     def settings_customise_sources(

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from clients.commands.keys import add_curve_options, curve_keys
 from clients.commands.options import (
     Default,
     add_settings_options,
@@ -123,8 +124,9 @@ def _run(args: argparse.Namespace) -> int:
         )
     else:
         source = _simulated_source(args, planes)
+    curve = curve_keys(args)
     pubs = {
-        k: CameraPublisher(ep, names[k], k, **given(args, sndhwm="sndhwm"))
+        k: CameraPublisher(ep, names[k], k, curve=curve, **given(args, sndhwm="sndhwm"))
         for k, ep in zip(planes, endpoints, strict=True)
     }
     stop = threading.Event()
@@ -266,6 +268,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "/health/live (voxloc serve --instance-id) is registered",
     )
     add_settings_options(p)
+    add_curve_options(p)
     r = p.add_argument_group("replay")
     r.add_argument(
         "--tiff",

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from clients.dashboard.live import LiveImage, LiveState
 from clients.render import RenderMode, RenderSettings
 from service.api.auth import MUTATING_ERRORS, mutating
+from service.curve import CurveClientKeys
 
 STATIC = Path(__file__).parent / "static"
 ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
@@ -59,6 +60,7 @@ def create_router(
     mode: RenderMode = "gauss",
     sigma_nm: float = 20.0,
     interval_s: float = 0.5,
+    curve: CurveClientKeys | None = None,
 ) -> APIRouter:
     """The dashboard as an ``APIRouter`` to include at ``/``.
 
@@ -71,12 +73,14 @@ def create_router(
         z_range_nm: depth range of the colour map.
         mode: ``hist`` (2D histogram) or ``gauss`` (Gaussian-blurred, ``sigma_nm``).
         interval_s: at most one image update per interval.
+        curve: keys to subscribe to a service with CURVE on (``pipeline.curve.client_keys()``).
     """
     live = LiveImage(
         locs_endpoint,
         RenderSettings(nm_per_px=nm_per_px, z_range_nm=z_range_nm, mode=mode, sigma_nm=sigma_nm),
         extent_nm,
         interval_s=interval_s,
+        curve=curve,
     )
 
     @asynccontextmanager

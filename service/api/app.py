@@ -79,13 +79,13 @@ def _include_dashboard(app: FastAPI, pipeline: Pipeline) -> None:
         return
     endpoint = pipeline.publish_endpoint or pipeline.settings.stream.publish
     stream = pipeline.settings.stream
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
+    if pipeline.curve is not None:  # the dashboard subscribes with keys of its own
+        kwargs["curve"] = pipeline.curve.client_keys()
     if pipeline.models.active is not None:
         g = pipeline.models.active.engine.info.settings.geometry
-        kwargs = {
-            "extent_nm": (stream.width * g.px_nm, stream.height * g.px_nm),
-            "z_range_nm": (0.0, stream.planes * g.dz_nm),
-        }
+        kwargs["extent_nm"] = (stream.width * g.px_nm, stream.height * g.px_nm)
+        kwargs["z_range_nm"] = (0.0, stream.planes * g.dz_nm)
     try:
         app.include_router(create_router(locs_endpoint=endpoint, **kwargs))
     except Exception:  # the dashboard is optional: never keep the service from starting
