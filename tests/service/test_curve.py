@@ -172,3 +172,64 @@ def test_settings_and_keys_fail_clearly(keys: Path, tmp_path: Path) -> None:
         from clients.commands.keys import make_keys
 
         make_keys(keys, ["cam"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_voxloc_camera_and_record_with_curve_keys(
+    curved: Pipeline, keys: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The command-line sides: ``voxloc camera`` and ``voxloc record`` with their keys."""
+    import threading
+
+    from engines.io.loctable import read_table
+
+    server = str(keys / "service.key")
+    out = tmp_path / "locs.csv"
+    codes: dict[str, int] = {}
+    record = threading.Thread(
+        target=lambda: codes.setdefault(
+            "record",
+            main(
+                [
+                    "record",
+                    "-o",
+                    str(out),
+                    "--endpoint",
+                    curved.publish_endpoint or "",
+                    "--frames",
+                    "10",
+                    "--duration",
+                    "90",
+                    "--curve-server-key",
+                    server,
+                    "--curve-key",
+                    str(keys / "rec.key_secret"),
+                ]
+            ),
+        )
+    )
+    record.start()
+    wait_for(lambda: curved.publisher.subscribers == 1, "voxloc record to subscribe")
+    endpoints = [a for ep in curved.camera_endpoints().values() for a in ("--endpoint", ep)]
+    code = main(
+        [
+            "camera",
+            *endpoints,
+            "--frames",
+            "60",
+            "--rate",
+            "20",
+            "--no-misalign",
+            "--curve-server-key",
+            server,
+            "--curve-key",
+            str(keys / "cam.key_secret"),
+        ]
+    )
+    record.join(90)
+    capsys.readouterr()
+    assert code == 0 and codes.get("record") == 0
+    assert curved.stats.published >= 10
+    assert all(not c.rejects.get("unauthenticated") for c in curved.stats.cameras.values())
+    assert len(read_table(out)) > 0
