@@ -26,14 +26,17 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import zmq
 
 from clients.scene import Scene
 from engines.errors import FormatError, StreamError
-from service.curve import CurveClientKeys
 from service.wire import FRAME_DTYPES, encode_frame
+
+if TYPE_CHECKING:
+    from service.curve import CurveClientKeys  # duck-typed: .apply(sock)
 
 log = logging.getLogger(__name__)
 

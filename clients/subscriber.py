@@ -19,13 +19,16 @@ import re
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import zmq
 import zmq.asyncio
 
 from engines.errors import StreamError
-from service.curve import CurveClientKeys
 from service.wire import LocsMessage, WireError, decode_locs
+
+if TYPE_CHECKING:
+    from service.curve import CurveClientKeys  # duck-typed: .apply(sock)
 
 log = logging.getLogger(__name__)
 
