@@ -31,12 +31,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import zmq
 
-from clients.scene import Scene
 from engines.errors import FormatError, StreamError
 from service.wire import FRAME_DTYPES, encode_frame
 
-if TYPE_CHECKING:
-    from service.curve import CurveClientKeys  # duck-typed: .apply(sock)
+if TYPE_CHECKING:  # the scene simulator needs torch; an acquisition PC has none
+    from clients.scene import Scene
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +70,10 @@ class PublisherStats:
     @property
     def dropped_total(self) -> int:
         return sum(self.dropped.values())
+
+
+if TYPE_CHECKING:
+    from service.curve import CurveClientKeys  # duck-typed: CurveClientKeys.apply(sock)
 
 
 class CameraPublisher:
