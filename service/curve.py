@@ -23,10 +23,14 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +93,12 @@ class CurveServer:
     """The service's key pair and its ZAP handler on one ZeroMQ context."""
 
     def __init__(
-        self, ctx: zmq.Context, *, server_key: str | os.PathLike, client_keys: str | os.PathLike
+        self,
+        ctx: zmq.Context,
+        *,
+        server_key: str | os.PathLike,
+        client_keys: str | os.PathLike,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         if not zmq.has("curve"):
             raise CurveKeyError("this libzmq has no CURVE support (security.curve = true)")
@@ -102,6 +111,13 @@ class CurveServer:
         self._own: set[bytes] = set()
         self._seen_mtime: float | None = None
         self.denied = 0
+        self._p_denied = None
+        if registry is not None:
+            from prometheus_client import Counter
+
+            self._p_denied = Counter(
+                "voxloc_curve_refused", "clients refused: unknown CURVE key", registry=registry
+            )
         self._reload()
         self._auth = ThreadAuthenticator(ctx, log=log)
         self._auth.start()
@@ -117,6 +133,8 @@ class CurveServer:
             if not ok:
                 self.denied += 1
         if not ok:
+            if self._p_denied is not None:
+                self._p_denied.inc()
             log.warning("CURVE: refused a client with unknown key %s", key.decode(errors="replace"))
         return ok
 

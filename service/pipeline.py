@@ -90,7 +90,10 @@ class Pipeline:
             if sec.curve:
                 assert sec.server_key is not None and sec.client_keys is not None
                 self.curve = CurveServer(
-                    self._ctx, server_key=sec.server_key, client_keys=sec.client_keys
+                    self._ctx,
+                    server_key=sec.server_key,
+                    client_keys=sec.client_keys,
+                    registry=self.stats.registry,
                 )
             self.ingest = Ingest(
                 self._ctx,

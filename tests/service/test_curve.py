@@ -121,7 +121,10 @@ def test_curve_refuses_unknown_keys_and_runs_encrypted_with_allowed_ones(
         assert curved.curve is not None and curved.curve.denied >= 2  # cam1 and `bad`
         with TestClient(create_app(curved, dashboard=False)) as client:
             stats = client.get("/stats").json()
+            metrics = client.get("/metrics").text
         assert stats["rejects"]["unauthenticated"] >= 2
+        assert 'voxloc_camera_rejects_total{camera="cam1",reason="unauthenticated"}' in metrics
+        assert "voxloc_curve_refused_total" in metrics
 
         # the same cameras with allowed keys: every frame set arrives, encrypted
         for pub in pubs.values():
