@@ -236,3 +236,13 @@ def test_voxloc_camera_and_record_with_curve_keys(
     assert curved.stats.published >= 10
     assert all(not c.rejects.get("unauthenticated") for c in curved.stats.cameras.values())
     assert len(read_table(out)) > 0
+
+
+@pytest.mark.timeout(60)
+def test_the_dashboard_subscribes_with_keys_of_its_own(curved: Pipeline) -> None:
+    pytest.importorskip("clients.dashboard", reason="clients.dashboard not installed")
+    with TestClient(create_app(curved, dashboard=True)) as client:
+        assert client.get("/dashboard/info").status_code == 200
+        client.get("/dashboard/image.png")  # starts the dashboard's subscriber
+        wait_for(lambda: curved.publisher.subscribers == 1, "the dashboard's subscription")
+    assert curved.curve is not None and curved.curve.denied == 0
