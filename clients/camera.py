@@ -72,6 +72,10 @@ class PublisherStats:
         return sum(self.dropped.values())
 
 
+if TYPE_CHECKING:
+    from service.curve import CurveClientKeys  # duck-typed: CurveClientKeys.apply(sock)
+
+
 class CameraPublisher:
     """Publishes one camera's images; see the module docstring.
 
@@ -83,6 +87,8 @@ class CameraPublisher:
         dtype: ``"uint16"`` or ``"float32"``; default: the first image's.
         sndhwm: send-queue length in messages; beyond it images are dropped.
         linger_ms: how long :meth:`close` waits to flush queued images.
+        curve: the service's public key and this camera's key pair, for a service with
+            ``[security] curve = true`` (``CurveClientKeys.from_files``; docs/deploy.md).
     """
 
     def __init__(
@@ -96,6 +102,7 @@ class CameraPublisher:
         sndhwm: int = DEFAULT_SNDHWM,
         linger_ms: int = 1000,
         context: zmq.Context | None = None,
+        curve: CurveClientKeys | None = None,
     ) -> None:
         if not camera:
             raise ValueError("camera name must not be empty")
@@ -113,6 +120,8 @@ class CameraPublisher:
         self._sock = self._ctx.socket(zmq.PUSH)
         self._sock.setsockopt(zmq.SNDHWM, sndhwm)
         self._sock.setsockopt(zmq.LINGER, linger_ms)
+        if curve is not None:
+            curve.apply(self._sock)
         try:
             self._sock.connect(endpoint)
         except zmq.ZMQError as exc:

@@ -16,6 +16,7 @@ from clients.commands import (
     demo,
     evaluate,
     export,
+    keys,
     localize,
     record,
     render,
@@ -41,6 +42,7 @@ COMMANDS = (
     render,
     demo,
     calibrate,
+    keys,
 )
 
 

@@ -93,13 +93,25 @@ class ControlClient:
             raise
         return True
 
-    def wait_ready(self, timeout_s: float = 60.0, poll_s: float = 0.2) -> None:
-        """Block until ``/health/ready`` answers 200; ControlError after ``timeout_s``."""
+    def instance(self) -> str:
+        """The id of the service process answering (``voxloc serve --instance-id``)."""
+        return str(self.live().get("instance", ""))
+
+    def is_instance(self, instance: str | None) -> bool:
+        """True if the service answering is ``instance`` (None: any service)."""
+        return instance is None or self.instance() == instance
+
+    def wait_ready(
+        self, timeout_s: float = 60.0, poll_s: float = 0.2, *, instance: str | None = None
+    ) -> None:
+        """Block until ``/health/ready`` answers 200 (from the service ``instance``, if
+        given: another service on the same port is not waited for); ControlError after
+        ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         last: Exception | None = None
         while time.monotonic() < deadline:
             try:
-                if self.ready():
+                if self.is_instance(instance) and self.ready():
                     return
             except ControlError as exc:
                 last = exc

@@ -19,13 +19,16 @@ import re
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import zmq
 import zmq.asyncio
 
 from engines.errors import StreamError
 from service.wire import LocsMessage, WireError, decode_locs
+
+if TYPE_CHECKING:
+    from service.curve import CurveClientKeys  # duck-typed: .apply(sock)
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +98,15 @@ class GapTracker:
 _SocketT = TypeVar("_SocketT", bound=zmq.Socket)  # a zmq or zmq.asyncio socket
 
 
-def _sub_socket(ctx: zmq.Context[_SocketT], endpoint: str, rcvhwm: int) -> _SocketT:
+def _sub_socket(
+    ctx: zmq.Context[_SocketT],
+    endpoint: str,
+    rcvhwm: int,
+    curve: CurveClientKeys | None = None,
+) -> _SocketT:
     sock = ctx.socket(zmq.SUB)
+    if curve is not None:  # a service with [security] curve = true (docs/deploy.md)
+        curve.apply(sock)
     sock.setsockopt(zmq.RCVHWM, rcvhwm)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SUBSCRIBE, b"")
@@ -138,9 +148,10 @@ class LocalizationSubscriber(_Base):
         rcvhwm: int = DEFAULT_RCVHWM,
         on_gap: Callable[[Gap], None] | None = None,
         context: zmq.Context | None = None,
+        curve: CurveClientKeys | None = None,
     ) -> None:
         super().__init__(endpoint, on_gap)
-        self._sock = _sub_socket(context or zmq.Context.instance(), endpoint, rcvhwm)
+        self._sock = _sub_socket(context or zmq.Context.instance(), endpoint, rcvhwm, curve)
         self._poller = zmq.Poller()
         self._poller.register(self._sock, zmq.POLLIN)
 
@@ -180,9 +191,11 @@ class AsyncLocalizationSubscriber(_Base):
         rcvhwm: int = DEFAULT_RCVHWM,
         on_gap: Callable[[Gap], None] | None = None,
         context: zmq.asyncio.Context | None = None,
+        curve: CurveClientKeys | None = None,
     ) -> None:
         super().__init__(endpoint, on_gap)
-        self._sock = _sub_socket(context or zmq.asyncio.Context.instance(), endpoint, rcvhwm)
+        ctx = context or zmq.asyncio.Context.instance()
+        self._sock = _sub_socket(ctx, endpoint, rcvhwm, curve)
 
     async def recv(self) -> LocsMessage:
         while True:

@@ -16,6 +16,7 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from service.curve import CurveServer
 from service.settings import CameraSettings, StreamSettings
 from service.stats import ServiceStats
 from service.types import CameraState
@@ -26,6 +27,12 @@ log = logging.getLogger(__name__)
 MAX_HEADER_BYTES = 64 * 1024
 DRAIN_PER_POLL = 32  # messages taken from one camera before looking at the others
 _MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+# a camera without an allowed CURVE key (or without CURVE) fails its handshake
+_REFUSED = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
 
 
 @dataclass
@@ -54,9 +61,11 @@ class Ingest:
         cameras: list[CameraSettings],
         stream: StreamSettings,
         stats: ServiceStats,
+        curve: CurveServer | None = None,
     ) -> None:
         self.stream = stream
         self.stats = stats
+        self.curve = curve
         self.cameras: list[CameraEndpoint] = []
         self.poller = zmq.Poller()
         self._by_socket: dict[zmq.Socket, CameraEndpoint] = {}
@@ -75,6 +84,8 @@ class Ingest:
         # a message part larger than a frame of this camera closes the sender's connection
         # before it is read into memory (the camera reconnects by itself)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_part_bytes(cam))
+        if self.curve is not None:
+            self.curve.apply(sock)
         try:
             sock.bind(cam.endpoint)
         except zmq.ZMQError as exc:
@@ -82,7 +93,7 @@ class Ingest:
             raise OSError(
                 f"cannot bind camera {cam.name!r} endpoint {cam.endpoint!r}: {exc}"
             ) from exc
-        monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
+        monitor = sock.get_monitor_socket(_MONITOR_EVENTS | (_REFUSED if self.curve else 0))
         ep = CameraEndpoint(cam, sock, monitor, sock.getsockopt_string(zmq.LAST_ENDPOINT))
         self.cameras.append(ep)
         self._by_socket[sock] = ep
@@ -172,6 +183,9 @@ class Ingest:
             if cam.peers == 0:
                 cam.state = CameraState.DISCONNECTED
             log.info("camera %s disconnected", cam.name)
+        elif event & _REFUSED:
+            self.stats.reject(cam.name, Reject.UNAUTHENTICATED.value)
+            log.warning("camera %s: a client without an allowed CURVE key was refused", cam.name)
 
     def close(self) -> None:
         for cam in self.cameras:

@@ -22,6 +22,7 @@ from engines.io.loctable import TableMeta
 from service.acquisitions import Acquisitions
 from service.aligner import Aligner
 from service.batcher import Batcher
+from service.curve import CurveServer
 from service.inference import LoadedModel, ModelManager, run_batch
 from service.ingest import Ingest
 from service.publisher import Publisher
@@ -79,6 +80,7 @@ class Pipeline:
         )
         self.ingest: Ingest | None = None
         self.publisher: Publisher | None = None
+        self.curve: CurveServer | None = None  # [security] curve = true
         self._observers: list[LocalizationObserver] = []
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -95,11 +97,21 @@ class Pipeline:
             self.models.load(self.settings.inference.model)
             if self.settings.drift.enabled:
                 self.add_observer(DriftEstimator.for_pipeline(self))
+            sec = self.settings.security
+            if sec.curve:
+                assert sec.server_key is not None and sec.client_keys is not None
+                self.curve = CurveServer(
+                    self._ctx,
+                    server_key=sec.server_key,
+                    client_keys=sec.client_keys,
+                    registry=self.stats.registry,
+                )
             self.ingest = Ingest(
                 self._ctx,
                 cameras=self.settings.cameras,
                 stream=self.settings.stream,
                 stats=self.stats,
+                curve=self.curve,
             )
             self.publisher = Publisher(
                 self._ctx,
@@ -107,6 +119,7 @@ class Pipeline:
                 source=self.settings.name,
                 sndhwm=self.settings.stream.sndhwm,
                 stats=self.stats,
+                curve=self.curve,
             )
             self.publisher.observers.extend([self.acquisitions, *self._observers])
         except BaseException:
@@ -159,6 +172,9 @@ class Pipeline:
             self.ingest.close()
         if self.publisher is not None:
             self.publisher.close()
+        if self.curve is not None:
+            self.curve.close()
+            self.curve = None
         if self._own_ctx and not self._ctx.closed:
             self._ctx.term()
 
@@ -248,8 +264,11 @@ class Pipeline:
         if unknown:
             raise KeyError(f"unknown camera(s) {unknown}; configured: {sorted(self._registration)}")
         regs = dict(self._registration)
+        frame = {"frame": (self.settings.stream.height, self.settings.stream.width)}
         for name, fields in changes.items():
-            regs[name] = CameraRegistration.model_validate({**regs[name].model_dump(), **fields})
+            regs[name] = CameraRegistration.model_validate(
+                {**regs[name].model_dump(), **fields}, context=frame
+            )
         self.aligner.set_registration(regs)
         self._registration = regs
         log.info("registration updated for %s", sorted(changes))

@@ -16,6 +16,7 @@ from typing import Any
 import zmq
 
 from engines.types import Localizations
+from service.curve import CurveServer
 from service.inference import LoadedModel
 from service.stats import ServiceStats
 from service.types import Batch, LocalizationObserver
@@ -26,7 +27,14 @@ log = logging.getLogger(__name__)
 
 class Publisher:
     def __init__(
-        self, ctx: zmq.Context, *, endpoint: str, source: str, sndhwm: int, stats: ServiceStats
+        self,
+        ctx: zmq.Context,
+        *,
+        endpoint: str,
+        source: str,
+        sndhwm: int,
+        stats: ServiceStats,
+        curve: CurveServer | None = None,
     ) -> None:
         self.source = source
         self.stats = stats
@@ -37,6 +45,8 @@ class Publisher:
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.SNDHWM, sndhwm)
         self._sock.setsockopt(zmq.XPUB_VERBOSER, 1)  # see every (un)subscribe, not just first
+        if curve is not None:
+            curve.apply(self._sock)
         try:
             self._sock.bind(endpoint)
         except zmq.ZMQError as exc:

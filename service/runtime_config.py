@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, Strict, create_model
 
 
 class DropPolicy(str, enum.Enum):
@@ -50,14 +50,24 @@ class RuntimeConfig(BaseModel):
     assembly_timeout_ms: AssemblyTimeoutMs
 
 
-def all_optional(model: type[BaseModel], name: str, doc: str) -> type[BaseModel]:
-    """A model with ``model``'s fields and bounds, each optional (default ``None``)."""
+def all_optional(
+    model: type[BaseModel], name: str, doc: str, *, strict: bool = False
+) -> type[BaseModel]:
+    """A model with ``model``'s fields and bounds, each optional (default ``None``).
+
+    With ``strict``, numbers must be JSON numbers (``false`` or ``"5"`` is refused, not
+    read as 0 or 5) and integers whole; NaN and infinities are refused either way.
+    """
     fields: dict[str, Any] = {}
     for key, field in model.model_fields.items():
         bounded: Any = field.annotation  # a type made at run time
-        if field.metadata:
+        metadata = list(field.metadata)
+        if strict and bounded in (int, float):
+            metadata.append(Strict())
+        if metadata:
             # one tuple: mypy takes Annotated[(t, *m)] for the 3.11 form Annotated[t, *m]
-            type_and_bounds = (bounded, *field.metadata)
+            type_and_bounds = (bounded, *metadata)
             bounded = Annotated[type_and_bounds]
         fields[key] = (bounded | None, Field(None, description=field.description))
-    return create_model(name, __config__=ConfigDict(extra="forbid"), __doc__=doc, **fields)
+    config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    return create_model(name, __config__=config, __doc__=doc, **fields)

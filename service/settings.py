@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -46,29 +53,90 @@ def check_endpoint(value: str) -> str:
     return value
 
 
+# Bounds of a registration (docs/protocol.md Sec. 5, PUT /registration); a value outside
+# them is a typo or a unit mix-up, never a real microscope.
+GAIN_RANGE = (1e-3, 1e4)  # ADU per model unit
+AFFINE_SCALE_RANGE = (0.2, 5.0)  # singular values of the 2x2 part (pixel size ratio)
+AFFINE_MAX_CONDITION = 10.0  # largest / smallest singular value (shear, anisotropy)
+MAX_TRANSLATION_FRAMES = 2.0  # |translation| at most this many frame widths / heights
+MAX_TRANSLATION_PX = MAX_TRANSLATION_FRAMES * 8192  # before the frame size is known
+
+
 def check_affine(value: Any) -> tuple[tuple[float, float, float], ...]:
-    """A 2x3 affine matrix with an invertible 2x2 part, as nested tuples."""
-    arr = np.asarray(value, dtype=np.float64)
+    """A 2x3 affine matrix, finite, well conditioned and with a pixel scale in
+    :data:`AFFINE_SCALE_RANGE`, as nested tuples."""
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"affine must be a 2x3 matrix of numbers, got {value!r}") from exc
     if arr.shape != (2, 3):
         raise ValueError(f"affine must be a 2x3 matrix, got shape {arr.shape}: {value!r}")
     if not np.isfinite(arr).all():
         raise ValueError(f"affine has non-finite entries: {value!r}")
+    lo, hi = AFFINE_SCALE_RANGE
+    if np.abs(arr[:, :2]).max() > hi:  # a singular value is at least the largest entry
+        raise ValueError(f"affine scales pixels by more than {hi:g}: {value!r}")
     det = float(np.linalg.det(arr[:, :2]))
     if abs(det) < 1e-6:
         raise ValueError(f"affine is singular (det {det:.3g}): {value!r}")
+    s = np.linalg.svd(arr[:, :2], compute_uv=False)
+    if s.min() < lo or s.max() > hi:
+        raise ValueError(
+            f"affine scales pixels by {s.min():.3g}..{s.max():.3g}, expected within "
+            f"{lo:g}..{hi:g}: {value!r}"
+        )
+    if s.max() / s.min() > AFFINE_MAX_CONDITION:
+        raise ValueError(
+            f"affine is ill-conditioned (condition number {s.max() / s.min():.3g}, at most "
+            f"{AFFINE_MAX_CONDITION:g}): {value!r}"
+        )
+    if np.abs(arr[:, 2]).max() > MAX_TRANSLATION_PX:
+        raise ValueError(
+            f"affine translation {arr[:, 2].tolist()} px is beyond {MAX_TRANSLATION_PX:g} px"
+        )
     return tuple((float(row[0]), float(row[1]), float(row[2])) for row in arr)
 
 
-class CameraRegistration(BaseModel):
-    """Per-camera registration into the reference plane and ADU -> model units."""
+def check_translation(
+    affine: tuple[tuple[float, float, float], ...], height: int, width: int
+) -> None:
+    """ValueError when the affine moves pixels by more than ``MAX_TRANSLATION_FRAMES``
+    frame sizes (``height`` x ``width``)."""
+    tx, ty = affine[0][2], affine[1][2]
+    k = MAX_TRANSLATION_FRAMES
+    if abs(tx) > k * width or abs(ty) > k * height:
+        raise ValueError(
+            f"affine translation ({tx:g}, {ty:g}) px is more than {k:g} frames "
+            f"({width}x{height} px) away"
+        )
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class CameraRegistration(BaseModel):
+    """Per-camera registration into the reference plane and ADU -> model units.
+
+    Validated with ``context={"frame": (height, width)}``, the affine translation is also
+    bounded by the frame size (:func:`check_translation`).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     affine: tuple[tuple[float, float, float], ...] = IDENTITY_AFFINE
-    gain_adu: float = Field(1.0, gt=0, description="ADU per model unit")
+    gain_adu: float = Field(
+        1.0, ge=GAIN_RANGE[0], le=GAIN_RANGE[1], description="ADU per model unit"
+    )
     baseline_adu: float = Field(0.0, ge=0, le=65535)
 
     _check_affine = field_validator("affine", mode="before")(check_affine)
+
+    @field_validator("affine")
+    @classmethod
+    def _check_translation(
+        cls, value: tuple[tuple[float, float, float], ...], info: ValidationInfo
+    ) -> tuple[tuple[float, float, float], ...]:
+        frame = (info.context or {}).get("frame")
+        if frame is not None:
+            check_translation(value, *frame)
+        return value
 
 
 class CameraSettings(CameraRegistration):
@@ -92,6 +160,11 @@ class ApiSettings(BaseModel):
     port: int = Field(8750, ge=0, le=65535)
     token: str = ""
     allow_insecure: bool = Field(False, description="allow a non-loopback host without token")
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="browser origins besides the service's own allowed to change it "
+        "without a token, e.g. http://scope-pc:8750 (docs/deploy.md)",
+    )
 
     @model_validator(mode="after")
     def _safe_bind(self) -> ApiSettings:
@@ -144,6 +217,37 @@ class InferenceSettings(BaseModel):
     drop_policy: DropPolicy = DropPolicy.DROP_OLDEST
 
 
+class SecuritySettings(BaseModel):
+    """ZeroMQ CURVE on the camera and localization sockets (service/curve.py); off by
+    default, for loopback use. ``voxloc keys DIR`` makes the files."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    curve: bool = Field(False, description="encrypt and authenticate the ZeroMQ streams")
+    server_key: Path | None = Field(
+        None, description="the service's key pair: the service.key_secret file of voxloc keys"
+    )
+    client_keys: Path | None = Field(
+        None, description="directory of the allowed clients' public keys (*.key)"
+    )
+
+    @model_validator(mode="after")
+    def _files(self) -> SecuritySettings:
+        if not self.curve:
+            return self
+        if self.server_key is None or not self.server_key.is_file():
+            raise ValueError(
+                f"security.server_key must be the service's .key_secret file, got "
+                f"{self.server_key} (make one with `voxloc keys DIR`)"
+            )
+        if self.client_keys is None or not self.client_keys.is_dir():
+            raise ValueError(
+                f"security.client_keys must be a directory of allowed client keys, got "
+                f"{self.client_keys} (make one with `voxloc keys DIR`)"
+            )
+        return self
+
+
 def default_cameras() -> list[CameraSettings]:
     return [
         CameraSettings(name=f"cam{k}", plane=k, endpoint=f"tcp://127.0.0.1:{5550 + k}")
@@ -174,6 +278,7 @@ class ServiceSettings(BaseSettings):
     cameras: list[CameraSettings] = Field(default_factory=default_cameras)
     drift: DriftSettings = DriftSettings()
     recording: RecordingSettings = RecordingSettings()
+    security: SecuritySettings = SecuritySettings()
 
     @classmethod
     def settings_customise_sources(
@@ -193,6 +298,11 @@ class ServiceSettings(BaseSettings):
             raise ValueError(
                 f"expected one camera per plane 0..{self.stream.planes - 1}, got planes {planes}"
             )
+        for cam in self.cameras:
+            try:
+                check_translation(cam.affine, self.stream.height, self.stream.width)
+            except ValueError as exc:
+                raise ValueError(f"cameras.{cam.name}.affine: {exc}") from exc
         names = [c.name for c in self.cameras]
         if len(set(names)) != len(names):
             raise ValueError(f"camera names must be unique, got {names}")

@@ -40,6 +40,7 @@ class Reject(str, enum.Enum):
     DUPLICATE = "duplicate"  # frame index already received from this camera
     NONFINITE = "nonfinite"  # NaN / inf pixels
     DESYNC = "desync"  # frame index inconsistent with the other cameras (service/sync.py)
+    UNAUTHENTICATED = "unauthenticated"  # CURVE handshake refused (service/curve.py)
 
 
 class WireError(StreamError):

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from clients.commands.keys import add_curve_options, curve_keys
 from clients.commands.options import (
     Default,
     add_settings_options,
@@ -71,16 +72,20 @@ def _simulated_source(args: argparse.Namespace, planes: list[int]) -> SimulatedS
     if args.registration_out:  # the body PUT /registration takes
         write_json(args.registration_out, {"cameras": reg})
     if args.register:
-        _register_service(args.register, args.token, reg, args.wait_ready)
+        _register_service(args.register, args.token, reg, args.wait_ready, args.instance)
     return SimulatedSource(scene, planes, start=args.start_frame, frames=args.frames)
 
 
-def _register_service(url: str, token: str | None, cams: dict, wait_s: float) -> None:
-    from clients.control import ControlClient
+def _register_service(
+    url: str, token: str | None, cams: dict, wait_s: float, instance: str | None = None
+) -> None:
+    from clients.control import ControlClient, ControlError
 
     with ControlClient(url, token=token) as ctl:
         if wait_s > 0:
-            ctl.wait_ready(wait_s)
+            ctl.wait_ready(wait_s, instance=instance)
+        elif not ctl.is_instance(instance):
+            raise ControlError(f"the service at {url} is not instance {instance}")
         ctl.set_registration(cams)
     log.info("registration of %d cameras set on %s", len(cams), url)
 
@@ -133,8 +138,9 @@ def _publish(
     """Send the frame sets of ``source`` at ``--rate`` until it ends or a stop signal."""
     from clients.camera import CameraPublisher, run_cameras
 
+    curve = curve_keys(args)
     pubs = {
-        k: CameraPublisher(ep, names[k], k, **given(args, sndhwm="sndhwm"))
+        k: CameraPublisher(ep, names[k], k, curve=curve, **given(args, sndhwm="sndhwm"))
         for k, ep in zip(planes, endpoints, strict=True)
     }
     stop = threading.Event()
@@ -268,7 +274,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "ready (model loaded)",
     )
     s.add_argument("--token", default=None, help="API token for --register (default $VOXLOC_TOKEN)")
+    s.add_argument(
+        "--instance",
+        default=None,
+        metavar="ID",
+        help="with --register: only the service reporting this instance id in "
+        "/health/live (voxloc serve --instance-id) is registered",
+    )
     add_settings_options(p)
+    add_curve_options(p)
     r = p.add_argument_group("replay")
     r.add_argument(
         "--tiff",

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +99,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return _run(args)
 
 
+def check_ports(ports: list[tuple[int, str]]) -> None:
+    """OSError, one line naming the first busy port and its flag, before anything starts."""
+    from service.preflight import EndpointBusyError, bind_error, describe_bind_error
+
+    for port, flag in ports:
+        exc = bind_error("127.0.0.1", port)
+        if exc is not None:
+            raise EndpointBusyError(
+                exc.errno,
+                describe_bind_error(exc, "port", f"{port} on 127.0.0.1", f"{flag} (0: any free)"),
+            )
+
+
 def _run(args: argparse.Namespace) -> int:
     from clients.control import ControlClient
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per status poll
+    ports = [(args.port, "--port"), (args.locs_port, "--locs-port")]
+    if args.camera_base_port:
+        ports += [(args.camera_base_port + k, "--camera-base-port") for k in range(4)]
+    check_ports(ports)  # before anything starts: a busy port is one line, at once
     api_port = args.port or free_port()
     locs_port = args.locs_port or free_port()
     cam_ports = (
@@ -109,12 +127,15 @@ def _run(args: argparse.Namespace) -> int:
         if args.camera_base_port
         else [free_port() for _ in range(4)]
     )
+    instance = uuid.uuid4().hex  # the service reports it: another one on the port is not ours
     workdir = Path(tempfile.mkdtemp(prefix="voxloc-demo-"))
     config = workdir / "voxloc.toml"
     config.write_text(demo_config(api_port, locs_port, cam_ports, args.model, args.threshold))
     url = f"http://127.0.0.1:{api_port}"
     print(f"voxloc demo: starting the service (logs in {workdir})", flush=True)
-    service = _spawn(["serve", "--config", str(config)], workdir / "service.log")
+    service = _spawn(
+        ["serve", "--config", str(config), "--instance-id", instance], workdir / "service.log"
+    )
     # the cameras start loading at once, then wait for the model to be ready themselves
     cameras = _spawn(
         [
@@ -129,6 +150,8 @@ def _run(args: argparse.Namespace) -> int:
             url,
             "--wait-ready",
             str(args.ready_timeout),
+            "--instance",
+            instance,
             *[a for p in cam_ports for a in ("--endpoint", f"tcp://127.0.0.1:{p}")],
         ],
         workdir / "cameras.log",
@@ -136,7 +159,7 @@ def _run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     try:
         with ControlClient(url) as ctl:
-            _wait_ready(ctl, service, workdir / "service.log", args.ready_timeout)
+            _wait_ready(ctl, service, workdir / "service.log", args.ready_timeout, instance)
             print(
                 f"\n  dashboard:      {url}/\n  API docs:       {url}/docs\n"
                 f"  localizations:  tcp://127.0.0.1:{locs_port}   (try: voxloc record -o "
@@ -160,23 +183,35 @@ def _interrupt(_sig: signal.Signals) -> None:
     raise KeyboardInterrupt
 
 
-def _wait_ready(ctl: Any, service: subprocess.Popen, log: Path, timeout_s: float) -> None:
+def _wait_ready(
+    ctl: Any, service: subprocess.Popen, log: Path, timeout_s: float, instance: str
+) -> None:
+    """Until the service we started (``instance``) is ready; another service answering on
+    the port is never taken for it."""
     from clients.control import ControlError
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if service.poll() is not None:
-            raise ControlError(
-                f"the service exited with code {service.returncode}; its log "
-                f"{log} ends with:\n{_tail(log)}"
-            )
+            raise ControlError(_exit_reason("the service", service.returncode, log))
         try:
-            if ctl.ready():
+            if ctl.is_instance(instance) and ctl.ready():
                 return
         except ControlError:
             pass  # not listening yet
         time.sleep(0.3)
     raise ControlError(f"the service was not ready after {timeout_s:.0f} s; see {log}")
+
+
+def _exit_reason(name: str, code: int | None, log: Path) -> str:
+    """The child's own one-line error when it printed one, else the end of its log."""
+    text = _tail(log, 200)
+    errors = [
+        line for line in text.splitlines() if line.startswith("voxloc ") and ": error:" in line
+    ]
+    if errors:
+        return f"{name} exited with code {code}: {errors[-1].split(': error: ', 1)[1]}"
+    return f"{name} exited with code {code}; {log} ends with:\n{_tail(log)}"
 
 
 def _status_loop(
@@ -194,10 +229,7 @@ def _status_loop(
     while duration_s is None or time.monotonic() - t0 < duration_s:
         for proc, name in ((service, "service"), (cameras, "cameras")):
             if proc.poll() is not None:
-                log = workdir / f"{name}.log"
-                raise ControlError(
-                    f"{name} exited with code {proc.returncode}; {log} ends with:\n{_tail(log)}"
-                )
+                raise ControlError(_exit_reason(name, proc.returncode, workdir / f"{name}.log"))
         try:
             line = status_line(ctl.stats(), t0)
         except ControlError as exc:

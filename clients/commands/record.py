@@ -6,6 +6,7 @@ import argparse
 import threading
 from pathlib import Path
 
+from clients.commands.keys import add_curve_options, curve_keys
 from clients.commands.options import add_geometry_options, value
 from clients.commands.signals import stop_on_signals
 from engines.config import Geometry
@@ -29,9 +30,10 @@ def _cmd_record(args: argparse.Namespace) -> int:
         data_type="float32",
         info={"Recorded by": "voxloc record"},
     )
+    curve = curve_keys(args)
     writer = open_stream_writer(args.out, meta)
     stop = threading.Event()
-    with stop_on_signals(stop), LocalizationSubscriber(args.endpoint) as sub:
+    with stop_on_signals(stop), LocalizationSubscriber(args.endpoint, curve=curve) as sub:
         print(f"recording {args.endpoint} -> {args.out} (Ctrl-C to stop)", flush=True)
         result = record(
             sub,
@@ -70,6 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--idle-timeout", type=float, default=None, help="stop after S seconds without a message"
     )
+    add_curve_options(p)
     m = p.add_argument_group("metadata for the Picasso yaml (defaults: paper set-up)")
     add_geometry_options(m, planes="focal planes (default %(default)s)")
     m.add_argument("--height", type=int, default=PAPER.height, help="frame height, px")

@@ -16,17 +16,22 @@ API = "service.settings:ApiSettings"
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from service.preflight import check_endpoints
+    from service.settings import load_settings
+
+    settings = _with_overrides(load_settings(args.config), args)
+    # before the model loads or a socket opens: a busy port is one line, at once
+    check_endpoints(settings)
+
     from clients.dashboard import include_dashboard
     from service.api import create_app
     from service.pipeline import Pipeline
     from service.server import Server
-    from service.settings import load_settings
 
-    settings = _with_overrides(load_settings(args.config), args)
     pipeline = Pipeline(settings)
     pipeline.start()
     try:
-        app = create_app(pipeline)
+        app = create_app(pipeline, instance=args.instance_id)
         include_dashboard(app, pipeline)
         server = Server(app, host=settings.api.host, port=settings.api.port)
         with on_stop_signals(server.request_stop):
@@ -71,4 +76,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="control-plane port (default %(default)s)",
     )
     p.add_argument("--model", default=None, help="model to start with (name or directory)")
+    p.add_argument(
+        "--instance-id",
+        default=None,
+        metavar="ID",
+        help="the id GET /health/live reports (default: a random one), so that the process "
+        "that started this service can tell it from another on the same port",
+    )
     p.set_defaults(func=_cmd_serve)

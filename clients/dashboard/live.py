@@ -21,6 +21,7 @@ import numpy as np
 
 from clients.render import DepthHistogram, RenderSettings, colorbar_stops
 from clients.subscriber import LocalizationSubscriber
+from service.curve import CurveClientKeys
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,10 @@ class LiveImage:
         extent_nm: tuple[float, float],
         *,
         interval_s: float = 0.5,
+        curve: CurveClientKeys | None = None,
     ) -> None:
         self.endpoint = locs_endpoint
+        self.curve = curve
         self.settings = settings
         self.interval_s = interval_s
         self.hist = DepthHistogram(settings.nm_per_px, *extent_nm)
@@ -91,7 +94,7 @@ class LiveImage:
         self._render()
 
     def _run(self) -> None:
-        with LocalizationSubscriber(self.endpoint) as sub:
+        with LocalizationSubscriber(self.endpoint, curve=self.curve) as sub:
             log.info("dashboard subscribed to %s", self.endpoint)
             last_render = 0.0
             while not self._stop.is_set():

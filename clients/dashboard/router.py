@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from clients.dashboard.live import LiveImage, LiveState
 from clients.render import RenderMode, RenderSettings
+from service.api.auth import MUTATING_ERRORS, mutating
+from service.curve import CurveClientKeys
 
 if TYPE_CHECKING:
     from service.pipeline import Pipeline
@@ -72,6 +74,7 @@ def create_router(
     mode: RenderMode = "gauss",
     sigma_nm: float = 20.0,
     interval_s: float = 0.5,
+    curve: CurveClientKeys | None = None,
 ) -> DashboardRouter:
     """The dashboard as an ``APIRouter`` to include at ``/``.
 
@@ -84,12 +87,14 @@ def create_router(
         z_range_nm: depth range of the colour map.
         mode: ``hist`` (2D histogram) or ``gauss`` (Gaussian-blurred, ``sigma_nm``).
         interval_s: at most one image update per interval.
+        curve: keys to subscribe to a service with CURVE on (``pipeline.curve.client_keys()``).
     """
     live = LiveImage(
         locs_endpoint,
         RenderSettings(nm_per_px=nm_per_px, z_range_nm=z_range_nm, mode=mode, sigma_nm=sigma_nm),
         extent_nm,
         interval_s=interval_s,
+        curve=curve,
     )
 
     @asynccontextmanager
@@ -112,15 +117,18 @@ def include_dashboard(app: FastAPI, pipeline: Pipeline) -> None:
     endpoint = pipeline.publish_endpoint or pipeline.settings.stream.publish
     stream = pipeline.settings.stream
     active = pipeline.models.active
+    # with CURVE on, the dashboard subscribes with a key pair of its own
+    curve = pipeline.curve.client_keys() if pipeline.curve is not None else None
     try:
         if active is None:
-            router = create_router(endpoint)
+            router = create_router(endpoint, curve=curve)
         else:
             g = active.engine.info.settings.geometry
             router = create_router(
                 endpoint,
                 extent_nm=(stream.width * g.px_nm, stream.height * g.px_nm),
                 z_range_nm=(0.0, stream.planes * g.dz_nm),
+                curve=curve,
             )
         app.include_router(router)
     except Exception:  # the dashboard is optional: never keep the service from starting
@@ -152,7 +160,7 @@ def _add_routes(router: APIRouter, live: LiveImage) -> None:
         live.start()
         return PNGResponse(base64.b64decode(live.snapshot.png_b64))
 
-    @router.post("/dashboard/reset")
+    @router.post("/dashboard/reset", dependencies=mutating, responses=MUTATING_ERRORS)
     def reset() -> DashboardReset:
         """Clear the accumulated image (this dashboard's view only; the service is untouched)."""
         live.reset()

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from engines.calibration.gaussfit import AMP, LOG_SIGMA, fit_gaussians
 
@@ -43,6 +42,8 @@ def isolated(xy_px: np.ndarray, isolation_px: float) -> np.ndarray:
         np.fill_diagonal(d2, np.inf)
         return d2.min(1) > isolation_px**2
     keep = np.ones(n, bool)
+    from scipy.spatial import cKDTree  # here: the service settings import this module
+
     keep[cKDTree(xy_px).query_pairs(isolation_px, output_type="ndarray").ravel()] = False
     return keep
 

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.acquisitions import AcquisitionError
-from service.api.auth import require_token
+from service.api.auth import MUTATING_ERRORS, mutating
 from service.api.schemas import Answer, ErrorAnswer
 from service.pipeline import Pipeline
 
 router = APIRouter(tags=["acquisitions"])
-mutating = [Depends(require_token)]
+INVALID: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorAnswer, "description": "a refused value; the detail names each field"}
+}
 
 
 class AcquisitionStart(BaseModel):
@@ -53,7 +55,11 @@ def _pipeline(request: Request) -> Pipeline:
     status_code=status.HTTP_201_CREATED,
     dependencies=mutating,
     response_model=AcquisitionInfo,
-    responses={400: {"model": ErrorAnswer, "description": "bad recording path"}},
+    responses={
+        **MUTATING_ERRORS,
+        **INVALID,
+        400: {"model": ErrorAnswer, "description": "bad recording path, or an unreadable body"},
+    },
 )
 def start_acquisition(body: AcquisitionStart, request: Request) -> dict[str, Any]:
     try:
@@ -66,7 +72,10 @@ def start_acquisition(body: AcquisitionStart, request: Request) -> dict[str, Any
     "/acquisitions/current/stop",
     dependencies=mutating,
     response_model=AcquisitionInfo,
-    responses={409: {"model": ErrorAnswer, "description": "no acquisition is running"}},
+    responses={
+        **MUTATING_ERRORS,
+        409: {"model": ErrorAnswer, "description": "no acquisition is running"},
+    },
 )
 def stop_acquisition(request: Request) -> dict[str, Any]:
     try:
@@ -89,7 +98,10 @@ def list_acquisitions(request: Request) -> dict[str, Any]:
 @router.get(
     "/acquisitions/{acq_id}",
     response_model=AcquisitionInfo,
-    responses={404: {"model": ErrorAnswer, "description": "unknown acquisition"}},
+    responses={
+        **INVALID,
+        404: {"model": ErrorAnswer, "description": "unknown acquisition"},
+    },
 )
 def get_acquisition(acq_id: str, request: Request) -> dict[str, Any]:
     try:

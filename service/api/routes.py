@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi import APIRouter, HTTPException, Path, Request, Response, status
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from engines.errors import EngineError, ModelNotFoundError
 from engines.modeldir import available_models, read_info
-from service.api.auth import require_token
+from service.api.auth import MUTATING_ERRORS, mutating
+from service.api.errors import describe_errors
 from service.api.schemas import (
     AvailableModel,
     CameraRegistrationState,
@@ -31,12 +32,15 @@ from service.api.schemas import (
 from service.inference import ModelBusyError
 from service.pipeline import Pipeline
 from service.runtime_config import RuntimeConfig
+from service.settings import CameraRegistration
 
 router = APIRouter()
-mutating = [Depends(require_token)]
-UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorAnswer, "description": "missing or wrong bearer token"}
+UNAUTHORIZED = MUTATING_ERRORS  # the errors of every route that declares ``mutating``
+INVALID: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorAnswer, "description": "the body could not be read (not UTF-8 JSON)"},
+    422: {"model": ErrorAnswer, "description": "a refused value; the detail names each field"},
 }
+MODEL_NAME_MAX = 255  # a model name is a directory name
 
 
 class PrometheusResponse(Response):
@@ -47,17 +51,14 @@ def _pipeline(request: Request) -> Pipeline:
     return request.app.state.pipeline
 
 
-def _invalid(exc: ValidationError) -> HTTPException:
-    msgs = "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']} (got {e.get('input')!r})"
-        for e in exc.errors()
-    )
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, msgs)
+def _invalid(exc: ValidationError, *prefix: str) -> HTTPException:
+    errors = [{**e, "loc": (*prefix, *e["loc"])} for e in exc.errors()]
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, describe_errors(errors))
 
 
 @router.get("/health/live", tags=["health"])
 def live(request: Request) -> Live:
-    return Live(status="live", state=_pipeline(request).state)
+    return Live(status="live", state=_pipeline(request).state, instance=request.app.state.instance)
 
 
 @router.get(
@@ -126,10 +127,21 @@ def models(request: Request) -> Models:
         **UNAUTHORIZED,
         404: {"model": ErrorAnswer, "description": "unknown model"},
         409: {"model": ErrorAnswer, "description": "another load in progress"},
-        422: {"model": ErrorAnswer, "description": "the model cannot be loaded"},
+        422: {"model": ErrorAnswer, "description": "a bad name, or the model cannot be loaded"},
     },
 )
-def load_model(name: str, request: Request) -> ModelSwitch:
+def load_model(
+    name: Annotated[
+        str,
+        Path(
+            min_length=1,
+            max_length=MODEL_NAME_MAX,
+            pattern=r"^[^/\\\x00]+$",
+            description="a model name (GET /models)",
+        ),
+    ],
+    request: Request,
+) -> ModelSwitch:
     """Load and warm ``name`` beside the running model, then switch between batches."""
     try:
         new, previous = _pipeline(request).load_model(name)
@@ -153,13 +165,15 @@ def get_config(request: Request) -> RuntimeConfig:
     return _pipeline(request).config
 
 
-@router.put("/config", tags=["config"], dependencies=mutating, responses=UNAUTHORIZED)
+@router.put(
+    "/config", tags=["config"], dependencies=mutating, responses={**UNAUTHORIZED, **INVALID}
+)
 def put_config(update: ConfigUpdate, request: Request) -> RuntimeConfig:
     changes = update.model_dump(exclude_none=True)
     try:
         return _pipeline(request).update_config(changes)
     except ValidationError as exc:
-        raise _invalid(exc) from exc
+        raise _invalid(exc, "body") from exc
 
 
 def _registration(p: Pipeline) -> Registration:
@@ -177,16 +191,31 @@ def get_registration(request: Request) -> Registration:
     return _registration(_pipeline(request))
 
 
-@router.put("/registration", tags=["registration"], dependencies=mutating, responses=UNAUTHORIZED)
+@router.put(
+    "/registration",
+    tags=["registration"],
+    dependencies=mutating,
+    responses={**UNAUTHORIZED, **INVALID},
+)
 def put_registration(update: RegistrationUpdate, request: Request) -> Registration:
     p = _pipeline(request)
     changes = {name: cam.model_dump(exclude_none=True) for name, cam in update.cameras.items()}
+    current = p.registration
+    frame = {"frame": (p.settings.stream.height, p.settings.stream.width)}
+    for name, fields in changes.items():  # first, to name the camera of a refused value
+        if name in current:
+            try:
+                CameraRegistration.model_validate(
+                    {**current[name].model_dump(), **fields}, context=frame
+                )
+            except ValidationError as exc:
+                raise _invalid(exc, "body", "cameras", name) from exc
     try:
         p.update_registration(changes)
     except KeyError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc.args[0])) from exc
     except ValidationError as exc:
-        raise _invalid(exc) from exc
+        raise _invalid(exc, "body", "cameras") from exc
     return _registration(p)
 
 

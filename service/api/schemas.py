@@ -6,11 +6,17 @@ its tests instead of drifting away from the OpenAPI spec.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict
 
 from service.runtime_config import DropPolicy, RuntimeConfig, all_optional
+from service.settings import (
+    AFFINE_MAX_CONDITION,
+    AFFINE_SCALE_RANGE,
+    GAIN_RANGE,
+    MAX_TRANSLATION_FRAMES,
+)
 from service.types import CameraState, PipelineState
 
 # -- requests ------------------------------------------------------------------------------
@@ -18,24 +24,37 @@ if TYPE_CHECKING:  # its fields are made at import time, which a type checker ca
     ConfigUpdate = BaseModel
 else:
     ConfigUpdate = all_optional(
-        RuntimeConfig, "ConfigUpdate", "Any subset of the run-time configuration."
+        RuntimeConfig, "ConfigUpdate", "Any subset of the run-time configuration.", strict=True
     )
+
+
+StrictNumber = Annotated[float, Strict()]
 
 
 class CameraRegistrationUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Bounds: ``service.settings.CameraRegistration`` (docs/protocol.md Sec. 5)."""
 
-    affine: list[list[float]] | None = Field(
-        None, description="2x3 matrix, camera pixels -> reference pixels"
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    affine: list[Annotated[list[StrictNumber], Field(min_length=3, max_length=3)]] | None = Field(
+        None,
+        min_length=2,
+        max_length=2,
+        description="2x3 matrix, camera pixels -> reference pixels: pixel scale "
+        f"{AFFINE_SCALE_RANGE[0]:g}..{AFFINE_SCALE_RANGE[1]:g}, condition number at most "
+        f"{AFFINE_MAX_CONDITION:g}, translation at most {MAX_TRANSLATION_FRAMES:g} "
+        "frame sizes",
     )
-    gain_adu: float | None = Field(None, gt=0)
-    baseline_adu: float | None = Field(None, ge=0, le=65535)
+    gain_adu: StrictNumber | None = Field(
+        None, ge=GAIN_RANGE[0], le=GAIN_RANGE[1], description="ADU per model unit"
+    )
+    baseline_adu: StrictNumber | None = Field(None, ge=0, le=65535)
 
 
 class RegistrationUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    cameras: dict[str, CameraRegistrationUpdate]
+    cameras: dict[str, CameraRegistrationUpdate] = Field(description="by camera name")
 
 
 # -- answers -------------------------------------------------------------------------------
@@ -50,6 +69,9 @@ class ErrorAnswer(Answer):
 class Live(Answer):
     status: Literal["live"]
     state: PipelineState
+    instance: str = Field(
+        description="id of this service process (voxloc serve --instance-id; default random)"
+    )
 
 
 class Ready(Answer):

@@ -15,7 +15,9 @@ from service.api import create_app
 
 def test_health_models_and_openapi(service: object) -> None:
     c = service.client
-    assert c.get("/health/live").json() == {"status": "live", "state": "running"}
+    live = c.get("/health/live").json()
+    assert live == {"status": "live", "state": "running", "instance": live["instance"]}
+    assert live["instance"] == c.app.state.instance
     ready = c.get("/health/ready")
     assert ready.status_code == 200 and ready.json()["model"] == "tiny"
     models = c.get("/models").json()

@@ -13,6 +13,15 @@ from service.api import create_app
 from service.pipeline import Pipeline
 from service.settings import ServiceSettings
 
+
+def with_dashboard(app: Any, pipeline: Any) -> Any:
+    """``app`` with the dashboard mounted, as ``voxloc serve`` does."""
+    from clients.dashboard import include_dashboard
+
+    include_dashboard(app, pipeline)
+    return app
+
+
 JSON = "application/json"
 DOCUMENTED = {
     ("get", "/health/live"),
@@ -97,9 +106,36 @@ def test_answers_of_a_pipeline_not_started() -> None:
             body = client.get("/stats").json()
             assert _keys(body) == _keys(pipeline.snapshot())
             assert "endpoint" not in body["cameras"]["cam0"] and body["model"] is None
-            assert client.get("/health/live").json() == {"status": "live", "state": "created"}
+            live = client.get("/health/live").json()
+            assert (live["status"], live["state"], len(live["instance"])) == ("live", "created", 32)
             assert client.get("/health/ready").status_code == 503
             assert client.get("/models").json()["active"] is None
             assert client.get("/config").json()["drop_policy"] == "block"
     finally:
         ctx.term()
+
+
+def test_every_route_documents_its_errors_in_one_format(service: Any) -> None:
+    """Mutating routes document the guard's answers; routes taking input the refusal
+    (as ``ErrorAnswer``, the one error body, never FastAPI's list of errors)."""
+    spec = with_dashboard(create_app(service.pipeline), service.pipeline).openapi()
+    for (method, path), op in _operations(spec).items():
+        codes = set(op["responses"])
+        if method in ("post", "put", "patch", "delete"):
+            assert {"401", "403", "413", "415"} <= codes, f"{method} {path}: {codes}"
+        if "requestBody" in op:
+            assert {"400", "422"} <= codes, f"{method} {path}: {codes}"
+        if op.get("parameters"):
+            assert "422" in codes, f"{method} {path}: {codes}"
+        for code, answer in op["responses"].items():
+            if code.startswith("4"):
+                schema = answer["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/ErrorAnswer"}, (path, code)
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+
+
+def test_no_token_no_security_requirement(service: Any) -> None:
+    with_token = create_app(service.pipeline, token="t").openapi()
+    without = create_app(service.pipeline, token="").openapi()
+    assert with_token["paths"]["/config"]["put"]["security"] == [{"HTTPBearer": []}]
+    assert "security" not in without["paths"]["/config"]["put"]
