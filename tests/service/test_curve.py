@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from conftest import service_settings, wait_for
 from fastapi.testclient import TestClient
 
 from clients.camera import CameraPublisher
@@ -21,6 +20,7 @@ from service.api import create_app
 from service.curve import CurveClientKeys, CurveKeyError
 from service.pipeline import Pipeline
 from service.settings import SecuritySettings
+from tests.service.conftest import service_settings, wait_for
 
 
 @pytest.fixture
