@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,9 +38,15 @@ ENDLESS = {("GET", "/dashboard/events")}
 
 
 @pytest.fixture(params=["", TOKEN], ids=["no-token", "token"])
-def app(service: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+def app(
+    service: Any,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Any]:
     """The real app, with or without a token, the dashboard router included the way the
-    serve command does."""
+    serve command does; in a scratch folder (server-side recordings land below it)."""
+    monkeypatch.chdir(tmp_path)
     pytest.importorskip("clients.dashboard", reason="clients.dashboard not installed")
     from clients.dashboard import create_router
 
