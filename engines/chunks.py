@@ -14,6 +14,7 @@ a CPU) gives results that depend on how frames are batched.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.errors import VoxlocError
+from engines.errors import FormatError, VoxlocError
 from engines.inference import Engine, create_engine, precision_option
 from engines.io.stacks import Stack, open_stack
 from engines.localize import LocalizeOptions, localize_stack
@@ -136,7 +137,10 @@ class _FrameRange:
 
     def batches(self, batch: int) -> Iterator[tuple[int, np.ndarray]]:
         for t0 in range(self.first, self.stop, batch):
-            yield t0, self.stack.read(t0, min(t0 + batch, self.stop))
+            t1 = min(t0 + batch, self.stop)
+            with _corrupt_as_format_error(f"{self.stack.describe()}: frames [{t0}, {t1})"):
+                frames = self.stack.read(t0, t1)
+            yield t0, frames
 
     def describe(self) -> str:
         return self.stack.describe()
@@ -198,12 +202,27 @@ def _cached_stack(sources: tuple[str, ...], planes: int) -> Stack:
         if key in _stacks:
             _stacks.move_to_end(key)
             return _stacks[key]
-    stack = open_stack([Path(p) for p in sources], planes)
+    with _corrupt_as_format_error(", ".join(sources)):
+        stack = open_stack([Path(p) for p in sources], planes)
     with _lock:
         _stacks[key] = stack
         while len(_stacks) > STACKS_KEPT:
             _stacks.popitem(last=False)[1].close()
     return stack
+
+
+@contextlib.contextmanager
+def _corrupt_as_format_error(what: str) -> Iterator[None]:
+    """A decoder's error (zlib, tifffile) means a damaged file: no use retrying.
+
+    OSError stays as it is: on a network filesystem it may pass, and Dask retries it.
+    """
+    try:
+        yield
+    except (VoxlocError, OSError):
+        raise
+    except Exception as exc:
+        raise FormatError(f"{what}: damaged file ({type(exc).__name__}: {exc})") from exc
 
 
 def clear_caches() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 
 from engines.localize import LocalizeOptions
 
@@ -69,6 +71,7 @@ def run_cluster_command(args: argparse.Namespace, opts: LocalizeOptions) -> int:
     """Run ``voxloc localize`` on Dask and print one line per input; exit 1 if any failed."""
     from clients.cluster.run import ClusterOptions, localize_on_cluster
 
+    _quiet_dask()
     threads = args.engine_threads
     if threads is None and args.workers is not None:
         threads = 1
@@ -104,3 +107,11 @@ def run_cluster_command(args: argparse.Namespace, opts: LocalizeOptions) -> int:
         + (f"; workers: {engines})" if engines else ")")
     )
     return 0 if summary.ok else EXIT_SOME_FAILED
+
+
+def _quiet_dask() -> None:
+    """Dask's INFO lines (every worker start and stop) only with ``voxloc -v``."""
+    if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+        return
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # for worker processes
+    logging.getLogger("distributed").setLevel(logging.WARNING)

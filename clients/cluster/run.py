@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import logging
 import time
 import uuid
@@ -124,8 +125,8 @@ def localize_on_cluster(
     summary = ClusterSummary([j.outcome for j in jobs], 0.0, 0, {})
     if todo:
         with _cluster(copts) as client:
-            summary.dashboard = _dashboard(client)
-            report(f"Dask dashboard: {summary.dashboard or 'none (pip install bokeh)'}")
+            summary.dashboard = _dashboard(client, copts.scheduler is None)
+            report(f"Dask dashboard: {summary.dashboard or 'none'}")
             _run(client, todo, str(model_dir), opts, copts, summary)
     summary.seconds = time.perf_counter() - t0
     return summary
@@ -145,9 +146,9 @@ def _plan_job(
         spans = plan_chunks(frames, copts.chunk_frames, opts.batch)
         job = _job_identity(stack, opts, copts, model_id, frames, spans)
         manifest = Manifest.open(stack.output, job, spans, fresh=copts.fresh)
-    except (VoxlocError, OSError) as exc:
-        outcome.error = str(exc)
-        log.error("%s: %s", stack.describe(), exc)
+    except Exception as exc:  # noqa: BLE001 - this input fails, named; the others go on
+        outcome.error = _describe_error(exc)
+        log.error("%s: %s", stack.describe(), outcome.error)
         return _Job(outcome, [])
     outcome.frames, outcome.chunks = frames, len(spans)
     outcome.chunks_resumed = len(manifest.finished)
@@ -237,6 +238,13 @@ def _collect(fut: Any, job: _Job, span: Span, progress: Progress, summary: Clust
         progress.note(f"{job.outcome.stack.describe()}: done -> {job.output.output}")
 
 
+def _describe_error(exc: Exception) -> str:
+    if isinstance(exc, (VoxlocError, OSError)):
+        return str(exc)
+    # tifffile on a damaged file raises RuntimeError, ValueError, zlib.error, ...
+    return f"damaged or unreadable file ({type(exc).__name__}: {exc})"
+
+
 def _fail(job: _Job, message: str) -> None:
     job.outcome.error = message
     log.error("%s: %s", job.outcome.stack.describe(), message)
@@ -276,10 +284,11 @@ def _cluster(copts: ClusterOptions) -> Iterator[Any]:
         yield client
 
 
-def _dashboard(client: Any) -> str | None:
-    services = client.scheduler_info().get("services", {})
-    if "dashboard" not in services:
+def _dashboard(client: Any, local: bool) -> str | None:
+    if "dashboard" not in client.scheduler_info().get("services", {}):
         return None
+    if local and importlib.util.find_spec("bokeh") is None:
+        return f"{client.dashboard_link} (serves no pages without bokeh: pip install bokeh)"
     return client.dashboard_link
 
 
