@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from clients.cluster.assemble import OrderedOutput
-from clients.cluster.inputs import InputStack, plan_inputs
+from clients.cluster.inputs import InputStack, is_table_path, plan_inputs
 from clients.cluster.manifest import Manifest, Span
 from clients.cluster.progress import Progress
 from engines.chunks import ChunkResult, ChunkTask, localize_chunk, plan_chunks
@@ -117,8 +117,8 @@ def localize_on_cluster(
     info = read_info(model_dir)
     out = Path(out)
     stacks = plan_inputs(inputs, out, copts.table_format)
-    if not out.suffix and not out.exists():
-        out.mkdir(parents=True)
+    if not is_table_path(out):
+        out.mkdir(parents=True, exist_ok=True)
     model_id = _model_identity(model_dir, info)
     jobs = [_plan_job(s, opts, copts, info, model_id) for s in stacks]
     todo = [j for j in jobs if j.output is not None and not j.output.done]
@@ -269,7 +269,14 @@ def _cluster(copts: ClusterOptions) -> Iterator[Any]:
             "distributed runs need Dask distributed: pip install 'voxloc[cluster]'"
         ) from exc
     if copts.scheduler is not None:
-        with Client(copts.scheduler, timeout=60) as client:
+        where = copts.scheduler
+        # a path: the scheduler file `dask scheduler --scheduler-file` (or jobqueue) wrote
+        kwargs = {"scheduler_file": where} if Path(where).is_file() else {"address": where}
+        try:
+            client = Client(timeout=60, **kwargs)
+        except OSError as exc:
+            raise VoxlocError(f"cannot reach the Dask scheduler {where}: {exc}") from exc
+        with client:
             yield client
         return
     with (
