@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ["DASK_LOGGING__DISTRIBUTED"] = "warning"
     model = str(resolve_model(args.model))
+    load_at_start = os.getloadavg()
     opts = LocalizeOptions(model=model, batch=args.batch, progress=False)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="voxloc-bench-cluster-") as tmp:
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             for cluster, client in clusters.values():
                 client.close()
                 cluster.close()
-    report(rows, args)
+    report(rows, args, load_at_start)
     return 0
 
 
@@ -184,7 +185,7 @@ def _fresh(folder: Path) -> Path:
     return folder
 
 
-def report(rows: list[Row], args: argparse.Namespace) -> None:
+def report(rows: list[Row], args: argparse.Namespace, load_at_start: tuple) -> None:
     timed = [r for r in rows if r.frames]
     setups = list(dict.fromkeys(r.setup for r in timed))
     best = {s: max(r.frames_per_s for r in timed if r.setup == s) for s in setups}
@@ -220,13 +221,18 @@ def report(rows: list[Row], args: argparse.Namespace) -> None:
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
-            "load_avg": os.getloadavg(),
+            "load_avg_start": load_at_start,
+            "load_avg_end": os.getloadavg(),
         },
         "args": {k: str(v) for k, v in vars(args).items()},
         "rows": [asdict(r) for r in rows],
         "scaling_2_over_1": (w2 / w1) if w1 and w2 else None,
     }
     args.json.write_text(json.dumps(doc, indent=1) + "\n")
+    print(
+        f"load average (1 min): {load_at_start[0]:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end"
+    )
     print(f"JSON: {args.json}")
 
 

@@ -228,7 +228,11 @@ def _collect(fut: Any, job: _Job, span: Span, progress: Progress, summary: Clust
         _fail(job, res.error)
         return
     assert job.output is not None
-    job.output.add(span, res.rows, res.engine, res.worker)
+    try:
+        job.output.add(span, res.rows, res.engine, res.worker)
+    except OSError as exc:  # the output's disk: full, gone read-only, ...
+        _fail(job, f"cannot write {job.output.output}: {exc}")
+        return
     job.outcome.chunks_run += 1
     summary.frames_run += span[1] - span[0]
     summary.task_seconds += res.seconds
