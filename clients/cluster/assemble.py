@@ -78,4 +78,4 @@ class OrderedOutput:
         self.rows = writer.rows
         self._writer = None
         self.manifest.mark_complete()
-        log.info("%s: complete, %d localizations", self.output, self.rows)
+        log.debug("%s: complete, %d localizations", self.output, self.rows)

@@ -11,10 +11,12 @@ that cannot be read fails alone, named, and the others complete.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import importlib.util
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -172,11 +174,12 @@ def _run(
     resumed = sum(j.outcome.frames - _frames_left(j) for j in jobs)
     progress = Progress(total, resumed, enabled=opts.progress)
     by_key: dict[str, tuple[_Job, Span]] = {}
+    run_token = uuid.uuid4().hex[:8]
     try:
         for job in jobs:
             assert job.output is not None
             job.output.flush()  # chunks done by an earlier run: written at once
-            _submit(client, job, model_dir, opts, copts, by_key)
+            _submit(client, job, model_dir, opts, copts, by_key, run_token)
         for fut in as_completed([f for j in jobs for f in j.futures]):
             job, span = by_key.pop(fut.key)
             _collect(fut, job, span, progress, summary)
@@ -197,18 +200,23 @@ def _submit(
     opts: LocalizeOptions,
     copts: ClusterOptions,
     by_key: dict[str, tuple[_Job, Span]],
+    run_token: str,
 ) -> None:
     assert job.output is not None
     sources = tuple(str(p.resolve()) for p in job.outcome.stack.sources)
-    token = uuid.uuid4().hex[:8]
+    priority = -len(by_key)  # after the chunks of the inputs before this one
     for span in job.spans:
         if job.output.manifest.is_finished(span):
             continue
+        priority -= 1
         task = ChunkTask(sources, span[0], span[1], model_dir, opts, copts.threads)
-        key = f"voxloc-localize-{job.outcome.stack.name}-{span[0]}-{token}"
-        # earlier frames first, so each output fills from its start and streams out
+        # one task group for every input (Dask groups by the key's leading words), so the
+        # scheduler queues them all and hands them out in priority order
+        key = f"voxloc-localize-{run_token}-{-priority}"
+        # inputs in order, frames in order: each output fills from its start, streams out
+        # and is complete early, and few outputs are open at once
         fut = client.submit(
-            localize_chunk, task, key=key, pure=False, retries=copts.retries, priority=-span[0]
+            localize_chunk, task, key=key, pure=False, retries=copts.retries, priority=priority
         )
         by_key[fut.key] = (job, span)
         job.futures.append(fut)
@@ -292,7 +300,26 @@ def _cluster(copts: ClusterOptions) -> Iterator[Any]:
         ) as cluster,
         Client(cluster) as client,
     ):
+        _exit_without_final_gc(client)
         yield client
+
+
+def _exit_without_final_gc(client: Any) -> None:
+    """Let this run's own worker processes end at once when the cluster closes.
+
+    A process that imported torch can hang in the interpreter's final garbage collection;
+    the nanny then waits 4 s and kills it. ``os._exit`` as the last exit handler skips
+    that collection (the work is done and the results are back by then).
+    """
+    from distributed import WorkerPlugin
+
+    class ExitWithoutFinalGC(WorkerPlugin):
+        name = "voxloc-exit-without-final-gc"
+
+        def setup(self, worker: Any) -> None:
+            atexit.register(os._exit, 0)
+
+    client.register_plugin(ExitWithoutFinalGC())
 
 
 def _dashboard(client: Any, local: bool) -> str | None:
