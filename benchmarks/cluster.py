@@ -3,10 +3,12 @@
 Simulates a few stacks, then times ``voxloc localize --scheduler`` (the library call behind
 it, :func:`clients.cluster.localize_on_cluster`) on a ``LocalCluster`` of 1 and of 2
 worker processes, each with 1 Dask thread and a 1-thread engine, round-robin over
-``--repeats`` rounds so a load change on the machine hits both alike; beside them a
-single-process local run with a 1-thread engine. Each worker builds its engine in a
-warm-up before the timing (the model load is reported apart). Reported: frames/s, the
-scaling ratio 2 workers / 1 worker, and the scheduler overhead per task, measured two
+``--repeats`` rounds so a load change on the machine hits all alike. Beside them, as the
+control that says what the machine itself gives: the same stacks in 1 local process and
+shared over 2 plain local processes (a multiprocessing pool, no Dask), 1-thread engines.
+Every process builds its engine in a warm-up before the timing (the cluster's is
+reported apart). Reported: frames/s, the scaling ratio 2 workers / 1 worker and the
+plain 2 / 1 processes ratio per round, and the scheduler overhead per task, measured two
 ways: the round trip of no-op tasks, and the worker time per chunk not spent in the chunk
 itself ((wall x workers - task seconds) / tasks).
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import os
 import platform
 import statistics
@@ -37,7 +40,7 @@ from distributed import Client, LocalCluster  # noqa: E402
 
 from clients.cluster import ClusterOptions, localize_on_cluster  # noqa: E402
 from engines.chunks import ChunkTask, localize_chunk  # noqa: E402
-from engines.localize import LocalizeOptions, localize_files  # noqa: E402
+from engines.localize import LocalizeOptions  # noqa: E402
 from engines.modeldir import resolve_model  # noqa: E402
 
 log = logging.getLogger("benchmarks.cluster")
@@ -115,14 +118,53 @@ def run_cluster(
     )
 
 
-def run_local(inputs: list[Path], out: Path, opts: LocalizeOptions) -> Row:
-    import torch
+_engine = None  # one engine per local process (the parent, or a pool process)
 
-    torch.set_num_threads(1)
+
+def _local_engine(model: str):
+    global _engine
+    if _engine is None:
+        import torch
+
+        from engines.inference import create_engine
+
+        torch.set_num_threads(1)
+        _engine = create_engine(model, "auto", threads=1)
+    return _engine
+
+
+def _localize_file(path: Path, out: Path, opts: LocalizeOptions) -> int:
+    """One stack with this process's engine, as ``voxloc localize`` does; frames."""
+    from engines.io.loctable import TableMeta, open_table_writer
+    from engines.io.stacks import open_stack
+    from engines.localize import localize_stack
+
+    engine = _local_engine(opts.model)
+    g = engine.info.settings.geometry
+    with open_stack([path], engine.planes) as stack:
+        meta = TableMeta(stack.frames, stack.height, stack.width, g.px_nm, g.dz_nm, stack.planes)
+        with open_table_writer(out / f"{path.stem}.csv", meta) as writer:
+            localize_stack(engine, stack, writer, opts, px_nm=g.px_nm, dz_nm=g.dz_nm)
+        return stack.frames
+
+
+def _pool_ready(model: str) -> int:
+    _local_engine(model)
+    time.sleep(0.5)  # so that every pool process takes one of these
+    return os.getpid()
+
+
+def run_local(inputs: list[Path], out: Path, opts: LocalizeOptions, pool=None) -> Row:
+    """All stacks in this process, or shared over a pool of processes (no Dask)."""
     t0 = time.perf_counter()
-    frames = sum(localize_files([p], out / f"{p.stem}.csv", opts).frames for p in inputs)
+    if pool is None:
+        frames = sum(_localize_file(p, out, opts) for p in inputs)
+        setup = "local, 1 process"
+    else:
+        frames = sum(pool.starmap(_localize_file, [(p, out, opts) for p in inputs], chunksize=1))
+        setup = "local, 2 processes (no Dask)"
     dt = time.perf_counter() - t0
-    return Row("local, 1 thread", 0, frames, dt, frames / dt)
+    return Row(setup, 0, frames, dt, frames / dt)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,16 +189,22 @@ def main(argv: list[str] | None = None) -> int:
         (root / "in").mkdir()
         inputs = simulate(root / "in", args.stacks, args.frames, args.size)
         clusters = {n: _start(n) for n in (1, 2)}
+        pool = multiprocessing.get_context("spawn").Pool(2)
         try:
             for n, (_, client) in clusters.items():
                 warm = warm_up(client, inputs[0], opts, model)
                 noop = noop_ms_per_task(client)
                 rows.append(Row(f"warm-up, {n} worker(s)", 0, 0, warm, 0.0, warmup_s=warm))
                 rows[-1].noop_ms_per_task = noop
+            _local_engine(model)
+            pids: set[int] = set()
+            while len(pids) < 2:  # until both pool processes have built their engine
+                pids |= set(pool.map(_pool_ready, [model, model], chunksize=1))
             for r in range(1, args.repeats + 1):
-                row = run_local(inputs, _fresh(root / f"local{r}"), opts)
-                row.round = r
-                rows.append(row)
+                for k, pl in enumerate((None, pool)):
+                    row = run_local(inputs, _fresh(root / f"local{k}-{r}"), opts, pl)
+                    row.round = r
+                    rows.append(row)
                 for n, (_, client) in clusters.items():
                     out = _fresh(root / f"w{n}-{r}")
                     row = run_cluster(client, n, inputs, out, opts, args.chunk_frames)
@@ -166,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     rows.append(row)
         finally:
+            pool.terminate()
             for cluster, client in clusters.values():
                 client.close()
                 cluster.close()
@@ -211,8 +260,18 @@ def report(rows: list[Row], args: argparse.Namespace, load_at_start: tuple) -> N
             cells[6] = f"{rs[0].noop_ms_per_task:.2f}"
         print("| " + " | ".join(cells) + " |")
     w1, w2 = best.get("cluster, 1 worker"), best.get("cluster, 2 workers")
+    l1, l2 = best.get("local, 1 process"), best.get("local, 2 processes (no Dask)")
     if w1 and w2:
         print(f"\nscaling 2 workers / 1 worker: {w2 / w1:.2f}x (best rounds)")
+    if l1 and l2:
+        print(f"the machine's own: 2 processes / 1 process without Dask: {l2 / l1:.2f}x")
+    for r in range(1, args.repeats + 1):
+        fps = {x.setup: x.frames_per_s for x in timed if x.round == r}
+        ratios = [
+            fps["cluster, 2 workers"] / fps["cluster, 1 worker"],
+            fps["local, 2 processes (no Dask)"] / fps["local, 1 process"],
+        ]
+        print(f"round {r}: Dask 2/1 workers {ratios[0]:.2f}x, plain 2/1 processes {ratios[1]:.2f}x")
     for r in rows:
         if r.warmup_s is not None:
             print(f"{r.setup}: engines built in {r.warmup_s:.1f} s")
@@ -227,6 +286,7 @@ def report(rows: list[Row], args: argparse.Namespace, load_at_start: tuple) -> N
         "args": {k: str(v) for k, v in vars(args).items()},
         "rows": [asdict(r) for r in rows],
         "scaling_2_over_1": (w2 / w1) if w1 and w2 else None,
+        "plain_processes_2_over_1": (l2 / l1) if l1 and l2 else None,
     }
     args.json.write_text(json.dumps(doc, indent=1) + "\n")
     print(
