@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +77,14 @@ def test_manifest_resumes_the_same_job_and_restarts_a_changed_one(tmp_path):
     assert not changed.parts.exists() or not any(changed.parts.iterdir())
     doc = json.loads(manifest_path(out).read_text())
     assert doc["job"]["model"] == "other" and doc["finished"] == []
+
+
+def test_worker_processes_get_the_allocator_thresholds_back(monkeypatch):
+    from engines.chunks import undo_malloc_trim_threshold
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    assert undo_malloc_trim_threshold() is False  # a normal process: nothing to undo
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")  # as Dask's nanny sets it
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    assert undo_malloc_trim_threshold() is True
