@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
+import threading
+from collections.abc import Iterator
 
 from engines.localize import LocalizeOptions
 
@@ -85,9 +89,10 @@ def run_cluster_command(args: argparse.Namespace, opts: LocalizeOptions) -> int:
         table_format=args.format,
         dashboard=args.dashboard,
     )
-    summary = localize_on_cluster(
-        args.inputs, args.out, opts, copts, report=lambda line: print(line, flush=True)
-    )
+    with _sigterm_as_interrupt():  # scancel, kubectl delete: clean up as for Ctrl-C
+        summary = localize_on_cluster(
+            args.inputs, args.out, opts, copts, report=lambda line: print(line, flush=True)
+        )
     for o in summary.outcomes:
         if not o.ok:
             print(f"FAILED {o.stack.describe()}: {o.error}")
@@ -115,3 +120,20 @@ def _quiet_dask() -> None:
         return
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # for worker processes
     logging.getLogger("distributed").setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt: temp files go, parts and manifests stay."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
