@@ -204,7 +204,7 @@ def undo_malloc_trim_threshold() -> bool:
     Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` (to hand freed
     memory back to the OS). Setting it also pins glibc's mmap threshold at 128 kB, so every
     activation buffer of every batch is mmap'ed and unmapped again, and the engine runs
-    20-40 % slower (measured with a 1-thread bf16 engine, 64x64x4 frames). Raising both
+    17-50 % slower (measured with a 1-thread bf16 engine, 64x64x4 frames). Raising both
     thresholds (mmap 32 MB, trim 64 MB) restores the speed of a normal process; a worker
     keeps at most 64 MB of freed heap. True if the thresholds were changed.
     """
