@@ -10,14 +10,13 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cluster_setup import BATCH, STACKS
 from polling import wait_for
 
 from clients.cli import main
-
-distributed = pytest.importorskip("distributed", reason="pip install 'voxloc[cluster]'")
 
 
 @dataclass
@@ -82,7 +81,7 @@ def stacks(tmp_path_factory) -> Stacks:
 
 @dataclass
 class Cluster:
-    client: distributed.Client
+    client: Any  # distributed.Client
     address: str
 
     def wait_for_workers(self, n: int = 2) -> None:
@@ -97,6 +96,7 @@ class Cluster:
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     """A real LocalCluster: 2 worker processes under nannies, 1 thread each."""
+    distributed = pytest.importorskip("distributed", reason="pip install 'voxloc[cluster]'")
     with (
         distributed.LocalCluster(
             n_workers=2,

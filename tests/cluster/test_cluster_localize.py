@@ -23,6 +23,8 @@ from polling import wait_for
 from clients.cluster.manifest import manifest_path
 from engines.io.loctable import read_hdf5, read_table
 
+pytest.importorskip("distributed", reason="pip install 'voxloc[cluster]'")
+
 REPO = Path(__file__).resolve().parents[2]
 OPTS = ["--batch", BATCH, "--chunk-frames", CHUNK_FRAMES, "-q"]
 
