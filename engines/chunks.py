@@ -46,8 +46,8 @@ class ChunkTask:
     """One task: localize frames ``[first, stop)`` of the stack made of ``sources``.
 
     ``sources`` is one multi-plane TIFF or one TIFF per plane (absolute paths on the
-    shared filesystem); ``model`` is a model directory; ``threads`` caps the engine's CPU
-    threads (None: the backend's default).
+    shared filesystem); ``model`` is a model name or directory; ``threads`` caps the
+    engine's CPU threads (None: the backend's default).
     """
 
     sources: tuple[str, ...]
@@ -70,6 +70,7 @@ class ChunkResult:
         rows: ``(N, 5)`` float64 rows in ``LOC_COLUMNS`` order, frame counting from 0,
             ordered by frame; empty when ``error`` is set.
         engine: the engine's label (``torch/cpu/bf16``), "" if none was built.
+        model: ``name vVERSION`` of the model the engine runs, "" if none was built.
         worker: ``host:pid`` of the process that ran the task.
         seconds: time spent in the task, s.
         error: the message of a deterministic failure (bad file), else None.
@@ -79,6 +80,7 @@ class ChunkResult:
     stop: int
     rows: np.ndarray
     engine: str
+    model: str
     worker: str
     seconds: float
     error: str | None = None
@@ -98,19 +100,19 @@ def localize_chunk(task: ChunkTask) -> ChunkResult:
     """Run one task in this process (the function a Dask worker executes)."""
     t0 = time.perf_counter()
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    label = ""
+    label = model = ""
     try:
         engine = cached_engine(task)
-        label = engine.label
+        label, model = engine.label, f"{engine.info.name} v{engine.info.version}"
         stack = _cached_stack(task.sources, engine.planes)
         rows = _localize_range(engine, stack, task)
     except VoxlocError as exc:  # a bad file or model: retrying elsewhere will not help
         log.warning("chunk [%d, %d) of %s failed: %s", task.first, task.stop, task.sources, exc)
+        dt = time.perf_counter() - t0
         empty = np.zeros((0, 5))
-        return ChunkResult(
-            task.first, task.stop, empty, label, worker, time.perf_counter() - t0, str(exc)
-        )
-    return ChunkResult(task.first, task.stop, rows, label, worker, time.perf_counter() - t0)
+        return ChunkResult(task.first, task.stop, empty, label, model, worker, dt, str(exc))
+    dt = time.perf_counter() - t0
+    return ChunkResult(task.first, task.stop, rows, label, model, worker, dt)
 
 
 def _localize_range(engine: Engine, stack: Stack, task: ChunkTask) -> np.ndarray:

@@ -99,6 +99,7 @@ class _Job:
     outcome: InputOutcome
     spans: list[Span]
     output: OrderedOutput | None = None
+    model: str = ""  # "name vVERSION" the client planned with
     futures: list[Any] = field(default_factory=list)
 
 
@@ -129,7 +130,7 @@ def localize_on_cluster(
         with _cluster(copts) as client:
             summary.dashboard = _dashboard(client, copts.scheduler is None)
             report(f"Dask dashboard: {summary.dashboard or 'none'}")
-            _run(client, todo, str(model_dir), opts, copts, summary)
+            _run(client, todo, _model_reference(opts.model), opts, copts, summary)
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -157,13 +158,13 @@ def _plan_job(
     outcome.up_to_date = manifest.up_to_date
     if outcome.up_to_date:
         outcome.localizations = sum(f.rows for f in manifest.finished.values())
-    return _Job(outcome, spans, OrderedOutput(manifest, meta))
+    return _Job(outcome, spans, OrderedOutput(manifest, meta), f"{info.name} v{info.version}")
 
 
 def _run(
     client: Any,
     jobs: list[_Job],
-    model_dir: str,
+    model: str,
     opts: LocalizeOptions,
     copts: ClusterOptions,
     summary: ClusterSummary,
@@ -179,7 +180,7 @@ def _run(
         for job in jobs:
             assert job.output is not None
             job.output.flush()  # chunks done by an earlier run: written at once
-            _submit(client, job, model_dir, opts, copts, by_key, run_token)
+            _submit(client, job, model, opts, copts, by_key, run_token)
         for fut in as_completed([f for j in jobs for f in j.futures]):
             job, span = by_key.pop(fut.key)
             _collect(fut, job, span, progress, summary)
@@ -196,7 +197,7 @@ def _run(
 def _submit(
     client: Any,
     job: _Job,
-    model_dir: str,
+    model: str,
     opts: LocalizeOptions,
     copts: ClusterOptions,
     by_key: dict[str, tuple[_Job, Span]],
@@ -209,7 +210,7 @@ def _submit(
         if job.output.manifest.is_finished(span):
             continue
         priority -= 1
-        task = ChunkTask(sources, span[0], span[1], model_dir, opts, copts.threads)
+        task = ChunkTask(sources, span[0], span[1], model, opts, copts.threads)
         # one task group for every input (Dask groups by the key's leading words), so the
         # scheduler queues them all and hands them out in priority order
         key = f"voxloc-localize-{run_token}-{-priority}"
@@ -232,6 +233,11 @@ def _collect(fut: Any, job: _Job, span: Span, progress: Progress, summary: Clust
         return
     finally:
         fut.release()
+    if res.error is None and res.model != job.model:
+        res.error = (
+            f"worker {res.worker} ran model {res.model}, the job was planned with "
+            f"{job.model}: install the same model on every worker"
+        )
     if res.error is not None:
         _fail(job, res.error)
         return
@@ -351,6 +357,13 @@ def _table_meta(
             "Threshold": float(opts.threshold),
         },
     )
+
+
+def _model_reference(model: str) -> str:
+    """How workers find the model: a directory by its absolute path (on the shared
+    filesystem), a name by name (each worker's own search path: the shipped ``default``
+    lives inside each worker's installation, wherever that is)."""
+    return str(Path(model).resolve()) if Path(model).is_dir() else model
 
 
 def _model_identity(model_dir: Path, info: ModelInfo) -> dict[str, Any]:
