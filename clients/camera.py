@@ -89,6 +89,8 @@ class CameraPublisher:
         linger_ms: how long :meth:`close` waits to flush queued images.
         curve: the service's public key and this camera's key pair, for a service with
             ``[security] curve = true`` (``CurveClientKeys.from_files``; docs/deploy.md).
+        acquisition: the acquisition the images belong to (frame indices from 0 in it);
+            None: the service's current one. :meth:`new_acquisition` starts another.
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class CameraPublisher:
         linger_ms: int = 1000,
         context: zmq.Context | None = None,
         curve: CurveClientKeys | None = None,
+        acquisition: str | None = None,
     ) -> None:
         if not camera:
             raise ValueError("camera name must not be empty")
@@ -115,6 +118,7 @@ class CameraPublisher:
         self.endpoint, self.camera, self.plane = endpoint, camera, int(plane)
         self.shape = tuple(shape) if shape is not None else None
         self.dtype = dtype
+        self.acquisition = acquisition
         self.stats = PublisherStats()
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.PUSH)
@@ -144,9 +148,8 @@ class CameraPublisher:
                 not increase. StreamError: the publisher is closed.
         """
         img = self._validate(frame_index, image)
-        parts = encode_frame(
-            self.camera, self.plane, frame_index, img, time.time_ns() if t_ns is None else int(t_ns)
-        )
+        t = time.time_ns() if t_ns is None else int(t_ns)
+        parts = encode_frame(self.camera, self.plane, frame_index, img, t, self.acquisition)
         with self._lock:
             self.stats.last_frame = int(frame_index)
             try:
@@ -162,6 +165,14 @@ class CameraPublisher:
                 return False
             self.stats.published += 1
             return True
+
+    def new_acquisition(self, acquisition: str) -> None:
+        """Images from now on belong to ``acquisition``; frame indices start again at 0.
+        Every camera of the set-up must switch (the service assembles each acquisition on
+        its own; its previous one completes first)."""
+        with self._lock:
+            self.acquisition = acquisition
+            self.stats.last_frame = None
 
     def _validate(self, frame_index: int, image: np.ndarray) -> np.ndarray:
         if self.state is not CameraState.OPEN:

@@ -140,7 +140,14 @@ def _publish(
 
     curve = curve_keys(args)
     pubs = {
-        k: CameraPublisher(ep, names[k], k, curve=curve, **given(args, sndhwm="sndhwm"))
+        k: CameraPublisher(
+            ep,
+            names[k],
+            k,
+            acquisition=args.acquisition,
+            curve=curve,
+            **given(args, sndhwm="sndhwm"),
+        )
         for k, ep in zip(planes, endpoints, strict=True)
     }
     stop = threading.Event()
@@ -198,6 +205,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--name-prefix", default="cam", help="camera names PREFIX0.. (default cam)")
     g.add_argument("--rate", type=float, default=20.0, help="frame sets per second (0: max)")
     g.add_argument("--frames", type=int, default=None, help="stop after N frame sets")
+    g.add_argument(
+        "--acquisition",
+        default=None,
+        help="start a new acquisition of this name in the service (frame indices from 0; "
+        "default: frames belong to the service's current acquisition)",
+    )
     g.add_argument(
         "--start-frame",
         type=int,

@@ -28,6 +28,10 @@ def _cmd_localize(args: argparse.Namespace) -> int:
         precision=args.precision,
         progress=not args.quiet,
     )
+    from clients.cluster.command import cluster_requested, run_cluster_command
+
+    if cluster_requested(args):
+        return run_cluster_command(args, opts)
     res = localize_files(args.inputs, args.out, opts)
     rate = res.frames / res.seconds if res.seconds > 0 else float("inf")
     print(
@@ -51,9 +55,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         type=Path,
         metavar="INPUT",
-        help="one multi-plane TIFF, or one TIFF per plane",
+        help="one multi-plane TIFF, or one TIFF per plane; with --workers/--scheduler "
+        "also many stacks: files, folders, globs",
     )
-    p.add_argument("-o", "--out", type=Path, required=True, help="OUT.csv or OUT.h5")
+    p.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        required=True,
+        help="OUT.csv or OUT.h5; with --workers/--scheduler also a folder for many inputs",
+    )
     p.add_argument(
         "--model",
         default=Default(CONFIG, "model"),
@@ -96,4 +107,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="your plane spacing, nm (default: the model's); z is rescaled the same way",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    from clients.cluster.command import add_cluster_options  # --workers, --scheduler
+
+    add_cluster_options(p)
     p.set_defaults(func=_cmd_localize)

@@ -149,3 +149,37 @@ def test_dashboard_image_starts_anew_with_an_acquisition(service: Any, sim_frame
         assert live.snapshot.info["acquisition"].endswith("next")
     finally:
         live.stop()
+
+
+@pytest.mark.timeout(120)
+def test_camera_publishers_start_an_acquisition(service: Any, sim_frames: tuple) -> None:
+    from clients.camera import CameraPublisher
+
+    frames = sim_frames[0]
+    eps = service.pipeline.camera_endpoints()
+    pubs = [
+        CameraPublisher(eps[f"cam{k}"], f"cam{k}", k, acquisition="run-a", sndhwm=64)
+        for k in range(4)
+    ]
+    polling.wait_for(
+        lambda: all(c["connects"] >= 2 for c in service.stats()["cameras"].values()),
+        "the publishers' connections",
+        30,
+    )
+    try:
+        for acq in ("run-a", "run-b"):
+            for p in pubs:
+                p.new_acquisition(acq)
+            for i in range(10):  # indices from 0 in each acquisition
+                for k, p in enumerate(pubs):
+                    p.publish(i, frames[i, k])
+        msgs = service.receive(20)
+    finally:
+        for p in pubs:
+            p.close()
+    assert [(m.acquisition, m.frame) for m in msgs] == [
+        (a, i) for a in ("run-a", "run-b") for i in range(10)
+    ]
+    listed = service.client.get("/acquisitions").json()
+    assert [a["id"] for a in listed["acquisitions"]] == ["run-a", "run-b"]
+    assert listed["current"] == "run-b"
