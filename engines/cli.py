@@ -19,7 +19,8 @@ def add_settings_options(p: argparse.ArgumentParser) -> None:
         "--psf",
         type=Path,
         default=None,
-        help="PSF JSON (PSFParams fields, e.g. from `voxloc calibrate psf`)",
+        help="PSF: a JSON of PSFParams fields (the Gaussian, e.g. from `voxloc calibrate "
+        "psf`) or a spline PSF file (.npz, `voxloc calibrate psf`)",
     )
     g.add_argument(
         "--camera",
@@ -58,7 +59,11 @@ def settings_from_args(args: argparse.Namespace, base: SimSettings | None = None
         if getattr(args, attr, None) is not None:
             geom[field] = getattr(args, attr)
     psf = base.psf.model_dump()
-    if getattr(args, "psf", None):
+    if getattr(args, "psf", None) and Path(args.psf).suffix == ".npz":
+        from engines.psf_model import spline_ref
+
+        psf["spline"] = spline_ref(args.psf).model_dump()
+    elif getattr(args, "psf", None):
         psf.update(_read_json(args.psf, "psf"))
     noise = base.noise.model_dump()
     if getattr(args, "camera_json", None):
