@@ -141,3 +141,17 @@ def spline_ref(path: str | Path) -> SplineRef:
 def _with_spline(settings: SimSettings, ref: SplineRef) -> SimSettings:
     psf = settings.psf.model_copy(update={"spline": ref})
     return settings.model_copy(update={"psf": psf})
+
+
+def spline_mean_image(theta: torch.Tensor, settings: SimSettings, side: int) -> torch.Tensor:
+    """``(N, P, side, side)`` mean image of ``(N, 4)`` molecules (x, y, z nm in the window,
+    weight) under the settings' spline, exact cubic in all three axes (for the CRLB)."""
+    model = SplineModel(load_spline_for(settings), settings)
+    spline = model.spline
+    if side != spline.roi_px:
+        raise ValueError(f"the spline renders {spline.roi_px} px windows, asked for {side}")
+    planes = [
+        spline.windows(k, theta[:, 0], theta[:, 1], theta[:, 2], exact=True)[0]
+        for k in range(spline.planes)
+    ]
+    return torch.stack(planes, dim=1) * (theta[:, 3] * model.amplitude)[:, None, None, None]

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import ndimage
+from scipy import ndimage, sparse
 
 from engines.calibration.spots import detect_spots
 from engines.config import Geometry
@@ -114,28 +114,37 @@ def collect_beads(stack: np.ndarray, cfg: SplineFitSettings) -> PlaneBeads:
     return PlaneBeads(rois, xy, brightness, bg, var, rc)
 
 
+def knot_count(side: int, oversample: int) -> int:
+    """Odd lateral knot count that holds every tap of a ``side`` px window (see
+    :meth:`SplinePSF.windows`)."""
+    g = oversample * (side + 1) + 7
+    return g + 1 - g % 2
+
+
 def design_matrix(xy_px: np.ndarray, brightness: np.ndarray, side: int, cfg: SplineFitSettings):
-    """``(B * S * S, G * G)`` map from lateral spline coefficients to bead pixels."""
+    """Sparse ``(B * S * S, G * G)`` map from lateral spline coefficients to bead pixels."""
     s = cfg.oversample
-    g = s * (side + 1) + 7
-    g += 1 - g % 2
+    g = knot_count(side, s)
     centre = (g - 1) / 2
-    a = np.zeros((len(xy_px), side, side, g, g))
     pix = np.arange(side) + 0.5
-    for b, (x, y) in enumerate(xy_px):
-        u = (pix - x) * s + centre
-        v = (pix - y) * s + centre
-        wu = bspline_weights(torch.as_tensor(u - np.floor(u))).numpy()
-        wv = bspline_weights(torch.as_tensor(v - np.floor(v))).numpy()
-        iu, iv = np.floor(u).astype(int), np.floor(v).astype(int)
-        for q in range(4):
-            for p in range(4):
-                rows = iv - 1 + q
-                cols = iu - 1 + p
-                a[b, np.arange(side)[:, None], np.arange(side)[None, :], rows[:, None], cols] += (
-                    brightness[b] * wv[:, q, None] * wu[None, :, p]
-                )
-    return a.reshape(len(xy_px) * side * side, g * g), g
+    u = (pix[None, :] - xy_px[:, 0:1]) * s + centre  # (B, S) knot coordinate of columns
+    v = (pix[None, :] - xy_px[:, 1:2]) * s + centre
+    iu, iv = np.floor(u).astype(int), np.floor(v).astype(int)
+    wu = bspline_weights(torch.as_tensor(u - iu)).numpy()  # (B, S, 4)
+    wv = bspline_weights(torch.as_tensor(v - iv)).numpy()
+    nb = len(xy_px)
+    row = np.arange(nb * side * side).reshape(nb, side, side)
+    taps = np.arange(4)
+    # (B, S_row, S_col, 4_q, 4_p)
+    cols = (iv[:, :, None, None, None] - 1 + taps[:, None]) * g + (
+        iu[:, None, :, None, None] - 1 + taps[None, :]
+    )
+    vals = brightness[:, None, None, None, None] * wv[:, :, None, :, None] * wu[:, None, :, None, :]
+    rows = np.broadcast_to(row[..., None, None], cols.shape)
+    a = sparse.csr_matrix(
+        (vals.ravel(), (rows.ravel(), cols.ravel())), shape=(nb * side * side, g * g)
+    )
+    return a, g
 
 
 def curvature(g: int) -> np.ndarray:
@@ -148,7 +157,7 @@ def solve_coefficients(beads: PlaneBeads, cfg: SplineFitSettings) -> np.ndarray:
     """``(Z, G, G)`` lateral B-spline coefficients of every slice (unnormalised)."""
     side = beads.rois.shape[-1]
     a, g = design_matrix(beads.xy_px, beads.brightness, side, cfg)
-    ata = a.T @ a
+    ata = (a.T @ a).toarray()
     lam = cfg.curvature_penalty * np.trace(ata) / ata.shape[0]
     normal = ata + lam * curvature(g)
     y = beads.rois.transpose(0, 2, 3, 1).reshape(-1, beads.rois.shape[1])  # (B*S*S, Z)
@@ -168,7 +177,7 @@ def refine_centres(beads: PlaneBeads, coef: np.ndarray, cfg: SplineFitSettings) 
 
         def model(x: float, y: float, k: int = b) -> np.ndarray:
             a, _ = design_matrix(np.array([[x, y]]), np.ones(1), side, cfg)
-            return (a @ flat).ravel()  # (S*S*Z,)
+            return np.asarray(a @ flat).ravel()  # (S*S*Z,)
 
         m0 = model(*xy[b])
         jx = (model(xy[b, 0] + eps, xy[b, 1]) - m0) / eps
