@@ -13,7 +13,8 @@ Per plane (one ``(Z, H, W)`` stack, every slice the beads moved by ``z_step_nm``
    curvature penalty for knots no bead constrains. Bead positions and brightness are the
    same in every slice, so one factorisation serves the whole stack. The centres are then
    refined against the fitted PSF and the PSF refitted.
-4. Smoothing in z (Gaussian, ``smooth_z_nm``) where photon noise dominates: the wings.
+4. Smoothing in z (Gaussian, ``smooth_z_nm``) where noise dominates (the wings), knot by
+   knot by the share of noise in the value; the bright core is kept as measured.
 5. Normalised to a unit pixel sum at the plane's focus. The focus is the bead z of maximum
    peak intensity (parabola through the peaks near the maximum), and the z axis is moved so
    that plane 0's voxel starts at z = 0 (CONVENTIONS.md): ``z = stack z - (focus_0 - dz/2)``.
@@ -195,6 +196,20 @@ def knot_values(coef: np.ndarray) -> np.ndarray:
     """Values at the knots of lateral B-spline coefficients ``(..., G, G)``."""
     v = ndimage.convolve1d(coef, KNOT_KERNEL, axis=-1, mode="constant")
     return ndimage.convolve1d(v, KNOT_KERNEL, axis=-2, mode="constant")
+
+
+def smooth_where_noisy(vals: np.ndarray, beads: PlaneBeads, sigma_slices: float) -> np.ndarray:
+    """Blend ``(Z, G, G)`` knot values with their z-smoothed copy, knot by knot, by the
+    share of noise in them: ``a = var / (var + value^2)`` with ``var`` the photon and
+    background noise of a bead-averaged value. Bright cores stay as measured (smoothing
+    would lower the in-focus peak), dim wings are smoothed."""
+    if sigma_slices <= 0:
+        return vals
+    smooth = ndimage.gaussian_filter1d(vals, sigma_slices, axis=0, mode="nearest")
+    n_beads = len(beads.xy_px)
+    var = (beads.noise_var[:, None, None] + np.abs(smooth)) / n_beads
+    a = var / (var + smooth**2 + 1e-30)
+    return a * smooth + (1 - a) * vals
 
 
 @dataclass(frozen=True)
