@@ -2,8 +2,8 @@
 
 Per plane (one ``(Z, H, W)`` stack, every slice the beads moved by ``z_step_nm``):
 
-1. Background per slice: the mean of the pixels farther than the window from every bead
-   (not a fit offset, which would absorb the beads' wings).
+1. Background: the mean of the pixels outside every bead's window, per slice, and its
+   median over slices (not a fit offset, which would absorb the beads' wings).
 2. Beads detected on the background-free maximum projection, isolated, sub-pixel centres
    from a Gaussian fit there; each bead's brightness from its summed signal over the stack.
 3. Sub-pixel registration and averaging in one step: the spline coefficients of a slice
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from scipy import ndimage, sparse
 
-from engines.calibration.spots import detect_spots
+from engines.calibration.spots import X0, Y0, detect_spots, fit_gaussians
 from engines.config import Geometry
 from engines.errors import FormatError
 from engines.spline_psf import SplinePSF, bspline_weights
@@ -46,7 +46,7 @@ class SplineFitSettings:
     roi_half_px: int = 9
     oversample: int = 2
     smooth_z_nm: float = 30.0
-    curvature_penalty: float = 1e-2
+    curvature_penalty: float = 1e-3
     threshold_sigma: float = 8.0
     min_beads: int = 3
     refine_iterations: int = 2
@@ -67,7 +67,9 @@ class PlaneBeads:
 
 
 def stack_background(stack: np.ndarray, xy_px: np.ndarray, half_px: int):
-    """Per-slice mean and variance of the pixels outside every bead's window."""
+    """``(Z,)`` background and noise variance: the mean and variance of the pixels outside
+    every bead's window, per slice; the background is then their median over the slices
+    (constant: defocused wings reaching past the windows raise only some slices)."""
     z, h, w = stack.shape
     mask = np.ones((h, w), bool)
     for x, y in xy_px:
@@ -81,7 +83,8 @@ def stack_background(stack: np.ndarray, xy_px: np.ndarray, half_px: int):
             "empty areas; use fewer beads or a smaller --roi"
         )
     vals = stack[:, mask]
-    return vals.mean(axis=1), vals.var(axis=1)
+    mean = np.full(len(stack), float(np.median(vals.mean(axis=1))))
+    return mean, vals.var(axis=1)
 
 
 def collect_beads(stack: np.ndarray, cfg: SplineFitSettings) -> PlaneBeads:
@@ -91,7 +94,7 @@ def collect_beads(stack: np.ndarray, cfg: SplineFitSettings) -> PlaneBeads:
     first = detect_spots(
         proj, threshold_sigma=cfg.threshold_sigma, roi_half_px=half, isolation_px=2.0 * half + 1
     )
-    bg, var = stack_background(stack, first.xy_px, 2 * half)
+    bg, var = stack_background(stack, first.xy_px, half + 1)
     spots = detect_spots(
         (stack - bg[:, None, None]).max(axis=0),
         threshold_sigma=cfg.threshold_sigma,
@@ -109,7 +112,11 @@ def collect_beads(stack: np.ndarray, cfg: SplineFitSettings) -> PlaneBeads:
     cols = rc[:, 1, None, None] + offs[None, None, :]
     rois = stack[:, rows, cols] - bg[:, None, None, None]  # (Z, B, S, S)
     rois = rois.transpose(1, 0, 2, 3)
-    xy = spots.xy_px - rc[:, ::-1]
+    # centres from a Gaussian fit to each bead's sharpest slice: a single in-focus image is
+    # symmetric and compact (the max projection is not, and biases sub-pixel centres)
+    sharpest = rois.max(axis=(2, 3)).argmax(axis=1)
+    params, ok, _ = fit_gaussians(rois[np.arange(len(rois)), sharpest])
+    xy = np.where(ok[:, None], params[:, [X0, Y0]] + 0.5, spots.xy_px - rc[:, ::-1])
     total = rois.sum(axis=(1, 2, 3))
     brightness = total / np.median(total)
     return PlaneBeads(rois, xy, brightness, bg, var, rc)
@@ -160,7 +167,10 @@ def solve_coefficients(beads: PlaneBeads, cfg: SplineFitSettings) -> np.ndarray:
     a, g = design_matrix(beads.xy_px, beads.brightness, side, cfg)
     ata = (a.T @ a).toarray()
     lam = cfg.curvature_penalty * np.trace(ata) / ata.shape[0]
-    normal = ata + lam * curvature(g)
+    # knots beyond the bead windows have no data: hold them at zero, not extrapolated
+    d = np.abs(np.arange(g) - (g - 1) / 2) / cfg.oversample
+    outside = (np.maximum(d[:, None], d[None, :]) > side / 2).ravel()
+    normal = ata + lam * curvature(g) + np.diag(outside * 1e3 * np.trace(ata) / len(ata))
     y = beads.rois.transpose(0, 2, 3, 1).reshape(-1, beads.rois.shape[1])  # (B*S*S, Z)
     chol = np.linalg.cholesky(normal + 1e-9 * np.eye(len(normal)) * np.trace(ata) / len(normal))
     rhs = a.T @ y
@@ -212,6 +222,24 @@ def smooth_where_noisy(vals: np.ndarray, beads: PlaneBeads, sigma_slices: float)
     return a * smooth + (1 - a) * vals
 
 
+def _window_sum(vals: np.ndarray, z_nm: float, z_step_nm: float, px_nm: float, cfg) -> float:
+    """Pixel sum of the rendered window of a molecule centred on a pixel at ``z_nm``."""
+    one = SplinePSF.from_values(
+        vals[None],
+        z0_nm=0.0,
+        z_step_nm=z_step_nm,
+        px_nm=px_nm,
+        oversample=cfg.oversample,
+        roi_px=2 * cfg.roi_half_px + 1,
+        dz_nm=1.0,
+        focal_nm=np.zeros(1),
+    )
+    half = cfg.roi_half_px
+    xy = torch.full((1,), (half + 0.5) * px_nm, dtype=torch.float64)
+    win, _, _ = one.windows(0, xy, xy, torch.tensor([z_nm], dtype=torch.float64), exact=True)
+    return float(win.sum())
+
+
 @dataclass(frozen=True)
 class SplineFit:
     spline: SplinePSF
@@ -250,8 +278,7 @@ def fit_spline_psf(
             )
         c = vals.shape[-1] // 2
         f = peak_focus(z_stack, vals[:, c, c])
-        i_f = int(np.clip(round(f / z_step_nm), 0, len(z_stack) - 1))
-        vals = vals / (vals[i_f].sum() / s**2)
+        vals = vals / _window_sum(vals, f, z_step_nm, geometry.px_nm, cfg)
         log.info("plane %d: %d beads, focus at stack z %.1f nm", k, len(beads.xy_px), f)
         values.append(vals)
         beads_all.append(beads)
