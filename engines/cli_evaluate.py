@@ -27,6 +27,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         densities=tuple(args.densities),
         sweep_frames=args.sweep_frames,
         crlb_samples=args.crlb_samples,
+        test_psf=args.test_psf,
     )
     out_dir = args.out or Path(f"evaluation-{Path(str(args.model)).name}-{args.size}")
     report = run_evaluation(cfg, out_dir)
@@ -63,6 +64,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="frame height and width, px (the density per area stays the same)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--test-psf",
+        default=None,
+        metavar="PSF",
+        help="draw the test frames from this PSF instead of the model's own: 'vectorial' "
+        "(psfmodels microscope, docs/own-microscope.md) or a spline PSF file (.npz)",
+    )
     p.add_argument(
         "--thresholds",
         type=float,
