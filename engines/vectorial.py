@@ -217,6 +217,15 @@ class VectorialPSF:
     def window_px(self) -> int:
         return 2 * self.half_px + 1
 
+    def describe(self) -> dict:
+        """Optics, objective positions and brightness, for a truth file."""
+        return {
+            "optics": asdict(self.optics),
+            "objective_um": [float(s) for s in self.stage_um],
+            "focal_nm": self.focal_nm.tolist(),
+            "photons_per_plane": self.photons,
+        }
+
     def windows(self, plane: int, x_nm, y_nm, z_nm):
         """``(N, S, S)`` pixel values of ``photons``-bright molecules and window corners."""
         g = self.settings.geometry

@@ -52,6 +52,8 @@ def read_stacks(paths: list[Path], planes: int, what: str) -> list[np.ndarray]:
 def _settings(args: argparse.Namespace):
     from engines.cli import settings_from_args
 
+    if str(getattr(args, "psf", None)) == "vectorial":  # not a PSF JSON: see _vectorial_psf
+        args = argparse.Namespace(**{**vars(args), "psf": None})
     return settings_from_args(args)
 
 
@@ -83,10 +85,15 @@ def _cmd_registration(args: argparse.Namespace) -> int:
 
 
 def _cmd_psf(args: argparse.Namespace) -> int:
-    from engines.calibration.psf_fit import calibrate_psf, plot_widths
+    from engines.calibration.spline_cli import write_spline
 
     settings = _settings(args)
     stacks = read_stacks(args.zstacks, settings.geometry.planes, "bead z-stack")
+    write_spline(args, stacks, settings.geometry)
+    if args.spline_only:
+        return 0
+    from engines.calibration.psf_fit import calibrate_psf, plot_widths
+
     cal = calibrate_psf(
         stacks,
         z_step_nm=args.z_step_nm,
@@ -108,7 +115,7 @@ def _cmd_psf(args: argparse.Namespace) -> int:
     )
     plot = args.plot or args.out.with_suffix(".png")
     plot_widths(cal, plot)
-    print(f"PSF written to {args.out} (voxloc train --psf {args.out}), plot {plot}")
+    print(f"Gaussian PSF written to {args.out} (width residual above), plot {plot}")
     return 0
 
 
@@ -124,14 +131,16 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     reg = bd.simulate_registration_beads(
         settings, aff, beads=args.beads, seed=args.seed, brightness=bright
     )
+    vectorial = _vectorial_psf(args, settings)
     zs = bd.simulate_bead_zstacks(
-        settings, z_step_nm=args.z_step_nm, seed=args.seed, brightness=bright
+        settings, z_step_nm=args.z_step_nm, seed=args.seed, brightness=bright, psf=vectorial
     )
     reg_paths = bd.save_stacks(reg.images, args.out, "beads_cam")
     z_paths = bd.save_stacks(zs.stacks, args.out, "zstack_plane")
     truth = {
         "affines": aff.tolist(),
-        "psf": settings.psf.model_dump(mode="json"),
+        "psf": settings.psf.model_dump(mode="json") if vectorial is None else "vectorial",
+        **({} if vectorial is None else {"vectorial": vectorial.describe()}),
         "focal_nm": zs.focal_nm.tolist(),
         "z_first_nm": float(zs.z_nm[0]),
         "z_step_nm": zs.z_step_nm,
@@ -142,6 +151,15 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _vectorial_psf(args: argparse.Namespace, settings):
+    """``--psf vectorial``: the psfmodels microscope for the z-stacks, else None."""
+    if getattr(args, "psf", None) is None or str(args.psf) != "vectorial":
+        return None
+    from engines.vectorial import VectorialPSF
+
+    return VectorialPSF(settings)
+
+
 def _microscope_options(p: argparse.ArgumentParser, *, psf: bool, camera: bool) -> None:
     g = p.add_argument_group("microscope")
     g.add_argument("--planes", type=int, default=None, help="cameras/planes (default 4)")
@@ -150,7 +168,13 @@ def _microscope_options(p: argparse.ArgumentParser, *, psf: bool, camera: bool) 
         "--dz-nm", type=float, default=None, help="nominal plane spacing, nm (default 400)"
     )
     if psf:
-        g.add_argument("--psf", type=Path, default=None, help="PSF JSON to simulate with")
+        g.add_argument(
+            "--psf",
+            type=Path,
+            default=None,
+            help="PSF JSON to simulate with, or 'vectorial': z-stacks from the psfmodels "
+            "microscope (NA 1.40 oil, 670 nm, water; docs/own-microscope.md)",
+        )
         g.add_argument("--height", type=int, default=96, help="simulated frame height, px")
         g.add_argument("--width", type=int, default=96, help="simulated frame width, px")
     if camera:
@@ -218,9 +242,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = csub.add_parser(
         "psf",
-        help="PSF parameters from bead z-stacks",
-        description="Fit the defocus curve (r0, D, A, B), a' and each "
-        "plane's focal position from one bead z-stack per plane.",
+        help="spline PSF (and the Gaussian fit) from bead z-stacks",
+        description="Build the cubic-spline PSF of every plane from one bead z-stack per "
+        "plane (OUT.npz: voxloc train --psf OUT.npz), with plots of bead images vs model "
+        "and widths vs z; then fit the paper's Gaussian (r0, D, A, B, a', focal offsets) "
+        "to the same beads and report its width residual (OUT.json, OUT.png).",
     )
     p.add_argument("zstacks", type=Path, nargs="+", help="one (Z, H, W) TIFF per plane")
     p.add_argument(
@@ -240,6 +266,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-beads", type=int, default=3, help="isolated beads needed per plane")
     _detection_options(p, 9)
     _microscope_options(p, psf=False, camera=True)
+    from engines.calibration.spline_cli import add_spline_options
+
+    add_spline_options(p)
     p.set_defaults(func=_cmd_psf)
 
     p = csub.add_parser(

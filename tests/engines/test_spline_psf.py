@@ -121,3 +121,24 @@ def test_file_round_trip_and_hash_check(tmp_path, spline_settings):
         SplinePSF.load(path, "0" * 64)
     with pytest.raises(FormatError, match="planes"):
         SplineModel(back, SimSettings())
+
+
+def test_train_with_a_spline_bundles_it_in_the_model_dir(tmp_path, spline_settings):
+    import argparse
+    import json
+
+    from engines.cli import settings_from_args
+    from engines.modeldir import read_info
+    from engines.train import TrainConfig, train
+
+    path = psf_model_for(spline_settings).spline.save(tmp_path / "mine.npz")
+    args = argparse.Namespace(psf=path, planes=2, px_nm=None, dz_nm=None)
+    settings = settings_from_args(args)
+    assert settings.psf.spline is not None and settings.psf.spline.path == str(path.resolve())
+    out = tmp_path / "model"
+    cfg = TrainConfig(out_dir=out, steps=1, batch=2, crop_px=16, command="test")
+    train(cfg, settings)
+    recorded = json.loads((out / "model.json").read_text())["settings"]["psf"]["spline"]
+    assert recorded == {"path": "psf_spline.npz", "sha256": settings.psf.spline.sha256}
+    info = read_info(out)  # relative to the model directory, hash checked on use
+    assert psf_model_for(info.settings).spline.roi_px == 25
