@@ -237,19 +237,24 @@ class SplinePSF:
         nz = self.coeffs.shape[1]
         return ((z_nm - self.z0_nm) / self.z_step_nm).clamp(0.0, nz - 1 - 1e-6)
 
-    def _fine_z(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """Coefficient slices at ``z_step / FINE_Z`` (exact spline values in z there)."""
-        key = ("fine-" + str(device), dtype)
+    def _table(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, float]:
+        """Spline values tabulated ``TABLE_XY`` times finer than the knots laterally and
+        ``TABLE_Z`` times in z, over the reach of a window: ``(P, 1, Zt, Nt, Nt)`` and the
+        lateral offset of entry 0, nm (entry ``i`` at ``offset0 + i * step / TABLE_XY``)."""
+        key = ("table-" + str(device), dtype)
         if key not in self._torch:
+            g, nz = self.knots, self.coeffs.shape[1]
+            centre = (g - 1) / 2
+            reach = (self.roi_px // 2 + 1) * self.oversample  # knots from the centre
+            u = centre + torch.arange(-reach * TABLE_XY, reach * TABLE_XY + 1) / TABLE_XY
+            w = torch.arange((nz - 1) * TABLE_Z + 1, dtype=torch.float64) / TABLE_Z
+            bu, bz = _basis(u.double(), g), _basis(w, nz)
             c = torch.as_tensor(self.coeffs, dtype=torch.float64)
-            nz = c.shape[1]
-            w = torch.arange((nz - 1) * FINE_Z + 1, dtype=torch.float64) / FINE_Z
-            i = torch.floor(w).long().clamp(max=nz - 2)
-            wt = bspline_weights(w - i)  # (Zf, 4)
-            taps = (i[:, None] - 1 + torch.arange(4)).clamp(0, nz - 1)
-            fine = torch.einsum("fr,pfrgh->pfgh", wt, c[:, taps])
-            self._torch[key] = fine.to(device=device, dtype=dtype).contiguous()
-        return self._torch[key]
+            t = torch.einsum("fz,pzyx->pfyx", bz, c)
+            t = torch.einsum("vy,pfyx->pfvx", bu, t)
+            t = torch.einsum("ux,pfvx->pfvu", bu, t)
+            self._torch[key] = t[:, None].to(device=device, dtype=dtype).contiguous()
+        return self._torch[key], -(self.roi_px // 2 + 1) * self.px_nm
 
     def windows(
         self,
@@ -258,18 +263,58 @@ class SplinePSF:
         y_nm: torch.Tensor,
         z_nm: torch.Tensor,
         *,
-        exact: bool = False,
+        exact: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Rendered windows of ``(N,)`` molecules in one plane.
 
-        Laterally the cubic spline is evaluated exactly. In z, ``exact`` evaluates it too
-        (4 coefficient slices; use it for derivatives); otherwise it is interpolated
-        linearly between exact slices ``z_step / FINE_Z`` apart (2 slices, twice as fast,
-        within ~1e-4 of the peak).
+        ``exact``: evaluate the cubic spline (use it for derivatives). Otherwise trilinear
+        interpolation of the spline tabulated on a grid ``TABLE_XY`` times finer than the
+        knots laterally and ``TABLE_Z`` in z (one fused ``grid_sample``, ~10x faster; within
+        ~0.3% of the peak; positions are still exact, not snapped to the grid).
 
         Returns ``(win, row0, col0)``: ``(N, S, S)`` pixel values (S = ``roi_px``) and the
         ``(N,)`` int64 row / column of each window's first pixel.
         """
+        if exact:
+            return self._windows_exact(plane, x_nm, y_nm, z_nm)
+        side, half = self.roi_px, self.roi_px // 2
+        dev, dtype = x_nm.device, x_nm.dtype
+        table, offset0 = self._table(dev, dtype)
+        n_t = table.shape[-1]
+        col0 = torch.floor(x_nm / self.px_nm).long() - half
+        row0 = torch.floor(y_nm / self.px_nm).long() - half
+        pix = (torch.arange(side, device=dev, dtype=dtype) + 0.5) * self.px_nm
+        dx = (col0.to(dtype) * self.px_nm - x_nm)[:, None] + pix  # (N, S) pixel - molecule
+        dy = (row0.to(dtype) * self.px_nm - y_nm)[:, None] + pix
+        span = (n_t - 1) * self.step_nm / TABLE_XY
+        gx = 2 * (dx - offset0) / span - 1
+        gy = 2 * (dy - offset0) / span - 1
+        gz = 2 * self._z_coord(z_nm) / (self.coeffs.shape[1] - 1) - 1
+        n = x_nm.shape[0]
+        grid = torch.stack(
+            [
+                gx[:, None, :].expand(n, side, side),
+                gy[:, :, None].expand(n, side, side),
+                gz[:, None, None].expand(n, side, side),
+            ],
+            dim=-1,
+        )
+        out = torch.nn.functional.grid_sample(
+            table[plane : plane + 1], grid[None], mode="bilinear", align_corners=True
+        )
+        return out[0, 0], row0, col0
+
+    def _windows_exact(
+        self,
+        plane: int,
+        x_nm: torch.Tensor,
+        y_nm: torch.Tensor,
+        z_nm: torch.Tensor,
+        *,
+        exact: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`windows` by evaluating the spline: exactly laterally; in z exactly too, or
+        (``exact=False``) linearly between exact slices ``z_step / FINE_Z`` apart."""
         s, side, step = self.oversample, self.roi_px, self.step_nm
         dev, dtype = x_nm.device, x_nm.dtype
         n, g = x_nm.shape[0], self.knots
@@ -309,6 +354,20 @@ class SplinePSF:
 
 
 FINE_Z = 4
+TABLE_XY = 6
+TABLE_Z = 2
+
+
+def _basis(u: torch.Tensor, n: int) -> torch.Tensor:
+    """``(len(u), n)`` dense cubic B-spline basis at knot coordinates ``u`` (clamped)."""
+    i = torch.floor(u).long()
+    w = bspline_weights(u - i)
+    out = torch.zeros(len(u), n, dtype=u.dtype)
+    for r in range(4):
+        out.index_put_(
+            (torch.arange(len(u)), (i - 1 + r).clamp(0, n - 1)), w[:, r], accumulate=True
+        )
+    return out
 
 
 def scatter_windows(
@@ -352,8 +411,10 @@ def render_spline(
     *,
     height: int,
     width: int,
+    exact: bool = False,
 ) -> torch.Tensor:
-    """``(B, P, H, W)`` intensity of ``(B, M, 3)`` molecules with ``(B, M)`` amplitudes.
+    """``(B, P, H, W)`` intensity of ``(B, M, 3)`` molecules with ``(B, M)`` amplitudes
+    (``exact``: evaluate the spline, else its fine table, see :meth:`SplinePSF.windows`).
 
     ``amplitude`` multiplies the unit-sum spline (0 marks padding, skipped); ``drift_nm``
     ``(B, P, 2)`` shifts a molecule to ``xy + drift[k]`` in plane ``k`` (paper Eq. 7).
@@ -365,7 +426,9 @@ def render_spline(
     out = []
     for k in range(planes):
         d = drift_nm[b_idx, k]
-        win, r0, c0 = spline.windows(k, xyz[:, 0] + d[:, 0], xyz[:, 1] + d[:, 1], xyz[:, 2])
+        win, r0, c0 = spline.windows(
+            k, xyz[:, 0] + d[:, 0], xyz[:, 1] + d[:, 1], xyz[:, 2], exact=exact
+        )
         out.append(
             scatter_windows(
                 win * amp[:, None, None], r0, c0, b_idx, frames=batch, height=height, width=width
