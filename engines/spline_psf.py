@@ -291,14 +291,10 @@ class SplinePSF:
         gy = 2 * (dy - offset0) / span - 1
         gz = 2 * self._z_coord(z_nm) / (self.coeffs.shape[1] - 1) - 1
         n = x_nm.shape[0]
-        grid = torch.stack(
-            [
-                gx[:, None, :].expand(n, side, side),
-                gy[:, :, None].expand(n, side, side),
-                gz[:, None, None].expand(n, side, side),
-            ],
-            dim=-1,
-        )
+        grid = torch.empty(n, side, side, 3, device=dev, dtype=dtype)
+        grid[..., 0] = gx[:, None, :]
+        grid[..., 1] = gy[:, :, None]
+        grid[..., 2] = gz[:, None, None]
         out = torch.nn.functional.grid_sample(
             table[plane : plane + 1], grid[None], mode="bilinear", align_corners=True
         )
