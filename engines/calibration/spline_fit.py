@@ -2,10 +2,12 @@
 
 Per plane (one ``(Z, H, W)`` stack, every slice the beads moved by ``z_step_nm``):
 
-1. Background: the mean of the pixels outside every bead's window, per slice, and its
-   median over slices (not a fit offset, which would absorb the beads' wings).
+1. Background: the mean of the pixels far from every bead (twice the window half-width
+   where the image allows), per slice, and its median over slices (not a fit offset,
+   which would absorb the beads' wings).
 2. Beads detected on the background-free maximum projection, isolated, sub-pixel centres
-   from a Gaussian fit there; each bead's brightness from its summed signal over the stack.
+   from a Gaussian fit to each bead's sharpest slice; each bead's brightness from its
+   summed signal over the stack.
 3. Sub-pixel registration and averaging in one step: the spline coefficients of a slice
    solve the linear least-squares problem "every bead pixel = brightness x PSF(pixel centre
    - bead centre)" over all beads at once, on knots ``oversample`` times finer than the
@@ -67,16 +69,19 @@ class PlaneBeads:
 
 
 def stack_background(stack: np.ndarray, xy_px: np.ndarray, half_px: int):
-    """``(Z,)`` background and noise variance: the mean and variance of the pixels outside
-    every bead's window, per slice; the background is then their median over the slices
-    (constant: defocused wings reaching past the windows raise only some slices)."""
+    """``(Z,)`` background and noise variance from the pixels far from every bead: per slice
+    their mean and variance, the background then their median over slices (constant:
+    defocused wings raise only some slices). "Far" is twice the window half-width where
+    that leaves at least 2% of the image, else as far as does (down to the window)."""
     z, h, w = stack.shape
-    mask = np.ones((h, w), bool)
-    for x, y in xy_px:
-        r, c = int(y), int(x)
-        mask[
-            max(0, r - half_px - 1) : r + half_px + 2, max(0, c - half_px - 1) : c + half_px + 2
-        ] = False
+    rr, cc = np.mgrid[:h, :w]
+    mask = np.zeros((h, w), bool)
+    for radius in (2 * half_px, 3 * half_px // 2, half_px + 1):
+        mask = np.ones((h, w), bool)
+        for x, y in xy_px:
+            mask &= np.maximum(np.abs(rr + 0.5 - y), np.abs(cc + 0.5 - x)) > radius
+        if mask.sum() >= max(50, 0.02 * h * w):
+            break
     if mask.sum() < 50:
         raise FormatError(
             f"only {mask.sum()} pixels lie outside the bead windows: the background needs "
@@ -94,7 +99,7 @@ def collect_beads(stack: np.ndarray, cfg: SplineFitSettings) -> PlaneBeads:
     first = detect_spots(
         proj, threshold_sigma=cfg.threshold_sigma, roi_half_px=half, isolation_px=2.0 * half + 1
     )
-    bg, var = stack_background(stack, first.xy_px, half + 1)
+    bg, var = stack_background(stack, first.xy_px, half)
     spots = detect_spots(
         (stack - bg[:, None, None]).max(axis=0),
         threshold_sigma=cfg.threshold_sigma,
