@@ -20,7 +20,8 @@ def add_settings_options(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         help="PSF: a JSON of PSFParams fields (the Gaussian, e.g. from `voxloc calibrate "
-        "psf`) or a spline PSF file (.npz, `voxloc calibrate psf`)",
+        "psf`) or a spline PSF file (.npz, `voxloc calibrate psf`); `voxloc simulate` "
+        "also takes 'vectorial' (the psfmodels microscope, docs/own-microscope.md)",
     )
     g.add_argument(
         "--camera",
@@ -172,10 +173,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from engines.io.simstack import SimStackConfig, simulate_stack
 
-    settings = settings_from_args(args)
+    vectorial = str(args.psf) == "vectorial"  # the psfmodels microscope, not a file
+    settings = settings_from_args(argparse.Namespace(**{**vars(args), "psf": None}))
+    if not vectorial:
+        settings = settings_from_args(args)
     settings = settings.model_copy(
         update={"geometry": settings.geometry.with_size(args.size, args.size)}
     )
+    psf = None
+    if vectorial:
+        from engines.vectorial import VectorialPSF
+
+        psf = VectorialPSF(settings)
     cfg = SimStackConfig(
         frames=args.frames,
         molecules=args.molecules,
@@ -185,7 +194,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         drift=not args.no_drift,
         progress=not args.quiet,
     )
-    res = simulate_stack(args.out, settings, cfg)
+    res = simulate_stack(args.out, settings, cfg, psf=psf)
     shape = "x".join(map(str, res.shape))
     print(
         f"wrote {', '.join(map(str, res.stacks))} ({shape} TZYX {res.dtype}) and "
