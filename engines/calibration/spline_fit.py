@@ -265,13 +265,22 @@ def fit_spline_psf(
     cfg = cfg or SplineFitSettings()
     if len(stacks) != geometry.planes:
         raise FormatError(f"expected {geometry.planes} z-stacks (one per plane), got {len(stacks)}")
+    shapes = {np.shape(s)[0] if np.ndim(s) == 3 else None for s in stacks}
+    if len(shapes) != 1 or None in shapes or shapes.pop() < 5:
+        raise FormatError(
+            "expected every z-stack as (Z, H, W) with the same Z >= 5 slices, got "
+            f"shapes {[np.shape(s) for s in stacks]}"
+        )
     if not z_step_nm > 0:
         raise FormatError(f"the spline needs a positive z step (upwards), got {z_step_nm} nm")
     s = cfg.oversample
     values, beads_all, focal = [], [], []
     z_stack = np.arange(np.shape(stacks[0])[0]) * z_step_nm
     for k, st in enumerate(stacks):
-        beads = collect_beads(st, cfg)
+        try:
+            beads = collect_beads(st, cfg)
+        except FormatError as exc:
+            raise FormatError(f"plane {k}: {exc}") from exc
         coef = solve_coefficients(beads, cfg)
         for _ in range(cfg.refine_iterations):
             beads = refine_centres(beads, coef, cfg)
