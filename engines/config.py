@@ -36,10 +36,23 @@ class Geometry(_Frozen):
         return self.model_copy(update={"height": height, "width": width})
 
 
+class SplineRef(_Frozen):
+    """A measured cubic-spline PSF file (:mod:`engines.spline_psf`) and its sha256.
+
+    A relative ``path`` is relative to the model directory that records it.
+    """
+
+    path: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class PSFParams(_Frozen):
     """Multi-plane Gaussian PSF of paper Eqs. 4-6 (Table 2 defaults).
 
     ``a_prime`` is the integrated intensity a' of Eq. 6; ``b`` a constant background.
+    With ``spline`` set, frames are drawn from that measured PSF instead of the Gaussian;
+    ``a_prime`` and ``r0_nm`` then only set the brightness (a weight-1 molecule's in-focus
+    peak pixel is a' / (2 pi r0^2), as the Gaussian's) and ``b`` the background.
     """
 
     a_prime: float = Field(5.0e7, gt=0)
@@ -53,6 +66,7 @@ class PSFParams(_Frozen):
         description="Per-plane focal position minus its nominal (k + 0.5) * dz; "
         "None means every plane sits at its nominal position.",
     )
+    spline: SplineRef | None = Field(None, description="measured spline PSF file, or None")
 
 
 class NoiseParams(_Frozen):

@@ -96,9 +96,13 @@ def resolve_model(name_or_dir: str | os.PathLike) -> Path:
 def read_info(model_dir: Path) -> ModelInfo:
     path = Path(model_dir) / MODEL_JSON
     try:
-        return ModelInfo.model_validate_json(path.read_text())
+        info = ModelInfo.model_validate_json(path.read_text())
     except (OSError, ValidationError, ValueError) as exc:
         raise EngineError(f"cannot read model description {path}: {exc}") from exc
+    from engines.psf_model import resolve_spline  # a spline PSF is stored beside the weights
+
+    info.settings = resolve_spline(info.settings, Path(model_dir))
+    return info
 
 
 def load_model(name_or_dir: str | os.PathLike, device: str = "cpu") -> tuple[VoxelNet, ModelInfo]:

@@ -13,7 +13,7 @@ import torch
 
 from engines.config import SimSettings
 from engines.geometry import nm_to_voxel
-from engines.psf import render_planes
+from engines.psf_model import PSFModel, psf_model_for
 
 
 @dataclass
@@ -45,12 +45,21 @@ class SimBatch:
 class Simulator:
     """Draws :class:`SimBatch` es for one :class:`SimSettings`."""
 
-    def __init__(self, settings: SimSettings, *, seed: int = 0, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        settings: SimSettings,
+        *,
+        seed: int = 0,
+        device: str = "cpu",
+        psf: PSFModel | None = None,
+    ) -> None:
+        """``psf``: render frames with this PSF instead of the settings' own (e.g. a
+        vectorial microscope for test frames)."""
         self.settings = settings
+        self.psf: PSFModel = psf or psf_model_for(settings)
         self.device = torch.device(device)
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(seed)
-        self._focal = torch.tensor(settings.focal_planes_nm(), dtype=torch.float32)
         self.camera = settings.noise.to_camera()
 
     def _uniform(self, *shape: int, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
@@ -102,16 +111,7 @@ class Simulator:
                 batch, g.planes - 1, 2, lo=-s.drift_max_nm, hi=s.drift_max_nm
             )
 
-        clean = render_planes(
-            xyz,
-            weights,
-            drift_nm,
-            self._focal.to(self.device),
-            px_nm=g.px_nm,
-            height=h,
-            width=w,
-            psf=s.psf,
-        )
+        clean = self.psf.render(xyz, weights, drift_nm, height=h, width=w)
         frames = self.add_noise(clean + s.psf.b)
         targets = self.targets(xyz, valid, g.planes, h, w)
         return SimBatch(frames, xyz, valid, weights, drift_nm, targets)

@@ -22,6 +22,7 @@ from engines.loss import voxel_loss
 from engines.modeldir import ModelInfo, load_model, save_model
 from engines.network import VoxelNet
 from engines.psf import peak
+from engines.psf_model import bundle_spline
 from engines.simulator import Simulator
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ def train(cfg: TrainConfig, settings: SimSettings, *, resume: bool = False) -> P
     info = ModelInfo(
         name=cfg.name,
         version=cfg.version,
-        settings=settings,
+        settings=bundle_spline(settings, out),
         input_offset=offset,
         input_scale=scale,
     )

@@ -43,12 +43,18 @@ def _cmd_registration(args: argparse.Namespace) -> int:
 
 
 def _cmd_psf(args: argparse.Namespace) -> int:
-    from engines.calibration.workflow import psf_from_files
+    from clients.commands.spline_options import write_spline
+    from engines.calibration.workflow import psf_from_files, read_stacks
 
+    settings = settings_from_args(args)
+    stacks = read_stacks(args.zstacks, settings.geometry.planes, "bead z-stack")
+    write_spline(args, stacks, settings.geometry)
+    if args.spline_only:
+        return 0
     cal, plot = psf_from_files(
         args.zstacks,
         args.out,
-        settings=settings_from_args(args),
+        settings=settings,
         z_step_nm=args.z_step_nm,
         plot=args.plot,
         **given(
@@ -66,16 +72,26 @@ def _cmd_psf(args: argparse.Namespace) -> int:
         f"{[round(v, 1) for v in p.focal_offsets_nm or ()]} nm; "
         f"width rms residual {100 * cal.rms_rel:.2f}%"
     )
-    print(f"PSF written to {args.out} (voxloc train --psf {args.out}), plot {plot}")
+    print(f"Gaussian PSF written to {args.out} (width residual above), plot {plot}")
     return 0
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from engines.calibration.workflow import simulate_bead_files
 
+    vectorial = str(getattr(args, "psf", None)) == "vectorial"  # not a PSF JSON
+    settings = settings_from_args(argparse.Namespace(**{**vars(args), "psf": None}))
+    if not vectorial:
+        settings = settings_from_args(args)
+    psf = None
+    if vectorial:
+        from engines.vectorial import VectorialPSF
+
+        psf = VectorialPSF(settings)
     sim = simulate_bead_files(
         args.out,
-        settings_from_args(args),
+        settings,
+        psf=psf,
         **given(
             args,
             beads="beads",
@@ -94,7 +110,13 @@ def _microscope_options(p: argparse.ArgumentParser, *, psf: bool, camera: bool) 
     g = p.add_argument_group("microscope")
     add_geometry_options(g, dz_nm="nominal plane spacing, nm (default %(default)s)")
     if psf:
-        g.add_argument("--psf", type=Path, default=None, help="PSF JSON to simulate with")
+        g.add_argument(
+            "--psf",
+            type=Path,
+            default=None,
+            help="PSF JSON to simulate with, or 'vectorial': z-stacks from the psfmodels "
+            "microscope (NA 1.40 oil, 670 nm, water; docs/own-microscope.md)",
+        )
         simulate = f"{WORKFLOW}:simulate_bead_files"
         g.add_argument(
             "--height",
@@ -188,9 +210,11 @@ def _register_registration(csub: argparse._SubParsersAction) -> None:
 def _register_psf(csub: argparse._SubParsersAction) -> None:
     p = csub.add_parser(
         "psf",
-        help="PSF parameters from bead z-stacks",
-        description="Fit the defocus curve (r0, D, A, B), a' and each "
-        "plane's focal position from one bead z-stack per plane.",
+        help="spline PSF (and the Gaussian fit) from bead z-stacks",
+        description="Build the cubic-spline PSF of every plane from one bead z-stack per "
+        "plane (OUT.npz: voxloc train --psf OUT.npz), with plots of bead images vs model "
+        "and widths vs z; then fit the paper's Gaussian (r0, D, A, B, a', focal offsets) "
+        "to the same beads and report its width residual (OUT.json, OUT.png).",
     )
     p.add_argument("zstacks", type=Path, nargs="+", help="one (Z, H, W) TIFF per plane")
     p.add_argument(
@@ -216,6 +240,9 @@ def _register_psf(csub: argparse._SubParsersAction) -> None:
     )
     _detection_options(p, fit)
     _microscope_options(p, psf=False, camera=True)
+    from clients.commands.spline_options import add_spline_options
+
+    add_spline_options(p)
     p.set_defaults(func=_cmd_psf)
 
 

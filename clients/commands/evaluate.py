@@ -31,6 +31,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             densities="densities",
             sweep_frames="sweep_frames",
             crlb_samples="crlb_samples",
+            test_psf="test_psf",
         ),
         precision=args.precision,
     )
@@ -79,6 +80,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "default %(default)s)",
     )
     p.add_argument("--seed", type=int, default=Default(CONFIG, "seed"))
+    p.add_argument(
+        "--test-psf",
+        default=None,
+        metavar="PSF",
+        help="draw the test frames from this PSF instead of the model's own: 'vectorial' "
+        "(psfmodels microscope, docs/own-microscope.md) or a spline PSF file (.npz)",
+    )
     p.add_argument(
         "--thresholds",
         type=float,

@@ -108,7 +108,9 @@ def add_settings_options(p: argparse.ArgumentParser) -> None:
         "--psf",
         type=Path,
         default=None,
-        help="PSF JSON (PSFParams fields, e.g. from `voxloc calibrate psf`)",
+        help="PSF: a JSON of PSFParams fields (the Gaussian, e.g. from `voxloc calibrate "
+        "psf`) or a spline PSF file (.npz, `voxloc calibrate psf`); `voxloc simulate` "
+        "also takes 'vectorial' (the psfmodels microscope, docs/own-microscope.md)",
     )
     add_camera_options(
         g, help="noise model: paper (Table 3) or a real camera (default %(default)s)"
@@ -181,7 +183,11 @@ def settings_from_args(args: argparse.Namespace, base: SimSettings | None = None
     geom = base.geometry.model_dump()
     geom.update(_given_if_present(args, planes="planes", px_nm="px_nm", dz_nm="dz_nm"))
     psf = base.psf.model_dump()
-    if getattr(args, "psf", None):
+    if getattr(args, "psf", None) and Path(args.psf).suffix == ".npz":
+        from engines.psf_model import spline_ref
+
+        psf["spline"] = spline_ref(args.psf).model_dump()
+    elif getattr(args, "psf", None):
         psf.update(_read_json(args.psf, "psf"))
     noise = base.noise.model_dump()
     if getattr(args, "camera_json", None):

@@ -13,7 +13,10 @@ CONFIG = "engines.io.simstack:SimStackConfig"
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from engines.io.simstack import SimStackConfig, simulate_stack
 
-    settings = settings_from_args(args)
+    vectorial = str(args.psf) == "vectorial"  # the psfmodels microscope, not a file
+    settings = settings_from_args(argparse.Namespace(**{**vars(args), "psf": None}))
+    if not vectorial:
+        settings = settings_from_args(args)
     if args.size is not None:
         geometry = settings.geometry.with_size(args.size, args.size)
         settings = settings.model_copy(update={"geometry": geometry})
@@ -25,7 +28,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         drift=not args.no_drift,
         progress=not args.quiet,
     )
-    res = simulate_stack(args.out, settings, cfg)
+    psf = None
+    if vectorial:
+        from engines.vectorial import VectorialPSF
+
+        psf = VectorialPSF(settings)
+    res = simulate_stack(args.out, settings, cfg, psf=psf)
     shape = "x".join(map(str, res.shape))
     print(
         f"wrote {', '.join(map(str, res.stacks))} ({shape} TZYX {res.dtype}) and "

@@ -21,6 +21,7 @@ import torch
 
 from engines.config import SimSettings
 from engines.psf import render_planes
+from engines.psf_model import PSFModel
 from engines.simulator import Simulator
 
 
@@ -112,6 +113,23 @@ def _render(
     return sim.add_noise(clean + settings.psf.b)[:, 0].numpy().astype(np.float32)
 
 
+def _render_model(
+    settings: SimSettings,
+    psf: PSFModel,
+    xyz_nm: np.ndarray,
+    weights: np.ndarray,
+    plane: int,
+    sim: Simulator,
+) -> np.ndarray:
+    """Noisy ``(B, H, W)`` frames of one plane drawn from ``psf``."""
+    g = settings.geometry
+    xyz = torch.tensor(np.ascontiguousarray(xyz_nm), dtype=torch.float32)
+    w = torch.tensor(np.ascontiguousarray(weights), dtype=torch.float32)
+    drift = torch.zeros(xyz.shape[0], g.planes, 2)
+    clean = psf.render(xyz, w, drift, height=g.height, width=g.width)[:, plane]
+    return sim.add_noise(clean + settings.psf.b).numpy().astype(np.float32)
+
+
 def simulate_registration_beads(
     settings: SimSettings,
     affines: np.ndarray,
@@ -158,11 +176,14 @@ def simulate_bead_zstacks(
     spacing_px: int = 24,
     brightness: float = 20.0,
     seed: int = 0,
+    psf: PSFModel | None = None,
 ) -> BeadZStacks:
     """One z-stack per plane of beads on a grid (``spacing_px`` apart, jittered).
 
     The beads move together through ``z_range_nm`` (default: the planes' axial range
-    extended by one plane spacing on both sides) in steps of ``z_step_nm``.
+    extended by one plane spacing on both sides) in steps of ``z_step_nm``. ``psf``: draw
+    them from this PSF (e.g. :class:`~engines.vectorial.VectorialPSF`) instead of the
+    settings' own.
     """
     g = settings.geometry
     rng = np.random.default_rng(seed)
@@ -185,7 +206,10 @@ def simulate_bead_zstacks(
             axis=2,
         )
         wts = np.full((len(z), len(xy)), brightness)
-        stacks.append(_render(settings, xyz, wts, float(focal[k]), sim))
+        if psf is None:
+            stacks.append(_render(settings, xyz, wts, float(focal[k]), sim))
+        else:
+            stacks.append(_render_model(settings, psf, xyz, wts, k, sim))
     return BeadZStacks(stacks, z, focal)
 
 

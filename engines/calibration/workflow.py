@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from engines.calibration.registration import Registration, fit_registration
 from engines.config import Geometry, SimSettings
 from engines.errors import FormatError
 from engines.io.atomic import write_json
+
+if TYPE_CHECKING:
+    from engines.vectorial import VectorialPSF
 
 log = logging.getLogger(__name__)
 
@@ -121,21 +124,27 @@ def simulate_bead_files(
     height: int = 96,
     width: int = 96,
     seed: int = 0,
+    psf: VectorialPSF | None = None,
 ) -> SimulatedBeads:
     """Simulated registration beads (random affines) and bead z-stacks, as TIFFs in
-    ``out_dir``, with the truth (affines, PSF, focal positions) in ``truth.json``."""
+    ``out_dir``, with the truth (affines, PSF, focal positions) in ``truth.json``.
+    ``psf``: draw the z-stacks from this microscope (the vectorial one) instead of the
+    settings' PSF; the registration beads keep the settings' PSF."""
     g = settings.geometry.with_size(height, width)
     settings = settings.model_copy(update={"geometry": g})
     aff = bd.random_affines(g.planes, height=g.height, width=g.width, seed=seed)
     # beads outshine dyes; on a camera keep them below uint16 saturation
     bright = settings.noise.to_camera().bead_brightness
     reg = bd.simulate_registration_beads(settings, aff, beads=beads, seed=seed, brightness=bright)
-    zs = bd.simulate_bead_zstacks(settings, z_step_nm=z_step_nm, seed=seed, brightness=bright)
+    zs = bd.simulate_bead_zstacks(
+        settings, z_step_nm=z_step_nm, seed=seed, brightness=bright, psf=psf
+    )
     reg_paths = bd.save_stacks(reg.images, out_dir, "beads_cam")
     z_paths = bd.save_stacks(zs.stacks, out_dir, "zstack_plane")
     truth = {
         "affines": aff.tolist(),
-        "psf": settings.psf.model_dump(mode="json"),
+        "psf": settings.psf.model_dump(mode="json") if psf is None else "vectorial",
+        **({} if psf is None else {"vectorial": psf.describe()}),
         "focal_nm": zs.focal_nm.tolist(),
         "z_first_nm": float(zs.z_nm[0]),
         "z_step_nm": zs.z_step_nm,

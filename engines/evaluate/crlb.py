@@ -1,8 +1,9 @@
 """Cramer-Rao lower bound of single-molecule localization for the simulator's PSF and noise.
 
 Parameters of one molecule: theta = (x, y, z, w) (w, the brightness weight, is a nuisance).
-The mean image mu_pk(theta) over all planes is the same point-sampled multi-plane PSF the
-simulator renders (engines.psf.render_planes). Fisher information
+The mean image mu_pk(theta) over all planes is the same multi-plane PSF the simulator
+renders: the point-sampled Gaussian (engines.psf.render_planes) or a measured spline
+(engines.spline_psf, derivatives of the cubic spline by forward-mode autodiff). Fisher information
 
     I(theta) = sum over pixels of  J_pix * grad mu grad mu^T,
 
@@ -34,7 +35,12 @@ PSF_HALF_WIDTHS = 5.0  # the window reaches this many PSF sigmas of the most def
 
 
 def window_px(settings: SimSettings) -> int:
-    """Odd window side, px, that holds the widest PSF of the stack to 5 sigma."""
+    """Odd window side, px, that holds the widest PSF of the stack to 5 sigma (a spline
+    PSF: its own window)."""
+    if settings.psf.spline is not None:
+        from engines.psf_model import load_spline_for
+
+        return load_spline_for(settings).roi_px
     g = settings.geometry
     planes = torch.tensor(settings.focal_planes_nm(), dtype=torch.float64)
     defocus = torch.cat([planes, planes - g.depth_nm])  # molecule at z = 0 or z = depth
@@ -84,20 +90,28 @@ def mean_jacobian(
     focal = torch.tensor(settings.focal_planes_nm(), dtype=torch.float64)
     drift = torch.zeros(theta.shape[0], g.planes, 2, dtype=torch.float64)
 
-    def mean(t: torch.Tensor) -> torch.Tensor:
-        return (
-            render_planes(
-                t[:, None, :3],
-                t[:, None, 3],
-                drift,
-                focal,
-                px_nm=g.px_nm,
-                height=side,
-                width=side,
-                psf=settings.psf,
+    if settings.psf.spline is not None:
+        from engines.psf_model import spline_mean_image
+
+        def mean(t: torch.Tensor) -> torch.Tensor:
+            return spline_mean_image(t, settings, side) + settings.psf.b
+
+    else:
+
+        def mean(t: torch.Tensor) -> torch.Tensor:
+            return (
+                render_planes(
+                    t[:, None, :3],
+                    t[:, None, 3],
+                    drift,
+                    focal,
+                    px_nm=g.px_nm,
+                    height=side,
+                    width=side,
+                    psf=settings.psf,
+                )
+                + settings.psf.b
             )
-            + settings.psf.b
-        )
 
     mu = mean(theta)
     jac = []

@@ -54,6 +54,7 @@ def _header(ev: Evaluator) -> dict[str, Any]:
             "seed": cfg.seed,
             "seeds": seeds(cfg.seed),
             "drift": True,
+            "frames_psf": cfg.test_psf or "the model's own",
             "margin_px": 0,
             "thresholds": list(cfg.thresholds),
             "lateral_tol_nm": LATERAL_TOL_NM,

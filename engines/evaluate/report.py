@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.evaluate.crlb import CRLBResult, VoxelCeiling
+from engines.evaluate.depth import depth_lines
 from engines.evaluate.metrics import MoleculeStats
 from engines.evaluate.runner import SetResult
 from engines.io import atomic
@@ -39,6 +40,7 @@ def threshold_rows(result: SetResult) -> list[dict[str, Any]]:
             "threshold": tau,
             "voxel": result.voxel[tau].to_dict(),
             "molecule": MoleculeStats.from_matching(result.matching[tau]).to_dict(),
+            **({"z_by_depth": result.depth[tau].to_dict()} if tau in result.depth else {}),
         }
         for tau in sorted(result.voxel)
     ]
@@ -230,6 +232,9 @@ def format_table(report: dict[str, Any]) -> str:
         lines += _confusion_lines(row, shape)
     lines += ["Molecules (distances nm, E in %):", MOL_HEADER]
     lines += [_molecule_line(row) for row in report["results"]]
+    first = report["results"][0] if report["results"] else {}
+    if "z_by_depth" in first:
+        lines += [f"tau {first['threshold']:g}:", *depth_lines(first["z_by_depth"])]
     lines += _low_density_lines(report.get("low_density"))
     lines += _sweep_lines(report.get("density_sweep") or [])
     if report.get("plots"):

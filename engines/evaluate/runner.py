@@ -19,12 +19,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engines.config import SimSettings
+from engines.evaluate.depth import DepthStats
 from engines.evaluate.matching import Matching, match_localizations
 from engines.evaluate.metrics import VoxelConfusion, voxel_confusion
 from engines.geometry import REFERENCE_AREA_PX
 from engines.inference import Engine, create_engine
 from engines.modeldir import ModelInfo, load_model
 from engines.network import VoxelNet
+from engines.psf_model import PSFModel
 from engines.simulator import Simulator
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,8 @@ class EvalConfig(BaseModel):
     sweep_frames: int = Field(100, ge=0)
     crlb_samples: int = Field(500, ge=1)
     batch_frames: int = Field(50, ge=1)  # per 64x64 area; fewer per batch for larger sizes
+    # test frames from this PSF ("vectorial", a spline .npz) instead of the model's own
+    test_psf: str | None = None
 
     @field_validator("thresholds")
     @classmethod
@@ -76,6 +80,7 @@ class SetResult:
     voxel: dict[float, VoxelConfusion] = field(default_factory=dict)
     matching: dict[float, Matching] = field(default_factory=dict)
     seconds: float = 0.0
+    depth: dict[float, DepthStats] = field(default_factory=dict)
 
 
 class Evaluator:
@@ -91,6 +96,7 @@ class Evaluator:
         self.net: VoxelNet = net
         self.info: ModelInfo = info
         self.settings: SimSettings = info.settings.model_copy(update={"margin_px": 0})
+        self.frames_psf: PSFModel | None = test_psf_model(cfg.test_psf, self.settings)
 
     def close(self) -> None:
         self.engine.close()
@@ -103,8 +109,10 @@ class Evaluator:
         """Simulate ``frames`` frames of ``size x size`` with ``molecules`` each; score them."""
         cfg = self.cfg
         taus = cfg.thresholds
-        sim = Simulator(self.settings, seed=seed)
+        sim = Simulator(self.settings, seed=seed, psf=self.frames_psf)
         result = SetResult(frames, molecules, drift, {t: VoxelConfusion() for t in taus})
+        depth = self.settings.geometry.depth_nm
+        result.depth = {t: DepthStats(depth) for t in taus}
         parts: dict[float, list[Matching]] = {t: [] for t in taus}
         t0 = time.perf_counter()
         for start in range(0, frames, cfg.batch):
@@ -120,7 +128,9 @@ class Evaluator:
                 truth = batch.molecules(b).numpy()
                 for t in taus:
                     keep = loc.confidence > t
-                    parts[t].append(match_localizations(loc.xyz_nm[keep], truth))
+                    m = match_localizations(loc.xyz_nm[keep], truth)
+                    parts[t].append(m)
+                    result.depth[t].add(truth[:, 2], truth[m.true_idx, 2], m.delta_nm[:, 2])
         result.matching = {t: Matching.concat(parts[t]) for t in taus}
         result.seconds = time.perf_counter() - t0
         log.info(
@@ -162,3 +172,18 @@ def sweep(ev: Evaluator) -> list[tuple[int, SetResult]]:
         )
         for i, d in enumerate(sorted(set(cfg.densities)))
     ]
+
+
+def test_psf_model(name: str | None, settings: SimSettings) -> PSFModel | None:
+    """The PSF test frames are drawn from: None (the model's own), ``vectorial`` (the
+    psfmodels microscope of :mod:`engines.vectorial`) or a spline PSF file."""
+    if name is None:
+        return None
+    if name == "vectorial":
+        from engines.vectorial import VectorialPSF
+
+        return VectorialPSF(settings)
+    from engines.psf_model import psf_model_for, spline_ref
+
+    psf = settings.psf.model_copy(update={"spline": spline_ref(name)})
+    return psf_model_for(settings.model_copy(update={"psf": psf}))

@@ -24,6 +24,7 @@ from engines.cameras import cast_frames
 from engines.config import SimSettings
 from engines.io.atomic import discard, reserve_temp
 from engines.io.loctable import LocTable, TableMeta, open_table_writer
+from engines.psf_model import PSFModel
 from engines.simulator import Simulator
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,11 @@ def stack_dtype(settings: SimSettings, requested: str) -> np.dtype:
     return np.dtype(requested)
 
 
-def simulate_stack(out: Path, settings: SimSettings, cfg: SimStackConfig) -> SimStackResult:
-    """Simulate ``cfg.frames`` frames of ``settings.geometry`` and write them atomically."""
+def simulate_stack(
+    out: Path, settings: SimSettings, cfg: SimStackConfig, psf: PSFModel | None = None
+) -> SimStackResult:
+    """Simulate ``cfg.frames`` frames of ``settings.geometry`` and write them atomically
+    (``psf``: draw them from this PSF instead of the settings' own)."""
     g = settings.geometry
     dtype = stack_dtype(settings, cfg.dtype)
     stacks, truth_path = output_paths(out, g.planes, cfg.per_plane)
@@ -85,7 +89,7 @@ def simulate_stack(out: Path, settings: SimSettings, cfg: SimStackConfig) -> Sim
             temps.append(reserve_temp(p))
         scratch = reserve_temp(Path(out).with_name(Path(out).name + ".frames.npy"))
         frames = np.lib.format.open_memmap(scratch, mode="w+", dtype=dtype, shape=shape)
-        truth = _simulate_into(frames, settings, cfg)
+        truth = _simulate_into(frames, settings, cfg, psf)
         frames.flush()
         for k, tmp in enumerate(temps):
             data = frames if not cfg.per_plane else frames[:, k]
@@ -115,9 +119,11 @@ def simulate_stack(out: Path, settings: SimSettings, cfg: SimStackConfig) -> Sim
     return SimStackResult(stacks, truth_path, len(truth), str(dtype), shape, settings)
 
 
-def _simulate_into(frames: np.ndarray, settings: SimSettings, cfg: SimStackConfig) -> LocTable:
+def _simulate_into(
+    frames: np.ndarray, settings: SimSettings, cfg: SimStackConfig, psf: PSFModel | None = None
+) -> LocTable:
     """Fill ``frames`` chunk by chunk; returns the ground truth (frame from 0)."""
-    sim = Simulator(settings, seed=cfg.seed)
+    sim = Simulator(settings, seed=cfg.seed, psf=psf)
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     bar = tqdm(
         total=cfg.frames, desc="simulate", unit="frame", disable=None if cfg.progress else True

@@ -166,6 +166,8 @@ def test_resume_after_interrupted_run_reruns_only_unfinished_chunks(
     finally:
         proc.kill()  # the client dies: no clean-up of its own
         proc.wait(timeout=30)
+        assert proc.stderr is not None
+        proc.stderr.close()
     done = {n: finished_chunks(out / f"{n}.csv") for n in ("s1", "s2")}
     total = {n: chunks_of(STACKS[n][0], BATCH) for n in ("s1", "s2")}
     assert done["s1"] < total["s1"], "the first run finished before it was interrupted"
