@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clients.commands.options import value
 from engines.config import Geometry
 
 
@@ -38,15 +39,15 @@ def write_spline(args: argparse.Namespace, stacks: list[np.ndarray], geometry: G
     from engines.calibration.spline_plots import plot_spline_fit
 
     cfg = SplineFitSettings(
-        roi_half_px=args.roi,
-        oversample=args.oversample,
-        smooth_z_nm=args.smooth_z_nm,
-        threshold_sigma=args.threshold,
-        min_beads=args.min_beads,
+        roi_half_px=value(args.roi),
+        oversample=value(args.oversample),
+        smooth_z_nm=value(args.smooth_z_nm),
+        threshold_sigma=value(args.threshold),
+        min_beads=value(args.min_beads),
     )
     source = " ".join(str(p) for p in args.zstacks)
     fit = fit_spline_psf(
-        stacks, z_step_nm=args.z_step_nm, geometry=geometry, cfg=cfg, source=source
+        stacks, z_step_nm=value(args.z_step_nm), geometry=geometry, cfg=cfg, source=source
     )
     out = args.spline or Path(args.out).with_suffix(".npz")
     fit.spline.save(out)
