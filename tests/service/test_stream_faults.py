@@ -171,7 +171,10 @@ def test_planes_starting_two_seconds_late(fast_service: Any, sim_frames: tuple) 
 
 
 @pytest.mark.timeout(120)
-def test_two_acquisitions_back_to_back_from_zero(fast_service: Any, sim_frames: tuple) -> None:
+def test_two_acquisitions_back_to_back_from_zero(make_service: Any, sim_frames: tuple) -> None:
+    # every frame must arrive: the default 2 s assembly timeout, not the fast one, so a
+    # loaded machine's scheduling hiccup does not time a set out
+    fast_service = make_service()
     n = 100
 
     def schedule(k: int) -> dict[int, int | None]:
