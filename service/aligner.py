@@ -18,7 +18,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -243,6 +243,7 @@ class _Run:
     sync: CameraSync[FrameMessage]
     assembler: FrameAssembler
     last_frame: float  # assembly clock of its newest accepted frame
+    cameras: set[str] = field(default_factory=set)  # cameras that sent frames to it
 
 
 class Aligner:
@@ -370,6 +371,7 @@ class Aligner:
             self._warps[camera].apply(m.image, out=asm.slot(m.plane, set_index, m.t_ns))
             asm.commit(m.plane, set_index, m.t_ns)
             run.last_frame = self.now()
+            run.cameras.add(camera)
             self._stats.frame_ok(camera, set_index)
 
     def pop_ready(self) -> list[FrameSet]:
@@ -381,8 +383,12 @@ class Aligner:
             out.extend(run.assembler.pop_ready(run.acquisition))
             if run is self._runs[-1]:
                 break
-            if run.assembler.depth or self.now() - run.last_frame < self.active_s:
-                break  # frames of the previous acquisition may still come
+            # each camera sends in order: once every one has moved on to a newer
+            # acquisition, nothing more of this one comes (or it has been silent a while)
+            moved_on = set().union(*(r.cameras for r in self._runs[self._runs.index(run) + 1 :]))
+            idle = self.now() - run.last_frame >= self.active_s
+            if run.assembler.depth or not (idle or moved_on >= set(self._cameras)):
+                break
             self._runs.remove(run)
             self._ended.append(run.acquisition)
             log.info("acquisition %r: assembly finished", run.acquisition)
