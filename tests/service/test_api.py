@@ -170,3 +170,16 @@ def test_dashboard_router_is_included_when_installed(service: object) -> None:
         page = client.get("/")
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]
         assert client.get("/stats").status_code == 200  # the service routes stay intact
+
+
+@pytest.mark.timeout(60)
+def test_null_backend_serves_every_frame_set_without_localizations(
+    make_service: object, sim_frames: tuple
+) -> None:
+    svc = make_service(backend="null")
+    for i in range(5):
+        svc.send_set(i, sim_frames[0][i])
+    msgs = svc.receive(5)
+    assert [m.frame for m in msgs] == list(range(5))
+    assert all(len(m.locs.xyz_nm) == 0 for m in msgs)
+    assert svc.stats()["model"]["backend"] == "null/cpu"
