@@ -26,6 +26,7 @@ from pathlib import Path
 # shadow the `service` package (and engines.py the `engines` package)
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
+sys.path.append(str(Path(__file__).resolve().parent))  # last: for pipeline_ceiling only
 
 import numpy as np  # noqa: E402
 import zmq  # noqa: E402
@@ -172,7 +173,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--json", type=Path, default=None, help="also write results here")
+    ap.add_argument(
+        "--engine",
+        default=None,
+        help="with --sizes: the backend whose service ceiling to measure (null: none)",
+    )
+    ap.add_argument(
+        "--sizes",
+        default=None,
+        help="comma-separated frame sides: pipeline ceiling vs raw transport per size",
+    )
+    ap.add_argument("--registration", choices=["identity", "affine"], default="affine")
+    ap.add_argument("--transports", default="tcp,ipc", help="comma-separated: tcp, ipc")
+    ap.add_argument("--seconds", type=float, default=3.0, help="with --sizes: per step")
+    ap.add_argument(
+        "--rss-sets",
+        type=int,
+        default=10_000,
+        help="with --sizes: frame sets of the long run at the middle size (0: none)",
+    )
     args = ap.parse_args(argv)
+    if args.sizes:
+        return ceiling_main(args)
 
     from engines.config import SimSettings
     from engines.inference import create_engine
@@ -262,6 +284,37 @@ def main(argv: list[str] | None = None) -> int:
                 indent=2,
             )
         )
+    return 0
+
+
+def ceiling_main(args: argparse.Namespace) -> int:
+    import pipeline_ceiling as pc
+
+    sizes = [int(v) for v in args.sizes.split(",")]
+    transports = [v.strip() for v in args.transports.split(",")]
+    engine = args.engine or args.backend
+    print(
+        f"pipeline ceiling, engine {engine}, registration {args.registration}, "
+        f"4 producer processes unpaced (uint16), max_batch 16, drop_policy block; "
+        f"raw transport: the same messages into 4 PULL sockets, one copy each"
+    )
+    print(pc.HEADER, flush=True)
+    t0 = time.time()
+    results = pc.run(
+        producer,
+        Subscriber,
+        engine=engine,
+        sizes=sizes,
+        registration=args.registration,
+        transports=transports,
+        seconds=args.seconds,
+        rss_sets=args.rss_sets,
+        model=args.model,
+    )
+    print(f"({time.time() - t0:.0f} s)")
+    if args.json:
+        meta = {"engine": engine, "registration": args.registration, "sizes": sizes}
+        args.json.write_text(json.dumps({**meta, "results": pc.as_json(results)}, indent=2))
     return 0
 
 
