@@ -43,8 +43,7 @@ AFFINES = [
 ]
 GAINS = [2.0, 1.5, 2.5, 1.0]
 BASELINES = [100.0, 90.0, 110.0, 100.0]
-PROBE_S = 1.0
-FIRST_BATCH_NS = 50_000_000
+PROBE_SETS = 400
 
 
 @dataclass
@@ -152,16 +151,16 @@ def raw_transport(
         t.start()
     prod = Producers(target, eps, images)
     try:
-        prod.start(0, 200, 0.0)  # probe: connections up, rate estimate
+        prod.start(0, PROBE_SETS, 0.0)  # probe: connections up, rate estimate
         prod.wait()
-        _wait_counts(counts, 200)
-        probe = _rate(stamps, 200)
-        n = max(int(probe * seconds), 200)
+        _wait_counts(counts, PROBE_SETS)
+        probe = _rate(stamps, PROBE_SETS)
+        n = max(int(probe * seconds), PROBE_SETS)
         for s in stamps:
             s.clear()
-        prod.start(200, n, 0.0)
+        prod.start(PROBE_SETS, n, 0.0)
         prod.wait()
-        _wait_counts(counts, 200 + n)
+        _wait_counts(counts, PROBE_SETS + n)
         return _rate(stamps, n)
     finally:
         prod.close()
@@ -251,9 +250,9 @@ def pipeline_steps(
     out: dict[str, Any] = {}
     try:
         first = 0
-        probe = _send(pipeline, prod, sub, first, 200, 0.0, "block")
-        first += 200
-        n = max(int(probe["fps"] * seconds), 200)
+        probe = _send(pipeline, prod, sub, first, PROBE_SETS, 0.0, "block")
+        first += PROBE_SETS
+        n = max(int(probe["fps"] * seconds), PROBE_SETS)
         ceiling = _send(pipeline, prod, sub, first, n, 0.0, "block")
         first += n
         out["fps"] = ceiling["fps"]
@@ -291,10 +290,9 @@ def _send(
     rows = [r for r in sub.rows if first <= r[0] < first + count]
     lat = np.array([(p - c) / 1e6 for _, c, p in rows]) if rows else np.zeros(1)
     pubs = sorted(p for *_, p in rows)
-    if rate == 0 and len(pubs) > 1:
-        later = [p for p in pubs if p > pubs[0] + FIRST_BATCH_NS]
+    if rate == 0 and len(pubs) > 1:  # steady state: from the first publication on
         span = (pubs[-1] - pubs[0]) / 1e9
-        fps = len(later) / span if span > 0 else 0.0
+        fps = (len(pubs) - 1) / span if span > 0 else 0.0
     else:
         fps = len(rows) / max(pubs[-1] / 1e9 - t0, 1e-9) if pubs else 0.0
     return {

@@ -185,6 +185,64 @@ def _decode_nodes(y: str, planes: int, *, px_nm: float, dz_nm: float):
     return nodes, inits
 
 
+INPUT_RAW, INPUT_GRID, INPUT_BASELINE, INPUT_GAIN = "raw_frames", "grid", "baseline", "gain"
+RAW_TYPES = {"uint16": TensorProto.UINT16, "float32": TensorProto.FLOAT}
+
+
+def with_input_stage(model: onnx.ModelProto, raw_dtype: str) -> onnx.ModelProto:
+    """The decoding graph with the registration in front (in memory, not written).
+
+    Inputs ``raw_frames`` (batch, P, height, width) ``raw_dtype`` camera values as sent,
+    ``grid`` (P, height, width, 2) float32 normalised sampling grid
+    (:func:`engines.inference.registration.sampling_grid`), ``baseline`` and ``gain``
+    (1, P, 1, 1) float32, and ``threshold``: all runtime inputs, so a new registration
+    needs no rebuild. ``Cast`` -> planes onto the batch axis -> ``GridSample`` (bilinear,
+    border, align_corners=0, as ``torch.nn.functional.grid_sample``) -> back ->
+    ``(x - baseline) / gain`` -> the network's ``frames``.
+    """
+    if raw_dtype not in RAW_TYPES:
+        raise EngineError(f"raw frames must be one of {sorted(RAW_TYPES)}, got {raw_dtype!r}")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    frames = next(i for i in g.input if i.name == INPUT_FRAMES)
+    p = frames.type.tensor_type.shape.dim[1].dim_value
+    g.input.remove(frames)
+    mk = helper.make_node
+    stage = [
+        mk("Cast", [INPUT_RAW], ["stage/x"], to=TensorProto.FLOAT),
+        mk("Transpose", ["stage/x"], ["stage/planes_first"], perm=[1, 0, 2, 3]),
+        mk(
+            "GridSample",
+            ["stage/planes_first", INPUT_GRID],
+            ["stage/sampled"],
+            mode="bilinear",
+            padding_mode="border",
+            align_corners=0,
+        ),
+        mk("Transpose", ["stage/sampled"], ["stage/registered"], perm=[1, 0, 2, 3]),
+        mk("Sub", ["stage/registered", INPUT_BASELINE], ["stage/minus_baseline"]),
+        mk("Div", ["stage/minus_baseline", INPUT_GAIN], [INPUT_FRAMES]),
+    ]
+    for node in stage:
+        node.name = node.output[0]
+    nodes = list(g.node)
+    del g.node[:]
+    g.node.extend(stage + nodes)
+    g.input.extend(
+        [
+            helper.make_tensor_value_info(
+                INPUT_RAW, RAW_TYPES[raw_dtype], ["batch", p, "height", "width"]
+            ),
+            helper.make_tensor_value_info(INPUT_GRID, TensorProto.FLOAT, [p, "height", "width", 2]),
+            helper.make_tensor_value_info(INPUT_BASELINE, TensorProto.FLOAT, [1, p, 1, 1]),
+            helper.make_tensor_value_info(INPUT_GAIN, TensorProto.FLOAT, [1, p, 1, 1]),
+        ]
+    )
+    onnx.checker.check_model(out)
+    return out
+
+
 def _const(name: str, value: np.ndarray | np.generic) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(value), name)
 

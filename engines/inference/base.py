@@ -8,6 +8,13 @@ the padding's localizations, translating backend failures into :class:`EngineErr
 splitting the flat result per frame. A backend implements :meth:`Engine._run`, which
 returns the localizations of one validated float32 chunk, thresholded and gathered on its
 device, so only localizations cross back to the host.
+
+Raw camera frames (:meth:`Engine.infer_raw`, the live service's path) go to the device
+as the cameras sent them (uint16 or float32); the registration, baseline and gain
+(:class:`~engines.inference.registration.PlaneRegistration`) are the first step of the
+engine's own graph (:meth:`Engine._run_raw`). The default :meth:`Engine._run_raw`
+registers with torch on the host and calls :meth:`Engine._run`, for a backend without an
+input stage of its own.
 """
 
 from __future__ import annotations
@@ -15,13 +22,15 @@ from __future__ import annotations
 import logging
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+import torch
 
 from engines.errors import EngineError, FormatError, NonFiniteError, VoxlocError
+from engines.inference.registration import PlaneRegistration, raw_tensor, register
 from engines.modeldir import ModelInfo, read_info, resolve_model
 from engines.types import ACCEPTED_DTYPE_NAMES, ACCEPTED_DTYPES, Localizations
 
@@ -129,6 +138,100 @@ class Engine(ABC):
         frame_idx, xyz, conf = (np.concatenate(col) for col in zip(*parts, strict=True))
         return split_per_frame(frame_idx, xyz, conf, batch.shape[0], first_frame)
 
+    def infer_raw(
+        self,
+        frames: Sequence[np.ndarray] | np.ndarray,
+        registration: PlaneRegistration,
+        threshold: float | None = None,
+        first_frame: int = 0,
+    ) -> list[Localizations]:
+        """Localize raw camera frame sets, registered on the engine's device.
+
+        Args:
+            frames: ``B`` frame sets ``(P, H, W)`` of one dtype, uint16 or float32 ADU as
+                the cameras sent them (a ``(B, P, H, W)`` array or a list of sets: the
+                service passes the buffers its ingest wrote, uncopied).
+            registration: the planes' registration, baseline and gain.
+            threshold, first_frame: as for :meth:`infer`.
+
+        Float32 pixels are not scanned for NaN/inf here (the service's ingest refuses
+        such frames on arrival).
+        """
+        sets = self.validate_raw(frames, registration)
+        tau = self.threshold if threshold is None else check_threshold(threshold)
+        _, h, w = sets[0].shape
+        size = len(sets) if self.max_batch is None else min(len(sets), self.max_batch)
+        if self.max_pixels is not None:
+            size = max(1, min(size, self.max_pixels // (h * w)))
+        parts: list[FlatLocs] = []
+        with self._lock:
+            for start in range(0, len(sets), size):
+                f, xyz, conf = self._run_raw_chunk(sets[start : start + size], registration, tau)
+                parts.append((f + start, xyz, conf))
+        frame_idx, xyz, conf = (np.concatenate(col) for col in zip(*parts, strict=True))
+        return split_per_frame(frame_idx, xyz, conf, len(sets), first_frame)
+
+    def validate_raw(
+        self, frames: Sequence[np.ndarray] | np.ndarray, registration: PlaneRegistration
+    ) -> list[np.ndarray]:
+        """Check raw frame sets (shape, planes, one dtype) without touching their pixels."""
+        sets = list(frames[None] if isinstance(frames, np.ndarray) and frames.ndim == 3 else frames)
+        if not sets:
+            raise FormatError("empty batch: no frame sets")
+        first = sets[0]
+        if first.ndim != 3 or first.shape[0] != self.planes or 0 in first.shape:
+            raise FormatError(
+                f"expected frame sets of shape ({self.planes}, H, W), got {first.shape}"
+            )
+        if first.dtype.name not in RAW_DTYPES:
+            raise FormatError(f"expected raw frames of {RAW_DTYPES}, got {first.dtype}")
+        for s in sets[1:]:
+            if s.shape != first.shape or s.dtype != first.dtype:
+                raise FormatError(
+                    f"expected every frame set as {first.shape} {first.dtype}, "
+                    f"got {s.shape} {s.dtype}"
+                )
+        if registration.planes != self.planes:
+            raise FormatError(
+                f"registration of {registration.planes} planes for a {self.planes}-plane model"
+            )
+        return sets
+
+    def _run_raw_chunk(
+        self, sets: list[np.ndarray], registration: PlaneRegistration, threshold: float
+    ) -> FlatLocs:
+        n = len(sets)
+        if self.pad_batch:
+            bucket = 1 << (n - 1).bit_length()
+            if self.max_batch is not None:
+                bucket = min(bucket, max(self.max_batch, n))
+            sets = sets + [np.zeros_like(sets[0])] * (bucket - n)
+        try:
+            f, xyz, conf = self._run_raw(sets, registration, threshold)
+        except VoxlocError:
+            raise
+        except Exception as exc:
+            raise EngineError(
+                f"{self.backend} inference on {self.device} failed for {n} raw frame "
+                f"sets of shape {sets[0].shape} {sets[0].dtype}: {exc}"
+            ) from exc
+        f = np.asarray(f, dtype=np.int64)
+        if len(sets) != n:
+            keep = f < n
+            f, xyz, conf = f[keep], xyz[keep], conf[keep]
+        return f, np.asarray(xyz, np.float32), np.asarray(conf, np.float32)
+
+    def _run_raw(
+        self, sets: list[np.ndarray], registration: PlaneRegistration, threshold: float
+    ) -> FlatLocs:
+        """Backend work for raw sets; this default registers on the host (torch, CPU)."""
+        return self._run(register_on_host(sets, registration), threshold)
+
+    def host_buffer(self, shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray:
+        """A host array for raw frames bound for this engine (pinned where the engine is
+        on CUDA, so the copy to the device is asynchronous DMA)."""
+        return np.empty(shape, dtype)
+
     def _chunks(self, batch: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         b, _, h, w = batch.shape
         size = b if self.max_batch is None else min(b, self.max_batch)
@@ -177,6 +280,20 @@ class Engine(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+RAW_DTYPES = ("uint16", "float32")
+
+
+def register_on_host(sets: list[np.ndarray], registration: PlaneRegistration) -> np.ndarray:
+    """``(B, P, H, W)`` float32 model units from raw sets (torch on the CPU)."""
+    _, h, w = sets[0].shape
+    raw = torch.stack([raw_tensor(s) for s in sets])
+    base, gain = registration.scale_shift()
+    grid = None if registration.is_identity else torch.from_numpy(registration.grid(h, w))
+    with torch.inference_mode():
+        out = register(raw, grid, torch.from_numpy(base), torch.from_numpy(gain))
+    return np.ascontiguousarray(out.numpy())
 
 
 def check_finite(frames: np.ndarray) -> None:
