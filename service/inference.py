@@ -14,12 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from engines.errors import EngineError, ModelNotFoundError, VoxlocError
 from engines.inference import Engine, create_engine
+from engines.inference.registration import PlaneRegistration
 from engines.modeldir import read_info, resolve_model
 from engines.types import Localizations
 from service.stats import ServiceStats
-from service.types import Batch
+from service.types import Batch, FrameSet
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,9 @@ class ModelManager:
         warmup_batch: int,
         stats: ServiceStats,
         precision: str | None = None,
+        raw_dtypes: tuple[str, ...] = ("uint16", "float32"),
     ) -> None:
+        self.raw_dtypes = raw_dtypes
         self.backend = backend
         self.precision = precision
         self.planes, self.height, self.width = planes, height, width
@@ -120,6 +125,9 @@ class ModelManager:
             )
         try:
             engine.warmup(self.height, self.width, self.warmup_batch)
+            for dtype in self.raw_dtypes:  # the live path: raw frames, input stage on device
+                blank = np.zeros((self.planes, self.height, self.width), dtype)
+                engine.infer_raw([blank] * self.warmup_batch, _identity(self.planes), 0.99)
         except Exception as exc:
             engine.close()
             raise EngineError(f"model {name!r} failed its warm-up: {exc}") from exc
@@ -167,9 +175,42 @@ class ModelManager:
 
 
 def run_batch(model: LoadedModel, batch: Batch, threshold: float) -> list[Localizations]:
-    """Localizations of every frame set of ``batch``, carrying each set's frame index."""
-    results = model.engine.infer(batch.stack(), threshold)
-    return [
-        Localizations(fs.frame, r.xyz_nm, r.confidence)
-        for fs, r in zip(batch.sets, results, strict=True)
-    ]
+    """Localizations of every frame set of ``batch``, carrying each set's frame index.
+
+    The raw sets go to the engine as they are (no stacking or conversion here), with the
+    registration they carry; consecutive sets with another registration or dtype (an
+    update, a camera of another dtype) make a call of their own."""
+    out: list[Localizations] = []
+    for sets in _runs_of_same_input(batch.sets):
+        reg = sets[0].registration
+        device_reg = reg.device if reg is not None else _identity(model.engine.planes)
+        results = model.engine.infer_raw([fs.planes for fs in sets], device_reg, threshold)
+        out.extend(
+            Localizations(fs.frame, r.xyz_nm, r.confidence)
+            for fs, r in zip(sets, results, strict=True)
+        )
+    return out
+
+
+def _runs_of_same_input(sets: list[FrameSet]) -> list[list[FrameSet]]:
+    runs: list[list[FrameSet]] = []
+    for fs in sets:
+        last = runs[-1][-1] if runs else None
+        if (
+            last is not None
+            and last.registration is fs.registration
+            and last.planes.dtype == fs.planes.dtype
+        ):
+            runs[-1].append(fs)
+        else:
+            runs.append([fs])
+    return runs
+
+
+_IDENTITY: dict[int, PlaneRegistration] = {}
+
+
+def _identity(planes: int) -> PlaneRegistration:
+    if planes not in _IDENTITY:
+        _IDENTITY[planes] = PlaneRegistration.identity(planes)
+    return _IDENTITY[planes]

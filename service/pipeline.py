@@ -15,10 +15,10 @@ from typing import Any
 
 import zmq
 
-from engines.calibration.drift import DriftEstimator
 from engines.errors import VoxlocError
 from service.aligner import Aligner
 from service.batcher import Batcher
+from service.drift import DriftObserver
 from service.inference import LoadedModel, ModelManager, run_batch
 from service.ingest import Ingest
 from service.publisher import Publisher
@@ -65,6 +65,7 @@ class Pipeline:
             width=s.width,
             warmup_batch=self._config.max_batch,
             stats=self.stats,
+            raw_dtypes=_raw_dtypes(settings),
         )
         self.ingest: Ingest | None = None
         self.publisher: Publisher | None = None
@@ -82,8 +83,9 @@ class Pipeline:
         self.state = PipelineState.STARTING
         try:
             self.models.load(self.settings.inference.model)
+            self._use_engine_buffers()
             if self.settings.drift.enabled:
-                self.add_observer(DriftEstimator.for_pipeline(self))
+                self.add_observer(DriftObserver.for_pipeline(self))
             self.ingest = Ingest(
                 self._ctx,
                 cameras=self.settings.cameras,
@@ -208,6 +210,7 @@ class Pipeline:
                     exc,
                 )
                 self.stats.set_dropped("engine_error", len(batch))
+                batch.release()
                 continue
             self.stats.batch_done(len(batch), time.perf_counter() - t0)
             self.publisher.publish(batch, locs, model, cfg.threshold)
@@ -230,23 +233,33 @@ class Pipeline:
     def registration(self) -> dict[str, CameraRegistration]:
         return dict(self._registration)
 
-    def update_registration(self, changes: dict[str, dict[str, Any]]) -> None:
-        """Replace the registration of the named cameras (all validated before any apply)."""
+    def update_registration(self, changes: dict[str, dict[str, Any]]) -> int:
+        """Replace the registration of the named cameras (all validated before any apply);
+        returns the first frame index (current acquisition) registered with it."""
         unknown = sorted(set(changes) - set(self._registration))
         if unknown:
             raise KeyError(f"unknown camera(s) {unknown}; configured: {sorted(self._registration)}")
         regs = dict(self._registration)
         for name, fields in changes.items():
             regs[name] = CameraRegistration.model_validate({**regs[name].model_dump(), **fields})
-        self.aligner.set_registration(regs)
+        first = self.aligner.set_registration({n: regs[n] for n in changes})
         self._registration = regs
-        log.info("registration updated for %s", sorted(changes))
+        log.info("registration updated for %s from frame %d on", sorted(changes), first)
+        return first
 
     def load_model(self, name: str) -> tuple[LoadedModel, LoadedModel | None]:
-        return self.models.load(name)
+        loaded = self.models.load(name)
+        self._use_engine_buffers()
+        return loaded
+
+    def _use_engine_buffers(self) -> None:
+        """New frame-set buffers come from the active engine (pinned where it is on CUDA)."""
+        active = self.models.active
+        if active is not None:
+            self.aligner.pool.set_allocator(active.engine.host_buffer)
 
     def add_observer(self, observer: LocalizationObserver) -> None:
-        """Call ``observer.observe(msg, planes)`` for every published localization message
+        """Call ``observer.observe(msg, frame_set)`` for every published localization message
         (see :class:`~service.types.LocalizationObserver`)."""
         if self.publisher is not None:
             self.publisher.observers.append(observer)
@@ -287,3 +300,11 @@ class Pipeline:
         )
         out["observers"] = pub.observer_stats() if pub else {}
         return out
+
+
+def _raw_dtypes(settings: ServiceSettings) -> tuple[str, ...]:
+    """The camera dtypes the engine will see (both where a camera does not say)."""
+    dtypes = {c.dtype for c in settings.cameras}
+    if None in dtypes:
+        return ("uint16", "float32")
+    return tuple(sorted(d for d in dtypes if d is not None))

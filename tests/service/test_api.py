@@ -142,9 +142,9 @@ class Counting:
         self.frames: list[int] = []
         self.shapes: set[tuple] = set()
 
-    def observe(self, msg: object, planes: object) -> None:
+    def observe(self, msg: object, frame_set: object) -> None:
         self.frames.append(msg.frame)
-        self.shapes.add((planes.shape, planes.dtype.name))
+        self.shapes.add((frame_set.planes.shape, frame_set.planes.dtype.name))
 
     def stats(self) -> dict:
         return {"seen": len(self.frames)}
