@@ -84,16 +84,20 @@ def endpoint(transport: str, folder: Path, name: str) -> str:
 
 
 class Producers:
-    """Four camera processes; ``run(first, count, rate)`` sends and waits for all."""
+    """Four camera processes on one trigger (within ``LOCKSTEP`` frames of each other:
+    unpaced processes on a loaded machine drift hundreds of frames apart, which the
+    assembler rightly drops as window overflow); ``start``/``wait`` one step."""
 
     def __init__(
         self, target: Callable[..., None], endpoints: list[str], images: np.ndarray
     ) -> None:
         spawn = mp.get_context("spawn")
         self.conns, self.procs = [], []
+        self.barrier = barrier = spawn.Barrier(len(endpoints))  # one trigger: lockstep
         for k, ep in enumerate(endpoints):
             a, b = spawn.Pipe()
-            p = spawn.Process(target=target, args=(ep, f"cam{k}", k, images[:, k].copy(), b))
+            args = (ep, f"cam{k}", k, images[:, k].copy(), b, barrier)
+            p = spawn.Process(target=target, args=args)
             p.start()
             self.conns.append(a)
             self.procs.append(p)
@@ -295,6 +299,14 @@ def _send(
         fps = (len(pubs) - 1) / span if span > 0 else 0.0
     else:
         fps = len(rows) / max(pubs[-1] / 1e9 - t0, 1e-9) if pubs else 0.0
+    if not rows:
+        snap = pipeline.snapshot()
+        print(
+            f"  no frame set of {first}..{first + count - 1} published: dropped "
+            f"{snap['assembler']['dropped']}, batcher {snap['batcher']['dropped']}, "
+            f"cameras {[(c['frames_in'], c['rejects']) for c in snap['cameras'].values()]}",
+            flush=True,
+        )
     return {
         "sent": count,
         "delivered": len(rows),

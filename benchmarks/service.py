@@ -36,8 +36,14 @@ PLANES = 4
 FIRST_BATCH_NS = 50_000_000  # messages published this soon after the first: its batch
 
 
-def producer(endpoint: str, name: str, plane: int, images: np.ndarray, conn) -> None:
-    """Camera process: on ``(first, count, rate_hz, t0)`` send ``count`` frames, reply."""
+LOCKSTEP = 16  # with a barrier: the cameras wait for each other every this many frames
+
+
+def producer(endpoint: str, name: str, plane: int, images: np.ndarray, conn, barrier=None) -> None:
+    """Camera process: on ``(first, count, rate_hz, t0)`` send ``count`` frames, reply.
+
+    With ``barrier`` (shared by the cameras) they stay within ``LOCKSTEP`` frames of each
+    other, as cameras on one trigger do, however the OS schedules the processes."""
     from service.wire import encode_frame
 
     ctx = zmq.Context()
@@ -58,6 +64,11 @@ def producer(endpoint: str, name: str, plane: int, images: np.ndarray, conn) -> 
             sock.send_multipart(
                 encode_frame(name, plane, first + i, img, time.time_ns()), copy=False
             )
+            if barrier is not None and i % LOCKSTEP == LOCKSTEP - 1:
+                try:
+                    barrier.wait(60)
+                except threading.BrokenBarrierError:
+                    barrier = None
         conn.send(count)
     sock.close(linger=1000)
     ctx.term()
