@@ -1,7 +1,9 @@
 """The live pipeline: ingest -> aligner -> batcher -> inference -> publisher.
 
-Two threads: the ingest thread owns the camera sockets, registers and assembles frame
-sets and queues them; the inference thread takes batches, runs the active model and
+One receive thread per camera owns that camera's socket: it validates each message and
+hands it to the aligner, which copies the payload into the frame set's buffer; whichever
+thread completes sets queues them, in frame order (one flush at a time). The inference
+thread takes batches, runs the active model (registration included, on its device) and
 publishes. Each ZeroMQ socket is used by one thread only. The control plane talks to
 the pipeline through the methods here, never to the stages directly.
 """
@@ -20,7 +22,7 @@ from service.aligner import Aligner
 from service.batcher import Batcher
 from service.drift import DriftObserver
 from service.inference import LoadedModel, ModelManager, run_batch
-from service.ingest import Ingest
+from service.ingest import CameraEndpoint, Ingest
 from service.publisher import Publisher
 from service.settings import CameraRegistration, RuntimeConfig, ServiceSettings
 from service.stats import ServiceStats
@@ -71,6 +73,7 @@ class Pipeline:
         self.publisher: Publisher | None = None
         self._observers: list[LocalizationObserver] = []
         self._stop = threading.Event()
+        self._flush_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.stats.p_queue.labels("batcher").set_function(lambda: self.batcher.depth)
         self.stats.p_queue.labels("assembler").set_function(lambda: self.aligner.depth)
@@ -106,11 +109,12 @@ class Pipeline:
             self.models.close()
             raise
         self.models.serving = True
-        for name, target in (
-            ("voxloc-ingest", self._ingest_loop),
-            ("voxloc-inference", self._inference_loop),
-        ):
-            t = threading.Thread(target=self._guard, args=(target,), name=name, daemon=True)
+        loops: list[tuple[str, Any, tuple[Any, ...]]] = [
+            (f"voxloc-ingest-{cam.name}", self._ingest_loop, (cam,)) for cam in self.ingest.cameras
+        ]
+        loops.append(("voxloc-inference", self._inference_loop, ()))
+        for name, target, args in loops:
+            t = threading.Thread(target=self._guard, args=(target, *args), name=name, daemon=True)
             t.start()
             self._threads.append(t)
         self.state = PipelineState.RUNNING
@@ -152,9 +156,9 @@ class Pipeline:
         if self._own_ctx and not self._ctx.closed:
             self._ctx.term()
 
-    def _guard(self, target: Any) -> None:
+    def _guard(self, target: Any, *args: Any) -> None:
         try:
-            target()
+            target(*args)
         except Exception:
             log.exception("pipeline thread %s failed", threading.current_thread().name)
             self.state = PipelineState.FAILED
@@ -173,19 +177,23 @@ class Pipeline:
         return self.state is PipelineState.RUNNING and self.models.active is not None
 
     # -- threads --------------------------------------------------------------------------
-    def _ingest_loop(self) -> None:
+    def _ingest_loop(self, cam: CameraEndpoint) -> None:
         assert self.ingest is not None
         while not self._stop.is_set():
-            for cam, msg in self.ingest.receive(POLL_MS):
+            for msg in self.ingest.receive_camera(cam, POLL_MS):
                 self.aligner.accept(cam.name, msg)
                 self._flush()
             self._flush()
 
     def _flush(self) -> None:
-        for frame_set in self.aligner.pop_ready():
-            blocked_s = self.batcher.put(frame_set)
-            if blocked_s:
-                self.aligner.pause(blocked_s)
+        """Queue the completed sets in frame order, one thread at a time. A camera thread
+        waits here while another is blocked on a full queue (``block``), so backpressure
+        reaches every camera, as with one ingest thread."""
+        with self._flush_lock:
+            for frame_set in self.aligner.pop_ready():
+                blocked_s = self.batcher.put(frame_set)
+                if blocked_s:
+                    self.aligner.pause(blocked_s)
 
     def _inference_loop(self) -> None:
         assert self.publisher is not None
