@@ -47,8 +47,8 @@ ONNX_FILE = "model.onnx"
 EXPORT_VERSION = "2"  # bump when the graph's inputs, outputs, decoding or node names change
 OPSET = 17
 INPUT_FRAMES, INPUT_THRESHOLD, OUTPUT_LOCS = "frames", "threshold", "locs"
-# node-name prefix of the decoding: TensorRT keeps these layers in float32 under FP16,
-# since (column + zeta) * px in float16 would be off by up to half a pixel at column 1000
+# node-name prefix of the decoding, which stays float32 in every graph (fp16_network too):
+# (column + zeta) * px in float16 would be off by up to half a pixel at column 1000
 DECODE_PREFIX = "decode/"
 
 
@@ -183,6 +183,37 @@ def _decode_nodes(y: str, planes: int, *, px_nm: float, dz_nm: float):
         mk("Transpose", ["locs_t"], [OUTPUT_LOCS], perm=[1, 0]),
     ]
     return nodes, inits
+
+
+def fp16_network(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The decoding graph with its convolutions in float16, for strongly typed builders
+    (TensorRT 11 has no FP16 flag or per-layer precision: the graph's types are the
+    engine's). Input normalisation, sigmoid and decoding stay float32, as in the torch
+    engine: ``(column + zeta) * px`` in float16 would be off by up to half a pixel."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    for init in g.initializer:
+        if init.name.startswith("conv"):
+            init.CopyFrom(
+                numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name)
+            )
+    first = next(n for n in g.node if n.op_type == "Conv")
+    sigmoid = next(n for n in g.node if n.op_type == "Sigmoid")
+    mk = helper.make_node
+    to_half = mk("Cast", [first.input[0]], ["net/x_fp16"], to=TensorProto.FLOAT16)
+    to_half.name = "net/x_fp16"
+    first.input[0] = "net/x_fp16"
+    to_float = mk("Cast", [sigmoid.input[0]], ["net/logits_fp32"], to=TensorProto.FLOAT)
+    to_float.name = "net/logits_fp32"
+    sigmoid.input[0] = "net/logits_fp32"
+    nodes = list(g.node)
+    i_first, i_sigmoid = nodes.index(first), nodes.index(sigmoid)
+    nodes = nodes[:i_first] + [to_half] + nodes[i_first:i_sigmoid] + [to_float] + nodes[i_sigmoid:]
+    del g.node[:]
+    g.node.extend(nodes)
+    onnx.checker.check_model(out)
+    return out
 
 
 INPUT_RAW, INPUT_GRID, INPUT_BASELINE, INPUT_GAIN = "raw_frames", "grid", "baseline", "gain"
