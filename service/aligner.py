@@ -45,6 +45,7 @@ class _Pending:
     t_first: float  # assembler clock when the first plane arrived
     t_cam_ns: int
     t_recv_ns: int
+    count: int = 0  # planes committed (the set is complete at ``planes``)
 
 
 class FrameAssembler:
@@ -108,7 +109,9 @@ class FrameAssembler:
             return Reject.DUPLICATE
         return None
 
-    def slot(self, plane: int, frame: int, t_cam_ns: int, dtype: str = "float32") -> np.ndarray:
+    def slot(
+        self, plane: int, frame: int, t_cam_ns: int, dtype: np.dtype | str = "float32"
+    ) -> np.ndarray:
         """The ``(H, W)`` buffer to copy plane ``plane`` of ``frame`` into (its camera's
         ``dtype``); call after :meth:`check` returned None, then :meth:`commit`.
 
@@ -126,8 +129,8 @@ class FrameAssembler:
             self._pending[frame] = p
             if self._next is None or (frame < self._next and not self._released_any):
                 self._next = frame
-        elif p.planes.dtype.name != dtype and p.planes.dtype != np.float32:
-            wider = self.pool.take("float32")
+        elif p.planes.dtype != dtype and p.planes.dtype != np.float32:
+            wider = self.pool.take(np.dtype(np.float32))
             wider[p.have] = p.planes[p.have]
             self.pool.give(p.planes)
             p.planes = wider
@@ -136,6 +139,7 @@ class FrameAssembler:
     def commit(self, plane: int, frame: int, t_cam_ns: int) -> None:
         p = self._pending[frame]
         p.have[plane] = True
+        p.count += 1
         p.t_cam_ns = min(p.t_cam_ns, t_cam_ns)
         p.t_recv_ns = time.time_ns()
 
@@ -145,7 +149,7 @@ class FrameAssembler:
         now = self.now()
         while self._next is not None and self._pending:
             head = self._pending.get(self._next)
-            if head is not None and head.have.all():
+            if head is not None and head.count == self.planes:
                 out.append(self._release(self._next, acquisition))
                 continue
             if len(self._pending) > self.window:
@@ -349,7 +353,7 @@ class Aligner:
             if reason is not None:
                 self._stats.reject(camera, reason.value)
                 continue
-            np.copyto(asm.slot(m.plane, set_index, m.t_ns, m.image.dtype.name), m.image)
+            np.copyto(asm.slot(m.plane, set_index, m.t_ns, m.image.dtype), m.image)
             asm.commit(m.plane, set_index, m.t_ns)
             run.last_frame = self.now()
             self._stats.frame_ok(camera, set_index)

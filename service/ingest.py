@@ -165,7 +165,7 @@ class Ingest:
             raise WireError(
                 Reject.PLANE, f"camera {cam.name!r} is plane {cam.plane}, got plane {msg.plane}"
             )
-        if cam.dtype is not None and msg.image.dtype.name != cam.dtype:
+        if cam.dtype is not None and msg.image.dtype != cam.dtype:
             raise WireError(
                 Reject.DTYPE, f"camera {cam.name!r} sends {cam.dtype}, got {msg.image.dtype.name}"
             )

@@ -183,6 +183,7 @@ class Pipeline:
             for msg in self.ingest.receive_camera(cam, POLL_MS):
                 self.aligner.accept(cam.name, msg)
                 self._flush()
+                time.sleep(0)  # let the other cameras' threads have the GIL: fairness
             self._flush()
 
     def _flush(self) -> None:

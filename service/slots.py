@@ -14,10 +14,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-Allocate = Callable[[tuple[int, ...], str], np.ndarray]
+Allocate = Callable[[tuple[int, ...], np.dtype], np.ndarray]
 
 
-def _numpy(shape: tuple[int, ...], dtype: str) -> np.ndarray:
+def _numpy(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return np.empty(shape, dtype)
 
 
@@ -28,7 +28,7 @@ class SlotPool:
         self.shape = (planes, height, width)
         self.keep = keep
         self._allocate = allocate
-        self._free: dict[str, list[np.ndarray]] = {}
+        self._free: dict[np.dtype, list[np.ndarray]] = {}
         self._lock = threading.Lock()
         self.allocated = 0
 
@@ -38,7 +38,8 @@ class SlotPool:
             self._allocate = allocate
             self._free.clear()
 
-    def take(self, dtype: str) -> np.ndarray:
+    def take(self, dtype: np.dtype | str) -> np.ndarray:
+        dtype = np.dtype(dtype)
         with self._lock:
             free = self._free.get(dtype)
             if free:
@@ -51,7 +52,7 @@ class SlotPool:
         if slot.shape != self.shape:
             return
         with self._lock:
-            free = self._free.setdefault(slot.dtype.name, [])
+            free = self._free.setdefault(slot.dtype, [])
             if len(free) < self.keep and not any(s is slot for s in free):
                 free.append(slot)
 

@@ -134,6 +134,9 @@ class CameraSync(Generic[T]):
         cam = self._cams[camera]
         now = self._clock()
         s = frame - cam.offset
+        if cam.state is SyncState.SYNCED and not cam.held and self._in_line(cam, s):
+            self._accept(cam, s, t_ns, now)  # the common case: nothing held to settle
+            return Placed([(s, item)])
         if self._in_line(cam, s):
             out = self._give_up(cam)
             self._back_in_line(cam)
