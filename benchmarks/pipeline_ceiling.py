@@ -63,6 +63,9 @@ class SizeResult:
     rss_start_mb: float | None = None
     rss_end_mb: float | None = None
     rss_sets: int = 0
+    rss_samples_mb: list[float] | None = None  # every 1/5 of the long run
+    engine_fps: float | None = None  # the engine alone on the same raw sets (not null)
+    service_engine_ratio: float | None = None
 
 
 def camera_images(size: int, n: int = 8, seed: int = 0) -> np.ndarray:
@@ -267,8 +270,14 @@ def pipeline_steps(
         if rss_sets:
             proc = psutil.Process()
             out["rss_start_mb"] = proc.memory_info().rss / 2**20
-            _send(pipeline, prod, sub, first, rss_sets, 0.0, "block")
-            out["rss_end_mb"] = proc.memory_info().rss / 2**20
+            part = max(rss_sets // 5, 1)
+            samples = []
+            for _ in range(5):
+                _send(pipeline, prod, sub, first, part, 0.0, "block")
+                first += part
+                samples.append(round(proc.memory_info().rss / 2**20, 1))
+            out["rss_end_mb"] = samples[-1]
+            out["rss_samples_mb"] = samples
     finally:
         prod.close()
         sub.stop.set()
@@ -317,6 +326,33 @@ def _send(
     }
 
 
+def engine_alone(
+    engine_name: str, model: str, images: np.ndarray, registration: str, seconds: float
+) -> float:
+    """Frame sets/s of the engine alone on the same raw sets (batch 16, infer_raw)."""
+    from engines.inference import create_engine
+    from engines.inference.registration import PlaneRegistration
+
+    reg = (
+        PlaneRegistration.create(
+            affine_px=np.array(AFFINES), gain_adu=GAINS, baseline_adu=BASELINES
+        )
+        if registration == "affine"
+        else PlaneRegistration.identity(PLANES)
+    )
+    engine = create_engine(model, engine_name)
+    try:
+        batch = [images[i % len(images)] for i in range(16)]
+        engine.infer_raw(batch, reg)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            engine.infer_raw(batch, reg)
+            n += len(batch)
+        return n / (time.perf_counter() - t0)
+    finally:
+        engine.close()
+
+
 def _drops(pipeline: Any) -> int:
     st = pipeline.stats
     return sum(st.set_drops.values()) + st.queue_drops
@@ -348,6 +384,11 @@ def run(
                 long_run = rss_sets if (size == rss_size and transport == transports[0]) else 0
                 pipe = pipeline_steps(target, subscriber, settings, images, seconds, long_run)
                 paced = pipe["paced"]
+                alone = (
+                    engine_alone(engine, model, images, registration, seconds)
+                    if engine != "null"
+                    else None
+                )
                 results.append(
                     SizeResult(
                         size=size,
@@ -365,6 +406,9 @@ def run(
                         rss_start_mb=_r(pipe.get("rss_start_mb")),
                         rss_end_mb=_r(pipe.get("rss_end_mb")),
                         rss_sets=long_run,
+                        rss_samples_mb=pipe.get("rss_samples_mb"),
+                        engine_fps=_r(alone),
+                        service_engine_ratio=round(pipe["fps"] / alone, 3) if alone else None,
                     )
                 )
                 print_row(results[-1], flush=True)
@@ -393,7 +437,14 @@ def print_row(r: SizeResult, flush: bool = False) -> None:
     if r.rss_sets:
         print(
             f"  RSS over {r.rss_sets} frame sets at {PLANES}x{r.size}x{r.size}: "
-            f"{r.rss_start_mb:.1f} MB at the start, {r.rss_end_mb:.1f} MB at the end",
+            f"{r.rss_start_mb:.1f} MB at the start, {r.rss_end_mb:.1f} MB at the end "
+            f"(every {r.rss_sets // 5}: {r.rss_samples_mb})",
+            flush=flush,
+        )
+    if r.engine_fps:
+        print(
+            f"  engine alone on the same raw sets: {r.engine_fps:.1f} fps; "
+            f"service / engine {r.service_engine_ratio:.3f}",
             flush=flush,
         )
 

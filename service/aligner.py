@@ -136,12 +136,14 @@ class FrameAssembler:
             p.planes = wider
         return p.planes[plane]
 
-    def commit(self, plane: int, frame: int, t_cam_ns: int) -> None:
+    def commit(self, plane: int, frame: int, t_cam_ns: int) -> bool:
+        """Mark the plane arrived; True when that completed its set."""
         p = self._pending[frame]
         p.have[plane] = True
         p.count += 1
         p.t_cam_ns = min(p.t_cam_ns, t_cam_ns)
         p.t_recv_ns = time.time_ns()
+        return p.count == self.planes
 
     def pop_ready(self, acquisition: str = "") -> list[FrameSet]:
         """Complete sets in frame order; drops heads that timed out or overflowed."""
@@ -321,8 +323,9 @@ class Aligner:
         return sum(r.assembler.depth for r in self._runs)
 
     # -- ingest thread -------------------------------------------------------------------------
-    def accept(self, camera: str, msg: FrameMessage) -> None:
-        """Place and assemble one validated camera frame; rejects are counted.
+    def accept(self, camera: str, msg: FrameMessage) -> bool:
+        """Place and assemble one validated camera frame; rejects are counted. True when
+        a frame set was completed (:meth:`pop_ready` may have something).
 
         The payload is copied into the set's buffer under the lock: numpy releases the
         GIL for the copy, so other cameras' threads receive meanwhile."""
@@ -330,8 +333,8 @@ class Aligner:
             run = self._run_for(msg.acquisition)
             if run is None:
                 self._stats.reject(camera, Reject.STALE.value)  # its acquisition has ended
-                return
-            self._assemble(run, camera, run.sync.place(camera, msg.frame, msg.t_ns, msg))
+                return False
+            return self._assemble(run, camera, run.sync.place(camera, msg.frame, msg.t_ns, msg))
 
     def _run_for(self, acquisition: str | None) -> _Run | None:
         if acquisition is None:
@@ -344,19 +347,21 @@ class Aligner:
         self._begin(acquisition)  # a camera started a new acquisition
         return self._runs[-1]
 
-    def _assemble(self, run: _Run, camera: str, placed: Placed[FrameMessage]) -> None:
+    def _assemble(self, run: _Run, camera: str, placed: Placed[FrameMessage]) -> bool:
         for _ in range(placed.desync):
             self._stats.reject(camera, Reject.DESYNC.value)
         asm = run.assembler
+        completed = False
         for set_index, m in placed.sets:
             reason = asm.check(m.plane, set_index)
             if reason is not None:
                 self._stats.reject(camera, reason.value)
                 continue
             np.copyto(asm.slot(m.plane, set_index, m.t_ns, m.image.dtype), m.image)
-            asm.commit(m.plane, set_index, m.t_ns)
+            completed |= asm.commit(m.plane, set_index, m.t_ns)
             run.last_frame = self.now()
             self._stats.frame_ok(camera, set_index)
+        return completed
 
     def pop_ready(self) -> list[FrameSet]:
         """Complete sets in order: the oldest acquisition's first, each carrying the
@@ -382,6 +387,16 @@ class Aligner:
             self._ended.append(run.acquisition)
             log.info("acquisition %r: assembly finished", run.acquisition)
         return out
+
+    def lead(self, camera: str) -> int:
+        """Sets ``camera`` is ahead of the slowest active camera (current acquisition)."""
+        with self._lock:
+            return self._runs[-1].sync.lead(camera)
+
+    @property
+    def max_lead(self) -> int:
+        """A camera this far ahead waits for the others (its frames stay in its socket)."""
+        return self._window // 4
 
     def sync_states(self) -> dict[str, dict[str, object]]:
         with self._lock:

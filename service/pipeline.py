@@ -31,6 +31,7 @@ from service.types import LocalizationObserver, PipelineState
 log = logging.getLogger(__name__)
 
 POLL_MS = 20
+LEAD_WAIT_S = 0.002
 IDLE_TICK_S = 0.05
 JOIN_TIMEOUT_S = 10.0
 
@@ -178,13 +179,19 @@ class Pipeline:
 
     # -- threads --------------------------------------------------------------------------
     def _ingest_loop(self, cam: CameraEndpoint) -> None:
+        """One camera's thread. A camera more than ``aligner.max_lead`` sets ahead of the
+        slowest active one waits (backpressure, as on one trigger): the threads are
+        scheduled unevenly, and an unchecked lead would overflow the assembly window."""
         assert self.ingest is not None
         while not self._stop.is_set():
-            for msg in self.ingest.receive_camera(cam, POLL_MS):
-                self.aligner.accept(cam.name, msg)
+            if self.aligner.lead(cam.name) > self.aligner.max_lead:
+                self._stop.wait(LEAD_WAIT_S)
                 self._flush()
-                time.sleep(0)  # let the other cameras' threads have the GIL: fairness
-            self._flush()
+                continue
+            for msg in self.ingest.receive_camera(cam, POLL_MS):
+                if self.aligner.accept(cam.name, msg):
+                    self._flush()
+            self._flush()  # timeouts, overflow, acquisitions that ended
 
     def _flush(self) -> None:
         """Queue the completed sets in frame order, one thread at a time. A camera thread

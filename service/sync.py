@@ -126,6 +126,24 @@ class CameraSync(Generic[T]):
             for name, c in self._cams.items()
         }
 
+    def lead(self, camera: str) -> int:
+        """How many sets ``camera`` is ahead of the slowest other synchronised camera that
+        sent within ``active_s`` (0 when none or it is not ahead)."""
+        cam = self._cams[camera]
+        mine = cam.newest()
+        if mine is None:
+            return 0
+        now = self._clock()
+        behind = [
+            newest
+            for name, c in self._cams.items()
+            if name != camera
+            and c.state is SyncState.SYNCED
+            and (newest := c.newest()) is not None
+            and now - c.last_arrival <= self.active_s
+        ]
+        return max(mine - min(behind), 0) if behind else 0
+
     def desynchronised(self) -> list[str]:
         return [n for n, c in self._cams.items() if c.state is SyncState.DESYNCHRONISED]
 
