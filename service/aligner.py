@@ -46,6 +46,8 @@ class _Pending:
     t_cam_ns: int
     t_recv_ns: int
     count: int = 0  # planes committed (the set is complete at ``planes``)
+    writers: int = 0  # planes being copied in outside the lock (:meth:`reserve`)
+    dropped: bool = False  # dropped while a copy was in flight: the writer frees it
 
 
 class FrameAssembler:
@@ -132,9 +134,35 @@ class FrameAssembler:
         elif p.planes.dtype != dtype and p.planes.dtype != np.float32:
             wider = self.pool.take(np.dtype(np.float32))
             wider[p.have] = p.planes[p.have]
-            self.pool.give(p.planes)
+            if not p.writers:  # else a copy into it is in flight: let it be collected
+                self.pool.give(p.planes)
             p.planes = wider
         return p.planes[plane]
+
+    def reserve(
+        self, plane: int, frame: int, t_cam_ns: int, dtype: np.dtype
+    ) -> tuple[_Pending, np.ndarray]:
+        """:meth:`slot` for a copy made outside the caller's lock: the plane counts as
+        arrived (a second copy is a duplicate) but not as complete until :meth:`finish`."""
+        view = self.slot(plane, frame, t_cam_ns, dtype)
+        p = self._pending[frame]
+        p.have[plane] = True
+        p.writers += 1
+        return p, view
+
+    def finish(self, p: _Pending, plane: int, frame: int, t_cam_ns: int, view: np.ndarray) -> bool:
+        """The copy into ``view`` is done; True when that completed its set."""
+        p.writers -= 1
+        if p.dropped or self._pending.get(frame) is not p:
+            if p.dropped and not p.writers:
+                self.pool.give(p.planes)
+            return False
+        if not np.may_share_memory(view, p.planes):
+            p.planes[plane] = view  # the set was widened to float32 meanwhile
+        p.count += 1
+        p.t_cam_ns = min(p.t_cam_ns, t_cam_ns)
+        p.t_recv_ns = time.time_ns()
+        return p.count == self.planes
 
     def commit(self, plane: int, frame: int, t_cam_ns: int) -> bool:
         """Mark the plane arrived; True when that completed its set."""
@@ -185,7 +213,10 @@ class FrameAssembler:
             self._next = first
         else:
             del self._pending[self._next]
-            self.pool.give(head.planes)
+            if head.writers:
+                head.dropped = True  # the last writer gives the buffer back
+            else:
+                self.pool.give(head.planes)
             self.stats.set_dropped(reason)
             log.info(
                 "frame set %d dropped (%s): planes %s missing",
@@ -327,14 +358,20 @@ class Aligner:
         """Place and assemble one validated camera frame; rejects are counted. True when
         a frame set was completed (:meth:`pop_ready` may have something).
 
-        The payload is copied into the set's buffer under the lock: numpy releases the
-        GIL for the copy, so other cameras' threads receive meanwhile."""
+        The payload is copied into the set's buffer outside the lock (numpy releases the
+        GIL for it), so the cameras' threads copy in parallel."""
         with self._lock:
             run = self._run_for(msg.acquisition)
             if run is None:
                 self._stats.reject(camera, Reject.STALE.value)  # its acquisition has ended
                 return False
-            return self._assemble(run, camera, run.sync.place(camera, msg.frame, msg.t_ns, msg))
+            jobs = self._reserve(run, camera, run.sync.place(camera, msg.frame, msg.t_ns, msg))
+        for _, view, _, m in jobs:
+            np.copyto(view, m.image)
+        if not jobs:
+            return False
+        with self._lock:
+            return self._finish(run, camera, jobs)
 
     def _run_for(self, acquisition: str | None) -> _Run | None:
         if acquisition is None:
@@ -347,21 +384,38 @@ class Aligner:
         self._begin(acquisition)  # a camera started a new acquisition
         return self._runs[-1]
 
-    def _assemble(self, run: _Run, camera: str, placed: Placed[FrameMessage]) -> bool:
+    def _reserve(
+        self, run: _Run, camera: str, placed: Placed[FrameMessage]
+    ) -> list[tuple[_Pending, np.ndarray, int, FrameMessage]]:
         for _ in range(placed.desync):
             self._stats.reject(camera, Reject.DESYNC.value)
         asm = run.assembler
-        completed = False
+        jobs = []
         for set_index, m in placed.sets:
             reason = asm.check(m.plane, set_index)
             if reason is not None:
                 self._stats.reject(camera, reason.value)
                 continue
-            np.copyto(asm.slot(m.plane, set_index, m.t_ns, m.image.dtype), m.image)
-            completed |= asm.commit(m.plane, set_index, m.t_ns)
+            p, view = asm.reserve(m.plane, set_index, m.t_ns, m.image.dtype)
+            jobs.append((p, view, set_index, m))
+        return jobs
+
+    def _finish(
+        self, run: _Run, camera: str, jobs: list[tuple[_Pending, np.ndarray, int, FrameMessage]]
+    ) -> bool:
+        completed = False
+        for p, view, set_index, m in jobs:
+            completed |= run.assembler.finish(p, m.plane, set_index, m.t_ns, view)
             run.last_frame = self.now()
             self._stats.frame_ok(camera, set_index)
         return completed
+
+    def _assemble(self, run: _Run, camera: str, placed: Placed[FrameMessage]) -> bool:
+        """Reserve, copy and finish under the caller's lock (frames given up by sync)."""
+        jobs = self._reserve(run, camera, placed)
+        for _, view, _, m in jobs:
+            np.copyto(view, m.image)
+        return self._finish(run, camera, jobs)
 
     def pop_ready(self) -> list[FrameSet]:
         """Complete sets in order: the oldest acquisition's first, each carrying the

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.inference.base import Engine, FlatLocs
+from engines.inference.registration import PlaneRegistration
 
 
 class NullEngine(Engine):
@@ -28,8 +29,10 @@ class NullEngine(Engine):
     def _run(self, frames: np.ndarray, threshold: float) -> FlatLocs:
         return _EMPTY
 
-    def _run_raw(self, frames: np.ndarray, registration: object, threshold: float) -> FlatLocs:
-        return _EMPTY
+    def _run_raw(
+        self, sets: list[np.ndarray], registration: PlaneRegistration, threshold: float
+    ) -> FlatLocs:
+        return _EMPTY  # the sets stay where the ingest wrote them: no copy, no compute
 
 
 _EMPTY: FlatLocs = (

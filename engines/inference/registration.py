@@ -138,6 +138,10 @@ class InputStage(torch.nn.Module):
     graph captured over this stage stays valid when the registration changes.
     """
 
+    grid: torch.Tensor
+    baseline: torch.Tensor
+    gain: torch.Tensor
+
     def __init__(self, planes: int, height: int, width: int, device: torch.device) -> None:
         super().__init__()
         self.height, self.width = height, width
