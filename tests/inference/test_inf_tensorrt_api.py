@@ -145,9 +145,7 @@ def test_builder_is_strongly_typed_and_sets_no_removed_flag(
     assert ("create_network", (1 << 5) if flag else 0) in calls
     assert not [c for c in calls if c[0] == "set_flag"]
     (parsed,) = [c[1] for c in calls if c[0] == "parse"]
-    conv_types = {
-        i.data_type for i in parsed.graph.initializer if i.name.startswith("conv")
-    }
+    conv_types = {i.data_type for i in parsed.graph.initializer if i.name.startswith("conv")}
     want = onnx.TensorProto.FLOAT16 if precision == "fp16" else onnx.TensorProto.FLOAT
     assert conv_types == {want}
     # decoding and the graph's inputs/outputs stay float32
