@@ -3,7 +3,8 @@
 Used by ``benchmarks/service.py --engine null --sizes 64,256,512 --registration affine``.
 For each frame size and transport (``tcp://``, ``ipc://``), in one run:
 
-- **raw transport**: the same four producer processes (one PUSH camera per plane, uint16
+- **raw transport** (timed right before and right after the pipeline; the ratio is to
+  their mean): the same four producer processes (one PUSH camera per plane, uint16
   frames encoded by :func:`service.wire.encode_frame`) into four PULL sockets of this
   process, one receive thread per socket, each message's pixels copied once into a
   preallocated buffer: what ZeroMQ and one copy allow on this machine.
@@ -50,7 +51,8 @@ PROBE_SETS = 400
 class SizeResult:
     size: int
     transport: str
-    raw_fps: float
+    raw_fps: float  # mean of the two below
+    raw_fps_around: list[float]  # raw transport right before and right after the pipeline
     pipeline_fps: float
     ratio: float
     pipeline_mb_s: float  # camera payload bytes delivered per second, MB/s
@@ -125,7 +127,12 @@ class Producers:
 
 
 def raw_transport(
-    target: Callable[..., None], transport: str, folder: Path, images: np.ndarray, seconds: float
+    target: Callable[..., None],
+    transport: str,
+    folder: Path,
+    images: np.ndarray,
+    seconds: float,
+    tag: str = "",
 ) -> float:
     """Frame sets/s through 4 PUSH -> 4 PULL sockets, one copy per message."""
     ctx = zmq.Context()
@@ -134,7 +141,7 @@ def raw_transport(
         s = ctx.socket(zmq.PULL)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.RCVHWM, 64)
-        s.bind(endpoint(transport, folder, f"raw{k}"))
+        s.bind(endpoint(transport, folder, f"raw{tag}{k}"))
         socks.append(s)
         eps.append(s.getsockopt_string(zmq.LAST_ENDPOINT))
     counts = [0] * PLANES
@@ -379,7 +386,8 @@ def run(
             for transport in transports:
                 folder = Path(tmp) / f"{transport}{size}"
                 folder.mkdir()
-                raw = raw_transport(target, transport, folder, images, seconds)
+                # raw transport timed right before and after the pipeline (same load)
+                raw_before = raw_transport(target, transport, folder, images, seconds)
                 settings = pipeline_settings(engine, size, registration, transport, folder, model)
                 long_run = rss_sets if (size == rss_size and transport == transports[0]) else 0
                 pipe = pipeline_steps(target, subscriber, settings, images, seconds, long_run)
@@ -389,11 +397,14 @@ def run(
                     if engine != "null"
                     else None
                 )
+                raw_after = raw_transport(target, transport, folder, images, seconds, "after")
+                raw = (raw_before + raw_after) / 2
                 results.append(
                     SizeResult(
                         size=size,
                         transport=transport,
                         raw_fps=round(raw, 1),
+                        raw_fps_around=[round(raw_before, 1), round(raw_after, 1)],
                         pipeline_fps=round(pipe["fps"], 1),
                         ratio=round(pipe["fps"] / raw, 3) if raw else 0.0,
                         pipeline_mb_s=round(pipe["fps"] * set_bytes / 1e6, 1),
