@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 import zmq
@@ -21,12 +20,12 @@ from engines.errors import VoxlocError
 from service.aligner import Aligner
 from service.batcher import Batcher
 from service.drift import DriftObserver
-from service.inference import LoadedModel, ModelManager, run_batch
+from service.inference import LoadedModel, ModelManager, Submitted, submit_batch
 from service.ingest import CameraEndpoint, Ingest
 from service.publisher import Publisher
 from service.settings import CameraRegistration, RuntimeConfig, ServiceSettings
 from service.stats import ServiceStats
-from service.types import LocalizationObserver, PipelineState
+from service.types import Batch, LocalizationObserver, PipelineState
 
 log = logging.getLogger(__name__)
 
@@ -204,32 +203,56 @@ class Pipeline:
                     self.aligner.pause(blocked_s)
 
     def _inference_loop(self) -> None:
+        """Batches to the engine, results to the publisher, one batch in flight: the
+        next batch is submitted (its copy to the device starts) before the previous one
+        is collected and published. Model switches happen with nothing in flight."""
         assert self.publisher is not None
+        pending: Submitted | None = None
         while not self._stop.is_set():
             self.publisher.poll_subscriptions()
-            self.models.current()  # switch to a staged model even while idle
-            cfg = self._config
-            batch = self.batcher.get_batch(cfg.max_batch, cfg.max_delay_ms / 1e3, IDLE_TICK_S)
-            if batch is None or not batch.sets:
-                continue
-            model = self.models.current()
-            assert model is not None
-            cfg = self._config  # threshold as of this batch
-            t0 = time.perf_counter()
-            try:
-                locs = run_batch(model, batch, cfg.threshold)
-            except VoxlocError as exc:
-                log.error(
-                    "batch of frames %d..%d failed: %s",
-                    batch.sets[0].frame,
-                    batch.sets[-1].frame,
-                    exc,
+            if pending is None:
+                self.models.current()  # switch to a staged model even while idle
+            batch = None
+            if pending is None or not self.models.switching:
+                cfg = self._config
+                idle = pending is None  # with a batch in flight, take what is queued now
+                batch = self.batcher.get_batch(
+                    cfg.max_batch,
+                    cfg.max_delay_ms / 1e3 if idle else 0.0,
+                    IDLE_TICK_S if idle else 0.0,
                 )
-                self.stats.set_dropped("engine_error", len(batch))
-                batch.release()
-                continue
-            self.stats.batch_done(len(batch), time.perf_counter() - t0)
-            self.publisher.publish(batch, locs, model, cfg.threshold)
+            new = self._submit(batch) if batch is not None and batch.sets else None
+            if pending is not None:
+                self._complete(pending)
+            pending = new
+        if pending is not None:
+            self._complete(pending)
+
+    def _submit(self, batch: Batch) -> Submitted | None:
+        model = self.models.active  # current() switched already if it was due
+        assert model is not None
+        try:
+            return submit_batch(model, batch, self._config.threshold)  # threshold as of now
+        except VoxlocError as exc:
+            self._batch_failed(batch, exc)
+            return None
+
+    def _complete(self, sub: Submitted) -> None:
+        assert self.publisher is not None
+        try:
+            locs = sub.collect()
+        except VoxlocError as exc:
+            self._batch_failed(sub.batch, exc)
+            return
+        self.stats.batch_done(len(sub.batch), sub.busy_s)
+        self.publisher.publish(sub.batch, locs, sub.model, sub.threshold)
+
+    def _batch_failed(self, batch: Batch, exc: VoxlocError) -> None:
+        log.error(
+            "batch of frames %d..%d failed: %s", batch.sets[0].frame, batch.sets[-1].frame, exc
+        )
+        self.stats.set_dropped("engine_error", len(batch))
+        batch.release()
 
     # -- control plane --------------------------------------------------------------------
     @property

@@ -22,9 +22,9 @@ from __future__ import annotations
 import logging
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -197,29 +197,88 @@ class Engine(ABC):
             )
         return sets
 
+    def submit_raw(
+        self,
+        frames: Sequence[np.ndarray] | np.ndarray,
+        registration: PlaneRegistration,
+        threshold: float | None = None,
+        first_frame: int = 0,
+    ) -> PendingResult:
+        """Start :meth:`infer_raw`; ``result()`` of the answer waits for it.
+
+        Where a backend has an asynchronous hand-off (torch on CUDA: the host-to-device
+        copy on its own stream), the copy of this batch overlaps the compute of one
+        submitted before and not collected yet. Elsewhere, or for a batch that needs
+        several chunks, it runs now. Collect in submission order.
+        """
+        sets = self.validate_raw(frames, registration)
+        tau = self.threshold if threshold is None else check_threshold(threshold)
+        n = len(sets)
+        _, h, w = sets[0].shape
+        fits = (self.max_batch is None or n <= self.max_batch) and (
+            self.max_pixels is None or n * h * w <= self.max_pixels
+        )
+        if not (self.async_raw and fits):
+            out = self.infer_raw(sets, registration, tau, first_frame)
+            return PendingResult(lambda: out)
+        padded = self._pad_sets(sets)
+        with self._lock:
+            ticket = self._translate(lambda: self._start_raw(padded, registration), padded)
+
+        def collect() -> list[Localizations]:
+            with self._lock:
+                flat = self._translate(lambda: self._finish_raw(ticket, registration, tau), padded)
+            f, xyz, conf = self._unpad(flat, n)
+            return split_per_frame(f, xyz, conf, n, first_frame)
+
+        return PendingResult(collect)
+
+    async_raw: bool = False  # a backend with _start_raw / _finish_raw sets it (per instance)
+
+    def _start_raw(self, sets: list[np.ndarray], registration: PlaneRegistration) -> Any:
+        raise NotImplementedError
+
+    def _finish_raw(
+        self, ticket: Any, registration: PlaneRegistration, threshold: float
+    ) -> FlatLocs:
+        raise NotImplementedError
+
+    def _pad_sets(self, sets: list[np.ndarray]) -> list[np.ndarray]:
+        n = len(sets)
+        if not self.pad_batch:
+            return sets
+        bucket = 1 << (n - 1).bit_length()
+        if self.max_batch is not None:
+            bucket = min(bucket, max(self.max_batch, n))
+        return sets + [np.zeros_like(sets[0])] * (bucket - n)
+
+    def _translate(self, fn: Callable[[], Any], sets: list[np.ndarray]) -> Any:
+        try:
+            return fn()
+        except VoxlocError:
+            raise
+        except Exception as exc:  # foreign runtime errors (CUDA, OOM, ...)
+            raise EngineError(
+                f"{self.backend} inference on {self.device} failed for {len(sets)} raw frame "
+                f"sets of shape {sets[0].shape} {sets[0].dtype}: {exc}"
+            ) from exc
+
+    @staticmethod
+    def _unpad(flat: FlatLocs, n: int) -> FlatLocs:
+        f, xyz, conf = flat
+        f = np.asarray(f, dtype=np.int64)
+        keep = f < n
+        if not keep.all():
+            f, xyz, conf = f[keep], xyz[keep], conf[keep]
+        return f, np.asarray(xyz, np.float32), np.asarray(conf, np.float32)
+
     def _run_raw_chunk(
         self, sets: list[np.ndarray], registration: PlaneRegistration, threshold: float
     ) -> FlatLocs:
         n = len(sets)
-        if self.pad_batch:
-            bucket = 1 << (n - 1).bit_length()
-            if self.max_batch is not None:
-                bucket = min(bucket, max(self.max_batch, n))
-            sets = sets + [np.zeros_like(sets[0])] * (bucket - n)
-        try:
-            f, xyz, conf = self._run_raw(sets, registration, threshold)
-        except VoxlocError:
-            raise
-        except Exception as exc:
-            raise EngineError(
-                f"{self.backend} inference on {self.device} failed for {n} raw frame "
-                f"sets of shape {sets[0].shape} {sets[0].dtype}: {exc}"
-            ) from exc
-        f = np.asarray(f, dtype=np.int64)
-        if len(sets) != n:
-            keep = f < n
-            f, xyz, conf = f[keep], xyz[keep], conf[keep]
-        return f, np.asarray(xyz, np.float32), np.asarray(conf, np.float32)
+        padded = self._pad_sets(sets)
+        flat = self._translate(lambda: self._run_raw(padded, registration, threshold), padded)
+        return self._unpad(flat, n)
 
     def _run_raw(
         self, sets: list[np.ndarray], registration: PlaneRegistration, threshold: float
@@ -283,6 +342,21 @@ class Engine(ABC):
 
 
 RAW_DTYPES = ("uint16", "float32")
+
+
+class PendingResult:
+    """A submitted batch (:meth:`Engine.submit_raw`); :meth:`result` waits for it."""
+
+    def __init__(self, collect: Callable[[], list[Localizations]]) -> None:
+        self._collect: Callable[[], list[Localizations]] | None = collect
+        self._value: list[Localizations] | None = None
+
+    def result(self) -> list[Localizations]:
+        if self._collect is not None:
+            collect, self._collect = self._collect, None
+            self._value = collect()
+        assert self._value is not None
+        return self._value
 
 
 def register_on_host(sets: list[np.ndarray], registration: PlaneRegistration) -> np.ndarray:

@@ -15,7 +15,9 @@ as the cameras sent them (uint16: half the bytes of float32); registration, base
 gain run there first (:class:`~engines.inference.registration.InputStage`, one
 ``grid_sample`` per batch), inside the CUDA graph when graphs are on. On CUDA the host
 buffers are pinned (:meth:`TorchEngine.host_buffer`) and the host-to-device copy runs on
-its own stream.
+its own stream into one of two device batches per shape, so with
+:meth:`~engines.inference.base.Engine.submit_raw` one batch crosses the bus while the
+previous one computes.
 """
 
 from __future__ import annotations
@@ -116,6 +118,8 @@ class TorchEngine(Engine):
         self._graphs: OrderedDict[tuple[object, ...], _CapturedShape] = OrderedDict()
         self._stages: dict[tuple[int, int], InputStage] = {}
         self._h2d = torch.cuda.Stream(self._torch_device) if cuda else None
+        self._staging: dict[tuple[object, ...], list[torch.Tensor]] = {}  # two per shape
+        self.async_raw = cuda
         log.info(
             "torch engine: model %r on %s, %s%s",
             self.info.name,
@@ -140,38 +144,66 @@ class TorchEngine(Engine):
     def _run_raw(
         self, sets: list[np.ndarray], registration: PlaneRegistration, threshold: float
     ) -> FlatLocs:
-        g = self.info.settings.geometry
+        if self._h2d is not None:  # CUDA: the same hand-off as submit_raw, collected now
+            return self._finish_raw(self._start_raw(sets, registration), registration, threshold)
         _, h, w = sets[0].shape
         stage = self._stage(h, w)
         stage.load(registration)
-        shape = (len(sets), *sets[0].shape)
-        if self._h2d is None:  # CPU: the stack is the device's input buffer
-            out = self.net(stage(torch.stack([raw_tensor(s) for s in sets])))
-        elif self.cuda_graphs:
-            dtype = raw_tensor(sets[0][:1, :1, :1]).dtype
-            graph = self._graph_for(
-                ("raw", shape, dtype), lambda: _StagedNet(stage, self.net), shape, dtype
-            )
-            self._copy_in(sets, graph.input)
-            graph.graph.replay()
-            out = graph.output
-        else:
-            dev = torch.empty(
-                shape, dtype=raw_tensor(sets[0][:1, :1, :1]).dtype, device=self._torch_device
-            )
-            self._copy_in(sets, dev)
-            out = self.net(stage(dev))
+        out = self.net(stage(torch.stack([raw_tensor(s) for s in sets])))  # the CPU's input
+        return self._decode(out, threshold)
+
+    def _decode(self, out: torch.Tensor, threshold: float) -> FlatLocs:
+        g = self.info.settings.geometry
         b, xyz, conf = decode(out.float(), threshold, px_nm=g.px_nm, dz_nm=g.dz_nm)
         return b.cpu().numpy(), xyz.cpu().numpy(), conf.cpu().numpy()
 
-    def _copy_in(self, sets: list[np.ndarray], dst: torch.Tensor) -> None:
-        """Host-to-device copy of each set (pinned: asynchronous) on the copy stream."""
+    @torch.inference_mode()
+    def _start_raw(
+        self, sets: list[np.ndarray], registration: PlaneRegistration
+    ) -> tuple[torch.Tensor, torch.cuda.Event]:
+        """CUDA: copy the (pinned) sets to one of two device batches of their shape on the
+        copy stream; returns (device batch, copy-done event)."""
         assert self._h2d is not None
+        shape = (len(sets), *sets[0].shape)
+        dtype = raw_tensor(sets[0][:1, :1, :1]).dtype
+        key = (shape, dtype)
+        pair = self._staging.get(key)
+        if pair is None:
+            pair = [torch.empty(shape, dtype=dtype, device=self._torch_device) for _ in range(2)]
+            self._staging[key] = pair
+        dst = pair[0]
+        pair.reverse()  # the other buffer for the next batch: the copies alternate
         self._h2d.wait_stream(torch.cuda.current_stream(self._torch_device))
         with torch.cuda.stream(self._h2d):
             for i, s in enumerate(sets):
                 dst[i].copy_(raw_tensor(s), non_blocking=True)
-        torch.cuda.current_stream(self._torch_device).wait_stream(self._h2d)
+            done = torch.cuda.Event()
+            done.record(self._h2d)
+        return dst, done
+
+    @torch.inference_mode()
+    def _finish_raw(
+        self,
+        ticket: tuple[torch.Tensor, torch.cuda.Event],
+        registration: PlaneRegistration,
+        threshold: float,
+    ) -> FlatLocs:
+        """CUDA: wait for the copy, register and run the network (graph), decode."""
+        dst, done = ticket
+        torch.cuda.current_stream(self._torch_device).wait_event(done)
+        shape = tuple(dst.shape)
+        stage = self._stage(shape[2], shape[3])
+        stage.load(registration)
+        if self.cuda_graphs:
+            graph = self._graph_for(
+                ("raw", shape, dst.dtype), lambda: _StagedNet(stage, self.net), shape, dst.dtype
+            )
+            graph.input.copy_(dst)
+            graph.graph.replay()
+            out = graph.output
+        else:
+            out = self.net(stage(dst))
+        return self._decode(out, threshold)
 
     def _stage(self, height: int, width: int) -> InputStage:
         key = (height, width)
@@ -212,6 +244,7 @@ class TorchEngine(Engine):
 
     def close(self) -> None:
         self._graphs.clear()
+        self._staging.clear()
         if self._torch_device.type == "cuda":
             torch.cuda.empty_cache()
         super().close()
