@@ -203,9 +203,10 @@ class Pipeline:
                     self.aligner.pause(blocked_s)
 
     def _inference_loop(self) -> None:
-        """Batches to the engine, results to the publisher, one batch in flight: the
-        next batch is submitted (its copy to the device starts) before the previous one
-        is collected and published. Model switches happen with nothing in flight."""
+        """Batches to the engine, results to the publisher. With an engine that hands off
+        asynchronously (torch on CUDA) one batch is in flight: the next batch is
+        submitted (its copy to the device starts) before the previous one is collected
+        and published. Model switches happen with nothing in flight."""
         assert self.publisher is not None
         pending: Submitted | None = None
         while not self._stop.is_set():
@@ -224,7 +225,11 @@ class Pipeline:
             new = self._submit(batch) if batch is not None and batch.sets else None
             if pending is not None:
                 self._complete(pending)
-            pending = new
+                pending = None
+            if new is not None and new.model.engine.async_raw:
+                pending = new  # its copy runs while this thread publishes and batches
+            elif new is not None:
+                self._complete(new)  # a synchronous engine: nothing to overlap
         if pending is not None:
             self._complete(pending)
 
