@@ -151,6 +151,7 @@ def build_runners(model: str, backends: list[str]) -> list[Runner]:
                 ("torch", "cuda", {}),
                 ("torch", "cuda", {"cuda_graphs": True}),
                 ("torch", "cuda", {"cuda_graphs": True, "precision": "fp16"}),
+                ("torch", "cuda", {"cuda_graphs": True, "precision": "bf16"}),
             ]
             if cuda
             else []
@@ -345,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=["onnxruntime", "torch", "tensorrt"],
     )
     p.add_argument("--sizes", type=int, nargs="+", default=None)
+    p.add_argument(
+        "--device", choices=["all", "cpu", "cuda"], default="all", help="time only these runners"
+    )
     p.add_argument("--batches", type=int, nargs="+", default=None)
     p.add_argument("--min-time", type=float, default=None, help="seconds per config/backend")
     p.add_argument("--max-calls", type=int, default=20)
@@ -366,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     # after every configuration so an interrupted run keeps what it measured
     long = long_run(model, long_frames, args.long_size, args.long_batch) if long_frames else None
     default_cpu = default_cpu_label(model)
-    runners = build_runners(model, args.backends)
+    runners = [r for r in build_runners(model, args.backends) if args.device in ("all", r.device)]
 
     def save(rows: list[Row], complete: bool = False) -> None:
         for r in rows:

@@ -9,6 +9,15 @@ size, before and after the sweep).
 
     python benchmarks/service.py            # full sweep (~3-4 min on 2 busy cores)
     python benchmarks/service.py --quick    # a few short steps (~1 min)
+    python benchmarks/service.py --registration identity   # float32 cameras, no registration
+
+By default the cameras send uint16 with an affine registration on cameras 1-3 (gain and
+baseline on all), as a real quad-camera set-up does; the engine registers on its device.
+
+With ``--sizes`` it measures the pipeline's own ceiling instead (``benchmarks/
+pipeline_ceiling.py``):
+
+    python benchmarks/service.py --engine null --sizes 64,256,512 --registration affine
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from pathlib import Path
 # shadow the `service` package (and engines.py the `engines` package)
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
+sys.path.append(str(Path(__file__).resolve().parent))  # last: for pipeline_ceiling only
 
 import numpy as np  # noqa: E402
 import zmq  # noqa: E402
@@ -35,8 +45,14 @@ PLANES = 4
 FIRST_BATCH_NS = 50_000_000  # messages published this soon after the first: its batch
 
 
-def producer(endpoint: str, name: str, plane: int, images: np.ndarray, conn) -> None:
-    """Camera process: on ``(first, count, rate_hz, t0)`` send ``count`` frames, reply."""
+LOCKSTEP = 16  # with a barrier: the cameras wait for each other every this many frames
+
+
+def producer(endpoint: str, name: str, plane: int, images: np.ndarray, conn, barrier=None) -> None:
+    """Camera process: on ``(first, count, rate_hz, t0)`` send ``count`` frames, reply.
+
+    With ``barrier`` (shared by the cameras) they stay within ``LOCKSTEP`` frames of each
+    other, as cameras on one trigger do, however the OS schedules the processes."""
     from service.wire import encode_frame
 
     ctx = zmq.Context()
@@ -57,6 +73,11 @@ def producer(endpoint: str, name: str, plane: int, images: np.ndarray, conn) -> 
             sock.send_multipart(
                 encode_frame(name, plane, first + i, img, time.time_ns()), copy=False
             )
+            if barrier is not None and i % LOCKSTEP == LOCKSTEP - 1:
+                try:
+                    barrier.wait(60)
+                except threading.BrokenBarrierError:
+                    barrier = None
         conn.send(count)
     sock.close(linger=1000)
     ctx.term()
@@ -98,13 +119,23 @@ class Step:
     engine_fps_in_run: float  # frame sets / s of engine time inside the service, this step
 
 
-def engine_fps(engine: object, frames: np.ndarray, batch: int, seconds: float) -> float:
-    """Raw engine throughput on batches of ``batch`` frame sets (frame sets / s)."""
-    engine.infer(frames[:batch])
+def engine_fps(
+    engine: object, frames: np.ndarray, batch: int, seconds: float, registration=None
+) -> float:
+    """Raw engine throughput on batches of ``batch`` frame sets (frame sets / s); with a
+    ``registration``, on raw camera frames registered by the engine (as in the service)."""
+
+    def call(chunk: np.ndarray) -> None:
+        if registration is None:
+            engine.infer(chunk)
+        else:
+            engine.infer_raw(list(chunk), registration)
+
+    call(frames[:batch])
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         i = (n // batch * batch) % (len(frames) - batch)
-        engine.infer(frames[i : i + batch])
+        call(frames[i : i + batch])
         n += batch
     return n / (time.perf_counter() - t0)
 
@@ -172,20 +203,64 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--json", type=Path, default=None, help="also write results here")
+    ap.add_argument(
+        "--engine",
+        default=None,
+        help="with --sizes: the backend whose service ceiling to measure (null: none)",
+    )
+    ap.add_argument(
+        "--sizes",
+        default=None,
+        help="comma-separated frame sides: pipeline ceiling vs raw transport per size",
+    )
+    ap.add_argument(
+        "--registration",
+        choices=["identity", "affine"],
+        default="affine",
+        help="affine (default): uint16 cameras, affine on cameras 1-3, gain and baseline; "
+        "the raw engine is timed on the same raw frames (infer_raw)",
+    )
+    ap.add_argument("--transports", default="tcp,ipc", help="comma-separated: tcp, ipc")
+    ap.add_argument("--seconds", type=float, default=3.0, help="with --sizes: per step")
+    ap.add_argument(
+        "--rss-sets",
+        type=int,
+        default=10_000,
+        help="with --sizes: frame sets of the long run at the middle size (0: none)",
+    )
     args = ap.parse_args(argv)
+    if args.sizes:
+        return ceiling_main(args)
+
+    import pipeline_ceiling as pc
 
     from engines.config import SimSettings
     from engines.inference import create_engine
+    from engines.inference.registration import PlaneRegistration
     from engines.simulator import Simulator
     from service.pipeline import Pipeline
     from service.settings import CameraSettings, ServiceSettings
 
     frames = Simulator(SimSettings(), seed=3).sample(64, (5, 40)).frames.numpy()
+    reg = None
+    cam_regs: list[dict] = [{} for _ in range(PLANES)]
+    if args.registration == "affine":  # uint16 camera frames, registered by the engine
+        gains = np.array(pc.GAINS, np.float32)[:, None, None]
+        base = np.array(pc.BASELINES, np.float32)[:, None, None]
+        frames = np.clip(np.round(frames * gains + base), 0, 65535).astype(np.uint16)
+        reg = PlaneRegistration.create(
+            affine_px=np.array(pc.AFFINES), gain_adu=pc.GAINS, baseline_adu=pc.BASELINES
+        )
+        cam_regs = [
+            {"affine": pc.AFFINES[k], "gain_adu": pc.GAINS[k], "baseline_adu": pc.BASELINES[k]}
+            for k in range(PLANES)
+        ]
     step_s = 3.0 if args.quick else 8.0
     engine = create_engine(args.model, args.backend)
-    raw_before = engine_fps(engine, frames, args.max_batch, step_s / 2)
+    raw_before = engine_fps(engine, frames, args.max_batch, step_s / 2, reg)
     cams = [
-        CameraSettings(name=f"cam{k}", plane=k, endpoint="tcp://127.0.0.1:*") for k in range(PLANES)
+        CameraSettings(name=f"cam{k}", plane=k, endpoint="tcp://127.0.0.1:*", **cam_regs[k])
+        for k in range(PLANES)
     ]
     settings = ServiceSettings(
         cameras=cams,
@@ -226,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         # saturated throughput, alternating with the raw engine so that both see the same
         # machine load (other processes share these cores)
         for _ in range(2 if args.quick else 3):
-            raws.append(engine_fps(engine, frames, args.max_batch, step_s / 2))
+            raws.append(engine_fps(engine, frames, args.max_batch, step_s / 2, reg))
             count = max(int(raws[-1] * step_s * (3 if args.quick else 4)), 24)
             steps.append(run_step(pipeline, conns, sub, first, count, 0.0, "block"))
             first += count
@@ -239,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.join(5)
         pipeline.stop()
         ctx.term()
-    raws.append(engine_fps(engine, frames, args.max_batch, step_s / 2))
+    raws.append(engine_fps(engine, frames, args.max_batch, step_s / 2, reg))
     sats = [s.delivered_fps for s in steps if s.offered_fps == 0]
     ratios = [sat / ((a + b) / 2) for sat, a, b in zip(sats, raws[1:-1], raws[2:], strict=True)]
     in_run = [
@@ -265,6 +340,37 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def ceiling_main(args: argparse.Namespace) -> int:
+    import pipeline_ceiling as pc
+
+    sizes = [int(v) for v in args.sizes.split(",")]
+    transports = [v.strip() for v in args.transports.split(",")]
+    engine = args.engine or args.backend
+    print(
+        f"pipeline ceiling, engine {engine}, registration {args.registration}, "
+        f"4 producer processes unpaced (uint16), max_batch 16, drop_policy block; "
+        f"raw transport: the same messages into 4 PULL sockets, one copy each"
+    )
+    print(pc.HEADER, flush=True)
+    t0 = time.time()
+    results = pc.run(
+        producer,
+        Subscriber,
+        engine=engine,
+        sizes=sizes,
+        registration=args.registration,
+        transports=transports,
+        seconds=args.seconds,
+        rss_sets=args.rss_sets,
+        model=args.model,
+    )
+    print(f"({time.time() - t0:.0f} s)")
+    if args.json:
+        meta = {"engine": engine, "registration": args.registration, "sizes": sizes}
+        args.json.write_text(json.dumps({**meta, "results": pc.as_json(results)}, indent=2))
+    return 0
+
+
 def report(
     steps: list[Step],
     raws: list[float],
@@ -274,6 +380,7 @@ def report(
 ) -> None:
     print(
         f"model {args.model}, backend {args.backend}, {PLANES}x{SIDE}x{SIDE}, "
+        f"registration {args.registration}, "
         f"max_batch {args.max_batch}, queue 16 frame sets; 4 producer processes"
     )
     print(

@@ -47,8 +47,8 @@ ONNX_FILE = "model.onnx"
 EXPORT_VERSION = "2"  # bump when the graph's inputs, outputs, decoding or node names change
 OPSET = 17
 INPUT_FRAMES, INPUT_THRESHOLD, OUTPUT_LOCS = "frames", "threshold", "locs"
-# node-name prefix of the decoding: TensorRT keeps these layers in float32 under FP16,
-# since (column + zeta) * px in float16 would be off by up to half a pixel at column 1000
+# node-name prefix of the decoding, which stays float32 in every graph (fp16_network too):
+# (column + zeta) * px in float16 would be off by up to half a pixel at column 1000
 DECODE_PREFIX = "decode/"
 
 
@@ -187,6 +187,95 @@ def _decode_nodes(
         mk("Transpose", ["locs_t"], [OUTPUT_LOCS], perm=[1, 0]),
     ]
     return nodes, inits
+
+
+def fp16_network(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The decoding graph with its convolutions in float16, for strongly typed builders
+    (TensorRT 11 has no FP16 flag or per-layer precision: the graph's types are the
+    engine's). Input normalisation, sigmoid and decoding stay float32, as in the torch
+    engine: ``(column + zeta) * px`` in float16 would be off by up to half a pixel."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    for init in g.initializer:
+        if init.name.startswith("conv"):
+            init.CopyFrom(
+                numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name)
+            )
+    first = next(n for n in g.node if n.op_type == "Conv")
+    sigmoid = next(n for n in g.node if n.op_type == "Sigmoid")
+    mk = helper.make_node
+    to_half = mk("Cast", [first.input[0]], ["net/x_fp16"], to=TensorProto.FLOAT16)
+    to_half.name = "net/x_fp16"
+    first.input[0] = "net/x_fp16"
+    to_float = mk("Cast", [sigmoid.input[0]], ["net/logits_fp32"], to=TensorProto.FLOAT)
+    to_float.name = "net/logits_fp32"
+    sigmoid.input[0] = "net/logits_fp32"
+    nodes = list(g.node)
+    i_first, i_sigmoid = nodes.index(first), nodes.index(sigmoid)
+    nodes = nodes[:i_first] + [to_half] + nodes[i_first:i_sigmoid] + [to_float] + nodes[i_sigmoid:]
+    del g.node[:]
+    g.node.extend(nodes)
+    onnx.checker.check_model(out)
+    return out
+
+
+INPUT_RAW, INPUT_GRID, INPUT_BASELINE, INPUT_GAIN = "raw_frames", "grid", "baseline", "gain"
+RAW_TYPES = {"uint16": TensorProto.UINT16, "float32": TensorProto.FLOAT}
+
+
+def with_input_stage(model: onnx.ModelProto, raw_dtype: str) -> onnx.ModelProto:
+    """The decoding graph with the registration in front (in memory, not written).
+
+    Inputs ``raw_frames`` (batch, P, height, width) ``raw_dtype`` camera values as sent,
+    ``grid`` (P, height, width, 2) float32 normalised sampling grid
+    (:func:`engines.inference.registration.sampling_grid`), ``baseline`` and ``gain``
+    (1, P, 1, 1) float32, and ``threshold``: all runtime inputs, so a new registration
+    needs no rebuild. ``Cast`` -> planes onto the batch axis -> ``GridSample`` (bilinear,
+    border, align_corners=0, as ``torch.nn.functional.grid_sample``) -> back ->
+    ``(x - baseline) / gain`` -> the network's ``frames``.
+    """
+    if raw_dtype not in RAW_TYPES:
+        raise EngineError(f"raw frames must be one of {sorted(RAW_TYPES)}, got {raw_dtype!r}")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    frames = next(i for i in g.input if i.name == INPUT_FRAMES)
+    p = frames.type.tensor_type.shape.dim[1].dim_value
+    g.input.remove(frames)
+    mk = helper.make_node
+    stage = [
+        mk("Cast", [INPUT_RAW], ["stage/x"], to=TensorProto.FLOAT),
+        mk("Transpose", ["stage/x"], ["stage/planes_first"], perm=[1, 0, 2, 3]),
+        mk(
+            "GridSample",
+            ["stage/planes_first", INPUT_GRID],
+            ["stage/sampled"],
+            mode="bilinear",
+            padding_mode="border",
+            align_corners=0,
+        ),
+        mk("Transpose", ["stage/sampled"], ["stage/registered"], perm=[1, 0, 2, 3]),
+        mk("Sub", ["stage/registered", INPUT_BASELINE], ["stage/minus_baseline"]),
+        mk("Div", ["stage/minus_baseline", INPUT_GAIN], [INPUT_FRAMES]),
+    ]
+    for node in stage:
+        node.name = node.output[0]
+    nodes = list(g.node)
+    del g.node[:]
+    g.node.extend(stage + nodes)
+    g.input.extend(
+        [
+            helper.make_tensor_value_info(
+                INPUT_RAW, RAW_TYPES[raw_dtype], ["batch", p, "height", "width"]
+            ),
+            helper.make_tensor_value_info(INPUT_GRID, TensorProto.FLOAT, [p, "height", "width", 2]),
+            helper.make_tensor_value_info(INPUT_BASELINE, TensorProto.FLOAT, [1, p, 1, 1]),
+            helper.make_tensor_value_info(INPUT_GAIN, TensorProto.FLOAT, [1, p, 1, 1]),
+        ]
+    )
+    onnx.checker.check_model(out)
+    return out
 
 
 def _const(name: str, value: np.ndarray | np.generic) -> onnx.TensorProto:

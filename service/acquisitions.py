@@ -24,12 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from engines.errors import VoxlocError
 from engines.io.atomic import atomic_output
 from engines.io.loctable import TableMeta
 from engines.io.streamtable import StreamWriter, open_stream_writer
+from service.types import FrameSet
 from service.wire import LocsMessage
 
 log = logging.getLogger(__name__)
@@ -177,7 +176,7 @@ class Acquisitions:
         return path
 
     # -- observer (inference thread) -----------------------------------------------------------
-    def observe(self, msg: LocsMessage, planes: np.ndarray) -> None:
+    def observe(self, msg: LocsMessage, frame_set: FrameSet) -> None:
         with self._lock:
             acq = self._acqs.get(msg.acquisition)
             if acq is None:  # named by a camera header, or frames before any start

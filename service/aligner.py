@@ -1,20 +1,21 @@
-"""Aligner: registers every camera image into the reference plane (affine, bilinear),
-converts ADU to model units, and assembles the planes of one time point into a
-:class:`~service.types.FrameSet`, released in frame order, per acquisition.
+"""Aligner: assembles the planes of one time point into a :class:`~service.types.FrameSet`,
+released in frame order, per acquisition, and owns the cameras' registration.
+
+Each camera payload is copied once, as sent (uint16 or float32), into its plane of the
+set's buffer (:mod:`service.slots`); no pixel arithmetic happens here. A released set
+carries the registration snapshot (:mod:`service.registration`) current at its release,
+and the engine applies it on its device; an update therefore applies from a named frame
+set on (:meth:`Aligner.set_registration` returns it).
 
 Each acquisition has its own camera synchronisation (:mod:`service.sync`) and frame
 pointer, and frame indices count from 0 in each. When a new one begins, the sets still
 being assembled in the previous one complete (or time out) and are released first.
-
-Affine convention (docs/protocol.md Sec. 4): ``A`` (2x3, pixels) maps camera pixel
-coordinates ``(x, y)`` to reference coordinates; pixel ``(i, j)`` has its centre at
-``(j + 0.5, i + 0.5)``. The warp samples the camera image at ``A^-1`` of each reference
-pixel centre; the sampling map is computed once per registration.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -22,86 +23,31 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.registration import PlaneWarp, Registration
 from service.settings import CameraRegistration, CameraSettings
+from service.slots import SlotPool
 from service.stats import ServiceStats
 from service.sync import CameraSync, Placed
 from service.types import FrameSet
 from service.wire import FrameMessage, Reject
+
+__all__ = ["Aligner", "FrameAssembler", "PlaneWarp"]
 
 log = logging.getLogger(__name__)
 
 RECENT_RELEASED = 4096  # released frame indices remembered to tell duplicates from stale
 
 
-class PlaneWarp:
-    """Precomputed bilinear resampling of one camera into the reference plane."""
-
-    def __init__(
-        self,
-        *,
-        affine: np.ndarray,
-        height: int,
-        width: int,
-        gain_adu: float = 1.0,
-        baseline_adu: float = 0.0,
-    ) -> None:
-        a = np.asarray(affine, dtype=np.float64).reshape(2, 3)
-        self.height, self.width = int(height), int(width)
-        self.gain_adu = np.float32(gain_adu)
-        self.baseline_adu = np.float32(baseline_adu)
-        self.identity = bool(np.array_equal(a, [[1, 0, 0], [0, 1, 0]]))
-        if not self.identity:
-            self._index, self._weight = self._bilinear_map(a)
-
-    @classmethod
-    def from_registration(cls, reg: CameraRegistration, height: int, width: int) -> PlaneWarp:
-        return cls(
-            affine=np.asarray(reg.affine),
-            height=height,
-            width=width,
-            gain_adu=reg.gain_adu,
-            baseline_adu=reg.baseline_adu,
-        )
-
-    def _bilinear_map(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        h, w = self.height, self.width
-        inv = np.linalg.inv(a[:, :2])
-        yy, xx = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing="ij")
-        ref = np.stack([xx.ravel() - a[0, 2], yy.ravel() - a[1, 2]])
-        cam_x, cam_y = inv @ ref
-        col = np.clip(cam_x - 0.5, 0.0, w - 1.0)
-        row = np.clip(cam_y - 0.5, 0.0, h - 1.0)
-        j0 = np.minimum(np.floor(col), max(w - 2, 0)).astype(np.int64)
-        i0 = np.minimum(np.floor(row), max(h - 2, 0)).astype(np.int64)
-        fx, fy = col - j0, row - i0
-        j1, i1 = np.minimum(j0 + 1, w - 1), np.minimum(i0 + 1, h - 1)
-        index = np.stack([i0 * w + j0, i0 * w + j1, i1 * w + j0, i1 * w + j1])
-        weight = np.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx])
-        return index, weight.astype(np.float32)
-
-    def apply(self, image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Registered ``(H, W)`` float32 image in model units, ``(adu - baseline) / gain``."""
-        if out is None:
-            out = np.empty((self.height, self.width), np.float32)
-        if self.identity:
-            np.subtract(image, self.baseline_adu, out=out, dtype=np.float32)
-        else:
-            flat = np.asarray(image, dtype=np.float32).ravel()
-            acc = self._weight[0] * flat[self._index[0]]
-            for k in range(1, 4):
-                acc += self._weight[k] * flat[self._index[k]]
-            np.subtract(acc.reshape(out.shape), self.baseline_adu, out=out)
-        out /= self.gain_adu
-        return out
-
-
 @dataclass
 class _Pending:
-    planes: np.ndarray  # (P, H, W) float32
+    planes: np.ndarray  # (P, H, W) camera dtype, a slot of the pool
     have: np.ndarray  # (P,) bool
     t_first: float  # assembler clock when the first plane arrived
     t_cam_ns: int
     t_recv_ns: int
+    count: int = 0  # planes committed (the set is complete at ``planes``)
+    writers: int = 0  # planes being copied in outside the lock (:meth:`reserve`)
+    dropped: bool = False  # dropped while a copy was in flight: the writer frees it
 
 
 class FrameAssembler:
@@ -123,8 +69,10 @@ class FrameAssembler:
         window: int,
         stats: ServiceStats,
         clock: Callable[[], float] = time.monotonic,
+        pool: SlotPool | None = None,
     ) -> None:
         self.planes, self.height, self.width = planes, height, width
+        self.pool = pool or SlotPool(planes=planes, height=height, width=width)
         self.timeout_s = timeout_s
         self.window = window
         self.stats = stats
@@ -163,13 +111,18 @@ class FrameAssembler:
             return Reject.DUPLICATE
         return None
 
-    def slot(self, plane: int, frame: int, t_cam_ns: int) -> np.ndarray:
-        """The ``(H, W)`` float32 buffer to register plane ``plane`` of ``frame`` into;
-        call after :meth:`check` returned None, then :meth:`commit`."""
+    def slot(
+        self, plane: int, frame: int, t_cam_ns: int, dtype: np.dtype | str = "float32"
+    ) -> np.ndarray:
+        """The ``(H, W)`` buffer to copy plane ``plane`` of ``frame`` into (its camera's
+        ``dtype``); call after :meth:`check` returned None, then :meth:`commit`.
+
+        A set whose cameras send different dtypes is kept in float32 (uint16 converts
+        exactly)."""
         p = self._pending.get(frame)
         if p is None:
             p = _Pending(
-                np.empty((self.planes, self.height, self.width), np.float32),
+                self.pool.take(dtype),
                 np.zeros(self.planes, bool),
                 self.now(),
                 t_cam_ns,
@@ -178,13 +131,47 @@ class FrameAssembler:
             self._pending[frame] = p
             if self._next is None or (frame < self._next and not self._released_any):
                 self._next = frame
+        elif p.planes.dtype != dtype and p.planes.dtype != np.float32:
+            wider = self.pool.take(np.dtype(np.float32))
+            wider[p.have] = p.planes[p.have]
+            if not p.writers:  # else a copy into it is in flight: let it be collected
+                self.pool.give(p.planes)
+            p.planes = wider
         return p.planes[plane]
 
-    def commit(self, plane: int, frame: int, t_cam_ns: int) -> None:
+    def reserve(
+        self, plane: int, frame: int, t_cam_ns: int, dtype: np.dtype
+    ) -> tuple[_Pending, np.ndarray]:
+        """:meth:`slot` for a copy made outside the caller's lock: the plane counts as
+        arrived (a second copy is a duplicate) but not as complete until :meth:`finish`."""
+        view = self.slot(plane, frame, t_cam_ns, dtype)
         p = self._pending[frame]
         p.have[plane] = True
+        p.writers += 1
+        return p, view
+
+    def finish(self, p: _Pending, plane: int, frame: int, t_cam_ns: int, view: np.ndarray) -> bool:
+        """The copy into ``view`` is done; True when that completed its set."""
+        p.writers -= 1
+        if p.dropped or self._pending.get(frame) is not p:
+            if p.dropped and not p.writers:
+                self.pool.give(p.planes)
+            return False
+        if not np.may_share_memory(view, p.planes):
+            p.planes[plane] = view  # the set was widened to float32 meanwhile
+        p.count += 1
         p.t_cam_ns = min(p.t_cam_ns, t_cam_ns)
         p.t_recv_ns = time.time_ns()
+        return p.count == self.planes
+
+    def commit(self, plane: int, frame: int, t_cam_ns: int) -> bool:
+        """Mark the plane arrived; True when that completed its set."""
+        p = self._pending[frame]
+        p.have[plane] = True
+        p.count += 1
+        p.t_cam_ns = min(p.t_cam_ns, t_cam_ns)
+        p.t_recv_ns = time.time_ns()
+        return p.count == self.planes
 
     def pop_ready(self, acquisition: str = "") -> list[FrameSet]:
         """Complete sets in frame order; drops heads that timed out or overflowed."""
@@ -192,7 +179,7 @@ class FrameAssembler:
         now = self.now()
         while self._next is not None and self._pending:
             head = self._pending.get(self._next)
-            if head is not None and head.have.all():
+            if head is not None and head.count == self.planes:
                 out.append(self._release(self._next, acquisition))
                 continue
             if len(self._pending) > self.window:
@@ -213,7 +200,9 @@ class FrameAssembler:
         if len(self._recent_order) > RECENT_RELEASED:
             self._recent.discard(self._recent_order.popleft())
         self.stats.set_assembled()
-        return FrameSet(frame, p.planes, p.t_cam_ns, p.t_recv_ns, acquisition)
+        return FrameSet(
+            frame, p.planes, p.t_cam_ns, p.t_recv_ns, acquisition, give_back=self.pool.give
+        )
 
     def _drop_head(self, head: _Pending | None, reason: str) -> None:
         assert self._next is not None
@@ -224,6 +213,10 @@ class FrameAssembler:
             self._next = first
         else:
             del self._pending[self._next]
+            if head.writers:
+                head.dropped = True  # the last writer gives the buffer back
+            else:
+                self.pool.give(head.planes)
             self.stats.set_dropped(reason)
             log.info(
                 "frame set %d dropped (%s): planes %s missing",
@@ -249,9 +242,10 @@ class _Run:
 class Aligner:
     """Registration and frame-set assembly for every camera, per acquisition.
 
-    The ingest thread calls :meth:`accept` and :meth:`pop_ready`; the control plane
-    calls :meth:`begin`, :meth:`set_registration` and :meth:`set_timeout` (each swaps an
-    immutable value the ingest thread reads).
+    The ingest calls :meth:`accept` and :meth:`pop_ready`; the control plane calls
+    :meth:`begin`, :meth:`set_registration` and :meth:`set_timeout`. A lock makes each
+    call atomic (pixel copies run outside Python's GIL but inside the lock; see
+    :meth:`accept`).
     """
 
     def __init__(
@@ -273,9 +267,14 @@ class Aligner:
         self._stats = stats
         self._clock = clock
         self._paused_s = 0.0
-        self._warps = {
-            c.name: PlaneWarp.from_registration(c.registration(), height, width) for c in cameras
-        }
+        self._lock = threading.RLock()
+        self.pool = SlotPool(planes=planes, height=height, width=width)
+        self._registration = Registration(
+            {c.name: c.registration() for c in cameras},
+            {c.name: c.plane for c in cameras},
+            height=height,
+            width=width,
+        )
         self._runs: list[_Run] = []
         self._ended: deque[str] = deque(maxlen=64)  # acquisitions whose assembly finished
         self.begin("")
@@ -288,6 +287,10 @@ class Aligner:
 
     def begin(self, acquisition: str) -> None:
         """Start assembling ``acquisition`` (frame indices from 0); the previous one drains."""
+        with self._lock:
+            self._begin(acquisition)
+
+    def _begin(self, acquisition: str) -> None:
         planes, height, width = self._shape
         asm = FrameAssembler(
             planes=planes,
@@ -297,6 +300,7 @@ class Aligner:
             window=self._window,
             stats=self._stats,
             clock=self.now,
+            pool=self.pool,
         )
         sync: CameraSync[FrameMessage] = CameraSync(
             self._cameras,
@@ -308,19 +312,29 @@ class Aligner:
         self._runs.append(_Run(acquisition, sync, asm, self.now()))
         log.info("acquisition %r: assembly begins", acquisition)
 
-    def set_registration(self, regs: dict[str, CameraRegistration]) -> None:
-        _, height, width = self._shape
-        warps = {n: PlaneWarp.from_registration(r, height, width) for n, r in regs.items()}
-        self._warps = {**self._warps, **warps}
+    @property
+    def registration(self) -> Registration:
+        return self._registration
+
+    def set_registration(self, regs: dict[str, CameraRegistration]) -> int:
+        """Register with ``regs`` (merged per camera) every frame set of the current
+        acquisition from the returned frame index on (the sets released before keep the
+        registration they were released with)."""
+        new = self._registration.replace(regs)
+        new.device  # noqa: B018 - build (and validate) outside the lock
+        with self._lock:
+            self._registration = new
+            return self._runs[-1].assembler.released_upto + 1
 
     def warp(self, camera: str) -> PlaneWarp:
-        return self._warps[camera]
+        return self._registration.warp(camera)
 
     def set_timeout(self, timeout_s: float) -> None:
-        self._timeout_s = timeout_s
-        for run in self._runs:
-            run.assembler.timeout_s = timeout_s
-            run.sync.active_s = self.active_s
+        with self._lock:
+            self._timeout_s = timeout_s
+            for run in self._runs:
+                run.assembler.timeout_s = timeout_s
+                run.sync.active_s = self.active_s
 
     @property
     def active_s(self) -> float:
@@ -333,20 +347,32 @@ class Aligner:
         return self._clock() - self._paused_s
 
     def pause(self, seconds: float) -> None:
-        self._paused_s += seconds
+        with self._lock:
+            self._paused_s += seconds
 
     @property
     def depth(self) -> int:
         return sum(r.assembler.depth for r in self._runs)
 
     # -- ingest thread -------------------------------------------------------------------------
-    def accept(self, camera: str, msg: FrameMessage) -> None:
-        """Place, register and assemble one validated camera frame; rejects are counted."""
-        run = self._run_for(msg.acquisition)
-        if run is None:
-            self._stats.reject(camera, Reject.STALE.value)  # its acquisition has ended
-            return
-        self._assemble(run, camera, run.sync.place(camera, msg.frame, msg.t_ns, msg))
+    def accept(self, camera: str, msg: FrameMessage) -> bool:
+        """Place and assemble one validated camera frame; rejects are counted. True when
+        a frame set was completed (:meth:`pop_ready` may have something).
+
+        The payload is copied into the set's buffer outside the lock (numpy releases the
+        GIL for it), so the cameras' threads copy in parallel."""
+        with self._lock:
+            run = self._run_for(msg.acquisition)
+            if run is None:
+                self._stats.reject(camera, Reject.STALE.value)  # its acquisition has ended
+                return False
+            jobs = self._reserve(run, camera, run.sync.place(camera, msg.frame, msg.t_ns, msg))
+        for _, view, _, m in jobs:
+            np.copyto(view, m.image)
+        if not jobs:
+            return False
+        with self._lock:
+            return self._finish(run, camera, jobs)
 
     def _run_for(self, acquisition: str | None) -> _Run | None:
         if acquisition is None:
@@ -356,26 +382,54 @@ class Aligner:
                 return run
         if acquisition in self._ended:
             return None
-        self.begin(acquisition)  # a camera started a new acquisition
+        self._begin(acquisition)  # a camera started a new acquisition
         return self._runs[-1]
 
-    def _assemble(self, run: _Run, camera: str, placed: Placed[FrameMessage]) -> None:
+    def _reserve(
+        self, run: _Run, camera: str, placed: Placed[FrameMessage]
+    ) -> list[tuple[_Pending, np.ndarray, int, FrameMessage]]:
         for _ in range(placed.desync):
             self._stats.reject(camera, Reject.DESYNC.value)
         asm = run.assembler
+        jobs = []
         for set_index, m in placed.sets:
             reason = asm.check(m.plane, set_index)
             if reason is not None:
                 self._stats.reject(camera, reason.value)
                 continue
-            self._warps[camera].apply(m.image, out=asm.slot(m.plane, set_index, m.t_ns))
-            asm.commit(m.plane, set_index, m.t_ns)
+            p, view = asm.reserve(m.plane, set_index, m.t_ns, m.image.dtype)
+            jobs.append((p, view, set_index, m))
+        return jobs
+
+    def _finish(
+        self, run: _Run, camera: str, jobs: list[tuple[_Pending, np.ndarray, int, FrameMessage]]
+    ) -> bool:
+        completed = False
+        for p, view, set_index, m in jobs:
+            completed |= run.assembler.finish(p, m.plane, set_index, m.t_ns, view)
             run.last_frame = self.now()
             run.cameras.add(camera)
             self._stats.frame_ok(camera, set_index)
+        return completed
+
+    def _assemble(self, run: _Run, camera: str, placed: Placed[FrameMessage]) -> bool:
+        """Reserve, copy and finish under the caller's lock (frames given up by sync)."""
+        jobs = self._reserve(run, camera, placed)
+        for _, view, _, m in jobs:
+            np.copyto(view, m.image)
+        return self._finish(run, camera, jobs)
 
     def pop_ready(self) -> list[FrameSet]:
-        """Complete sets in order: the oldest acquisition's first."""
+        """Complete sets in order: the oldest acquisition's first, each carrying the
+        registration it is to be registered with."""
+        with self._lock:
+            out = self._pop_ready()
+            reg = self._registration
+        for fs in out:
+            fs.registration = reg
+        return out
+
+    def _pop_ready(self) -> list[FrameSet]:
         out: list[FrameSet] = []
         for run in list(self._runs):
             for camera, placed in run.sync.expire().items():
@@ -394,5 +448,16 @@ class Aligner:
             log.info("acquisition %r: assembly finished", run.acquisition)
         return out
 
+    def lead(self, camera: str) -> int:
+        """Sets ``camera`` is ahead of the slowest active camera (current acquisition)."""
+        with self._lock:
+            return self._runs[-1].sync.lead(camera)
+
+    @property
+    def max_lead(self) -> int:
+        """A camera this far ahead waits for the others (its frames stay in its socket)."""
+        return self._window // 4
+
     def sync_states(self) -> dict[str, dict[str, object]]:
-        return self._runs[-1].sync.states()
+        with self._lock:
+            return self._runs[-1].sync.states()

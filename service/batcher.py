@@ -42,7 +42,7 @@ class Batcher:
                 self.queue_size = queue_size
                 excess = len(self._queue) - queue_size
                 for _ in range(max(excess, 0)):
-                    self._queue.popleft()
+                    self._queue.popleft()[1].release()
                 if excess > 0:
                     self.stats.queue_dropped("resize", excess)
             self._cond.notify_all()
@@ -53,10 +53,11 @@ class Batcher:
         with self._cond:
             if len(self._queue) >= self.queue_size and not self._closed:
                 if self.policy is DropPolicy.DROP_OLDEST:
-                    self._queue.popleft()
+                    self._queue.popleft()[1].release()
                     self.stats.queue_dropped(self.policy.value)
                 elif self.policy is DropPolicy.REJECT:
                     self.stats.queue_dropped(self.policy.value)
+                    frame_set.release()
                     return 0.0
                 else:
                     t0 = time.monotonic()
@@ -68,7 +69,7 @@ class Batcher:
                         self._cond.wait(0.1)
                     blocked_s = time.monotonic() - t0
                     if len(self._queue) >= self.queue_size:  # closed or policy changed
-                        self._queue.popleft()
+                        self._queue.popleft()[1].release()
                         self.stats.queue_dropped(self.policy.value)
             self._queue.append((time.monotonic(), frame_set))
             self._cond.notify_all()

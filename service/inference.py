@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from engines.errors import EngineError, ModelNotFoundError, VoxlocError
 from engines.inference import Engine, create_engine
+from engines.inference.base import PendingResult
+from engines.inference.registration import PlaneRegistration
 from engines.modeldir import read_info, resolve_model
 from engines.types import Localizations
 from service.stats import ServiceStats
-from service.types import Batch
+from service.types import Batch, FrameSet
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +68,9 @@ class ModelManager:
         warmup_batch: int,
         stats: ServiceStats,
         precision: str | None = None,
+        raw_dtypes: tuple[str, ...] = ("uint16", "float32"),
     ) -> None:
+        self.raw_dtypes = raw_dtypes
         self.backend = backend
         self.precision = precision
         self.planes, self.height, self.width = planes, height, width
@@ -120,6 +127,9 @@ class ModelManager:
             )
         try:
             engine.warmup(self.height, self.width, self.warmup_batch)
+            for dtype in self.raw_dtypes:  # the live path: raw frames, input stage on device
+                blank = np.zeros((self.planes, self.height, self.width), dtype)
+                engine.infer_raw([blank] * self.warmup_batch, _identity(self.planes), 0.99)
         except Exception as exc:
             engine.close()
             raise EngineError(f"model {name!r} failed its warm-up: {exc}") from exc
@@ -144,6 +154,11 @@ class ModelManager:
                     self._install(new)
         return previous
 
+    @property
+    def switching(self) -> bool:
+        """A loaded model waits for the inference thread to switch to it."""
+        return self._staged is not None
+
     def current(self) -> LoadedModel | None:
         """The model for the next batch (switches to a staged one): inference thread only."""
         if self._staged is not None:
@@ -166,10 +181,70 @@ class ModelManager:
             self._active.engine.close()
 
 
+@dataclass
+class Submitted:
+    """A batch handed to the engine (:func:`submit_batch`); :meth:`collect` its results."""
+
+    batch: Batch
+    model: LoadedModel
+    threshold: float
+    parts: list[tuple[list[FrameSet], PendingResult]]
+    busy_s: float  # engine time so far (submission; collection adds to it)
+
+    def collect(self) -> list[Localizations]:
+        t0 = time.perf_counter()
+        out: list[Localizations] = []
+        for sets, pending in self.parts:
+            out.extend(
+                Localizations(fs.frame, r.xyz_nm, r.confidence)
+                for fs, r in zip(sets, pending.result(), strict=True)
+            )
+        self.busy_s += time.perf_counter() - t0
+        return out
+
+
+def submit_batch(model: LoadedModel, batch: Batch, threshold: float) -> Submitted:
+    """Hand ``batch`` to the engine (:meth:`~engines.inference.base.Engine.submit_raw`).
+
+    The raw sets go to the engine as they are (no stacking or conversion here), with the
+    registration they carry; consecutive sets with another registration or dtype (an
+    update, a camera of another dtype) make a call of their own. On an engine with an
+    asynchronous hand-off (torch on CUDA) the copy to the device starts now and overlaps
+    the compute of the batch collected next."""
+    t0 = time.perf_counter()
+    parts = []
+    for sets in _runs_of_same_input(batch.sets):
+        reg = sets[0].registration
+        device_reg = reg.device if reg is not None else _identity(model.engine.planes)
+        pending = model.engine.submit_raw([fs.planes for fs in sets], device_reg, threshold)
+        parts.append((sets, pending))
+    return Submitted(batch, model, threshold, parts, time.perf_counter() - t0)
+
+
 def run_batch(model: LoadedModel, batch: Batch, threshold: float) -> list[Localizations]:
     """Localizations of every frame set of ``batch``, carrying each set's frame index."""
-    results = model.engine.infer(batch.stack(), threshold)
-    return [
-        Localizations(fs.frame, r.xyz_nm, r.confidence)
-        for fs, r in zip(batch.sets, results, strict=True)
-    ]
+    return submit_batch(model, batch, threshold).collect()
+
+
+def _runs_of_same_input(sets: list[FrameSet]) -> list[list[FrameSet]]:
+    runs: list[list[FrameSet]] = []
+    for fs in sets:
+        last = runs[-1][-1] if runs else None
+        if (
+            last is not None
+            and last.registration is fs.registration
+            and last.planes.dtype == fs.planes.dtype
+        ):
+            runs[-1].append(fs)
+        else:
+            runs.append([fs])
+    return runs
+
+
+_IDENTITY: dict[int, PlaneRegistration] = {}
+
+
+def _identity(planes: int) -> PlaneRegistration:
+    if planes not in _IDENTITY:
+        _IDENTITY[planes] = PlaneRegistration.identity(planes)
+    return _IDENTITY[planes]

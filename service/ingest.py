@@ -1,5 +1,10 @@
 """Ingest: one bound PULL socket per camera; every message is decoded and validated.
 
+Each camera has its own receive thread in the pipeline (:meth:`Ingest.receive_camera`
+on that camera's socket and monitor only), so four streams are received in parallel:
+pyzmq releases the GIL while it waits and copies, and so does the aligner's copy of the
+payload into the frame-set buffer.
+
 PUSH/PULL (cameras connect, the service binds) gives backpressure instead of silent
 drops, and a camera that goes away and comes back reconnects on its own; a socket
 monitor tracks the connection state. Every refused message is counted per camera under
@@ -45,6 +50,7 @@ class CameraEndpoint:
     endpoint: str
     state: CameraState = CameraState.WAITING
     peers: int = 0
+    poller: zmq.Poller | None = None  # of its own receive thread
 
     @property
     def name(self) -> str:
@@ -108,6 +114,25 @@ class Ingest:
         itemsize = 2 if cam.dtype == "uint16" else 4
         return max(self.stream.height * self.stream.width * itemsize, MAX_HEADER_BYTES)
 
+    def receive_camera(self, cam: CameraEndpoint, timeout_ms: int) -> Iterator[FrameMessage]:
+        """Valid frames of one camera that arrived within ``timeout_ms`` (its thread only)."""
+        if cam.poller is None:
+            cam.poller = zmq.Poller()
+            cam.poller.register(cam.sock, zmq.POLLIN)
+            cam.poller.register(cam.monitor, zmq.POLLIN)
+        for sock, _ in cam.poller.poll(timeout_ms):
+            if sock is cam.monitor:
+                self._monitor_event(cam)
+                continue
+            for _ in range(DRAIN_PER_POLL):
+                try:
+                    parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                msg = self._validate(cam, parts)
+                if msg is not None:
+                    yield msg
+
     def receive(self, timeout_ms: int) -> Iterator[tuple[CameraEndpoint, FrameMessage]]:
         """Valid frames that arrived within ``timeout_ms``; rejects are counted here."""
         for sock, _ in self.poller.poll(timeout_ms):
@@ -151,7 +176,7 @@ class Ingest:
             raise WireError(
                 Reject.PLANE, f"camera {cam.name!r} is plane {cam.plane}, got plane {msg.plane}"
             )
-        if cam.dtype is not None and msg.image.dtype.name != cam.dtype:
+        if cam.dtype is not None and msg.image.dtype != cam.dtype:
             raise WireError(
                 Reject.DTYPE, f"camera {cam.name!r} sends {cam.dtype}, got {msg.image.dtype.name}"
             )

@@ -1,7 +1,9 @@
 """The live pipeline: ingest -> aligner -> batcher -> inference -> publisher.
 
-Two threads: the ingest thread owns the camera sockets, registers and assembles frame
-sets and queues them; the inference thread takes batches, runs the active model and
+One receive thread per camera owns that camera's socket: it validates each message and
+hands it to the aligner, which copies the payload into the frame set's buffer; whichever
+thread completes sets queues them, in frame order (one flush at a time). The inference
+thread takes batches, runs the active model (registration included, on its device) and
 publishes. Each ZeroMQ socket is used by one thread only. The control plane talks to
 the pipeline through the methods here, never to the stages directly.
 """
@@ -10,12 +12,10 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 import zmq
 
-from engines.calibration.drift import DriftEstimator
 from engines.config import Geometry
 from engines.errors import VoxlocError
 from engines.io.loctable import TableMeta
@@ -23,16 +23,18 @@ from service.acquisitions import Acquisitions
 from service.aligner import Aligner
 from service.batcher import Batcher
 from service.curve import CurveServer
-from service.inference import LoadedModel, ModelManager, run_batch
-from service.ingest import Ingest
+from service.drift import DriftObserver
+from service.inference import LoadedModel, ModelManager, Submitted, submit_batch
+from service.ingest import CameraEndpoint, Ingest
 from service.publisher import Publisher
 from service.settings import CameraRegistration, RuntimeConfig, ServiceSettings
 from service.stats import ServiceStats
-from service.types import LocalizationObserver, PipelineState
+from service.types import Batch, LocalizationObserver, PipelineState
 
 log = logging.getLogger(__name__)
 
 POLL_MS = 20
+LEAD_WAIT_S = 0.002
 IDLE_TICK_S = 0.05
 JOIN_TIMEOUT_S = 10.0
 
@@ -77,12 +79,14 @@ class Pipeline:
             width=s.width,
             warmup_batch=self._config.max_batch,
             stats=self.stats,
+            raw_dtypes=_raw_dtypes(settings),
         )
         self.ingest: Ingest | None = None
         self.publisher: Publisher | None = None
         self.curve: CurveServer | None = None  # [security] curve = true
         self._observers: list[LocalizationObserver] = []
         self._stop = threading.Event()
+        self._flush_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.stats.p_queue.labels("batcher").set_function(lambda: self.batcher.depth)
         self.stats.p_queue.labels("assembler").set_function(lambda: self.aligner.depth)
@@ -95,8 +99,9 @@ class Pipeline:
         self.state = PipelineState.STARTING
         try:
             self.models.load(self.settings.inference.model)
+            self._use_engine_buffers()
             if self.settings.drift.enabled:
-                self.add_observer(DriftEstimator.for_pipeline(self))
+                self.add_observer(DriftObserver.for_pipeline(self))
             sec = self.settings.security
             if sec.curve:
                 assert sec.server_key is not None and sec.client_keys is not None
@@ -128,11 +133,12 @@ class Pipeline:
             self.models.close()
             raise
         self.models.serving = True
-        for name, target in (
-            ("voxloc-ingest", self._ingest_loop),
-            ("voxloc-inference", self._inference_loop),
-        ):
-            t = threading.Thread(target=self._guard, args=(target,), name=name, daemon=True)
+        loops: list[tuple[str, Any, tuple[Any, ...]]] = [
+            (f"voxloc-ingest-{cam.name}", self._ingest_loop, (cam,)) for cam in self.ingest.cameras
+        ]
+        loops.append(("voxloc-inference", self._inference_loop, ()))
+        for name, target, args in loops:
+            t = threading.Thread(target=self._guard, args=(target, *args), name=name, daemon=True)
             t.start()
             self._threads.append(t)
         self.state = PipelineState.RUNNING
@@ -178,9 +184,9 @@ class Pipeline:
         if self._own_ctx and not self._ctx.closed:
             self._ctx.term()
 
-    def _guard(self, target: Any) -> None:
+    def _guard(self, target: Any, *args: Any) -> None:
         try:
-            target()
+            target(*args)
         except Exception:
             log.exception("pipeline thread %s failed", threading.current_thread().name)
             self.state = PipelineState.FAILED
@@ -199,46 +205,87 @@ class Pipeline:
         return self.state is PipelineState.RUNNING and self.models.active is not None
 
     # -- threads --------------------------------------------------------------------------
-    def _ingest_loop(self) -> None:
+    def _ingest_loop(self, cam: CameraEndpoint) -> None:
+        """One camera's thread. A camera more than ``aligner.max_lead`` sets ahead of the
+        slowest active one waits (backpressure, as on one trigger): the threads are
+        scheduled unevenly, and an unchecked lead would overflow the assembly window."""
         assert self.ingest is not None
         while not self._stop.is_set():
-            for cam, msg in self.ingest.receive(POLL_MS):
-                self.aligner.accept(cam.name, msg)
+            if self.aligner.lead(cam.name) > self.aligner.max_lead:
+                self._stop.wait(LEAD_WAIT_S)
                 self._flush()
-            self._flush()
+                continue
+            for msg in self.ingest.receive_camera(cam, POLL_MS):
+                if self.aligner.accept(cam.name, msg):
+                    self._flush()
+            self._flush()  # timeouts, overflow, acquisitions that ended
 
     def _flush(self) -> None:
-        for frame_set in self.aligner.pop_ready():
-            blocked_s = self.batcher.put(frame_set)
-            if blocked_s:
-                self.aligner.pause(blocked_s)
+        """Queue the completed sets in frame order, one thread at a time. A camera thread
+        waits here while another is blocked on a full queue (``block``), so backpressure
+        reaches every camera, as with one ingest thread."""
+        with self._flush_lock:
+            for frame_set in self.aligner.pop_ready():
+                blocked_s = self.batcher.put(frame_set)
+                if blocked_s:
+                    self.aligner.pause(blocked_s)
 
     def _inference_loop(self) -> None:
+        """Batches to the engine, results to the publisher. With an engine that hands off
+        asynchronously (torch on CUDA) one batch is in flight: the next batch is
+        submitted (its copy to the device starts) before the previous one is collected
+        and published. Model switches happen with nothing in flight."""
         assert self.publisher is not None
+        pending: Submitted | None = None
         while not self._stop.is_set():
             self.publisher.poll_subscriptions()
-            self.models.current()  # switch to a staged model even while idle
-            cfg = self._config
-            batch = self.batcher.get_batch(cfg.max_batch, cfg.max_delay_ms / 1e3, IDLE_TICK_S)
-            if batch is None or not batch.sets:
-                continue
-            model = self.models.current()
-            assert model is not None
-            cfg = self._config  # threshold as of this batch
-            t0 = time.perf_counter()
-            try:
-                locs = run_batch(model, batch, cfg.threshold)
-            except VoxlocError as exc:
-                log.error(
-                    "batch of frames %d..%d failed: %s",
-                    batch.sets[0].frame,
-                    batch.sets[-1].frame,
-                    exc,
+            if pending is None:
+                self.models.current()  # switch to a staged model even while idle
+            batch = None
+            if pending is None or not self.models.switching:
+                cfg = self._config
+                idle = pending is None  # with a batch in flight, take what is queued now
+                batch = self.batcher.get_batch(
+                    cfg.max_batch,
+                    cfg.max_delay_ms / 1e3 if idle else 0.0,
+                    IDLE_TICK_S if idle else 0.0,
                 )
-                self.stats.set_dropped("engine_error", len(batch))
-                continue
-            self.stats.batch_done(len(batch), time.perf_counter() - t0)
-            self.publisher.publish(batch, locs, model, cfg.threshold)
+            new = self._submit(batch) if batch is not None and batch.sets else None
+            if pending is not None:
+                self._complete(pending)
+                pending = None
+            if new is not None and new.model.engine.async_raw:
+                pending = new  # its copy runs while this thread publishes and batches
+            elif new is not None:
+                self._complete(new)  # a synchronous engine: nothing to overlap
+        if pending is not None:
+            self._complete(pending)
+
+    def _submit(self, batch: Batch) -> Submitted | None:
+        model = self.models.active  # current() switched already if it was due
+        assert model is not None
+        try:
+            return submit_batch(model, batch, self._config.threshold)  # threshold as of now
+        except VoxlocError as exc:
+            self._batch_failed(batch, exc)
+            return None
+
+    def _complete(self, sub: Submitted) -> None:
+        assert self.publisher is not None
+        try:
+            locs = sub.collect()
+        except VoxlocError as exc:
+            self._batch_failed(sub.batch, exc)
+            return
+        self.stats.batch_done(len(sub.batch), sub.busy_s)
+        self.publisher.publish(sub.batch, locs, sub.model, sub.threshold)
+
+    def _batch_failed(self, batch: Batch, exc: VoxlocError) -> None:
+        log.error(
+            "batch of frames %d..%d failed: %s", batch.sets[0].frame, batch.sets[-1].frame, exc
+        )
+        self.stats.set_dropped("engine_error", len(batch))
+        batch.release()
 
     # -- control plane --------------------------------------------------------------------
     @property
@@ -258,8 +305,9 @@ class Pipeline:
     def registration(self) -> dict[str, CameraRegistration]:
         return dict(self._registration)
 
-    def update_registration(self, changes: dict[str, dict[str, Any]]) -> None:
-        """Replace the registration of the named cameras (all validated before any apply)."""
+    def update_registration(self, changes: dict[str, dict[str, Any]]) -> int:
+        """Replace the registration of the named cameras (all validated before any apply);
+        returns the first frame index (current acquisition) registered with it."""
         unknown = sorted(set(changes) - set(self._registration))
         if unknown:
             raise KeyError(f"unknown camera(s) {unknown}; configured: {sorted(self._registration)}")
@@ -269,9 +317,10 @@ class Pipeline:
             regs[name] = CameraRegistration.model_validate(
                 {**regs[name].model_dump(), **fields}, context=frame
             )
-        self.aligner.set_registration(regs)
+        first = self.aligner.set_registration({n: regs[n] for n in changes})
         self._registration = regs
-        log.info("registration updated for %s", sorted(changes))
+        log.info("registration updated for %s from frame %d on", sorted(changes), first)
+        return first
 
     def stream_health(self) -> dict[str, Any]:
         """``GET /health/stream``: stalled when frames arrive but nothing was published for
@@ -307,10 +356,18 @@ class Pipeline:
         )
 
     def load_model(self, name: str) -> tuple[LoadedModel, LoadedModel | None]:
-        return self.models.load(name)
+        loaded = self.models.load(name)
+        self._use_engine_buffers()
+        return loaded
+
+    def _use_engine_buffers(self) -> None:
+        """New frame-set buffers come from the active engine (pinned where it is on CUDA)."""
+        active = self.models.active
+        if active is not None:
+            self.aligner.pool.set_allocator(active.engine.host_buffer)
 
     def add_observer(self, observer: LocalizationObserver) -> None:
-        """Call ``observer.observe(msg, planes)`` for every published localization message
+        """Call ``observer.observe(msg, frame_set)`` for every published localization message
         (see :class:`~service.types.LocalizationObserver`)."""
         if self.publisher is not None:
             self.publisher.observers.append(observer)
@@ -352,3 +409,11 @@ class Pipeline:
         out["observers"] = pub.observer_stats() if pub else {}
         out["stream"] = self.stream_health()
         return out
+
+
+def _raw_dtypes(settings: ServiceSettings) -> tuple[str, ...]:
+    """The camera dtypes the engine will see (both where a camera does not say)."""
+    dtypes = {c.dtype for c in settings.cameras}
+    if None in dtypes:
+        return ("uint16", "float32")
+    return tuple(sorted(d for d in dtypes if d is not None))

@@ -97,9 +97,10 @@ class Publisher:
             self._sock.send_multipart(encode_locs(msg), copy=False)
             for obs in self.observers:
                 try:
-                    obs.observe(msg, fs.planes)
+                    obs.observe(msg, fs)
                 except Exception:  # an observer must never stop the stream
                     log.exception("localization observer %r failed", obs.name)
+            fs.release()  # the buffer goes back to the pool
 
     def observer_stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

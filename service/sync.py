@@ -18,7 +18,8 @@ re-synchronised (docs/protocol.md Sec. 2.4):
    newest index, the two count together (same offset); else the newest set index of the
    other cameras (arrival order).
 2. ``confirm`` consecutive frames giving the same offset (within one) adopt it; without
-   timestamp evidence, an offset within one of another camera's is taken equal to it.
+   timestamp evidence for each of them, an offset within one of another camera's is
+   taken equal to it.
    The frames held meanwhile are replayed with it, so nothing is lost. Held frames that
    do not confirm (a single bogus index), or that nothing follows within ``active_s``,
    are given up: under the old offset the assembler judges them (a late or duplicate
@@ -126,6 +127,24 @@ class CameraSync(Generic[T]):
             for name, c in self._cams.items()
         }
 
+    def lead(self, camera: str) -> int:
+        """How many sets ``camera`` is ahead of the slowest other synchronised camera that
+        sent within ``active_s`` (0 when none or it is not ahead)."""
+        cam = self._cams[camera]
+        mine = cam.newest()
+        if mine is None:
+            return 0
+        now = self._clock()
+        behind = [
+            newest
+            for name, c in self._cams.items()
+            if name != camera
+            and c.state is SyncState.SYNCED
+            and (newest := c.newest()) is not None
+            and now - c.last_arrival <= self.active_s
+        ]
+        return max(mine - min(behind), 0) if behind else 0
+
     def desynchronised(self) -> list[str]:
         return [n for n, c in self._cams.items() if c.state is SyncState.DESYNCHRONISED]
 
@@ -134,6 +153,9 @@ class CameraSync(Generic[T]):
         cam = self._cams[camera]
         now = self._clock()
         s = frame - cam.offset
+        if cam.state is SyncState.SYNCED and not cam.held and self._in_line(cam, s):
+            self._accept(cam, s, t_ns, now)  # the common case: nothing held to settle
+            return Placed([(s, item)])
         if self._in_line(cam, s):
             out = self._give_up(cam)
             self._back_in_line(cam)
@@ -219,10 +241,10 @@ class CameraSync(Generic[T]):
 
     def _adopted_offset(self, camera: str, candidates: list[tuple[int, bool]]) -> int:
         """Rule 2: the confirmed offset, snapped to another camera's within one unless
-        timestamps decided it."""
+        timestamps decided it for every frame."""
         offset = int(np.median([c for c, _ in candidates]))
-        if any(by_time for _, by_time in candidates):
-            return offset
+        if all(by_time for _, by_time in candidates):
+            return offset  # every frame matched by exposure time: exact
         for name, other in self._cams.items():
             if name != camera and other.state is SyncState.SYNCED and other.recent:
                 if abs(other.offset - offset) <= 1:

@@ -1,10 +1,11 @@
-"""Live estimation of each plane's residual lateral offset in the service (issue 6, item 4).
+"""Live estimation of each plane's residual lateral offset (issue 6, item 4).
 
-A localization observer: it measures, at the published localizations, where each
-molecule sits in every registered plane (:mod:`engines.calibration.plane_offsets`),
-keeps a sliding window of those measurements, reports the per-plane offsets to plane 0
-(``GET /stats`` under ``observers.drift``, Prometheus ``voxloc_plane_offset_nm``) and
-optionally feeds them back into the registration.
+The math of the service's drift observer (its service parts: ``service/drift.py``): it
+measures, at the published localizations, where each molecule sits in every registered
+plane (:mod:`engines.calibration.plane_offsets`), keeps a sliding window of those
+measurements, reports the per-plane offsets to plane 0 (``GET /stats`` under
+``observers.drift``, Prometheus ``voxloc_plane_offset_nm``) and optionally feeds them back
+into the registration.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from engines.calibration.plane_offsets import (
     OffsetEstimate,
     Patches,
+    PatchSource,
     PlaneMeasurements,
     cut_patches,
     fit_planes,
@@ -176,8 +178,12 @@ class DriftEstimator:
         self._first_frame = 0  # frame sets before this index are skipped
 
     # -- inference thread -----------------------------------------------------------------
-    def observe(self, msg: Any, planes: np.ndarray) -> None:
-        """``msg``: a :class:`service.wire.LocsMessage`; ``planes`` its ``(P, H, W)`` set."""
+    def observe(
+        self, msg: Any, planes: np.ndarray | PatchSource, affines: np.ndarray | None = None
+    ) -> None:
+        """``msg``: a :class:`service.wire.LocsMessage`; ``planes`` its registered
+        ``(P, H, W)`` set (or a :class:`PatchSource` that registers only the patches);
+        ``affines`` the registration they went through (default: ``affines()``)."""
         self._count["seen"] += 1
         if self._settle > 0 or msg.frame < self._first_frame:
             self._settle = max(self._settle - 1, 0)
@@ -196,7 +202,9 @@ class DriftEstimator:
             patch_px=s.patch_px,
             isolation_px=s.isolation_px,
             max_locs=s.max_locs_per_set,
-            affines=self._affines() if self._affines else None,
+            affines=affines
+            if affines is not None
+            else (self._affines() if self._affines else None),
         )
         if len(patches):
             self.submit(patches)
@@ -338,39 +346,6 @@ class DriftEstimator:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5.0)
-
-    @classmethod
-    def for_pipeline(cls, pipeline: Any) -> DriftEstimator:
-        """The estimator of a started ``service.pipeline.Pipeline`` (model loaded): pixel
-        size from its model, gauges in its registry, feedback into its registration."""
-        settings: DriftSettings = pipeline.settings.drift
-        geometry = pipeline.models.active.engine.info.settings.geometry
-        planes_of = {c.name: c.plane for c in pipeline.settings.cameras}
-        by_plane = sorted(planes_of, key=planes_of.__getitem__)
-
-        def affines() -> np.ndarray:
-            reg = pipeline.registration
-            return np.array([reg[name].affine for name in by_plane], dtype=np.float64)
-
-        def correct(offsets_nm: np.ndarray) -> int:
-            pipeline.update_registration(
-                registration_changes(pipeline.registration, planes_of, offsets_nm, geometry.px_nm)
-            )
-            # frames are registered on arrival: every frame received so far (queued behind
-            # the engine) used the old registration; +2 covers one being registered now
-            seen = [
-                c.last_frame for c in pipeline.stats.cameras.values() if c.last_frame is not None
-            ]
-            return max(seen, default=-1) + 2
-
-        return cls(
-            settings,
-            px_nm=geometry.px_nm,
-            planes=pipeline.settings.stream.planes,
-            registry=pipeline.stats.registry,
-            correct=correct,
-            affines=affines,
-        )
 
 
 def registration_changes(

@@ -25,7 +25,7 @@ plane compared with plane 0 (the simulator's ``drift_nm``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -97,8 +97,20 @@ def bilinear_fractions(affines: np.ndarray | None, col: np.ndarray, row: np.ndar
     return frac
 
 
+@runtime_checkable
+class PatchSource(Protocol):
+    """Frames that resample only the regions asked for (e.g. raw camera planes and their
+    registration): ``shape`` ``(P, H, W)``; ``patches(rows, cols)`` the registered
+    ``(P, M, S, S)`` float32 values at reference rows ``(M, S)`` x columns ``(M, S)``."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def patches(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray: ...
+
+
 def cut_patches(
-    frames: np.ndarray,
+    frames: np.ndarray | PatchSource,
     xy_nm: np.ndarray,
     *,
     px_nm: float,
@@ -109,10 +121,11 @@ def cut_patches(
 ) -> Patches:
     """Patches of every plane around the isolated localizations ``xy_nm`` ``(N, 2)``.
 
-    ``frames`` ``(P, H, W)`` are registered frames; pixel ``(i, j)`` has its centre at
-    ``((j + 0.5) px_nm, (i + 0.5) px_nm)``; ``affines`` ``(P, 2, 3)`` the registration
-    they went through (None: none). Localizations with a neighbour closer than
-    ``isolation_px`` or whose patch leaves the frame are skipped; at most ``max_locs``.
+    ``frames`` ``(P, H, W)`` are registered frames (or a :class:`PatchSource`); pixel
+    ``(i, j)`` has its centre at ``((j + 0.5) px_nm, (i + 0.5) px_nm)``; ``affines``
+    ``(P, 2, 3)`` the registration they went through (None: none). Localizations with a
+    neighbour closer than ``isolation_px`` or whose patch leaves the frame are skipped; at
+    most ``max_locs``.
     """
     _, h, w = frames.shape
     half = patch_px // 2
@@ -126,7 +139,10 @@ def cut_patches(
     off = np.arange(-half, half + 1)
     cols = col[inside, None] + off
     rows = row[inside, None] + off
-    pixels = frames[:, rows[:, :, None], cols[:, None, :]]  # (P, M, S, S)
+    if isinstance(frames, PatchSource):
+        pixels = frames.patches(rows, cols)
+    else:
+        pixels = frames[:, rows[:, :, None], cols[:, None, :]]  # (P, M, S, S)
     frac = bilinear_fractions(affines, col[inside], row[inside])
     return Patches(
         np.ascontiguousarray(np.moveaxis(pixels, 0, 1), dtype=np.float32),

@@ -8,6 +8,13 @@ the padding's localizations, translating backend failures into :class:`EngineErr
 splitting the flat result per frame. A backend implements :meth:`Engine._run`, which
 returns the localizations of one validated float32 chunk, thresholded and gathered on its
 device, so only localizations cross back to the host.
+
+Raw camera frames (:meth:`Engine.infer_raw`, the live service's path) go to the device
+as the cameras sent them (uint16 or float32); the registration, baseline and gain
+(:class:`~engines.inference.registration.PlaneRegistration`) are the first step of the
+engine's own graph (:meth:`Engine._run_raw`). The default :meth:`Engine._run_raw`
+registers with torch on the host and calls :meth:`Engine._run`, for a backend without an
+input stage of its own.
 """
 
 from __future__ import annotations
@@ -15,13 +22,15 @@ from __future__ import annotations
 import logging
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
 from engines.errors import EngineError, FormatError, NonFiniteError, VoxlocError
+from engines.inference.registration import PlaneRegistration, raw_tensor, register
 from engines.modeldir import ModelInfo, read_info, resolve_model
 from engines.types import ACCEPTED_DTYPE_NAMES, ACCEPTED_DTYPES, Localizations
 
@@ -129,6 +138,159 @@ class Engine(ABC):
         frame_idx, xyz, conf = (np.concatenate(col) for col in zip(*parts, strict=True))
         return split_per_frame(frame_idx, xyz, conf, batch.shape[0], first_frame)
 
+    def infer_raw(
+        self,
+        frames: Sequence[np.ndarray] | np.ndarray,
+        registration: PlaneRegistration,
+        threshold: float | None = None,
+        first_frame: int = 0,
+    ) -> list[Localizations]:
+        """Localize raw camera frame sets, registered on the engine's device.
+
+        Args:
+            frames: ``B`` frame sets ``(P, H, W)`` of one dtype, uint16 or float32 ADU as
+                the cameras sent them (a ``(B, P, H, W)`` array or a list of sets: the
+                service passes the buffers its ingest wrote, uncopied).
+            registration: the planes' registration, baseline and gain.
+            threshold, first_frame: as for :meth:`infer`.
+
+        Float32 pixels are not scanned for NaN/inf here (the service's ingest refuses
+        such frames on arrival).
+        """
+        sets = self.validate_raw(frames, registration)
+        tau = self.threshold if threshold is None else check_threshold(threshold)
+        _, h, w = sets[0].shape
+        size = len(sets) if self.max_batch is None else min(len(sets), self.max_batch)
+        if self.max_pixels is not None:
+            size = max(1, min(size, self.max_pixels // (h * w)))
+        parts: list[FlatLocs] = []
+        with self._lock:
+            for start in range(0, len(sets), size):
+                f, xyz, conf = self._run_raw_chunk(sets[start : start + size], registration, tau)
+                parts.append((f + start, xyz, conf))
+        frame_idx, xyz, conf = (np.concatenate(col) for col in zip(*parts, strict=True))
+        return split_per_frame(frame_idx, xyz, conf, len(sets), first_frame)
+
+    def validate_raw(
+        self, frames: Sequence[np.ndarray] | np.ndarray, registration: PlaneRegistration
+    ) -> list[np.ndarray]:
+        """Check raw frame sets (shape, planes, one dtype) without touching their pixels."""
+        sets = list(frames[None] if isinstance(frames, np.ndarray) and frames.ndim == 3 else frames)
+        if not sets:
+            raise FormatError("empty batch: no frame sets")
+        first = sets[0]
+        if first.ndim != 3 or first.shape[0] != self.planes or 0 in first.shape:
+            raise FormatError(
+                f"expected frame sets of shape ({self.planes}, H, W), got {first.shape}"
+            )
+        if first.dtype.name not in RAW_DTYPES:
+            raise FormatError(f"expected raw frames of {RAW_DTYPES}, got {first.dtype}")
+        for s in sets[1:]:
+            if s.shape != first.shape or s.dtype != first.dtype:
+                raise FormatError(
+                    f"expected every frame set as {first.shape} {first.dtype}, "
+                    f"got {s.shape} {s.dtype}"
+                )
+        if registration.planes != self.planes:
+            raise FormatError(
+                f"registration of {registration.planes} planes for a {self.planes}-plane model"
+            )
+        return sets
+
+    def submit_raw(
+        self,
+        frames: Sequence[np.ndarray] | np.ndarray,
+        registration: PlaneRegistration,
+        threshold: float | None = None,
+        first_frame: int = 0,
+    ) -> PendingResult:
+        """Start :meth:`infer_raw`; ``result()`` of the answer waits for it.
+
+        Where a backend has an asynchronous hand-off (torch on CUDA: the host-to-device
+        copy on its own stream), the copy of this batch overlaps the compute of one
+        submitted before and not collected yet. Elsewhere, or for a batch that needs
+        several chunks, it runs now. Collect in submission order.
+        """
+        sets = self.validate_raw(frames, registration)
+        tau = self.threshold if threshold is None else check_threshold(threshold)
+        n = len(sets)
+        _, h, w = sets[0].shape
+        fits = (self.max_batch is None or n <= self.max_batch) and (
+            self.max_pixels is None or n * h * w <= self.max_pixels
+        )
+        if not (self.async_raw and fits):
+            out = self.infer_raw(sets, registration, tau, first_frame)
+            return PendingResult(lambda: out)
+        padded = self._pad_sets(sets)
+        with self._lock:
+            ticket = self._translate(lambda: self._start_raw(padded, registration), padded)
+
+        def collect() -> list[Localizations]:
+            with self._lock:
+                flat = self._translate(lambda: self._finish_raw(ticket, registration, tau), padded)
+            f, xyz, conf = self._unpad(flat, n)
+            return split_per_frame(f, xyz, conf, n, first_frame)
+
+        return PendingResult(collect)
+
+    async_raw: bool = False  # a backend with _start_raw / _finish_raw sets it (per instance)
+
+    def _start_raw(self, sets: list[np.ndarray], registration: PlaneRegistration) -> Any:
+        raise NotImplementedError
+
+    def _finish_raw(
+        self, ticket: Any, registration: PlaneRegistration, threshold: float
+    ) -> FlatLocs:
+        raise NotImplementedError
+
+    def _pad_sets(self, sets: list[np.ndarray]) -> list[np.ndarray]:
+        n = len(sets)
+        if not self.pad_batch:
+            return sets
+        bucket = 1 << (n - 1).bit_length()
+        if self.max_batch is not None:
+            bucket = min(bucket, max(self.max_batch, n))
+        return sets + [np.zeros_like(sets[0])] * (bucket - n)
+
+    def _translate(self, fn: Callable[[], Any], sets: list[np.ndarray]) -> Any:
+        try:
+            return fn()
+        except VoxlocError:
+            raise
+        except Exception as exc:  # foreign runtime errors (CUDA, OOM, ...)
+            raise EngineError(
+                f"{self.backend} inference on {self.device} failed for {len(sets)} raw frame "
+                f"sets of shape {sets[0].shape} {sets[0].dtype}: {exc}"
+            ) from exc
+
+    @staticmethod
+    def _unpad(flat: FlatLocs, n: int) -> FlatLocs:
+        f, xyz, conf = flat
+        f = np.asarray(f, dtype=np.int64)
+        keep = f < n
+        if not keep.all():
+            f, xyz, conf = f[keep], xyz[keep], conf[keep]
+        return f, np.asarray(xyz, np.float32), np.asarray(conf, np.float32)
+
+    def _run_raw_chunk(
+        self, sets: list[np.ndarray], registration: PlaneRegistration, threshold: float
+    ) -> FlatLocs:
+        n = len(sets)
+        padded = self._pad_sets(sets)
+        flat = self._translate(lambda: self._run_raw(padded, registration, threshold), padded)
+        return self._unpad(flat, n)
+
+    def _run_raw(
+        self, sets: list[np.ndarray], registration: PlaneRegistration, threshold: float
+    ) -> FlatLocs:
+        """Backend work for raw sets; this default registers on the host (torch, CPU)."""
+        return self._run(register_on_host(sets, registration), threshold)
+
+    def host_buffer(self, shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray:
+        """A host array for raw frames bound for this engine (pinned where the engine is
+        on CUDA, so the copy to the device is asynchronous DMA)."""
+        return np.empty(shape, dtype)
+
     def _chunks(self, batch: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         b, _, h, w = batch.shape
         size = b if self.max_batch is None else min(b, self.max_batch)
@@ -177,6 +339,35 @@ class Engine(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+RAW_DTYPES = ("uint16", "float32")
+
+
+class PendingResult:
+    """A submitted batch (:meth:`Engine.submit_raw`); :meth:`result` waits for it."""
+
+    def __init__(self, collect: Callable[[], list[Localizations]]) -> None:
+        self._collect: Callable[[], list[Localizations]] | None = collect
+        self._value: list[Localizations] | None = None
+
+    def result(self) -> list[Localizations]:
+        if self._collect is not None:
+            collect, self._collect = self._collect, None
+            self._value = collect()
+        assert self._value is not None
+        return self._value
+
+
+def register_on_host(sets: list[np.ndarray], registration: PlaneRegistration) -> np.ndarray:
+    """``(B, P, H, W)`` float32 model units from raw sets (torch on the CPU)."""
+    _, h, w = sets[0].shape
+    raw = torch.stack([raw_tensor(s) for s in sets])
+    base, gain = registration.scale_shift()
+    grid = None if registration.is_identity else torch.from_numpy(registration.grid(h, w))
+    with torch.inference_mode():
+        out = register(raw, grid, torch.from_numpy(base), torch.from_numpy(gain))
+    return np.ascontiguousarray(out.numpy())
 
 
 def check_finite(frames: np.ndarray) -> None:

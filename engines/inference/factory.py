@@ -29,6 +29,8 @@ BACKENDS: dict[str, str] = {
     "torch": "engines.inference.torch_backend:TorchEngine",
     "onnxruntime": "engines.inference.onnx_backend:OnnxEngine",
     "tensorrt": "engines.inference.tensorrt_backend:TensorRTEngine",
+    # a measurement tool: no device compute, no localizations (never picked by auto)
+    "null": "engines.inference.null_backend:NullEngine",
 }
 
 # VOXLOC_CPU_BF16=0 keeps auto on float32 on a CPU that has bfloat16

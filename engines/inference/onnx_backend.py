@@ -1,5 +1,10 @@
 """ONNX Runtime backend: the decoding graph of :mod:`engines.export` in one session.
 
+Raw camera frames (:meth:`~engines.inference.base.Engine.infer_raw`) run a second session
+of the same graph with the registration in front (:func:`engines.export.with_input_stage`,
+one per raw dtype, built on first use): the frames go in as the cameras sent them, and
+the sampling grid, baseline and gain are runtime inputs like the threshold.
+
 The CPU execution provider is always there; ``device="cuda"`` (or ``"cuda:N"``) uses the
 CUDA execution provider of ``onnxruntime-gpu`` (``pip install voxloc[gpu]``), with the
 TensorRT execution provider in front when ``trt_ep=True``. The threshold is a graph input,
@@ -15,18 +20,25 @@ import os
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from engines.errors import EngineError
 from engines.export import (
+    INPUT_BASELINE,
     INPUT_FRAMES,
+    INPUT_GAIN,
+    INPUT_GRID,
+    INPUT_RAW,
     INPUT_THRESHOLD,
     OUTPUT_LOCS,
     cache_root,
     onnx_for_engine,
     read_onnx_metadata,
+    with_input_stage,
 )
 from engines.inference.base import BackendUnavailableError, Engine, FlatLocs
+from engines.inference.registration import PlaneRegistration
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +68,8 @@ class OnnxEngine(Engine):
             )
         self.onnx_path = path
         self.session = make_session(path, device, threads=threads, trt_ep=trt_ep)
+        self._session_args = (device, threads, trt_ep)
+        self._raw_sessions: dict[str, ort.InferenceSession] = {}
         self._threshold_buf = np.zeros(1, np.float32)
         log.info("onnxruntime engine: %s with %s", path, self.session.get_providers())
 
@@ -65,6 +79,33 @@ class OnnxEngine(Engine):
             [OUTPUT_LOCS], {INPUT_FRAMES: frames, INPUT_THRESHOLD: self._threshold_buf}
         )
         return locs[:, 0].astype(np.int64), locs[:, 1:4], locs[:, 4]
+
+    def _run_raw(
+        self, sets: list[np.ndarray], registration: PlaneRegistration, threshold: float
+    ) -> FlatLocs:
+        _, h, w = sets[0].shape
+        session = self._raw_session(sets[0].dtype.name)
+        self._threshold_buf[0] = threshold
+        baseline, gain = registration.scale_shift()
+        feeds = {
+            INPUT_RAW: np.stack(sets),
+            INPUT_GRID: registration.grid(h, w),
+            INPUT_BASELINE: baseline,
+            INPUT_GAIN: gain,
+            INPUT_THRESHOLD: self._threshold_buf,
+        }
+        (locs,) = session.run([OUTPUT_LOCS], feeds)
+        return locs[:, 0].astype(np.int64), locs[:, 1:4], locs[:, 4]
+
+    def _raw_session(self, dtype: str) -> ort.InferenceSession:
+        if dtype not in self._raw_sessions:
+            staged = with_input_stage(onnx.load(str(self.onnx_path)), dtype)
+            device, threads, trt_ep = self._session_args
+            self._raw_sessions[dtype] = make_session(
+                staged.SerializeToString(), device, threads=threads, trt_ep=trt_ep
+            )
+            log.info("onnxruntime engine: input stage for %s frames", dtype)
+        return self._raw_sessions[dtype]
 
 
 def providers_for(device: str, *, trt_ep: bool = False) -> list:
@@ -105,7 +146,7 @@ def providers_for(device: str, *, trt_ep: bool = False) -> list:
 
 
 def make_session(
-    path: Path, device: str, *, threads: int | None = None, trt_ep: bool = False
+    path: Path | bytes, device: str, *, threads: int | None = None, trt_ep: bool = False
 ) -> ort.InferenceSession:
     """An inference session with all graph optimisations; EngineError if the file is bad."""
     opts = ort.SessionOptions()
@@ -116,9 +157,11 @@ def make_session(
     opts.log_severity_level = 3
     providers = providers_for(device, trt_ep=trt_ep)
     try:
-        return ort.InferenceSession(str(path), opts, providers=providers)
+        source = path if isinstance(path, bytes) else str(path)
+        return ort.InferenceSession(source, opts, providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
-        raise EngineError(f"onnxruntime cannot load {path}: {exc}") from exc
+        what = "an in-memory graph" if isinstance(path, bytes) else path
+        raise EngineError(f"onnxruntime cannot load {what}: {exc}") from exc
 
 
 def _default_threads() -> int:

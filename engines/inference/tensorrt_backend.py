@@ -1,9 +1,14 @@
-"""TensorRT backend (optional extra: ``pip install voxloc[tensorrt]``), TensorRT 10 API.
+"""TensorRT backend (optional extra: ``pip install voxloc[tensorrt]``), TensorRT 10 and 11.
 
-Builds an engine from the decoding ONNX (:mod:`engines.export`) with one optimisation
-profile over batch and H x W (:class:`~engines.inference.engine_cache.Profile`), FP32 or
-FP16, and caches the serialised engine keyed by TensorRT version, GPU, compute capability,
-profile, precision and ONNX hash; a stale or foreign cache entry is rebuilt.
+Builds a **strongly typed** engine (TensorRT 11 removed weak typing: no
+``BuilderFlag.FP16``, no ``OBEY_PRECISION_CONSTRAINTS``, no per-layer precision; TensorRT 10
+has strongly typed networks too): the ONNX's types are the engine's. FP32 builds from the
+decoding ONNX (:mod:`engines.export`); FP16 from the same graph with its convolutions in
+float16 (:func:`engines.export.fp16_network`), normalisation, sigmoid and decoding left in
+float32. One optimisation profile over batch and H x W
+(:class:`~engines.inference.engine_cache.Profile`); the serialised engine is cached keyed
+by TensorRT version, GPU, compute capability, profile, precision and the hash of the ONNX
+it was built from; a stale or foreign cache entry is rebuilt.
 
 Device buffers are torch CUDA tensors (torch is a dependency anyway; no pycuda context
 juggling): the input is copied from pinned memory, the threshold lives in a 1-element
@@ -26,11 +31,11 @@ import torch
 
 from engines.errors import EngineError
 from engines.export import (
-    DECODE_PREFIX,
     INPUT_FRAMES,
     INPUT_THRESHOLD,
     OUTPUT_LOCS,
     artifact_dir,
+    fp16_network,
     onnx_for_engine,
 )
 from engines.inference.base import BackendUnavailableError, Engine, FlatLocs
@@ -40,7 +45,8 @@ try:
     import tensorrt as trt
 except ImportError as _exc:
     raise BackendUnavailableError(
-        "the tensorrt backend needs TensorRT 10 and an NVIDIA GPU: pip install voxloc[tensorrt]"
+        "the tensorrt backend needs TensorRT 10 or 11 and an NVIDIA GPU: "
+        "pip install voxloc[tensorrt]"
     ) from _exc
 
 log = logging.getLogger(__name__)
@@ -100,50 +106,46 @@ class _OutputAllocator(trt.IOutputAllocator):
         return self.buffer[: n * 5 * 4].view(torch.float32).view(n, 5)
 
 
+def onnx_bytes(onnx_path: Path, precision: str) -> bytes:
+    """The ONNX a strongly typed build of ``precision`` parses (FP16: convolutions in
+    float16, the rest float32)."""
+    if precision == "fp16":
+        import onnx
+
+        return fp16_network(onnx.load(str(onnx_path))).SerializeToString()
+    return Path(onnx_path).read_bytes()
+
+
+def network_flags() -> int:
+    """Creation flags: strongly typed (TensorRT 10's flag; TensorRT 11 networks always are,
+    where the flag may be gone)."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
 def build_serialized(
-    onnx_path: Path, planes: int, profile: Profile, precision: str, workspace_gib: float = 4.0
+    graph: bytes, planes: int, profile: Profile, precision: str, workspace_gib: float = 4.0
 ) -> bytes:
-    """Parse the ONNX and build a serialised engine for ``profile`` at ``precision``."""
+    """Parse ``graph`` (ONNX bytes, :func:`onnx_bytes`) into a strongly typed network and
+    build a serialised engine for ``profile``."""
     builder = trt.Builder(_LOGGER)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    network = builder.create_network(network_flags())
     parser = trt.OnnxParser(network, _LOGGER)
-    if not parser.parse(Path(onnx_path).read_bytes()):
+    if not parser.parse(graph):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EngineError(f"TensorRT cannot parse {onnx_path}: {errors}")
+        raise EngineError(f"TensorRT cannot parse the {precision} graph: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        _keep_decode_fp32(network)
     opt_profile = builder.create_optimization_profile()
     opt_profile.set_shape(INPUT_FRAMES, *profile.shapes(planes))
     config.add_optimization_profile(opt_profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineError(
-            f"TensorRT failed to build an engine from {onnx_path} "
-            f"(profile {profile}, {precision}); see the log above"
+            f"TensorRT failed to build an engine (profile {profile}, {precision}); "
+            "see the log above"
         )
     return bytes(serialized)
-
-
-def _keep_decode_fp32(network: Any) -> None:
-    """Pin the float layers of the decoding (nm arithmetic) to float32 under FP16."""
-    pinned = 0
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        outputs = [layer.get_output(k) for k in range(layer.num_outputs)]
-        if DECODE_PREFIX in layer.name and all(o.dtype == trt.float32 for o in outputs):
-            layer.precision = trt.float32
-            for k in range(layer.num_outputs):
-                layer.set_output_type(k, trt.float32)
-            pinned += 1
-    if not pinned:
-        raise EngineError(
-            f"no {DECODE_PREFIX!r} layers found to keep in float32; the ONNX is not a voxloc export"
-        )
-    log.debug("kept %d decoding layers in float32", pinned)
 
 
 class TensorRTEngine(Engine):
@@ -175,9 +177,10 @@ class TensorRTEngine(Engine):
         self.profile = profile or Profile()
         self.max_batch = self.profile.max_batch
         onnx_path = onnx_for_engine(self.model_dir, self.info)
+        graph = onnx_bytes(onnx_path, precision)
         self.key = CacheKey(
             model=self.info.name,
-            onnx_sha256=hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+            onnx_sha256=hashlib.sha256(graph).hexdigest(),  # of the graph built from
             trt_version=trt.__version__,
             gpu_name=torch.cuda.get_device_name(self._dev),
             compute_capability=".".join(map(str, torch.cuda.get_device_capability(self._dev))),
@@ -186,16 +189,16 @@ class TensorRTEngine(Engine):
         )
         self.cache = EngineCache(cache_dir or artifact_dir(self.model_dir, self.info, "engines"))
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxloc-tensorrt")
-        self._worker.submit(self._setup, onnx_path, rebuild).result()
+        self._worker.submit(self._setup, graph, rebuild).result()
         log.info("tensorrt engine: %s (%s, profile %s)", self.engine_path, precision, self.profile)
 
-    def _setup(self, onnx_path: Path, rebuild: bool) -> None:
+    def _setup(self, graph: bytes, rebuild: bool) -> None:
         """On the worker thread: load or build the engine, make context, stream, buffers."""
         torch.cuda.set_device(self._dev)
         self._runtime = trt.Runtime(_LOGGER)
         self._engine, self.engine_path = self.cache.get_or_build(
             self.key,
-            lambda: build_serialized(onnx_path, self.planes, self.profile, self.precision),
+            lambda: build_serialized(graph, self.planes, self.profile, self.precision),
             self._runtime.deserialize_cuda_engine,
             force=rebuild,
         )

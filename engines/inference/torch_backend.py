@@ -9,6 +9,15 @@ FP16 or BF16 (input normalisation and sigmoid stay float32) and optional CUDA-gr
 (``cuda_graphs=True``): one graph per input shape, batches padded to powers of two by the
 base class so few shapes occur, at most ``max_graphs`` kept (least recently used dropped).
 The threshold and gather (:func:`engines.decode.decode`) run on the device after the graph.
+
+Raw camera frames (:meth:`~engines.inference.base.Engine.infer_raw`) cross to the device
+as the cameras sent them (uint16: half the bytes of float32); registration, baseline and
+gain run there first (:class:`~engines.inference.registration.InputStage`, one
+``grid_sample`` per batch), inside the CUDA graph when graphs are on. On CUDA the host
+buffers are pinned (:meth:`TorchEngine.host_buffer`) and the host-to-device copy runs on
+its own stream into one of two device batches per shape, so with
+:meth:`~engines.inference.base.Engine.submit_raw` one batch crosses the bus while the
+previous one computes.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from engines.errors import EngineError
 from engines.inference import hardware
 from engines.inference.base import BackendUnavailableError, Engine, FlatLocs
 from engines.inference.fused import FusedVoxelNet
+from engines.inference.registration import InputStage, PlaneRegistration, raw_tensor
 from engines.modeldir import load_model
 
 log = logging.getLogger(__name__)
@@ -34,11 +44,18 @@ CPU_PRECISIONS = ("fp32", "bf16")
 
 
 class _CapturedShape:
-    """A CUDA graph of the network for one input shape, with its static buffers."""
+    """A CUDA graph of ``net`` for one input shape and dtype, with its static buffers."""
 
-    def __init__(self, net: FusedVoxelNet, shape: tuple[int, ...], device: torch.device) -> None:
-        self.input = torch.zeros(shape, dtype=torch.float32, device=device)
-        self.input.fill_(float(net.input_offset))
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        shape: tuple[int, ...],
+        device: torch.device,
+        *,
+        dtype: torch.dtype = torch.float32,
+        fill: float = 0.0,
+    ) -> None:
+        self.input = torch.full(shape, fill, dtype=dtype, device=device)
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):  # warm-up runs off the default stream, as capture needs
@@ -99,7 +116,11 @@ class TorchEngine(Engine):
         self.cuda_graphs = cuda_graphs
         self.pad_batch = cuda_graphs
         self.max_graphs = max_graphs
-        self._graphs: OrderedDict[tuple[int, ...], _CapturedShape] = OrderedDict()
+        self._graphs: OrderedDict[tuple[object, ...], _CapturedShape] = OrderedDict()
+        self._stages: dict[tuple[int, int], InputStage] = {}
+        self._h2d = torch.cuda.Stream(self._torch_device) if cuda else None
+        self._staging: dict[tuple[object, ...], list[torch.Tensor]] = {}  # two per shape
+        self.async_raw = cuda
         log.info(
             "torch engine: model %r on %s, %s%s",
             self.info.name,
@@ -120,23 +141,125 @@ class TorchEngine(Engine):
         b, xyz, conf = decode(out, threshold, px_nm=g.px_nm, dz_nm=g.dz_nm)
         return b.cpu().numpy(), xyz.cpu().numpy(), conf.cpu().numpy()
 
+    @torch.inference_mode()
+    def _run_raw(
+        self, sets: list[np.ndarray], registration: PlaneRegistration, threshold: float
+    ) -> FlatLocs:
+        if self._h2d is not None:  # CUDA: the same hand-off as submit_raw, collected now
+            return self._finish_raw(self._start_raw(sets, registration), registration, threshold)
+        _, h, w = sets[0].shape
+        stage = self._stage(h, w)
+        stage.load(registration)
+        out = self.net(stage(torch.stack([raw_tensor(s) for s in sets])))  # the CPU's input
+        return self._decode(out, threshold)
+
+    def _decode(self, out: torch.Tensor, threshold: float) -> FlatLocs:
+        g = self.info.settings.geometry
+        b, xyz, conf = decode(out.float(), threshold, px_nm=g.px_nm, dz_nm=g.dz_nm)
+        return b.cpu().numpy(), xyz.cpu().numpy(), conf.cpu().numpy()
+
+    @torch.inference_mode()
+    def _start_raw(
+        self, sets: list[np.ndarray], registration: PlaneRegistration
+    ) -> tuple[torch.Tensor, torch.cuda.Event]:
+        """CUDA: copy the (pinned) sets to one of two device batches of their shape on the
+        copy stream; returns (device batch, copy-done event)."""
+        assert self._h2d is not None
+        shape = (len(sets), *sets[0].shape)
+        dtype = raw_tensor(sets[0][:1, :1, :1]).dtype
+        key = (shape, dtype)
+        pair = self._staging.get(key)
+        if pair is None:
+            pair = [torch.empty(shape, dtype=dtype, device=self._torch_device) for _ in range(2)]
+            self._staging[key] = pair
+        dst = pair[0]
+        pair.reverse()  # the other buffer for the next batch: the copies alternate
+        self._h2d.wait_stream(torch.cuda.current_stream(self._torch_device))
+        with torch.cuda.stream(self._h2d):
+            for i, s in enumerate(sets):
+                dst[i].copy_(raw_tensor(s), non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(self._h2d)
+        return dst, done
+
+    @torch.inference_mode()
+    def _finish_raw(
+        self,
+        ticket: tuple[torch.Tensor, torch.cuda.Event],
+        registration: PlaneRegistration,
+        threshold: float,
+    ) -> FlatLocs:
+        """CUDA: wait for the copy, register and run the network (graph), decode."""
+        dst, done = ticket
+        torch.cuda.current_stream(self._torch_device).wait_event(done)
+        shape = tuple(dst.shape)
+        stage = self._stage(shape[2], shape[3])
+        stage.load(registration)
+        if self.cuda_graphs:
+            graph = self._graph_for(
+                ("raw", shape, dst.dtype), lambda: _StagedNet(stage, self.net), shape, dst.dtype
+            )
+            graph.input.copy_(dst)
+            graph.graph.replay()
+            out = graph.output
+        else:
+            out = self.net(stage(dst))
+        return self._decode(out, threshold)
+
+    def _stage(self, height: int, width: int) -> InputStage:
+        key = (height, width)
+        if key not in self._stages:
+            self._stages[key] = InputStage(self.planes, height, width, self._torch_device)
+        return self._stages[key]
+
+    def host_buffer(self, shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray:
+        if self._h2d is None:
+            return np.empty(shape, dtype)
+        host = torch.empty(shape, dtype=raw_tensor(np.zeros(1, dtype)).dtype, pin_memory=True)
+        arr = host.numpy()
+        return arr.view(np.uint16) if np.dtype(dtype) == np.uint16 else arr
+
     def _graph(self, x: torch.Tensor) -> _CapturedShape:
         shape = tuple(x.shape)
-        if shape in self._graphs:
-            self._graphs.move_to_end(shape)
-            return self._graphs[shape]
+        fill = float(self.net.input_offset)
+        return self._graph_for(("frames", shape), lambda: self.net, shape, torch.float32, fill)
+
+    def _graph_for(
+        self,
+        key: tuple[object, ...],
+        make: object,
+        shape: tuple[int, ...],
+        dtype: torch.dtype,
+        fill: float = 0.0,
+    ) -> _CapturedShape:
+        if key in self._graphs:
+            self._graphs.move_to_end(key)
+            return self._graphs[key]
         if len(self._graphs) >= self.max_graphs:
             dropped, _ = self._graphs.popitem(last=False)
-            log.debug("dropping CUDA graph for shape %s", dropped)
-        log.info("capturing a CUDA graph for input shape %s", shape)
-        self._graphs[shape] = _CapturedShape(self.net, shape, self._torch_device)
-        return self._graphs[shape]
+            log.debug("dropping CUDA graph %s", dropped)
+        log.info("capturing a CUDA graph for %s", key)
+        net = make()  # type: ignore[operator]
+        self._graphs[key] = _CapturedShape(net, shape, self._torch_device, dtype=dtype, fill=fill)
+        return self._graphs[key]
 
     def close(self) -> None:
         self._graphs.clear()
+        self._staging.clear()
         if self._torch_device.type == "cuda":
             torch.cuda.empty_cache()
         super().close()
+
+
+class _StagedNet(torch.nn.Module):
+    """Input stage then network: what a raw-frame CUDA graph captures."""
+
+    def __init__(self, stage: InputStage, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.stage, self.net = stage, net
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.net(self.stage(raw))
 
 
 def _device(device: str) -> torch.device:

@@ -150,3 +150,34 @@ def test_window_overflow_drops_the_oldest() -> None:
     put(asm, 0, 3)
     assert [s.frame for s in asm.pop_ready()] == [2]
     assert asm.stats.set_drops["overflow"] == 2 and asm.depth == 1
+
+
+def test_a_set_dropped_while_a_copy_is_in_flight_frees_its_buffer_after_the_copy() -> None:
+    clock = FakeClock()
+    asm = assembler(clock, window=1)
+    p, view = asm.reserve(0, 0, t_cam_ns=0, dtype=np.dtype(np.float32))
+    assert asm.check(0, 0) is Reject.DUPLICATE  # the plane counts as arrived
+    for k in range(3):
+        put(asm, k, 1)
+    for k in range(3):
+        put(asm, k, 2)
+    assert [s.frame for s in asm.pop_ready()] == [1, 2]  # frame 0 dropped: overflow
+    free = asm.pool.free
+    view[:] = 7.0  # the copy lands in a buffer nobody else has been given
+    assert asm.finish(p, 0, 0, 0, view) is False
+    assert asm.pool.free == free + 1
+
+
+def test_mixed_dtypes_widen_the_set_to_float32() -> None:
+    clock = FakeClock()
+    asm = assembler(clock)
+    p, view = asm.reserve(0, 0, t_cam_ns=0, dtype=np.dtype(np.uint16))
+    view[:] = 40000
+    asm.slot(1, 0, 0, np.dtype(np.float32))[:] = 1.5  # widens while plane 0 is in flight
+    asm.commit(1, 0, 0)
+    asm.finish(p, 0, 0, 0, view)
+    asm.slot(2, 0, 0, np.dtype(np.uint16))[:] = 3
+    asm.commit(2, 0, 0)
+    (fs,) = asm.pop_ready()
+    assert fs.planes.dtype == np.float32
+    assert fs.planes[:, 0, 0].tolist() == [40000.0, 1.5, 3.0]

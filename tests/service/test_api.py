@@ -145,9 +145,9 @@ class Counting:
         self.frames: list[int] = []
         self.shapes: set[tuple] = set()
 
-    def observe(self, msg: object, planes: object) -> None:
+    def observe(self, msg: object, frame_set: object) -> None:
         self.frames.append(msg.frame)
-        self.shapes.add((planes.shape, planes.dtype.name))
+        self.shapes.add((frame_set.planes.shape, frame_set.planes.dtype.name))
 
     def stats(self) -> dict:
         return {"seen": len(self.frames)}
@@ -173,3 +173,16 @@ def test_dashboard_router_is_included_beside_the_service_routes(service: object)
         page = client.get("/")
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]
         assert client.get("/stats").status_code == 200  # the service routes stay intact
+
+
+@pytest.mark.timeout(60)
+def test_null_backend_serves_every_frame_set_without_localizations(
+    make_service: object, sim_frames: tuple
+) -> None:
+    svc = make_service(backend="null")
+    for i in range(5):
+        svc.send_set(i, sim_frames[0][i])
+    msgs = svc.receive(5)
+    assert [m.frame for m in msgs] == list(range(5))
+    assert all(len(m.locs.xyz_nm) == 0 for m in msgs)
+    assert svc.stats()["model"]["backend"] == "null/cpu"

@@ -1,0 +1,464 @@
+"""The live pipeline's own ceiling against the raw ZeroMQ transport of the same messages.
+
+Used by ``benchmarks/service.py --engine null --sizes 64,256,512 --registration affine``.
+For each frame size and transport (``tcp://``, ``ipc://``), in one run:
+
+- **raw transport** (timed right before and right after the pipeline; the ratio is to
+  their mean): the same four producer processes (one PUSH camera per plane, uint16
+  frames encoded by :func:`service.wire.encode_frame`) into four PULL sockets of this
+  process, one receive thread per socket, each message's pixels copied once into a
+  preallocated buffer: what ZeroMQ and one copy allow on this machine.
+- **pipeline ceiling**: the real :class:`service.pipeline.Pipeline` (what ``voxloc
+  serve`` runs) with the given engine (``null``: no device compute), the registration
+  (``affine``: a rotation, shift and scale on cameras 1-3, gain and baseline on all),
+  ``drop_policy = "block"``, producers unpaced; counted at the subscriber from the first
+  published batch to the last.
+- **latency**: the pipeline again, paced at 50 % of the ceiling just measured
+  (``drop_oldest``), p50/p99 from camera timestamp to publication.
+
+Resident memory of this process (the service) is printed at the start and the end of
+the long run at the middle size (``--rss-sets`` frame sets).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import zmq
+
+PLANES = 4
+AFFINES = [
+    [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],
+    [[1.0, 0.0, 1.3], [0.0, 1.0, -0.7]],
+    [[float(np.cos(0.02)), float(-np.sin(0.02)), 0.9], [float(np.sin(0.02)), 0.99, -0.4]],
+    [[1.01, 0.0, -0.5], [0.0, 0.99, 0.8]],
+]
+GAINS = [2.0, 1.5, 2.5, 1.0]
+BASELINES = [100.0, 90.0, 110.0, 100.0]
+PROBE_SETS = 400
+
+
+@dataclass
+class SizeResult:
+    size: int
+    transport: str
+    raw_fps: float  # mean of the two below
+    raw_fps_around: list[float]  # raw transport right before and right after the pipeline
+    pipeline_fps: float
+    ratio: float
+    pipeline_mb_s: float  # camera payload bytes delivered per second, MB/s
+    raw_mb_s: float
+    paced_fps: float  # offered at 50 % of the ceiling
+    delivered: int
+    sent: int
+    p50_ms: float
+    p99_ms: float
+    rss_start_mb: float | None = None
+    rss_end_mb: float | None = None
+    rss_sets: int = 0
+    rss_samples_mb: list[float] | None = None  # every 1/5 of the long run
+    engine_fps: float | None = None  # the engine alone on the same raw sets (not null)
+    service_engine_ratio: float | None = None
+
+
+def camera_images(size: int, n: int = 8, seed: int = 0) -> np.ndarray:
+    """``(n, PLANES, size, size)`` uint16 camera frames (background + a few spots), ADU."""
+    rng = np.random.default_rng(seed)
+    img = rng.poisson(20.0, (n, PLANES, size, size)).astype(np.float32) * 2 + 100
+    yy, xx = np.mgrid[:size, :size]
+    for f in range(n):
+        for _ in range(max(size * size // 400, 4)):
+            x0, y0 = rng.uniform(4, size - 4, 2)
+            img[f] += 800 * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / 3.0)
+    return np.clip(img, 0, 65535).astype(np.uint16)
+
+
+def endpoint(transport: str, folder: Path, name: str) -> str:
+    if transport == "tcp":
+        return "tcp://127.0.0.1:*"
+    return f"ipc://{folder / name}"
+
+
+class Producers:
+    """Four camera processes on one trigger (within ``LOCKSTEP`` frames of each other:
+    unpaced processes on a loaded machine drift hundreds of frames apart, which the
+    assembler rightly drops as window overflow); ``start``/``wait`` one step."""
+
+    def __init__(
+        self, target: Callable[..., None], endpoints: list[str], images: np.ndarray
+    ) -> None:
+        spawn = mp.get_context("spawn")
+        self.conns, self.procs = [], []
+        self.barrier = barrier = spawn.Barrier(len(endpoints))  # one trigger: lockstep
+        for k, ep in enumerate(endpoints):
+            a, b = spawn.Pipe()
+            args = (ep, f"cam{k}", k, images[:, k].copy(), b, barrier)
+            p = spawn.Process(target=target, args=args)
+            p.start()
+            self.conns.append(a)
+            self.procs.append(p)
+
+    def start(self, first: int, count: int, rate: float) -> float:
+        t0 = time.time() + 0.2
+        for c in self.conns:
+            c.send((first, count, rate, t0))
+        return t0
+
+    def wait(self) -> None:
+        for c in self.conns:
+            c.recv()
+
+    def close(self) -> None:
+        for c in self.conns:
+            c.send(None)
+        for p in self.procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+
+
+def raw_transport(
+    target: Callable[..., None],
+    transport: str,
+    folder: Path,
+    images: np.ndarray,
+    seconds: float,
+    tag: str = "",
+) -> float:
+    """Frame sets/s through 4 PUSH -> 4 PULL sockets, one copy per message."""
+    ctx = zmq.Context()
+    socks, eps = [], []
+    for k in range(PLANES):
+        s = ctx.socket(zmq.PULL)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.RCVHWM, 64)
+        s.bind(endpoint(transport, folder, f"raw{tag}{k}"))
+        socks.append(s)
+        eps.append(s.getsockopt_string(zmq.LAST_ENDPOINT))
+    counts = [0] * PLANES
+    stamps: list[list[float]] = [[] for _ in range(PLANES)]
+    stop = threading.Event()
+    h, w = images.shape[2:]
+
+    def receive(k: int) -> None:
+        buf = np.empty((h, w), np.uint16)
+        sock = socks[k]
+        while not stop.is_set():
+            if not sock.poll(50):
+                continue
+            parts = sock.recv_multipart(copy=False)
+            np.copyto(buf, np.frombuffer(parts[1].buffer, np.uint16).reshape(h, w))
+            counts[k] += 1
+            stamps[k].append(time.perf_counter())
+
+    threads = [threading.Thread(target=receive, args=(k,), daemon=True) for k in range(PLANES)]
+    for t in threads:
+        t.start()
+    prod = Producers(target, eps, images)
+    try:
+        prod.start(0, PROBE_SETS, 0.0)  # probe: connections up, rate estimate
+        prod.wait()
+        _wait_counts(counts, PROBE_SETS)
+        probe = _rate(stamps, PROBE_SETS)
+        n = max(int(probe * seconds), PROBE_SETS)
+        for s in stamps:
+            s.clear()
+        prod.start(PROBE_SETS, n, 0.0)
+        prod.wait()
+        _wait_counts(counts, PROBE_SETS + n)
+        return _rate(stamps, n)
+    finally:
+        prod.close()
+        stop.set()
+        for t in threads:
+            t.join(5)
+        for s in socks:
+            s.close(linger=0)
+        ctx.term()
+
+
+def _wait_counts(counts: list[int], n: int, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while min(counts) < n and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def _rate(stamps: list[list[float]], n: int) -> float:
+    """Frame sets/s: the slowest camera's messages over its own span (first excluded)."""
+    rates = []
+    for s in stamps:
+        if len(s) > 1 and s[-1] > s[0]:
+            rates.append((len(s) - 1) / (s[-1] - s[0]))
+    return min(rates) if rates else 0.0
+
+
+def pipeline_settings(
+    engine: str, size: int, registration: str, transport: str, folder: Path, model: str
+) -> Any:
+    from service.settings import CameraSettings, ServiceSettings
+
+    cams = []
+    for k in range(PLANES):
+        reg = (
+            {"affine": AFFINES[k], "gain_adu": GAINS[k], "baseline_adu": BASELINES[k]}
+            if registration == "affine"
+            else {}
+        )
+        cams.append(
+            CameraSettings(
+                name=f"cam{k}",
+                plane=k,
+                endpoint=endpoint(transport, folder, f"cam{k}"),
+                dtype="uint16",
+                **reg,
+            )
+        )
+    return ServiceSettings(
+        cameras=cams,
+        stream={
+            "publish": endpoint(transport, folder, "locs"),
+            "assembly_timeout_ms": 1000,
+            "height": size,
+            "width": size,
+            "rcvhwm": 64,
+        },
+        inference={
+            "model": model,
+            "backend": engine,
+            "max_batch": 16,
+            "max_delay_ms": 2,
+            "queue_size": 64,
+            "drop_policy": "block",
+        },
+    )
+
+
+def pipeline_steps(
+    target: Callable[..., None],
+    subscriber: Callable[..., Any],
+    settings: Any,
+    images: np.ndarray,
+    seconds: float,
+    rss_sets: int,
+) -> dict[str, Any]:
+    """Ceiling (unpaced, block), then 50 % of it (paced, drop_oldest); optional long run."""
+    from service.pipeline import Pipeline
+
+    ctx = zmq.Context()
+    pipeline = Pipeline(settings)
+    pipeline.start()
+    sub = subscriber(ctx, pipeline.publish_endpoint)
+    sub.start()
+    while pipeline.publisher.subscribers < 1:
+        time.sleep(0.01)
+    prod = Producers(target, list(pipeline.camera_endpoints().values()), images)
+    out: dict[str, Any] = {}
+    try:
+        first = 0
+        probe = _send(pipeline, prod, sub, first, PROBE_SETS, 0.0, "block")
+        first += PROBE_SETS
+        n = max(int(probe["fps"] * seconds), PROBE_SETS)
+        ceiling = _send(pipeline, prod, sub, first, n, 0.0, "block")
+        first += n
+        out["fps"] = ceiling["fps"]
+        rate = 0.5 * ceiling["fps"]
+        paced = _send(pipeline, prod, sub, first, max(int(rate * seconds), 50), rate, "drop_oldest")
+        first += paced["sent"]
+        out.update(paced_fps=rate, paced=paced)
+        if rss_sets:
+            proc = psutil.Process()
+            out["rss_start_mb"] = proc.memory_info().rss / 2**20
+            part = max(rss_sets // 5, 1)
+            samples = []
+            for _ in range(5):
+                _send(pipeline, prod, sub, first, part, 0.0, "block")
+                first += part
+                samples.append(round(proc.memory_info().rss / 2**20, 1))
+            out["rss_end_mb"] = samples[-1]
+            out["rss_samples_mb"] = samples
+    finally:
+        prod.close()
+        sub.stop.set()
+        sub.join(5)
+        pipeline.stop()
+        ctx.term()
+    return out
+
+
+def _send(
+    pipeline: Any, prod: Producers, sub: Any, first: int, count: int, rate: float, policy: str
+) -> dict[str, Any]:
+    pipeline.update_config({"drop_policy": policy})
+    drops0 = _drops(pipeline)
+    t0 = prod.start(first, count, rate)
+    prod.wait()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        got = sum(1 for r in list(sub.rows) if first <= r[0] < first + count)
+        if got + _drops(pipeline) - drops0 >= count and pipeline.batcher.depth == 0:
+            break
+        time.sleep(0.05)
+    rows = [r for r in sub.rows if first <= r[0] < first + count]
+    lat = np.array([(p - c) / 1e6 for _, c, p in rows]) if rows else np.zeros(1)
+    pubs = sorted(p for *_, p in rows)
+    if rate == 0 and len(pubs) > 1:  # steady state: from the first publication on
+        span = (pubs[-1] - pubs[0]) / 1e9
+        fps = (len(pubs) - 1) / span if span > 0 else 0.0
+    else:
+        fps = len(rows) / max(pubs[-1] / 1e9 - t0, 1e-9) if pubs else 0.0
+    if not rows:
+        snap = pipeline.snapshot()
+        print(
+            f"  no frame set of {first}..{first + count - 1} published: dropped "
+            f"{snap['assembler']['dropped']}, batcher {snap['batcher']['dropped']}, "
+            f"cameras {[(c['frames_in'], c['rejects']) for c in snap['cameras'].values()]}",
+            flush=True,
+        )
+    return {
+        "sent": count,
+        "delivered": len(rows),
+        "dropped": _drops(pipeline) - drops0,
+        "fps": fps,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+    }
+
+
+def engine_alone(
+    engine_name: str, model: str, images: np.ndarray, registration: str, seconds: float
+) -> float:
+    """Frame sets/s of the engine alone on the same raw sets (batch 16, infer_raw)."""
+    from engines.inference import create_engine
+    from engines.inference.registration import PlaneRegistration
+
+    reg = (
+        PlaneRegistration.create(
+            affine_px=np.array(AFFINES), gain_adu=GAINS, baseline_adu=BASELINES
+        )
+        if registration == "affine"
+        else PlaneRegistration.identity(PLANES)
+    )
+    engine = create_engine(model, engine_name)
+    try:
+        batch = [images[i % len(images)] for i in range(16)]
+        engine.infer_raw(batch, reg)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            engine.infer_raw(batch, reg)
+            n += len(batch)
+        return n / (time.perf_counter() - t0)
+    finally:
+        engine.close()
+
+
+def _drops(pipeline: Any) -> int:
+    st = pipeline.stats
+    return sum(st.set_drops.values()) + st.queue_drops
+
+
+def run(
+    target: Callable[..., None],
+    subscriber: Callable[..., Any],
+    *,
+    engine: str,
+    sizes: list[int],
+    registration: str,
+    transports: list[str],
+    seconds: float,
+    rss_sets: int,
+    model: str,
+) -> list[SizeResult]:
+    results = []
+    rss_size = sizes[len(sizes) // 2] if rss_sets else None
+    with tempfile.TemporaryDirectory(prefix="voxloc-bench-") as tmp:
+        for size in sizes:
+            images = camera_images(size)
+            set_bytes = PLANES * size * size * 2
+            for transport in transports:
+                folder = Path(tmp) / f"{transport}{size}"
+                folder.mkdir()
+                # raw transport timed right before and after the pipeline (same load)
+                raw_before = raw_transport(target, transport, folder, images, seconds)
+                settings = pipeline_settings(engine, size, registration, transport, folder, model)
+                long_run = rss_sets if (size == rss_size and transport == transports[0]) else 0
+                pipe = pipeline_steps(target, subscriber, settings, images, seconds, long_run)
+                paced = pipe["paced"]
+                alone = (
+                    engine_alone(engine, model, images, registration, seconds)
+                    if engine != "null"
+                    else None
+                )
+                raw_after = raw_transport(target, transport, folder, images, seconds, "after")
+                raw = (raw_before + raw_after) / 2
+                results.append(
+                    SizeResult(
+                        size=size,
+                        transport=transport,
+                        raw_fps=round(raw, 1),
+                        raw_fps_around=[round(raw_before, 1), round(raw_after, 1)],
+                        pipeline_fps=round(pipe["fps"], 1),
+                        ratio=round(pipe["fps"] / raw, 3) if raw else 0.0,
+                        pipeline_mb_s=round(pipe["fps"] * set_bytes / 1e6, 1),
+                        raw_mb_s=round(raw * set_bytes / 1e6, 1),
+                        paced_fps=round(pipe["paced_fps"], 1),
+                        delivered=paced["delivered"],
+                        sent=paced["sent"],
+                        p50_ms=round(paced["p50_ms"], 2),
+                        p99_ms=round(paced["p99_ms"], 2),
+                        rss_start_mb=_r(pipe.get("rss_start_mb")),
+                        rss_end_mb=_r(pipe.get("rss_end_mb")),
+                        rss_sets=long_run,
+                        rss_samples_mb=pipe.get("rss_samples_mb"),
+                        engine_fps=_r(alone),
+                        service_engine_ratio=round(pipe["fps"] / alone, 3) if alone else None,
+                    )
+                )
+                print_row(results[-1], flush=True)
+    return results
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(v, 1)
+
+
+HEADER = (
+    f"{'size':>9} {'transport':>9} {'raw fps':>9} {'pipeline fps':>12} {'ratio':>6} "
+    f"{'MB/s':>7} {'raw MB/s':>8} {'@50% fps':>8} {'deliv/sent':>11} {'p50 ms':>7} "
+    f"{'p99 ms':>7}"
+)
+
+
+def print_row(r: SizeResult, flush: bool = False) -> None:
+    print(
+        f"{PLANES}x{r.size}x{r.size:<4} {r.transport:>9} {r.raw_fps:>9.1f} "
+        f"{r.pipeline_fps:>12.1f} {r.ratio:>6.3f} {r.pipeline_mb_s:>7.1f} {r.raw_mb_s:>8.1f} "
+        f"{r.paced_fps:>8.1f} {f'{r.delivered}/{r.sent}':>11} {r.p50_ms:>7.2f} "
+        f"{r.p99_ms:>7.2f}",
+        flush=flush,
+    )
+    if r.rss_sets:
+        print(
+            f"  RSS over {r.rss_sets} frame sets at {PLANES}x{r.size}x{r.size}: "
+            f"{r.rss_start_mb:.1f} MB at the start, {r.rss_end_mb:.1f} MB at the end "
+            f"(every {r.rss_sets // 5}: {r.rss_samples_mb})",
+            flush=flush,
+        )
+    if r.engine_fps:
+        print(
+            f"  engine alone on the same raw sets: {r.engine_fps:.1f} fps; "
+            f"service / engine {r.service_engine_ratio:.3f}",
+            flush=flush,
+        )
+
+
+def as_json(results: list[SizeResult]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in results]
