@@ -35,6 +35,9 @@ from pathlib import Path
 # shadow the `service` package (and engines.py the `engines` package)
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
+# the repository first (spawned producer processes inherit sys.path: with only the
+# editable install's meta-path finder, they would find this file as ``service``)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.append(str(Path(__file__).resolve().parent))  # last: for pipeline_ceiling only
 
 import numpy as np  # noqa: E402
