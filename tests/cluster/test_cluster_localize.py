@@ -173,19 +173,7 @@ def test_resume_after_interrupted_run_reruns_only_unfinished_chunks(
     assert done["s1"] < total["s1"], "the first run finished before it was interrupted"
     assert not (out / "s1.csv").exists()  # nothing half-written under the final name
 
-    res = voxloc(
-        "localize",
-        inputs,
-        "-o",
-        out,
-        "--scheduler",
-        cluster.address,
-        "--batch",
-        BATCH,
-        "--chunk-frames",
-        BATCH,
-        "-q",
-    )
+    res = localize_on(voxloc, cluster, inputs, out)
     assert res.code == 0, res.out + res.err
     assert_identical(out, stacks, ["s1", "s2"])
     for n in ("s1", "s2"):
@@ -194,7 +182,13 @@ def test_resume_after_interrupted_run_reruns_only_unfinished_chunks(
             continue
         assert f"({total[n] - done[n]} chunks run, {done[n]} resumed)" in line, line
 
-    again = voxloc(
+    again = localize_on(voxloc, cluster, inputs, out)
+    assert again.code == 0 and again.out.count("up to date") == 2, again.out
+
+
+def localize_on(voxloc, cluster, inputs, out):
+    """``voxloc localize INPUTS -o OUT`` on the running cluster, one batch per chunk."""
+    return voxloc(
         "localize",
         inputs,
         "-o",
@@ -207,7 +201,6 @@ def test_resume_after_interrupted_run_reruns_only_unfinished_chunks(
         BATCH,
         "-q",
     )
-    assert again.code == 0 and again.out.count("up to date") == 2, again.out
 
 
 def _damage_pixels(path: Path) -> None:
