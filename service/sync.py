@@ -14,12 +14,13 @@ re-synchronised (docs/protocol.md Sec. 2.4):
 1. For each such frame, the set it belongs to is estimated from the other synchronised
    cameras that sent within ``active_s``: by exposure timestamp ``t_ns`` where one of
    their recent frames lies within a quarter of their frame interval and no other within
-   three quarters (unambiguous); else, where its index is within one of another camera's
-   newest index, the two count together (same offset); else the newest set index of the
-   other cameras (arrival order).
-2. ``confirm`` consecutive frames giving the same offset (within one) adopt it; without
-   timestamp evidence for each of them, an offset within one of another camera's is
-   taken equal to it.
+   three quarters (unambiguous), or it lies one or two intervals (within a quarter)
+   after their newest frame (it arrived first); else, where its index is within one of
+   another camera's newest index, the two count together (same offset); else the newest
+   set index of the other cameras (arrival order).
+2. ``confirm`` consecutive frames giving the same offset (within one) adopt it: the
+   offset timestamps gave where any frame was matched by time; without timestamp
+   evidence, an offset within one of another camera's is taken equal to it.
    The frames held meanwhile are replayed with it, so nothing is lost. Held frames that
    do not confirm (a single bogus index), or that nothing follows within ``active_s``,
    are given up: under the old offset the assembler judges them (a late or duplicate
@@ -49,6 +50,7 @@ T = TypeVar("T")
 
 RECENT_FRAMES = 64  # per camera: (set index, t_ns) pairs kept for timestamp matching
 RESEND_SPAN = 8  # an index among a camera's last frames sent again is a duplicate
+MAX_AHEAD = 2  # frame intervals a timestamp may lie past a camera's newest frame
 
 
 @dataclass
@@ -240,11 +242,12 @@ class CameraSync(Generic[T]):
         return out
 
     def _adopted_offset(self, camera: str, candidates: list[tuple[int, bool]]) -> int:
-        """Rule 2: the confirmed offset, snapped to another camera's within one unless
-        timestamps decided it for every frame."""
+        """Rule 2: the confirmed offset: where timestamps decided any frame, theirs;
+        otherwise snapped to another camera's within one."""
+        timed = [c for c, by_time in candidates if by_time]
+        if timed:
+            return max(sorted(set(timed)), key=timed.count)  # by exposure time: exact
         offset = int(np.median([c for c, _ in candidates]))
-        if all(by_time for _, by_time in candidates):
-            return offset  # every frame matched by exposure time: exact
         for name, other in self._cams.items():
             if name != camera and other.state is SyncState.SYNCED and other.recent:
                 if abs(other.offset - offset) <= 1:
@@ -283,6 +286,12 @@ def _match_time(cam: _Camera[T], t_ns: int) -> int | None:
     interval = cam.interval_ns()
     if t_ns <= 0 or interval is None or interval <= 0:
         return None
+    newest_s, newest_t = cam.recent[-1]
+    ahead = round((t_ns - newest_t) / interval)
+    if 1 <= ahead <= MAX_AHEAD:  # exposed after the camera's newest frame arrived
+        if abs(t_ns - newest_t - ahead * interval) > 0.25 * interval:
+            return None
+        return newest_s + ahead
     d = np.array([abs(t - t_ns) for _, t in cam.recent], dtype=np.float64)
     order = np.argsort(d)
     if d[order[0]] > 0.25 * interval:

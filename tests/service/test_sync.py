@@ -99,6 +99,19 @@ def test_one_camera_restarting_at_zero_is_resynchronised(timestamps: bool) -> No
     assert rig.sync.states()["cam2"]["offset"] == -300  # raw index - set index
 
 
+def test_a_restarted_camera_whose_frames_arrive_first_is_matched_by_time() -> None:
+    """On a loaded host the restarted camera's frame can arrive before the other cameras'
+    frames of the same exposure: its timestamp, one interval after their newest frame,
+    still decides the set (arrival order alone would be one set off)."""
+    rig = Rig(timestamps=True)
+    run(rig, range(0, 300), {p: together() for p in range(4)})
+    # cam2 restarts at 0 at tick 300 and its frame is received first in every tick
+    run(rig, range(300, 400), {2: together(300), 0: together(), 1: together(), 3: together()})
+    assert rig.sync.states()["cam2"]["offset"] == -300
+    late = rig.delivered_ticks(305)
+    assert late[:3] == [305, 306, 307] and len(late) >= 90
+
+
 def test_every_camera_restarting_continues_without_duplicates() -> None:
     rig = Rig()
     run(rig, range(0, 200), {p: together() for p in range(4)})
