@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -150,18 +151,31 @@ class FrameAssembler:
         p.writers += 1
         return p, view
 
-    def finish(self, p: _Pending, plane: int, frame: int, t_cam_ns: int, view: np.ndarray) -> bool:
-        """The copy into ``view`` is done; True when that completed its set."""
+    def finish(
+        self,
+        p: _Pending,
+        plane: int,
+        frame: int,
+        t_cam_ns: int,
+        view: np.ndarray,
+        t_recv_ns: int | None = None,
+    ) -> bool:
+        """The copy into ``view`` is done; True when that completed its set.
+        ``t_recv_ns``: when the plane arrived (default: now)."""
         p.writers -= 1
         if p.dropped or self._pending.get(frame) is not p:
             if p.dropped and not p.writers:
                 self.pool.give(p.planes)
             return False
-        if not np.may_share_memory(view, p.planes):
-            p.planes[plane] = view  # the set was widened to float32 meanwhile
+        if view.dtype != p.planes.dtype:
+            # the set was widened to float32 meanwhile (only a uint16 set is widened, and
+            # its float32 replacement is never replaced again: a view of another dtype
+            # than the set's is a view of the buffer it had before)
+            p.planes[plane] = view
         p.count += 1
-        p.t_cam_ns = min(p.t_cam_ns, t_cam_ns)
-        p.t_recv_ns = time.time_ns()
+        if t_cam_ns < p.t_cam_ns:
+            p.t_cam_ns = t_cam_ns
+        p.t_recv_ns = time.time_ns() if t_recv_ns is None else t_recv_ns
         return p.count == self.planes
 
     def commit(self, plane: int, frame: int, t_cam_ns: int) -> bool:
@@ -189,6 +203,8 @@ class FrameAssembler:
             if now - start < self.timeout_s:
                 break
             self._drop_head(head, "timeout")
+        if out:
+            self.stats.set_assembled(len(out))
         return out
 
     def _release(self, frame: int, acquisition: str) -> FrameSet:
@@ -199,7 +215,6 @@ class FrameAssembler:
         self._recent_order.append(frame)
         if len(self._recent_order) > RECENT_RELEASED:
             self._recent.discard(self._recent_order.popleft())
-        self.stats.set_assembled()
         return FrameSet(
             frame, p.planes, p.t_cam_ns, p.t_recv_ns, acquisition, give_back=self.pool.give
         )
@@ -226,6 +241,17 @@ class FrameAssembler:
             )
             self._next += 1
         self._released_any = True
+
+
+class _Job(NamedTuple):
+    """One frame reserved in its set's buffer: copy ``msg.image`` into ``view``, then
+    finish it."""
+
+    run: _Run
+    pending: _Pending
+    view: np.ndarray
+    set_index: int
+    msg: FrameMessage
 
 
 @dataclass
@@ -356,23 +382,37 @@ class Aligner:
 
     # -- ingest thread -------------------------------------------------------------------------
     def accept(self, camera: str, msg: FrameMessage) -> bool:
-        """Place and assemble one validated camera frame; rejects are counted. True when
-        a frame set was completed (:meth:`pop_ready` may have something).
+        """:meth:`accept_many` of one frame."""
+        return self.accept_many(camera, [msg])
 
-        The payload is copied into the set's buffer outside the lock (numpy releases the
-        GIL for it), so the cameras' threads copy in parallel."""
+    def accept_many(self, camera: str, msgs: list[FrameMessage]) -> bool:
+        """Place and assemble validated frames of one camera, in arrival order; rejects
+        are counted. True when a frame set was completed (:meth:`pop_ready` may have
+        something).
+
+        The frames of one call are placed under one hold of the lock, their payloads
+        copied into the sets' buffers outside it (numpy releases the GIL for it, so the
+        cameras' threads copy in parallel), then finished under a second hold."""
+        t_recv_ns = time.time_ns()  # every frame of the call has arrived by now
+        jobs: list[_Job] = []
         with self._lock:
-            run = self._run_for(msg.acquisition)
-            if run is None:
-                self._stats.reject(camera, Reject.STALE.value)  # its acquisition has ended
-                return False
-            jobs = self._reserve(run, camera, run.sync.place(camera, msg.frame, msg.t_ns, msg))
-        for _, view, _, m in jobs:
-            np.copyto(view, m.image)
+            for msg in msgs:
+                run = self._run_for(msg.acquisition)
+                if run is None:
+                    self._stats.reject(camera, Reject.STALE.value)  # its acquisition ended
+                    continue
+                s = run.sync.place_in_line(camera, msg.frame, msg.t_ns)
+                if s is not None:  # the common case
+                    self._reserve(run, camera, s, msg, jobs)
+                    continue
+                placed = run.sync.place(camera, msg.frame, msg.t_ns, msg)
+                self._reserve_placed(run, camera, placed, jobs)
         if not jobs:
             return False
+        for job in jobs:
+            np.copyto(job.view, job.msg.image)
         with self._lock:
-            return self._finish(run, camera, jobs)
+            return self._finish(camera, jobs, t_recv_ns)
 
     def _run_for(self, acquisition: str | None) -> _Run | None:
         if acquisition is None:
@@ -385,39 +425,47 @@ class Aligner:
         self._begin(acquisition)  # a camera started a new acquisition
         return self._runs[-1]
 
-    def _reserve(
-        self, run: _Run, camera: str, placed: Placed[FrameMessage]
-    ) -> list[tuple[_Pending, np.ndarray, int, FrameMessage]]:
+    def _reserve_placed(
+        self, run: _Run, camera: str, placed: Placed[FrameMessage], jobs: list[_Job]
+    ) -> None:
         for _ in range(placed.desync):
             self._stats.reject(camera, Reject.DESYNC.value)
-        asm = run.assembler
-        jobs = []
         for set_index, m in placed.sets:
-            reason = asm.check(m.plane, set_index)
-            if reason is not None:
-                self._stats.reject(camera, reason.value)
-                continue
-            p, view = asm.reserve(m.plane, set_index, m.t_ns, m.image.dtype)
-            jobs.append((p, view, set_index, m))
-        return jobs
+            self._reserve(run, camera, set_index, m, jobs)
 
-    def _finish(
-        self, run: _Run, camera: str, jobs: list[tuple[_Pending, np.ndarray, int, FrameMessage]]
-    ) -> bool:
+    def _reserve(
+        self, run: _Run, camera: str, set_index: int, m: FrameMessage, jobs: list[_Job]
+    ) -> None:
+        asm = run.assembler
+        reason = asm.check(m.plane, set_index)
+        if reason is not None:
+            self._stats.reject(camera, reason.value)
+            return
+        p, view = asm.reserve(m.plane, set_index, m.t_ns, m.image.dtype)
+        jobs.append(_Job(run, p, view, set_index, m))
+
+    def _finish(self, camera: str, jobs: list[_Job], t_recv_ns: int | None = None) -> bool:
         completed = False
-        for p, view, set_index, m in jobs:
-            completed |= run.assembler.finish(p, m.plane, set_index, m.t_ns, view)
-            run.last_frame = self.now()
+        now = self.now()
+        for job in jobs:
+            run, m = job.run, job.msg
+            completed |= run.assembler.finish(
+                job.pending, m.plane, job.set_index, m.t_ns, job.view, t_recv_ns
+            )
+            run.last_frame = now
             run.cameras.add(camera)
-            self._stats.frame_ok(camera, set_index)
+        self._stats.frames_ok(camera, len(jobs), max(job.set_index for job in jobs))
         return completed
 
     def _assemble(self, run: _Run, camera: str, placed: Placed[FrameMessage]) -> bool:
         """Reserve, copy and finish under the caller's lock (frames given up by sync)."""
-        jobs = self._reserve(run, camera, placed)
-        for _, view, _, m in jobs:
-            np.copyto(view, m.image)
-        return self._finish(run, camera, jobs)
+        jobs: list[_Job] = []
+        self._reserve_placed(run, camera, placed, jobs)
+        if not jobs:
+            return False
+        for job in jobs:
+            np.copyto(job.view, job.msg.image)
+        return self._finish(camera, jobs)
 
     def pop_ready(self) -> list[FrameSet]:
         """Complete sets in order: the oldest acquisition's first, each carrying the

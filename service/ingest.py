@@ -25,7 +25,7 @@ from service.curve import CurveServer
 from service.settings import CameraSettings, StreamSettings
 from service.stats import ServiceStats
 from service.types import CameraState
-from service.wire import FrameMessage, Reject, WireError, decode_frame
+from service.wire import FrameDecoder, FrameMessage, Reject, WireError, decode_frame
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ class CameraEndpoint:
     state: CameraState = CameraState.WAITING
     peers: int = 0
     poller: zmq.Poller | None = None  # of its own receive thread
+    decoder: FrameDecoder | None = None  # the fast path of its messages (Ingest._bind)
 
     @property
     def name(self) -> str:
@@ -101,6 +102,13 @@ class Ingest:
             ) from exc
         monitor = sock.get_monitor_socket(_MONITOR_EVENTS | (_REFUSED if self.curve else 0))
         ep = CameraEndpoint(cam, sock, monitor, sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        ep.decoder = FrameDecoder(
+            source=cam.name,
+            plane=cam.plane,
+            height=self.stream.height,
+            width=self.stream.width,
+            dtype=cam.dtype,
+        )
         self.cameras.append(ep)
         self._by_socket[sock] = ep
         self._by_monitor[monitor] = ep
@@ -114,24 +122,42 @@ class Ingest:
         itemsize = 2 if cam.dtype == "uint16" else 4
         return max(self.stream.height * self.stream.width * itemsize, MAX_HEADER_BYTES)
 
-    def receive_camera(self, cam: CameraEndpoint, timeout_ms: int) -> Iterator[FrameMessage]:
-        """Valid frames of one camera that arrived within ``timeout_ms`` (its thread only)."""
+    def receive_camera(self, cam: CameraEndpoint, timeout_ms: int) -> list[FrameMessage]:
+        """Valid frames of one camera that arrived within ``timeout_ms`` (its thread only):
+        up to ``DRAIN_PER_POLL`` messages taken at once, counted once, then validated."""
         if cam.poller is None:
             cam.poller = zmq.Poller()
             cam.poller.register(cam.sock, zmq.POLLIN)
             cam.poller.register(cam.monitor, zmq.POLLIN)
+        out: list[FrameMessage] = []
         for sock, _ in cam.poller.poll(timeout_ms):
             if sock is cam.monitor:
                 self._monitor_event(cam)
                 continue
+            received = []
+            recv = sock.recv
             for _ in range(DRAIN_PER_POLL):
                 try:
-                    parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    part = recv(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break
-                msg = self._validate(cam, parts)
+                parts = [part]  # recv_multipart, without a getsockopt(RCVMORE) per part
+                while part.more:  # the other parts arrived with the first
+                    part = recv(zmq.NOBLOCK, copy=False)
+                    parts.append(part)
+                received.append(parts)
+            if not received:
+                continue
+            self.stats.frames_in(cam.name, len(received))
+            cam.state = CameraState.STREAMING
+            decode = cam.decoder.decode if cam.decoder is not None else None
+            for parts in received:
+                msg = decode(parts) if decode is not None else None
+                if msg is None:  # off the fast path: the full checks (a reject, usually)
+                    msg = self._checked(cam, parts)
                 if msg is not None:
-                    yield msg
+                    out.append(msg)
+        return out
 
     def receive(self, timeout_ms: int) -> Iterator[tuple[CameraEndpoint, FrameMessage]]:
         """Valid frames that arrived within ``timeout_ms``; rejects are counted here."""
@@ -150,9 +176,12 @@ class Ingest:
                     yield cam, msg
 
     def _validate(self, cam: CameraEndpoint, parts: list) -> FrameMessage | None:
-        self.stats.frame_in(cam.name)
-        if cam.state is not CameraState.STREAMING:
-            cam.state = CameraState.STREAMING
+        self.stats.frames_in(cam.name)
+        cam.state = CameraState.STREAMING
+        return self._checked(cam, parts)
+
+    def _checked(self, cam: CameraEndpoint, parts: list) -> FrameMessage | None:
+        """The full decode and checks; a refused message is counted under its reason."""
         try:
             msg = decode_frame(parts)
             self._check(cam.settings, msg)

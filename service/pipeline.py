@@ -215,10 +215,10 @@ class Pipeline:
                 self._stop.wait(LEAD_WAIT_S)
                 self._flush()
                 continue
-            for msg in self.ingest.receive_camera(cam, POLL_MS):
-                if self.aligner.accept(cam.name, msg):
-                    self._flush()
-            self._flush()  # timeouts, overflow, acquisitions that ended
+            msgs = self.ingest.receive_camera(cam, POLL_MS)  # what arrived, at most a drain
+            if msgs:
+                self.aligner.accept_many(cam.name, msgs)
+            self._flush()  # completed sets, timeouts, overflow, acquisitions that ended
 
     def _flush(self) -> None:
         """Queue the completed sets in frame order, one thread at a time. A camera thread

@@ -29,6 +29,7 @@ class SlotPool:
         self.keep = keep
         self._allocate = allocate
         self._free: dict[np.dtype, list[np.ndarray]] = {}
+        self._free_ids: set[int] = set()  # id() of every free slot: a second give is a no-op
         self._lock = threading.Lock()
         self.allocated = 0
 
@@ -37,13 +38,16 @@ class SlotPool:
         with self._lock:
             self._allocate = allocate
             self._free.clear()
+            self._free_ids.clear()
 
     def take(self, dtype: np.dtype | str) -> np.ndarray:
         dtype = np.dtype(dtype)
         with self._lock:
             free = self._free.get(dtype)
             if free:
-                return free.pop()
+                slot = free.pop()
+                self._free_ids.discard(id(slot))
+                return slot
             self.allocated += 1
             allocate = self._allocate
         return allocate(self.shape, dtype)
@@ -53,8 +57,9 @@ class SlotPool:
             return
         with self._lock:
             free = self._free.setdefault(slot.dtype, [])
-            if len(free) < self.keep and not any(s is slot for s in free):
-                free.append(slot)
+            if len(free) < self.keep and id(slot) not in self._free_ids:
+                free.append(slot)  # a free slot is alive, so its id() names it alone
+                self._free_ids.add(id(slot))
 
     @property
     def free(self) -> int:

@@ -35,9 +35,11 @@ class _Rate:
     def per_s(self) -> float:
         now = time.monotonic()
         self._prune(now)
-        n = sum(k for _, k in self._events)
-        span = now - self._events[0][0] if self._events else 0.0
-        return (n - 1) / span if n >= 2 and span > 0 else 0.0
+        if not self._events:
+            return 0.0
+        n = sum(k for _, k in self._events) - self._events[0][1]  # those after the first
+        span = now - self._events[0][0]
+        return n / span if n >= 1 and span > 0 else 0.0
 
 
 class CameraCounters:
@@ -83,6 +85,7 @@ class ServiceStats:
         self.p_frames = PromCounter(
             "voxloc_camera_frames", "camera messages received", ["camera"], registry=r
         )
+        self._p_frames: dict[str, Any] = {}
         self.p_rejects = PromCounter(
             "voxloc_camera_rejects", "camera messages rejected", ["camera", "reason"], registry=r
         )
@@ -124,22 +127,31 @@ class ServiceStats:
         )
 
     # -- ingest ---------------------------------------------------------------------------
-    def frame_in(self, camera: str) -> None:
+    # counted per call, not per message: the ingest passes the messages it took at once
+    def frames_in(self, camera: str, n: int = 1) -> None:
+        """``n`` messages of ``camera`` received (valid or not)."""
         now = time.monotonic()
         with self._lock:
             cam = self.cameras[camera]
-            cam.frames_in += 1
+            cam.frames_in += n
             if now - self.last_in_s > self.health_window_s:
                 self.arriving_since_s = now  # frames arrive again after a pause
             cam.last_in_s = self.last_in_s = now
-        self.p_frames.labels(camera).inc()
+        self._camera_frames(camera).inc(n)
 
-    def frame_ok(self, camera: str, frame: int) -> None:
+    def frames_ok(self, camera: str, n: int, newest: int) -> None:
+        """``n`` frames of ``camera`` accepted, for sets up to index ``newest``."""
         with self._lock:
             cam = self.cameras[camera]
-            cam.frames_ok += 1
+            cam.frames_ok += n
             cam.last_ok_s = time.monotonic()
-            cam.last_frame = frame if cam.last_frame is None else max(cam.last_frame, frame)
+            cam.last_frame = newest if cam.last_frame is None else max(cam.last_frame, newest)
+
+    def _camera_frames(self, camera: str) -> Any:
+        child = self._p_frames.get(camera)
+        if child is None:  # labels() looks the child up under a lock: once per camera
+            child = self._p_frames[camera] = self.p_frames.labels(camera)
+        return child
 
     def reject(self, camera: str, reason: str) -> None:
         with self._lock:
@@ -155,11 +167,11 @@ class ServiceStats:
                 cam.disconnects += 1
 
     # -- assembly, queue, inference, publish ----------------------------------------------
-    def set_assembled(self) -> None:
+    def set_assembled(self, n: int = 1) -> None:
         with self._lock:
-            self.assembled += 1
-            self._rate_in.add()
-        self.p_assembled.inc()
+            self.assembled += n
+            self._rate_in.add(n)
+        self.p_assembled.inc(n)
 
     def set_dropped(self, reason: str, n: int = 1) -> None:
         with self._lock:

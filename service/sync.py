@@ -150,14 +150,25 @@ class CameraSync(Generic[T]):
     def desynchronised(self) -> list[str]:
         return [n for n, c in self._cams.items() if c.state is SyncState.DESYNCHRONISED]
 
+    def place_in_line(self, camera: str, frame: int, t_ns: int) -> int | None:
+        """The common case of :meth:`place` without building its result: a synchronised
+        camera with nothing held sent a frame in line; it is accepted and its set index
+        returned. None: nothing was done, call :meth:`place`."""
+        cam = self._cams[camera]
+        s = frame - cam.offset
+        if cam.state is SyncState.SYNCED and not cam.held and self._in_line(cam, s):
+            self._accept(cam, s, t_ns, self._clock())
+            return s
+        return None
+
     def place(self, camera: str, frame: int, t_ns: int, item: T) -> Placed[T]:
         """Where to assemble this frame, and frames held before that it releases."""
+        s = self.place_in_line(camera, frame, t_ns)
+        if s is not None:  # the common case: nothing held to settle
+            return Placed([(s, item)])
         cam = self._cams[camera]
         now = self._clock()
         s = frame - cam.offset
-        if cam.state is SyncState.SYNCED and not cam.held and self._in_line(cam, s):
-            self._accept(cam, s, t_ns, now)  # the common case: nothing held to settle
-            return Placed([(s, item)])
         if self._in_line(cam, s):
             out = self._give_up(cam)
             self._back_in_line(cam)
