@@ -17,7 +17,9 @@ For each frame size and transport (``tcp://``, ``ipc://``), in one run:
   (``drop_oldest``), p50/p99 from camera timestamp to publication.
 
 Resident memory of this process (the service) is printed at the start and the end of
-the long run at the middle size (``--rss-sets`` frame sets).
+the long run at the middle size (``--rss-sets`` frame sets). Beside the rates, the CPU
+time of this process per frame set (all its threads), in the pipeline's ceiling step and
+in the raw transport: the work per set, which the machine's load moves less than rates.
 """
 
 from __future__ import annotations
@@ -68,6 +70,11 @@ class SizeResult:
     rss_samples_mb: list[float] | None = None  # every 1/5 of the long run
     engine_fps: float | None = None  # the engine alone on the same raw sets (not null)
     service_engine_ratio: float | None = None
+    # CPU time of the receiving process per frame set (every thread, user + system), us:
+    # the pipeline at its ceiling, the raw transport (mean of its two runs); less
+    # sensitive to the machine's load than the rates
+    cpu_us_per_set: float | None = None
+    raw_cpu_us_per_set: float | None = None
 
 
 def camera_images(size: int, n: int = 8, seed: int = 0) -> np.ndarray:
@@ -133,8 +140,11 @@ def raw_transport(
     images: np.ndarray,
     seconds: float,
     tag: str = "",
+    cpu_us: list[float] | None = None,
 ) -> float:
-    """Frame sets/s through 4 PUSH -> 4 PULL sockets, one copy per message."""
+    """Frame sets/s through 4 PUSH -> 4 PULL sockets, one copy per message; appends
+    this process's CPU time per frame set (us) to ``cpu_us``."""
+    cpu_us = [] if cpu_us is None else cpu_us
     ctx = zmq.Context()
     socks, eps = [], []
     for k in range(PLANES):
@@ -172,9 +182,11 @@ def raw_transport(
         n = max(int(probe * seconds), PROBE_SETS)
         for s in stamps:
             s.clear()
+        cpu0 = _cpu_s()
         prod.start(PROBE_SETS, n, 0.0)
         prod.wait()
         _wait_counts(counts, PROBE_SETS + n)
+        cpu_us.append((_cpu_s() - cpu0) / n * 1e6)
         return _rate(stamps, n)
     finally:
         prod.close()
@@ -184,6 +196,12 @@ def raw_transport(
         for s in socks:
             s.close(linger=0)
         ctx.term()
+
+
+def _cpu_s() -> float:
+    """CPU time of this process (every thread, user + system), s."""
+    t = psutil.Process().cpu_times()
+    return t.user + t.system
 
 
 def _wait_counts(counts: list[int], n: int, timeout_s: float = 60.0) -> None:
@@ -270,6 +288,7 @@ def pipeline_steps(
         ceiling = _send(pipeline, prod, sub, first, n, 0.0, "block")
         first += n
         out["fps"] = ceiling["fps"]
+        out["cpu_us"] = ceiling["cpu_us"]
         rate = 0.5 * ceiling["fps"]
         paced = _send(pipeline, prod, sub, first, max(int(rate * seconds), 50), rate, "drop_oldest")
         first += paced["sent"]
@@ -299,6 +318,7 @@ def _send(
 ) -> dict[str, Any]:
     pipeline.update_config({"drop_policy": policy})
     drops0 = _drops(pipeline)
+    cpu0 = _cpu_s()
     t0 = prod.start(first, count, rate)
     prod.wait()
     deadline = time.monotonic() + 120
@@ -307,6 +327,7 @@ def _send(
         if got + _drops(pipeline) - drops0 >= count and pipeline.batcher.depth == 0:
             break
         time.sleep(0.05)
+    cpu_us = (_cpu_s() - cpu0) / count * 1e6
     rows = [r for r in sub.rows if first <= r[0] < first + count]
     lat = np.array([(p - c) / 1e6 for _, c, p in rows]) if rows else np.zeros(1)
     pubs = sorted(p for *_, p in rows)
@@ -330,6 +351,7 @@ def _send(
         "fps": fps,
         "p50_ms": float(np.percentile(lat, 50)),
         "p99_ms": float(np.percentile(lat, 99)),
+        "cpu_us": cpu_us,
     }
 
 
@@ -387,7 +409,8 @@ def run(
                 folder = Path(tmp) / f"{transport}{size}"
                 folder.mkdir()
                 # raw transport timed right before and after the pipeline (same load)
-                raw_before = raw_transport(target, transport, folder, images, seconds)
+                raw_cpu: list[float] = []
+                raw_before = raw_transport(target, transport, folder, images, seconds, "", raw_cpu)
                 settings = pipeline_settings(engine, size, registration, transport, folder, model)
                 long_run = rss_sets if (size == rss_size and transport == transports[0]) else 0
                 pipe = pipeline_steps(target, subscriber, settings, images, seconds, long_run)
@@ -397,7 +420,9 @@ def run(
                     if engine != "null"
                     else None
                 )
-                raw_after = raw_transport(target, transport, folder, images, seconds, "after")
+                raw_after = raw_transport(
+                    target, transport, folder, images, seconds, "after", raw_cpu
+                )
                 raw = (raw_before + raw_after) / 2
                 results.append(
                     SizeResult(
@@ -420,6 +445,8 @@ def run(
                         rss_samples_mb=pipe.get("rss_samples_mb"),
                         engine_fps=_r(alone),
                         service_engine_ratio=round(pipe["fps"] / alone, 3) if alone else None,
+                        cpu_us_per_set=round(pipe["cpu_us"], 1),
+                        raw_cpu_us_per_set=round(float(np.mean(raw_cpu)), 1),
                     )
                 )
                 print_row(results[-1], flush=True)
@@ -433,7 +460,7 @@ def _r(v: float | None) -> float | None:
 HEADER = (
     f"{'size':>9} {'transport':>9} {'raw fps':>9} {'pipeline fps':>12} {'ratio':>6} "
     f"{'MB/s':>7} {'raw MB/s':>8} {'@50% fps':>8} {'deliv/sent':>11} {'p50 ms':>7} "
-    f"{'p99 ms':>7}"
+    f"{'p99 ms':>7} {'CPU us/set':>10} {'raw CPU':>7}"
 )
 
 
@@ -442,7 +469,7 @@ def print_row(r: SizeResult, flush: bool = False) -> None:
         f"{PLANES}x{r.size}x{r.size:<4} {r.transport:>9} {r.raw_fps:>9.1f} "
         f"{r.pipeline_fps:>12.1f} {r.ratio:>6.3f} {r.pipeline_mb_s:>7.1f} {r.raw_mb_s:>8.1f} "
         f"{r.paced_fps:>8.1f} {f'{r.delivered}/{r.sent}':>11} {r.p50_ms:>7.2f} "
-        f"{r.p99_ms:>7.2f}",
+        f"{r.p99_ms:>7.2f} {r.cpu_us_per_set:>10.1f} {r.raw_cpu_us_per_set:>7.1f}",
         flush=flush,
     )
     if r.rss_sets:

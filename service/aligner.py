@@ -243,6 +243,13 @@ class FrameAssembler:
         self._released_any = True
 
 
+class Accepted(NamedTuple):
+    """What :meth:`Aligner.accept_many` did: a set completed, and the camera's lead."""
+
+    completed: bool
+    lead: int
+
+
 class _Job(NamedTuple):
     """One frame reserved in its set's buffer: copy ``msg.image`` into ``view``, then
     finish it."""
@@ -382,13 +389,13 @@ class Aligner:
 
     # -- ingest thread -------------------------------------------------------------------------
     def accept(self, camera: str, msg: FrameMessage) -> bool:
-        """:meth:`accept_many` of one frame."""
-        return self.accept_many(camera, [msg])
+        """:meth:`accept_many` of one frame; True when it completed a set."""
+        return self.accept_many(camera, [msg]).completed
 
-    def accept_many(self, camera: str, msgs: list[FrameMessage]) -> bool:
+    def accept_many(self, camera: str, msgs: list[FrameMessage]) -> Accepted:
         """Place and assemble validated frames of one camera, in arrival order; rejects
-        are counted. True when a frame set was completed (:meth:`pop_ready` may have
-        something).
+        are counted. Returns whether a frame set was completed (:meth:`pop_ready` may
+        have something) and the camera's :meth:`lead` after these frames.
 
         The frames of one call are placed under one hold of the lock, their payloads
         copied into the sets' buffers outside it (numpy releases the GIL for it, so the
@@ -407,12 +414,13 @@ class Aligner:
                     continue
                 placed = run.sync.place(camera, msg.frame, msg.t_ns, msg)
                 self._reserve_placed(run, camera, placed, jobs)
-        if not jobs:
-            return False
+            if not jobs:
+                return Accepted(False, self._runs[-1].sync.lead(camera))
         for job in jobs:
             np.copyto(job.view, job.msg.image)
         with self._lock:
-            return self._finish(camera, jobs, t_recv_ns)
+            completed = self._finish(camera, jobs, t_recv_ns)
+            return Accepted(completed, self._runs[-1].sync.lead(camera))
 
     def _run_for(self, acquisition: str | None) -> _Run | None:
         if acquisition is None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import zmq
@@ -124,39 +125,49 @@ class Ingest:
 
     def receive_camera(self, cam: CameraEndpoint, timeout_ms: int) -> list[FrameMessage]:
         """Valid frames of one camera that arrived within ``timeout_ms`` (its thread only):
-        up to ``DRAIN_PER_POLL`` messages taken at once, counted once, then validated."""
+        up to ``DRAIN_PER_POLL`` messages taken at once, counted once, then validated.
+
+        While messages are waiting, neither a poll nor the ``zmq.Again`` of an empty
+        socket is paid for: ``ZMQ_EVENTS`` says whether the next one is there."""
         if cam.poller is None:
             cam.poller = zmq.Poller()
             cam.poller.register(cam.sock, zmq.POLLIN)
             cam.poller.register(cam.monitor, zmq.POLLIN)
-        out: list[FrameMessage] = []
-        for sock, _ in cam.poller.poll(timeout_ms):
-            if sock is cam.monitor:
+        sock = cam.sock
+        if cast(int, cam.monitor.get(zmq.EVENTS)) & zmq.POLLIN:
+            self._monitor_event(cam)
+        if not cast(int, sock.get(zmq.EVENTS)) & zmq.POLLIN:
+            ready = dict(cam.poller.poll(timeout_ms))
+            if cam.monitor in ready:
                 self._monitor_event(cam)
-                continue
-            received = []
-            recv = sock.recv
-            for _ in range(DRAIN_PER_POLL):
-                try:
-                    part = recv(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                parts = [part]  # recv_multipart, without a getsockopt(RCVMORE) per part
-                while part.more:  # the other parts arrived with the first
-                    part = recv(zmq.NOBLOCK, copy=False)
-                    parts.append(part)
-                received.append(parts)
-            if not received:
-                continue
-            self.stats.frames_in(cam.name, len(received))
-            cam.state = CameraState.STREAMING
-            decode = cam.decoder.decode if cam.decoder is not None else None
-            for parts in received:
-                msg = decode(parts) if decode is not None else None
-                if msg is None:  # off the fast path: the full checks (a reject, usually)
-                    msg = self._checked(cam, parts)
-                if msg is not None:
-                    out.append(msg)
+            if sock not in ready:
+                return []
+        received = []
+        recv = sock.recv
+        for _ in range(DRAIN_PER_POLL):
+            try:
+                part = recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:  # not expected after ZMQ_EVENTS said POLLIN
+                break
+            parts = [part]  # recv_multipart, without a getsockopt(RCVMORE) per part
+            while part.more:  # the other parts arrived with the first
+                part = recv(zmq.NOBLOCK, copy=False)
+                parts.append(part)
+            received.append(parts)
+            if not cast(int, sock.get(zmq.EVENTS)) & zmq.POLLIN:
+                break
+        if not received:
+            return []
+        self.stats.frames_in(cam.name, len(received))
+        cam.state = CameraState.STREAMING
+        out: list[FrameMessage] = []
+        decode = cam.decoder.decode if cam.decoder is not None else None
+        for parts in received:
+            msg = decode(parts) if decode is not None else None
+            if msg is None:  # off the fast path: the full checks (a reject, usually)
+                msg = self._checked(cam, parts)
+            if msg is not None:
+                out.append(msg)
         return out
 
     def receive(self, timeout_ms: int) -> Iterator[tuple[CameraEndpoint, FrameMessage]]:

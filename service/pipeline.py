@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import zmq
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 POLL_MS = 20
 LEAD_WAIT_S = 0.002
+FLUSH_EVERY_S = 0.005
 IDLE_TICK_S = 0.05
 JOIN_TIMEOUT_S = 10.0
 
@@ -210,15 +212,24 @@ class Pipeline:
         slowest active one waits (backpressure, as on one trigger): the threads are
         scheduled unevenly, and an unchecked lead would overflow the assembly window."""
         assert self.ingest is not None
+        lead = 0  # sets ahead of the slowest active camera, as of its latest frames
+        flushed = time.monotonic()
         while not self._stop.is_set():
-            if self.aligner.lead(cam.name) > self.aligner.max_lead:
+            if lead > self.aligner.max_lead:
                 self._stop.wait(LEAD_WAIT_S)
                 self._flush()
+                lead = self.aligner.lead(cam.name)
                 continue
             msgs = self.ingest.receive_camera(cam, POLL_MS)  # what arrived, at most a drain
+            completed = False
             if msgs:
-                self.aligner.accept_many(cam.name, msgs)
-            self._flush()  # completed sets, timeouts, overflow, acquisitions that ended
+                completed, lead = self.aligner.accept_many(cam.name, msgs)
+            now = time.monotonic()
+            # completed sets at once; timeouts, overflow and acquisitions that ended at
+            # least every FLUSH_EVERY_S (a flush costs as much as taking the frames in)
+            if completed or not msgs or now - flushed >= FLUSH_EVERY_S:
+                self._flush()
+                flushed = now
 
     def _flush(self) -> None:
         """Queue the completed sets in frame order, one thread at a time. A camera thread

@@ -77,6 +77,11 @@ class Publisher:
         self, batch: Batch, locs: list[Localizations], model: LoadedModel, threshold: float
     ) -> None:
         """One message per frame set of ``batch`` (frame order is the batch order)."""
+        # counted before anyone can see them, once for the batch (latency to the start of
+        # its publication; each message carries the time it was sent itself)
+        t0 = time.time_ns()
+        self.stats.published_many([t0 - fs.t_cam_ns for fs in batch.sets])
+        send = self._sock.send_multipart
         for fs, loc in zip(batch.sets, locs, strict=True):
             t_pub = time.time_ns()
             msg = LocsMessage(
@@ -93,8 +98,7 @@ class Publisher:
                 acquisition=fs.acquisition,
             )
             self._seq += 1
-            self.stats.published_one(t_pub - fs.t_cam_ns)  # counted before anyone can see it
-            self._sock.send_multipart(encode_locs(msg), copy=False)
+            send(encode_locs(msg), copy=False)
             for obs in self.observers:
                 try:
                     obs.observe(msg, fs)

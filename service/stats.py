@@ -193,13 +193,18 @@ class ServiceStats:
         self.p_batch_size.observe(size)
 
     def published_one(self, latency_ns: int) -> None:
+        self.published_many([latency_ns])
+
+    def published_many(self, latencies_ns: list[int]) -> None:
+        """Localization messages published, one latency (camera to publish) each."""
         with self._lock:
-            self.published += 1
-            self.last_published_s = time.monotonic()
-            self._rate_out.add()
-            self._latency_ms.append(latency_ns / 1e6)
-        self.p_published.inc()
-        self.p_latency.observe(max(latency_ns, 0) / 1e9)
+            self.published += len(latencies_ns)
+            self.last_published_s = now = time.monotonic()
+            self._rate_out.add(len(latencies_ns), now)
+            self._latency_ms.extend(t / 1e6 for t in latencies_ns)
+        self.p_published.inc(len(latencies_ns))
+        for t in latencies_ns:
+            self.p_latency.observe(max(t, 0) / 1e9)
 
     def model_switched(self, name: str, version: str, backend: str, first: bool) -> None:
         with self._lock:

@@ -133,19 +133,21 @@ class CameraSync(Generic[T]):
         """How many sets ``camera`` is ahead of the slowest other synchronised camera that
         sent within ``active_s`` (0 when none or it is not ahead)."""
         cam = self._cams[camera]
-        mine = cam.newest()
-        if mine is None:
+        if not cam.recent:
             return 0
         now = self._clock()
-        behind = [
-            newest
-            for name, c in self._cams.items()
-            if name != camera
-            and c.state is SyncState.SYNCED
-            and (newest := c.newest()) is not None
-            and now - c.last_arrival <= self.active_s
-        ]
-        return max(mine - min(behind), 0) if behind else 0
+        slowest: int | None = None  # (a plain loop: this runs for every batch of frames)
+        for name, c in self._cams.items():
+            if (
+                name != camera
+                and c.state is SyncState.SYNCED
+                and c.recent
+                and now - c.last_arrival <= self.active_s
+            ):
+                newest = c.recent[-1][0]
+                if slowest is None or newest < slowest:
+                    slowest = newest
+        return 0 if slowest is None else max(cam.recent[-1][0] - slowest, 0)
 
     def desynchronised(self) -> list[str]:
         return [n for n, c in self._cams.items() if c.state is SyncState.DESYNCHRONISED]
