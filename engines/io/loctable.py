@@ -200,6 +200,10 @@ class TableWriter(ABC):
         self.path = Path(path)
         self.meta = meta
         self.extra_columns = tuple(extra_columns)
+        taken = set(meta.csv_header()) | set(PICASSO_FIELDS) | set(SIGMA_FIELDS)
+        clash = [c for c in self.extra_columns if c in taken]
+        if clash:
+            raise ValueError(f"extra columns {clash} would repeat standard table columns")
         self.rows = 0
         self._tmp = reserve_temp(self.path)
         self._done = False
