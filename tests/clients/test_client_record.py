@@ -36,9 +36,11 @@ def locs_message(seq: int, frame: int, n: int) -> LocsMessage:
     rng = np.random.default_rng(frame)
     xyz = (rng.random((n, 3)) * [12288, 12288, 1600]).astype(np.float32)
     conf = np.full(n, 0.5 + (frame % 50) / 100, np.float32)
-    return LocsMessage(
-        "voxloc", seq, frame, "default", "1", 0.5, 1, 2, 3, Localizations(frame, xyz, conf)
-    )
+    photons = rng.uniform(500, 5000, n).astype(np.float32)
+    background = rng.uniform(2, 30, n).astype(np.float32)
+    precision = rng.uniform(4, 40, (n, 3)).astype(np.float32)
+    locs = Localizations(frame, xyz, conf, photons, background, precision)
+    return LocsMessage("voxloc", seq, frame, "default", "1", 0.5, 1, 2, 3, locs)
 
 
 @pytest.fixture
@@ -119,6 +121,10 @@ def test_record_writes_every_frame_in_format(
     assert np.array_equal(table.frame, rows[:, 0].astype(int))
     assert np.allclose(table.xyz_nm, rows[:, 1:4], atol=0.01)
     assert np.allclose(table.confidence, rows[:, 4], atol=1e-4)
+    # photometry and precision travel over the wire into the file
+    assert np.allclose(table.photons, rows[:, 5], atol=0.05)
+    assert np.allclose(table.background, rows[:, 6], atol=5e-4)
+    assert np.allclose(table.precision_nm, rows[:, 7:10], atol=5e-3)
 
 
 @pytest.fixture
