@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from clients.dashboard.live import LiveImage, LiveState
 from clients.render import RenderMode, RenderSettings
 from service.api.auth import MUTATING_ERRORS, mutating
+from service.api.schemas import ErrorAnswer
 from service.curve import CurveClientKeys
 
 if TYPE_CHECKING:
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
 HEARTBEAT_S = 10.0
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorAnswer, "description": "the body could not be read (not UTF-8 JSON)"},
+    422: {"model": ErrorAnswer, "description": "not a rendering mode; the detail says which"},
+}
 
 
 class DashboardInfo(BaseModel):
@@ -184,7 +189,9 @@ def _add_routes(router: APIRouter, live: LiveImage) -> None:
         live.reset()
         return DashboardReset(reset=True, version=live.snapshot.version)
 
-    @router.put("/dashboard/render", dependencies=mutating, responses=MUTATING_ERRORS)
+    @router.put(
+        "/dashboard/render", dependencies=mutating, responses={**MUTATING_ERRORS, **BODY_ERRORS}
+    )
     def set_render(body: DashboardRender) -> DashboardRender:
         """Switch the image's rendering (this dashboard's view only); both images are
         accumulated all along, so the switch shows the whole acquisition."""
