@@ -38,6 +38,7 @@ from engines.types import BASE_COLUMNS, LOC_COLUMNS, Localizations
 
 CSV_SUFFIXES = (".csv",)
 HDF5_SUFFIXES = (".h5", ".hdf5")
+SMLM_SUFFIXES = (".smlm",)
 # ThunderSTORM columns computed from LOC_COLUMNS when a CSV is written (and dropped, not
 # kept as extra columns, when one is read): the background's shot-noise standard deviation
 # sqrt(offset), photons, and the lateral precision sqrt((sx^2 + sy^2) / 2), nm.
@@ -422,25 +423,37 @@ def table_format(path: Path) -> str:
         return "csv"
     if suffix in HDF5_SUFFIXES:
         return "hdf5"
+    if suffix in SMLM_SUFFIXES:
+        return "smlm"
     raise FormatError(
         f"output {path}: unknown table format {suffix or '(no extension)'!r}; "
-        "expected .csv (ThunderSTORM) or .h5 / .hdf5 (Picasso)"
+        "expected .csv (ThunderSTORM), .h5 / .hdf5 (Picasso) or .smlm (SMLM, ShareLoc)"
     )
 
 
 def open_table_writer(
     path: str | Path, meta: TableMeta, extra_columns: Sequence[str] = ()
 ) -> TableWriter:
-    """A CSV or HDF5 writer chosen by the file extension."""
+    """A CSV, HDF5 or SMLM writer chosen by the file extension."""
     path = Path(path)
-    cls = CsvWriter if table_format(path) == "csv" else Hdf5Writer
+    kind = table_format(path)
+    if kind == "smlm":
+        from engines.io.smlm import SmlmWriter
+
+        return SmlmWriter(path, meta, extra_columns)
+    cls = CsvWriter if kind == "csv" else Hdf5Writer
     return cls(path, meta, extra_columns)
 
 
 def read_table(path: str | Path) -> LocTable:
-    """Read a CSV or HDF5 table back (frames counting from 0, positions in nm)."""
+    """Read a CSV, HDF5 or SMLM table back (frames counting from 0, positions in nm)."""
     path = Path(path)
-    return read_csv(path) if table_format(path) == "csv" else read_hdf5(path)[0]
+    kind = table_format(path)
+    if kind == "smlm":
+        from engines.io.smlm import read_smlm
+
+        return read_smlm(path)[0]
+    return read_csv(path) if kind == "csv" else read_hdf5(path)[0]
 
 
 def read_csv(path: Path) -> LocTable:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.errors import OutputError
+from engines.errors import FormatError, OutputError
 from engines.io.atomic import atomic_output
 from engines.io.loctable import (
     LocTable,
@@ -146,6 +146,10 @@ class Hdf5StreamWriter(StreamWriter):
 def open_stream_writer(path: str | Path, meta: TableMeta) -> StreamWriter:
     """A CSV or HDF5 stream writer chosen by the extension (.csv / .h5 / .hdf5)."""
     path = Path(path)
-    return (
-        CsvStreamWriter(path, meta) if table_format(path) == "csv" else Hdf5StreamWriter(path, meta)
-    )
+    kind = table_format(path)
+    if kind == "smlm":
+        raise FormatError(
+            f"{path}: an .smlm file is written whole at the end, so it cannot be recorded "
+            "as a stream; record to .csv or .h5 (and convert afterwards if needed)"
+        )
+    return CsvStreamWriter(path, meta) if kind == "csv" else Hdf5StreamWriter(path, meta)

@@ -77,8 +77,10 @@ def test_localizations_rows_round_trip_and_legacy_rows():
         Localizations.from_array(0, rows[:, :7])
 
 
-@pytest.mark.parametrize("name", ["t.csv", "t.h5"])
-@pytest.mark.parametrize("stream", [False, True], ids=["batch", "stream"])
+@pytest.mark.parametrize(
+    "name, stream",
+    [("t.csv", False), ("t.h5", False), ("t.smlm", False), ("t.csv", True), ("t.h5", True)],
+)
 def test_every_format_round_trips_photometry_and_precision(tmp_path, name, stream):
     locs = _locs(np.random.default_rng(1))
     out = tmp_path / name
@@ -125,6 +127,40 @@ def test_hdf5_precision_in_pixels_and_camera_in_yaml(tmp_path):
     movie = next(yaml.safe_load_all((tmp_path / "t.yaml").read_text()))
     assert movie["Camera"] == "emccd" and movie["Baseline"] == 98.0
     assert movie["Sensitivity"] == 11.0 and movie["Gain"] == 150.0 and movie["Qe"] == 0.8
+
+
+def test_smlm_file_manifest_units_and_locan(tmp_path):
+    import json
+    import zipfile
+
+    locs = _locs(np.random.default_rng(8))
+    out = tmp_path / "t.smlm"
+    with open_table_writer(out, _meta(source="stack.tif"), extra_columns=("id",)) as w:
+        w.write(locs, {"id": np.arange(20.0)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.smlm"]  # no temp left
+    with zipfile.ZipFile(out) as zf:
+        manifest = json.loads(zf.read("manifest.json"))
+    fmt = manifest["formats"]["smlm-table(binary)"]
+    assert manifest["format_version"] == "0.2" and manifest["files"][0]["rows"] == 20
+    assert fmt["headers"][:3] == ["frame", "x", "y"] and fmt["headers"][-1] == "id"
+    assert dict(zip(fmt["headers"], fmt["units"], strict=True))["x_precision"] == "nm"
+    assert manifest["voxloc"][1]["Pixelsize"] == PX
+    table = read_table(out)
+    assert table.frame.tolist() == [f for f in range(4) for _ in range(5)]  # from 0
+    assert table.extra["id"].tolist() == list(range(20))
+    locan = pytest.importorskip("locan", reason="locan is a test dependency")
+    data = locan.load_SMLM_file(out).data
+    np.testing.assert_allclose(data["position_x"], _concat(locs, "xyz_nm")[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(data["intensity"], _concat(locs, "photons"), rtol=1e-6)
+    np.testing.assert_allclose(data["local_background"], _concat(locs, "background"), rtol=1e-6)
+
+
+def test_smlm_is_not_a_stream_format(tmp_path):
+    from engines.errors import FormatError
+
+    with pytest.raises(FormatError, match=r"cannot be recorded as a stream; record to .csv"):
+        open_stream_writer(tmp_path / "rec.smlm", _meta())
+    assert not (tmp_path / "rec.smlm").exists()
 
 
 def test_psf_width_is_the_models_sharpest_plane_sigma():
