@@ -63,6 +63,7 @@ CSV_HEADER: tuple[str, ...] = LOC_COLUMNS + DERIVED_CSV_COLUMNS
 # ``sy`` in pixels (as Picasso's Localize).
 SIGMA_CSV_COLUMNS: tuple[str, ...] = ("sigma1 [nm]", "sigma2 [nm]")
 SIGMA_FIELDS: tuple[str, ...] = ("sx", "sy")
+UNKNOWN = np.full(0, np.nan)  # a LocTable photometry field not given: NaN in every row
 PSF_WIDTH_NOTE = "Gaussian-equivalent width of the model's PSF in its sharpest plane"
 # Picasso fields after frame, x, y, z, confidence: photons, background per pixel (photons),
 # lateral precision (pixels), axial precision (nm).
@@ -85,22 +86,22 @@ class LocTable:
             unknown.
         precision_nm: ``(N, 3)`` float64 one-sigma precision of x, y, z, nm; NaN where
             unknown.
-        Left out (``None``), the photometry fields are NaN.
+        Left out (or :data:`UNKNOWN`), the photometry fields are NaN.
     """
 
     frame: np.ndarray
     xyz_nm: np.ndarray
     confidence: np.ndarray
     extra: dict[str, np.ndarray] = field(default_factory=dict)
-    photons: np.ndarray = None  # type: ignore[assignment]  # None: NaN, filled below
-    background: np.ndarray = None  # type: ignore[assignment]
-    precision_nm: np.ndarray = None  # type: ignore[assignment]
+    photons: np.ndarray = field(default_factory=lambda: UNKNOWN)
+    background: np.ndarray = field(default_factory=lambda: UNKNOWN)
+    precision_nm: np.ndarray = field(default_factory=lambda: UNKNOWN)
 
     def __post_init__(self) -> None:
         n = len(self)
         for name, shape in (("photons", (n,)), ("background", (n,)), ("precision_nm", (n, 3))):
             value = getattr(self, name)
-            if value is None:
+            if value is UNKNOWN:
                 value = np.full(shape, np.nan)
             setattr(self, name, np.asarray(value, np.float64).reshape(shape))
 
@@ -123,9 +124,9 @@ class LocTable:
             rows[:, 1:4],
             rows[:, 4],
             dict(extra or {}),
-            rows[:, 5] if full else None,
-            rows[:, 6] if full else None,
-            rows[:, 7:10] if full else None,
+            rows[:, 5] if full else UNKNOWN,
+            rows[:, 6] if full else UNKNOWN,
+            rows[:, 7:10] if full else UNKNOWN,
         )
 
     def to_rows(self) -> np.ndarray:

@@ -158,10 +158,11 @@ def read_smlm(path: Path) -> tuple[LocTable, dict[str, Any]]:
     if len(data) != rows * dtype.itemsize:
         raise FormatError(f"{path}: {len(data)} bytes for {rows} rows of {dtype.itemsize}")
     rec = np.frombuffer(data, dtype)
+    names = dtype.names or ()
     units = dict(zip(fmt["headers"], fmt.get("units", []), strict=False))
 
     def column(name: str, default: float = np.nan) -> np.ndarray:
-        if name not in rec.dtype.names:
+        if name not in names:
             return np.full(rows, default)
         scale = 1.0
         if name in ("x", "y", "z") or name.endswith("_precision"):
@@ -176,7 +177,7 @@ def read_smlm(path: Path) -> tuple[LocTable, dict[str, Any]]:
         column("frame", 0).astype(np.int64),
         np.column_stack([column("x"), column("y"), column("z", 0.0)]),
         column("confidence", 1.0),
-        {n: rec[n].astype(np.float64) for n in rec.dtype.names if n not in known},
+        {n: rec[n].astype(np.float64) for n in names if n not in known},
         column("intensity"),
         column("background"),
         np.column_stack([column(f"{a}_precision") for a in "xyz"]),
