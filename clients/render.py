@@ -231,7 +231,7 @@ def lateral_sigma_nm(
     if precision_nm is None:
         sigma = np.full((n, 2), settings.sigma_nm)
     else:
-        sigma = np.asarray(precision_nm, np.float64).reshape(n, -1)[:, :2].copy()
+        sigma = np.asarray(precision_nm, np.float64).reshape(n, 3)[:, :2].copy()
         sigma[~(np.isfinite(sigma) & (sigma > 0))] = settings.sigma_nm
     return np.maximum(sigma, max(settings.min_sigma_nm, 1e-3))
 

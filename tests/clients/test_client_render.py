@@ -131,6 +131,8 @@ def test_precision_mode_blurs_each_localization_by_its_own_precision() -> None:
     assert 0 < sharp < fallback < wide  # 5 nm < 25 nm (no precision: sigma_nm) < 40 nm
     plain = render(xyz, settings.model_copy(update={"mode": "hist"}), (600.0, 200.0), precision)
     assert (plain.sum(-1) > 0).sum() == 3  # hist mode ignores the precision
+    empty = render(np.zeros((0, 3)), settings, (600.0, 200.0), np.zeros((0, 3)))
+    assert empty.shape == (20, 60, 3) and not empty.any()  # frame sets without localizations
 
 
 def test_render_cli_precision_mode_reads_the_tables_precision(
