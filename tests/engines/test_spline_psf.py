@@ -203,23 +203,34 @@ def random_positions(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, tor
     return x, y, z
 
 
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+    ),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("exact", [False, True])
-def test_windows_equal_a_direct_evaluation_of_the_spline(exact):
+def test_windows_equal_a_direct_evaluation_of_the_spline(exact, device):
     spline = random_spline()
     x, y, z = random_positions(60, seed=1)
     for plane in range(spline.planes):
         ref, r_ref, c_ref = reference_windows(spline, plane, x.numpy(), y.numpy(), z.numpy())
         scale = np.abs(ref).max()
         for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
-            xt, yt, zt = (a.to(dtype) for a in (x, y, z))
-            win, row0, col0 = spline.windows(plane, xt, yt, zt, exact=exact)
+            xt, yt, zt = (a.to(device, dtype) for a in (x, y, z))
+            win, row0, col0 = (t.cpu() for t in spline.windows(plane, xt, yt, zt, exact=exact))
             assert win.dtype == dtype
             assert np.array_equal(row0.numpy(), r_ref) and np.array_equal(col0.numpy(), c_ref)
             err = np.abs(win.double().numpy() - ref).max()
             assert err < tol * scale, (plane, dtype, err / scale)
 
 
-def test_render_spline_equals_windows_summed_one_by_one():
+@pytest.mark.parametrize("device", DEVICES)
+def test_render_spline_equals_windows_summed_one_by_one(device):
     from engines.spline_psf import render_spline
 
     spline = random_spline(2)
@@ -242,9 +253,8 @@ def test_render_spline_equals_windows_summed_one_by_one():
             ref[b, k] = canvas[20 : 20 + side, 20 : 20 + side]
     scale = np.abs(ref).max()
     for exact in (False, True):
-        got = render_spline(
-            spline, xyz.float(), amp.float(), drift.float(), height=side, width=side, exact=exact
-        )
+        args = (t.to(device, torch.float32) for t in (xyz, amp, drift))
+        got = render_spline(spline, *args, height=side, width=side, exact=exact).cpu()
         assert got.shape == ref.shape and got.dtype == torch.float32
         assert np.abs(got.double().numpy() - ref).max() < 1e-5 * scale, exact
 
