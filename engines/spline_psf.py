@@ -302,7 +302,7 @@ class SplinePSF:
         row0, col0, iv, iu, wv, wu = self._lateral(x_nm, y_nm)
         zi, ww = self._axial(z_nm)
         c = self._coeffs(dev, dtype)[plane]  # (Z, G, G)
-        blend = torch.bmm(ww[:, None, :], c[zi].reshape(n, -1, g * g)).reshape(n, g, g)
+        blend = torch.bmm(ww[:, None, :], c[zi].reshape(n, 4, g * g)).reshape(n, g, g)
         taps = torch.arange(4, device=dev)
         pix = torch.arange(side, device=dev) * s
         rows = (iv[:, None, None] + pix[None, :, None] + taps).reshape(n, side * 4, 1)

@@ -257,6 +257,8 @@ def test_render_spline_equals_windows_summed_one_by_one(device):
         got = render_spline(spline, *args, height=side, width=side, exact=exact).cpu()
         assert got.shape == ref.shape and got.dtype == torch.float32
         assert np.abs(got.double().numpy() - ref).max() < 1e-5 * scale, exact
+        empty = render_spline(spline, xyz, amp * 0, drift, height=side, width=side, exact=exact)
+        assert empty.shape == ref.shape and not empty.any()  # only padding: blank frames
 
 
 def test_fast_windows_have_the_exact_paths_position_gradient():
