@@ -129,9 +129,7 @@ def localize_stack(
                     f"has {exc.count} NaN/inf pixels"
                 ) from exc
             if not np.all(scale == 1):
-                locs = [
-                    Localizations(loc.frame, loc.xyz_nm * scale, loc.confidence) for loc in locs
-                ]
+                locs = [loc.with_xyz(loc.xyz_nm * scale) for loc in locs]
             writer.write(locs)
             bar.update(frames.shape[0])
             bar.set_postfix(locs=writer.rows, refresh=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -20,6 +20,9 @@ ACCEPTED_DTYPE_NAMES = (
 )
 
 
+_UNKNOWN = np.full(0, np.nan, np.float32)  # default of the photometry fields: NaN, N rows
+
+
 @dataclass(frozen=True)
 class Localizations:
     """Localizations of one frame (one time point).
@@ -28,11 +31,26 @@ class Localizations:
         frame: frame index, counting from 0.
         xyz_nm: ``(N, 3)`` float32 positions (x, y, z), nm, CONVENTIONS.md geometry.
         confidence: ``(N,)`` float32 voxel probability in [0, 1].
+        photons: ``(N,)`` float32 photons of the molecule summed over the planes
+            (after baseline, gain and QE); NaN where unknown.
+        background: ``(N,)`` float32 background per pixel and plane, photons; NaN where
+            unknown.
+        precision_nm: ``(N, 3)`` float32 one-sigma precision of x, y, z, nm; NaN where
+            unknown.
     """
 
     frame: int
     xyz_nm: np.ndarray
     confidence: np.ndarray
+    photons: np.ndarray = field(default_factory=lambda: _UNKNOWN)
+    background: np.ndarray = field(default_factory=lambda: _UNKNOWN)
+    precision_nm: np.ndarray = field(default_factory=lambda: _UNKNOWN)
+
+    def __post_init__(self) -> None:
+        n = int(self.confidence.shape[0])
+        for name, shape in (("photons", (n,)), ("background", (n,)), ("precision_nm", (n, 3))):
+            if getattr(self, name) is _UNKNOWN:
+                object.__setattr__(self, name, np.full(shape, np.nan, np.float32))
 
     def __len__(self) -> int:
         return int(self.confidence.shape[0])
@@ -44,6 +62,10 @@ class Localizations:
         out[:, 1:4] = self.xyz_nm
         out[:, 4] = self.confidence
         return out
+
+    def with_xyz(self, xyz_nm: np.ndarray) -> Localizations:
+        """The same localizations at other positions (photometry and precision kept)."""
+        return replace(self, xyz_nm=np.asarray(xyz_nm, np.float32))
 
     @classmethod
     def from_array(cls, frame: int, rows: np.ndarray) -> Localizations:
