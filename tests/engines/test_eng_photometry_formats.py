@@ -265,3 +265,16 @@ def test_locan_reads_the_csv_with_its_uncertainties(tmp_path):
     np.testing.assert_allclose(
         data["uncertainty_z"], _concat(locs, "precision_nm")[:, 2], atol=5e-3
     )
+
+
+def test_psf_width_of_a_spline_model_is_its_psfs(tmp_path):
+    from engines.psf_model import spline_ref
+    from tests.engines.test_spline_psf import SETTINGS as SPLINE_BASE
+    from tests.engines.test_spline_psf import gaussian_spline
+
+    path = gaussian_spline(SPLINE_BASE, roi_px=25).save(tmp_path / "gauss.npz")
+    psf = SPLINE_BASE.psf.model_copy(update={"spline": spline_ref(path)})
+    spline = PsfWidth.from_settings(SPLINE_BASE.model_copy(update={"psf": psf}))
+    gauss = PsfWidth.from_settings(SPLINE_BASE)  # the Gaussian the spline was sampled from
+    z = np.linspace(0, SPLINE_BASE.geometry.depth_nm, 17)
+    np.testing.assert_allclose(spline(z), gauss(z), rtol=0.03)
