@@ -30,46 +30,55 @@ from typing import Any
 
 import numpy as np
 
-from engines.config import NoiseParams, SimSettings
 from engines.errors import FormatError, OutputError
 from engines.io.atomic import discard, reserve_temp
+from engines.io.tablemeta import (
+    CSV_FMT,
+    CSV_HEADER,
+    DERIVED_CSV_COLUMNS,
+    PICASSO_FIELDS,
+    PSF_WIDTH_NOTE,
+    SIGMA_CSV_COLUMNS,
+    SIGMA_FIELDS,
+    TableMeta,
+    camera_info,
+    model_meta,
+    picasso_info,
+)
 from engines.psf_width import PsfWidth
 from engines.types import BASE_COLUMNS, LOC_COLUMNS, Localizations
+
+__all__ = [  # the table metadata is defined in engines.io.tablemeta, imported from here too
+    "CSV_FMT",
+    "CSV_HEADER",
+    "DERIVED_CSV_COLUMNS",
+    "PICASSO_FIELDS",
+    "PSF_WIDTH_NOTE",
+    "SIGMA_CSV_COLUMNS",
+    "SIGMA_FIELDS",
+    "CsvWriter",
+    "Hdf5Writer",
+    "LocTable",
+    "TableMeta",
+    "TableWriter",
+    "camera_info",
+    "csv_formats",
+    "csv_text",
+    "model_meta",
+    "open_table_writer",
+    "picasso_dtype",
+    "picasso_info",
+    "picasso_records",
+    "read_csv",
+    "read_hdf5",
+    "read_table",
+    "table_format",
+]
 
 CSV_SUFFIXES = (".csv",)
 HDF5_SUFFIXES = (".h5", ".hdf5")
 SMLM_SUFFIXES = (".smlm",)
-# ThunderSTORM columns computed from LOC_COLUMNS when a CSV is written (and dropped, not
-# kept as extra columns, when one is read): the background's shot-noise standard deviation
-# sqrt(offset), photons, and the lateral precision sqrt((sx^2 + sy^2) / 2), nm.
-DERIVED_CSV_COLUMNS: tuple[str, ...] = ("bkgstd [photon]", "uncertainty_xy [nm]")
-CSV_FMT = {
-    "frame": "%d",
-    "x [nm]": "%.3f",
-    "y [nm]": "%.3f",
-    "z [nm]": "%.3f",
-    "confidence": "%.5f",
-    "intensity [photon]": "%.1f",
-    "offset [photon]": "%.3f",
-    "uncertainty_x [nm]": "%.2f",
-    "uncertainty_y [nm]": "%.2f",
-    "uncertainty_z [nm]": "%.2f",
-    "bkgstd [photon]": "%.3f",
-    "uncertainty_xy [nm]": "%.2f",
-}
-CSV_HEADER: tuple[str, ...] = LOC_COLUMNS + DERIVED_CSV_COLUMNS
-# PSF widths (engines/psf_width.py), written when the table's metadata has the model's PSF:
-# CSV ``sigma1/2 [nm]`` (ThunderSTORM 3D; Picasso's import_ts requires them), HDF5 ``sx``,
-# ``sy`` in pixels (as Picasso's Localize).
-SIGMA_CSV_COLUMNS: tuple[str, ...] = ("sigma1 [nm]", "sigma2 [nm]")
-SIGMA_FIELDS: tuple[str, ...] = ("sx", "sy")
 UNKNOWN = np.full(0, np.nan)  # a LocTable photometry field not given: NaN in every row
-PSF_WIDTH_NOTE = "Gaussian-equivalent width of the model's PSF in its sharpest plane"
-# Picasso fields after frame, x, y, z, confidence: photons, background per pixel (photons),
-# lateral precision (pixels), axial precision (nm).
-PICASSO_FIELDS: tuple[str, ...] = (
-    "frame", "x", "y", "z", "confidence", "photons", "bg", "lpx", "lpy", "lpz"
-)  # fmt: skip
 
 
 @dataclass
@@ -168,31 +177,6 @@ class LocTable:
     def in_frame(self, frame: int) -> np.ndarray:
         """``(n, 3)`` positions of one frame (0-based), nm."""
         return self.xyz_nm[self.frame == frame]
-
-
-@dataclass(frozen=True)
-class TableMeta:
-    """What a table's readers need to know about its source (Picasso yaml keys)."""
-
-    frames: int
-    height: int
-    width: int
-    px_nm: float
-    dz_nm: float
-    planes: int
-    generated_by: str = "voxloc"
-    source: str = ""
-    data_type: str = ""
-    info: dict[str, Any] = field(default_factory=dict)
-    # The camera conversion photons were computed with (:func:`camera_info`), empty if
-    # unknown; written into the yaml's movie document as Picasso's Localize does.
-    camera: dict[str, Any] = field(default_factory=dict)
-    # The model's PSF width against z: with it, tables carry sigma1/2 [nm] (HDF5 sx, sy).
-    psf_width: PsfWidth | None = None
-
-    def csv_header(self, extra_columns: Sequence[str] = ()) -> tuple[str, ...]:
-        sigma = SIGMA_CSV_COLUMNS if self.psf_width is not None else ()
-        return CSV_HEADER + sigma + tuple(extra_columns)
 
 
 class TableWriter(ABC):
@@ -367,55 +351,6 @@ def picasso_records(table: LocTable, meta: TableMeta, dtype: np.dtype) -> np.nda
         if c not in PICASSO_FIELDS and c not in SIGMA_FIELDS:
             rec[c] = table.extra[c]
     return rec
-
-
-def camera_info(noise: NoiseParams) -> dict[str, Any]:
-    """The camera a model's photons are counted for, in Picasso's yaml names:
-    ``Camera`` (voxloc's camera model), and for a real camera ``Baseline`` (ADU),
-    ``Sensitivity`` (electrons per ADU), ``Gain`` (EM gain; 1 for sCMOS) and ``Qe``.
-    The paper's camera (Table 3) counts in intensity units: no conversion to give."""
-    if noise.mode == "paper":
-        return {"Camera": noise.mode}
-    return {
-        "Camera": noise.mode,
-        "Baseline": float(noise.baseline_adu),
-        "Sensitivity": float(noise.e_per_adu),
-        "Gain": float(noise.em_gain) if noise.mode == "emccd" else 1.0,
-        "Qe": float(noise.qe),
-    }
-
-
-def model_meta(settings: SimSettings, *, px_nm: float, dz_nm: float) -> dict[str, Any]:
-    """The :class:`TableMeta` fields a model gives (``camera``, ``psf_width``), for a
-    table in a sample of pixel ``px_nm`` and plane spacing ``dz_nm``."""
-    g = settings.geometry
-    width = PsfWidth.from_settings(settings)
-    if (px_nm, dz_nm) != (g.px_nm, g.dz_nm):
-        width = width.scaled(lateral=px_nm / g.px_nm, axial=dz_nm / g.dz_nm)
-    return {"camera": camera_info(settings.noise), "psf_width": width}
-
-
-def picasso_info(meta: TableMeta) -> list[dict[str, Any]]:
-    """The yaml documents of the sidecar: the movie's info, then the localizer's."""
-    movie = {
-        "Byte Order": "<",
-        "Data Type": meta.data_type,
-        "File": meta.source,
-        "Frames": meta.frames,
-        "Height": meta.height,
-        "Width": meta.width,
-        "Planes": meta.planes,
-        **meta.camera,
-    }
-    loc = {
-        "Generated by": meta.generated_by,
-        "Pixelsize": float(meta.px_nm),
-        "Plane spacing (nm)": float(meta.dz_nm),
-        "z unit": "nm",
-        **({"PSF width": PSF_WIDTH_NOTE} if meta.psf_width is not None else {}),
-        **meta.info,
-    }
-    return [movie, loc]
 
 
 def table_format(path: Path) -> str:
