@@ -129,12 +129,12 @@ def test_record_writes_every_frame_in_format(
 
 @pytest.fixture
 def spawn_record() -> Iterator[Callable[[Path, str], subprocess.Popen]]:
-    """Factory: ``spawn_record(out, endpoint)`` starts ``voxloc record``; killed if still
+    """Factory: ``spawn_record(out, endpoint, *args)`` starts ``voxloc record``; killed if still
     running and its pipe closed after the test."""
     procs: list[subprocess.Popen] = []
 
-    def spawn(out: Path, endpoint: str) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "clients.cli", "record", "-o", str(out)]
+    def spawn(out: Path, endpoint: str, *extra: str) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "clients.cli", "record", "-o", str(out), *extra]
         procs.append(
             subprocess.Popen(
                 [*cmd, "--endpoint", endpoint],
@@ -254,6 +254,28 @@ def test_record_cli_stops_on_sigint_and_summarises(
     assert proc.returncode == 0, text
     assert "wrote 10 localizations from 5 frame sets" in text
     picasso_check(out, frames_at_least=5)
+
+
+def test_recording_with_the_model_has_its_psf_width_for_picasso(
+    xpub, spawn_record, tmp_path: Path
+) -> None:
+    pio = pytest.importorskip("picasso.io", reason="picassosr is a test dependency")
+    sock, endpoint = xpub
+    out = tmp_path / "rec.csv"
+    proc = spawn_record(out, endpoint, "--model", "default")
+    _wait_subscriber_up(sock, proc)
+    sent = [locs_message(i, i, 3) for i in range(5)]
+    for m in sent:
+        sock.send_multipart(encode_locs(m))
+    _wait_frames(out, 5, proc)
+    proc.send_signal(signal.SIGINT)
+    assert proc.communicate(timeout=30)[0] and proc.returncode == 0
+    header = out.read_text().splitlines()[0].split(",")
+    assert header[-2:] == ["sigma1 [nm]", "sigma2 [nm]"]
+    locs, _ = pio.import_ts(str(out), 192.0)  # Picasso's ThunderSTORM import takes it
+    photons = np.concatenate([m.locs.photons for m in sent])
+    assert len(locs) == 15 and np.allclose(np.sort(locs["photons"]), np.sort(photons), atol=1)
+    assert (locs["sx"] * 192.0).between(130, 170).all()  # the model PSF's width, nm
 
 
 def test_stream_writer_refuses_bad_paths(tmp_path: Path) -> None:
