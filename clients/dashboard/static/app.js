@@ -59,7 +59,8 @@ function svgEl(name, attrs, text) {
 
 function drawPhotons(p) {
   const svg = $("photons");
-  const W = 300, H = 110, top = 4, bottom = 16;
+  const W = Math.max(svg.clientWidth || 300, 100), H = 110, top = 4, bottom = 16;
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);  // drawn at the card's width, unscaled
   const counts = p.counts || [];
   const peak = Math.max(1, ...counts);
   const bw = W / Math.max(1, counts.length);
