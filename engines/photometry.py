@@ -1,0 +1,331 @@
+"""Photons, background and Cramer-Rao bound of every localization, on the engine's device.
+
+For each localization the frames the network saw (registered, model units) are cut into
+one ``S x S`` window per plane around the molecule's pixel and converted to photons with
+the model's camera (:meth:`engines.cameras.Camera.zero_level`, ``intensity_scale``). The
+model's own PSF (:func:`engines.psf_model.psf_model_for`: the paper's Gaussian or a
+measured spline) renders a unit-weight molecule at the localized position into the same
+windows, ``u``, and a linear least-squares fit
+
+    pixels_k = A * u_k + b_k        (one amplitude A shared by the planes, b_k per plane)
+
+gives A and the backgrounds in closed form, batched over localizations (no Python per
+localization). ``photons = A * flux`` with ``flux`` the unit molecule's intensity summed over
+all pixels and planes (not only the window), so the photons are the molecule's own, the
+quantity the simulator renders; ``background`` is the mean of ``b_k`` over the planes,
+photons per pixel and plane. Pixels outside the frame are left out of the fit.
+
+In paper-noise mode (arbitrary intensity units, ``intensity_scale`` 1, zero level 0) the
+"photons" are the PSF's intensity units: a weight-1 molecule of the default settings has
+``planes * a' / px^2`` (5425) of them, and the background is ``b + poisson_rate``.
+
+The same windows give the Cramer-Rao bound at the estimate (x, y, z, A, b): derivatives of
+``u`` by forward-mode autodiff, the camera's per-pixel Fisher information at
+``A u + b_k`` (:meth:`engines.cameras.Camera.pixel_information`). :mod:`engines.precision`
+turns it into a calibrated precision.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from engines.config import SimSettings
+from engines.psf import render_planes
+from engines.psf_model import SplineModel, psf_model_for
+
+if TYPE_CHECKING:  # engines.inference imports this module
+    from engines.inference.registration import PlaneRegistration
+
+DEFAULT_WINDOW_PX = 9  # 4.6 in-focus sigmas of the default PSF either side of the centre
+
+
+@dataclass(frozen=True)
+class Photometry:
+    """Per-localization photometry of one model's settings (see the module docstring).
+
+    Attributes:
+        photons: ``(N,)`` float32 photons summed over the planes.
+        background: ``(N,)`` float32 background per pixel and plane, photons.
+        crlb_nm: ``(N, 3)`` float32 Cramer-Rao bound of x, y, z, nm (NaN where not asked
+            for or where the fit found no molecule, A <= 0).
+    """
+
+    photons: torch.Tensor
+    background: torch.Tensor
+    crlb_nm: torch.Tensor
+
+
+class PhotometryFit:
+    """Fits every localization's amplitude and background with the settings' PSF."""
+
+    def __init__(self, settings: SimSettings, *, window_px: int = DEFAULT_WINDOW_PX) -> None:
+        if window_px < 3 or window_px % 2 == 0:
+            raise ValueError(f"the photometry window must be odd and >= 3 px, got {window_px}")
+        self.settings = settings
+        self.camera = settings.noise.to_camera()
+        self.zero = float(self.camera.zero_level())
+        self.scale = float(self.camera.intensity_scale())
+        psf = psf_model_for(settings)
+        self.spline = psf if isinstance(psf, SplineModel) else None
+        self.side = window_px if self.spline is None else min(window_px, self.spline.window_px())
+        self._j_const = (
+            float(self.camera.pixel_information(torch.zeros(1))[0])
+            if self.camera.additive_noise
+            else None
+        )
+        self._bg_in_info = float(getattr(self.camera, "background_photons", 0.0))
+        g = settings.geometry
+        self._focal = torch.tensor(settings.focal_planes_nm(), dtype=torch.float32)
+        # point samples of a Gaussian of sigma >= 0.5 px sum to its integral within 1e-4
+        self._gauss_flux = g.planes * settings.psf.a_prime / g.px_nm**2
+
+    # --- entry points ------------------------------------------------------------------
+    def measure(
+        self,
+        frames: torch.Tensor,
+        frame_idx: torch.Tensor,
+        xyz_nm: torch.Tensor,
+        *,
+        crlb: bool = True,
+    ) -> Photometry:
+        """Photometry of ``(N, 3)`` localizations (nm) in ``(B, P, H, W)`` registered
+        frames (model units) on any device; ``frame_idx`` ``(N,)`` indexes ``frames``."""
+        origin, rows, cols, inside = self._window(xyz_nm, frames.shape[-2], frames.shape[-1])
+        n, p = xyz_nm.shape[0], frames.shape[1]
+        planes = torch.arange(p, device=frames.device)
+        pix = frames[
+            frame_idx[:, None, None, None],
+            planes[None, :, None, None],
+            rows.clamp(0, frames.shape[-2] - 1)[:, None, :, None],
+            cols.clamp(0, frames.shape[-1] - 1)[:, None, None, :],
+        ].float()
+        return self._fit(pix.reshape(n, p, self.side, self.side), inside, xyz_nm, origin, crlb)
+
+    def measure_raw(
+        self,
+        raw: torch.Tensor,
+        registration: PlaneRegistration,
+        frame_idx: torch.Tensor,
+        xyz_nm: torch.Tensor,
+        *,
+        crlb: bool = True,
+    ) -> Photometry:
+        """:meth:`measure` on raw camera frames ``(B, P, H, W)`` (float32 values): only the
+        windows are registered (bilinear, border clamp: what the input stage does to the
+        whole frame, :func:`engines.inference.registration.register`)."""
+        b, p, h, w = raw.shape
+        origin, rows, cols, inside = self._window(xyz_nm, h, w)
+        dev = raw.device
+        rc, cc = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
+        planes = torch.arange(p, device=dev)[None, :, None, None]
+        if registration.is_identity:
+            pix = raw[
+                frame_idx[:, None, None, None], planes, rc[:, None, :, None], cc[:, None, None, :]
+            ]
+        else:
+            grid = torch.from_numpy(registration.grid(h, w)).to(dev)  # (P, H, W, 2)
+            g = grid[planes, rc[:, None, :, None], cc[:, None, None, :]]  # (N, P, S, S, 2)
+            pix = _bilinear(raw, frame_idx, g)
+        base, gain = (torch.from_numpy(a).to(dev) for a in registration.scale_shift())
+        pix = (pix.float() - base) / gain
+        return self._fit(pix, inside, xyz_nm, origin, crlb)
+
+    # --- the fit ------------------------------------------------------------------------
+    def _window(
+        self, xyz_nm: torch.Tensor, height: int, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Window origin ``(N, 3)`` nm, pixel rows / columns ``(N, S)``, ``(N, 1, S, S)``
+        mask of the pixels inside the frame."""
+        px = self.settings.geometry.px_nm
+        half = self.side // 2
+        offs = torch.arange(self.side, device=xyz_nm.device)
+        col0 = torch.floor(xyz_nm[:, 0] / px).long() - half
+        row0 = torch.floor(xyz_nm[:, 1] / px).long() - half
+        rows, cols = row0[:, None] + offs, col0[:, None] + offs
+        inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[
+            :, None, :
+        ]
+        origin = torch.stack([col0 * px, row0 * px, torch.zeros_like(row0)], dim=1)
+        return origin.to(xyz_nm.dtype), rows, cols, inside[:, None]
+
+    def _fit(
+        self,
+        pix: torch.Tensor,
+        inside: torch.Tensor,
+        xyz_nm: torch.Tensor,
+        origin: torch.Tensor,
+        crlb: bool,
+    ) -> Photometry:
+        n = xyz_nm.shape[0]
+        dev = pix.device
+        if n == 0:
+            empty = torch.zeros(0, device=dev)
+            return Photometry(empty, empty, torch.zeros(0, 3, device=dev))
+        y = (pix - self.zero) / self.scale  # photons (PSF units)
+        m = inside.to(y.dtype)
+        xyz = xyz_nm.float()
+        if crlb:
+            u, du, flux = self._unit_with_derivatives(xyz, origin.float())
+        else:
+            u, flux = self._unit(xyz, origin.float())
+        cnt = m.sum(dim=(-2, -1)).clamp_min(1.0)  # (N, 1)
+        su = (m * u).sum(dim=(-2, -1))  # (N, P)
+        sy = (m * y).sum(dim=(-2, -1))
+        suu = (m * u * u).sum(dim=(-2, -1))
+        suy = (m * u * y).sum(dim=(-2, -1))
+        den = (suu - su * su / cnt).sum(dim=1)
+        amp = (suy - su * sy / cnt).sum(dim=1) / den.clamp_min(1e-12)
+        bg = (sy - amp[:, None] * su) / cnt  # (N, P)
+        photons = amp * flux
+        background = bg.mean(dim=1)
+        if not crlb:
+            return Photometry(photons, background, torch.full((n, 3), math.nan, device=dev))
+        bound = self._crlb(amp, bg, u, du, m)
+        return Photometry(photons, background, bound)
+
+    def _crlb(
+        self,
+        amp: torch.Tensor,
+        bg: torch.Tensor,
+        u: torch.Tensor,
+        du: torch.Tensor,
+        m: torch.Tensor,
+    ) -> torch.Tensor:
+        """``(N, 3)`` CRLB of x, y, z at the estimate; parameters (x, y, z, A, b)."""
+        mu = amp[:, None, None, None] * u + bg[:, :, None, None]  # photons, background in
+        if self._j_const is not None:
+            j = torch.full_like(mu, self._j_const)
+        else:  # the camera adds its background_photons to mu itself
+            j = self.camera.pixel_information(mu.clamp_min(0.0) - self._bg_in_info)
+        n = u.shape[0]
+        w = (j * m).expand_as(u).reshape(n, 1, -1).double()
+        d = torch.cat(
+            [amp[None, :, None, None, None] * du, u[None], torch.ones_like(u)[None]]
+        )  # (5, N, P, S, S): d mu / d (x, y, z, A, b)
+        d = d.reshape(5, n, -1).transpose(0, 1).double()  # (N, 5, pixels)
+        info = torch.bmm(d * w, d.transpose(1, 2))
+        eye = torch.eye(5, dtype=info.dtype, device=info.device)
+        ok = amp > 0
+        info = torch.where(ok[:, None, None], info, eye)
+        var = torch.diagonal(torch.linalg.inv(info), dim1=-2, dim2=-1)[:, :3]
+        bound = var.clamp_min(0.0).sqrt().float()
+        return torch.where(ok[:, None], bound, torch.full_like(bound, math.nan))
+
+    # --- the unit molecule --------------------------------------------------------------
+    def _render(self, xyz: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+        """``(N, P, S', S')`` unit-weight molecules (S' = S, or the spline's own window)."""
+        n = xyz.shape[0]
+        g = self.settings.geometry
+        if self.spline is not None:
+            sp = self.spline.spline
+            planes = [
+                sp.windows(k, xyz[:, 0], xyz[:, 1], xyz[:, 2], exact=False)[0]
+                for k in range(sp.planes)
+            ]
+            return torch.stack(planes, dim=1) * self.spline.amplitude
+        drift = torch.zeros(n, g.planes, 2, device=xyz.device, dtype=xyz.dtype)
+        rel = (xyz - origin)[:, None, :]
+        ones = torch.ones(n, 1, device=xyz.device, dtype=xyz.dtype)
+        out = render_planes(
+            rel,
+            ones,
+            drift,
+            self._focal.to(xyz.device),
+            px_nm=g.px_nm,
+            height=self.side,
+            width=self.side,
+            psf=self.settings.psf,
+        )
+        return out.reshape(n, g.planes, self.side, self.side)
+
+    def _crop(self, full: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fit window and flux from a rendering."""
+        if self.spline is None:
+            return full, torch.full(full.shape[:1], self._gauss_flux, device=full.device)
+        lo = full.shape[-1] // 2 - self.side // 2
+        win = full[..., lo : lo + self.side, lo : lo + self.side]
+        return win, full.sum(dim=(1, 2, 3))
+
+    def _unit(self, xyz: torch.Tensor, origin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._crop(self._render(xyz, origin))
+
+    def _unit_with_derivatives(
+        self, xyz: torch.Tensor, origin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Unit windows, their ``(3, N, P, S, S)`` derivatives by x, y, z (per nm, central
+        differences of :data:`DIFF_STEP_NM`, in one rendering call), flux."""
+        n = xyz.shape[0]
+        step = torch.tensor(DIFF_STEP_NM, device=xyz.device, dtype=xyz.dtype)
+        shift = torch.cat(
+            [torch.zeros(1, 3, device=xyz.device), torch.diag(step), -torch.diag(step)]
+        )
+        pos = (xyz[None] + shift[:, None, :].to(xyz.dtype)).reshape(-1, 3)  # (7N, 3)
+        full = self._render(pos, origin.repeat(7, 1)).reshape(7, n, *self._shape(xyz))
+        u, flux = self._crop(full[0])
+        win = self._crop(full.flatten(0, 1))[0].reshape(7, n, *u.shape[1:])
+        du = (win[1:4] - win[4:7]) / (2 * step[:, None, None, None, None])
+        return u, du, flux
+
+    def _shape(self, xyz: torch.Tensor) -> tuple[int, int, int]:
+        side = self.side if self.spline is None else self.spline.window_px()
+        return (self.settings.geometry.planes, side, side)
+
+
+# central-difference steps of the CRLB's derivatives, nm: (h / sigma)^2 / 6 < 0.1 % of the
+# in-focus PSF's slope, and longer than the spline table's cells (16 nm laterally)
+DIFF_STEP_NM = (10.0, 10.0, 20.0)
+
+
+def _bilinear(raw: torch.Tensor, frame_idx: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of ``raw[frame_idx[n], k]`` at normalised ``grid`` ``(N, P, S, S, 2)``
+    (``grid_sample`` with ``align_corners=False``, ``padding_mode="border"``)."""
+    _, p, h, w = raw.shape
+    ix = (((grid[..., 0] + 1) * w - 1) / 2).clamp(0, w - 1)
+    iy = (((grid[..., 1] + 1) * h - 1) / 2).clamp(0, h - 1)
+    x0, y0 = ix.floor(), iy.floor()
+    fx, fy = ix - x0, iy - y0
+    x0, y0 = x0.long(), y0.long()
+    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)
+    b = frame_idx[:, None, None, None]
+    k = torch.arange(p, device=raw.device)[None, :, None, None]
+    v = raw.float()
+    top = v[b, k, y0, x0] * (1 - fx) + v[b, k, y0, x1] * fx
+    bottom = v[b, k, y1, x0] * (1 - fx) + v[b, k, y1, x1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def true_photons(settings: SimSettings, xyz_nm: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``(N,)`` photons of simulated molecules: their noiseless PSF intensity summed over
+    all pixels (in a window that holds the whole PSF) and planes, photons."""
+    from engines.evaluate.crlb import window_px
+
+    side = window_px(settings)
+    px = settings.geometry.px_nm
+    xyz = torch.as_tensor(np.asarray(xyz_nm), dtype=torch.float64).reshape(-1, 3)
+    half = side // 2
+    origin = torch.floor(xyz[:, :2] / px) - half
+    rel = xyz.clone()
+    rel[:, :2] -= origin * px
+    psf = psf_model_for(settings)
+    n = xyz.shape[0]
+    out = []
+    for start in range(0, n, 256):
+        sl = slice(start, start + 256)
+        w = torch.as_tensor(np.asarray(weights)[sl], dtype=torch.float64)
+        drift = torch.zeros(w.shape[0], settings.geometry.planes, 2, dtype=torch.float64)
+        img = psf.render(rel[sl, None, :], w[:, None], drift, height=side, width=side)
+        if img.shape[0] != w.shape[0]:  # renderers that return one frame per molecule
+            raise ValueError(f"expected {w.shape[0]} rendered windows, got {img.shape[0]}")
+        out.append(img.sum(dim=(1, 2, 3)))
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def true_background(settings: SimSettings) -> float:
+    """Background per pixel and plane of the settings' simulated frames, photons."""
+    cam = settings.noise.to_camera()
+    return (cam.expected_background(settings.psf.b) - cam.zero_level()) / cam.intensity_scale()
