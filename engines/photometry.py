@@ -36,7 +36,7 @@ import torch
 
 from engines.config import SimSettings
 from engines.psf import render_planes
-from engines.psf_model import SplineModel, psf_model_for
+from engines.psf_model import PSFModel, SplineModel, psf_model_for
 
 if TYPE_CHECKING:  # engines.inference imports this module
     from engines.inference.registration import PlaneRegistration
@@ -53,11 +53,14 @@ class Photometry:
         background: ``(N,)`` float32 background per pixel and plane, photons.
         crlb_nm: ``(N, 3)`` float32 Cramer-Rao bound of x, y, z, nm (NaN where not asked
             for or where the fit found no molecule, A <= 0).
+        chi2: ``(N,)`` float32 mean squared residual of the fit per pixel, in units of the
+            camera's noise variance (about 1 for a lone molecule the PSF model fits).
     """
 
     photons: torch.Tensor
     background: torch.Tensor
     crlb_nm: torch.Tensor
+    chi2: torch.Tensor
 
 
 class PhotometryFit:
@@ -165,7 +168,7 @@ class PhotometryFit:
         dev = pix.device
         if n == 0:
             empty = torch.zeros(0, device=dev)
-            return Photometry(empty, empty, torch.zeros(0, 3, device=dev))
+            return Photometry(empty, empty, torch.zeros(0, 3, device=dev), empty)
         y = (pix - self.zero) / self.scale  # photons (PSF units)
         m = inside.to(y.dtype)
         xyz = xyz_nm.float()
@@ -183,25 +186,30 @@ class PhotometryFit:
         bg = (sy - amp[:, None] * su) / cnt  # (N, P)
         photons = amp * flux
         background = bg.mean(dim=1)
+        mu = amp[:, None, None, None] * u + bg[:, :, None, None]  # photons, background in
+        j = self._information(mu)
+        chi2 = (m * j * (y - mu) ** 2).sum(dim=(1, 2, 3)) / (cnt.sum(dim=1) * u.shape[1])
         if not crlb:
-            return Photometry(photons, background, torch.full((n, 3), math.nan, device=dev))
-        bound = self._crlb(amp, bg, u, du, m)
-        return Photometry(photons, background, bound)
+            nan = torch.full((n, 3), math.nan, device=dev)
+            return Photometry(photons, background, nan, chi2)
+        return Photometry(photons, background, self._crlb(amp, j, u, du, m), chi2)
+
+    def _information(self, mu: torch.Tensor) -> torch.Tensor:
+        """Per-pixel Fisher information (about 1 / noise variance) at mean ``mu``, photons."""
+        if self._j_const is not None:
+            return torch.full_like(mu, self._j_const)
+        # the camera adds its background_photons to mu itself
+        return self.camera.pixel_information(mu.clamp_min(0.0) - self._bg_in_info)
 
     def _crlb(
         self,
         amp: torch.Tensor,
-        bg: torch.Tensor,
+        j: torch.Tensor,
         u: torch.Tensor,
         du: torch.Tensor,
         m: torch.Tensor,
     ) -> torch.Tensor:
         """``(N, 3)`` CRLB of x, y, z at the estimate; parameters (x, y, z, A, b)."""
-        mu = amp[:, None, None, None] * u + bg[:, :, None, None]  # photons, background in
-        if self._j_const is not None:
-            j = torch.full_like(mu, self._j_const)
-        else:  # the camera adds its background_photons to mu itself
-            j = self.camera.pixel_information(mu.clamp_min(0.0) - self._bg_in_info)
         n = u.shape[0]
         w = (j * m).expand_as(u).reshape(n, 1, -1).double()
         d = torch.cat(
@@ -222,12 +230,7 @@ class PhotometryFit:
         n = xyz.shape[0]
         g = self.settings.geometry
         if self.spline is not None:
-            sp = self.spline.spline
-            planes = [
-                sp.windows(k, xyz[:, 0], xyz[:, 1], xyz[:, 2], exact=False)[0]
-                for k in range(sp.planes)
-            ]
-            return torch.stack(planes, dim=1) * self.spline.amplitude
+            return self._render_spline(xyz, origin)
         drift = torch.zeros(n, g.planes, 2, device=xyz.device, dtype=xyz.dtype)
         rel = (xyz - origin)[:, None, :]
         ones = torch.ones(n, 1, device=xyz.device, dtype=xyz.dtype)
@@ -242,6 +245,28 @@ class PhotometryFit:
             psf=self.settings.psf,
         )
         return out.reshape(n, g.planes, self.side, self.side)
+
+    def _render_spline(self, xyz: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+        """The spline's own ``R x R`` windows, all placed so that the fit window (origin
+        ``origin``) is their centre: a position moved across a pixel border (the
+        derivatives' shifted copies) would otherwise get a window one pixel over."""
+        assert self.spline is not None
+        sp = self.spline.spline
+        px = self.settings.geometry.px_nm
+        side = sp.roi_px
+        lo = side // 2 - self.side // 2
+        want_r = torch.round(origin[:, 1] / px).long() - lo
+        want_c = torch.round(origin[:, 0] / px).long() - lo
+        offs = torch.arange(side, device=xyz.device)
+        n = xyz.shape[0]
+        planes = []
+        for k in range(sp.planes):
+            win, r0, c0 = sp.windows(k, xyz[:, 0], xyz[:, 1], xyz[:, 2], exact=False)
+            ri = ((want_r - r0)[:, None] + offs).clamp(0, side - 1)  # edge rows: cropped
+            ci = ((want_c - c0)[:, None] + offs).clamp(0, side - 1)
+            win = win.gather(1, ri[:, :, None].expand(n, side, side))
+            planes.append(win.gather(2, ci[:, None, :].expand(n, side, side)))
+        return torch.stack(planes, dim=1) * self.spline.amplitude
 
     def _crop(self, full: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Fit window and flux from a rendering."""
@@ -299,9 +324,15 @@ def _bilinear(raw: torch.Tensor, frame_idx: torch.Tensor, grid: torch.Tensor) ->
     return top * (1 - fy) + bottom * fy
 
 
-def true_photons(settings: SimSettings, xyz_nm: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """``(N,)`` photons of simulated molecules: their noiseless PSF intensity summed over
-    all pixels (in a window that holds the whole PSF) and planes, photons."""
+def true_photons(
+    settings: SimSettings,
+    xyz_nm: np.ndarray,
+    weights: np.ndarray,
+    psf: PSFModel | None = None,
+) -> np.ndarray:
+    """``(N,)`` photons of simulated molecules: their noiseless PSF intensity (``psf``, by
+    default the settings' own) summed over all pixels (in a window that holds the whole
+    PSF) and planes, photons."""
     from engines.evaluate.crlb import window_px
 
     side = window_px(settings)
@@ -311,7 +342,7 @@ def true_photons(settings: SimSettings, xyz_nm: np.ndarray, weights: np.ndarray)
     origin = torch.floor(xyz[:, :2] / px) - half
     rel = xyz.clone()
     rel[:, :2] -= origin * px
-    psf = psf_model_for(settings)
+    psf = psf or psf_model_for(settings)
     n = xyz.shape[0]
     out = []
     for start in range(0, n, 256):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from pathlib import Path
 
 from clients.commands.options import Default, add_precision_option, build
@@ -35,6 +37,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         ),
         precision=args.precision,
     )
+    if args.calibrate_precision:
+        from engines.evaluate.calibrate import calibrate_precision, format_calibration
+
+        command = "voxloc " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        record = calibrate_precision(cfg, command=command, main_frames=args.calibration_frames)
+        print(format_calibration(record))
+        print(f"\nprecision calibration recorded in {cfg.model}'s model.json")
+        return 0
     out_dir = args.out or Path(f"evaluation-{Path(str(cfg.model)).name}-{cfg.size}")
     report = run_evaluation(cfg, out_dir)
     print(format_table(report))
@@ -111,6 +121,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--record",
         action="store_true",
         help="store the summary metrics in the model directory's model.json",
+    )
+    p.add_argument(
+        "--calibrate-precision",
+        action="store_true",
+        help="instead of the protocol: fit the model's per-localization precision "
+        "(calibrated Cramer-Rao bound, docs/photometry.md) on --low-frames frames of "
+        "--low-molecules, check it on independent frames, and record it in model.json",
+    )
+    p.add_argument(
+        "--calibration-frames",
+        type=int,
+        default=100,
+        help="frames of the main density (--molecules, drift on) the calibration is also "
+        "checked on (0: skip; default %(default)s)",
     )
     g = p.add_argument_group("extra test sets")
     g.add_argument(

@@ -23,6 +23,7 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
@@ -386,7 +387,7 @@ class Engine(ABC):
     def _calibrated(self, ph: Photometry) -> Photometry:
         if self.calibration is None:
             return ph
-        return Photometry(ph.photons, ph.background, self.calibration.apply(ph.crlb_nm))
+        return replace(ph, crlb_nm=self.calibration.apply(ph.crlb_nm))
 
     def _measure(
         self, frames: torch.Tensor, frame: torch.Tensor, xyz_nm: torch.Tensor, conf: torch.Tensor
