@@ -41,7 +41,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         from engines.evaluate.calibrate import calibrate_precision, format_calibration
 
         command = "voxloc " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        record = calibrate_precision(cfg, command=command, main_frames=args.calibration_frames)
+        record = calibrate_precision(cfg, command=command)
         print(format_calibration(record))
         print(f"\nprecision calibration recorded in {cfg.model}'s model.json")
         return 0
@@ -126,15 +126,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--calibrate-precision",
         action="store_true",
         help="instead of the protocol: fit the model's per-localization precision "
-        "(calibrated Cramer-Rao bound, docs/photometry.md) on --low-frames frames of "
-        "--low-molecules, check it on independent frames, and record it in model.json",
-    )
-    p.add_argument(
-        "--calibration-frames",
-        type=int,
-        default=100,
-        help="frames of the main density (--molecules, drift on) the calibration is also "
-        "checked on (0: skip; default %(default)s)",
+        "(calibrated Cramer-Rao bound, docs/photometry.md) on --frames frames of "
+        "--low-molecules to --molecules per 64x64, check it on independent frames, and "
+        "record it in model.json",
     )
     g = p.add_argument_group("extra test sets")
     g.add_argument(

@@ -19,7 +19,7 @@ import torch
 from engines.config import SimSettings
 from engines.evaluate.matching import Matching
 from engines.photometry import PhotometryFit, true_background, true_photons
-from engines.precision import coverage_figures
+from engines.precision import coverage_figures, nearest_neighbour_nm
 from engines.psf_model import PSFModel
 from engines.types import Localizations
 
@@ -60,6 +60,7 @@ class PhotometryStats:
             error_nm=match.delta_nm,
             sigma_nm=loc.precision_nm[p],
             crlb_nm=crlb_nm[p, :3],
+            neighbour_nm=_nearest(loc.xyz_nm)[p],
             chi2=crlb_nm[p, 3],
             isolated=isolated[t],
         )
@@ -75,6 +76,7 @@ class PhotometryStats:
         iso = self.column("isolated").astype(bool)
         bg = self.column("background")
         bg_true = true_background(self.settings)
+        bg_iso = _median(bg[iso])
         out: dict[str, Any] = {
             "matched": int(ratio.size),
             "isolated": int(iso.sum()),
@@ -83,9 +85,11 @@ class PhotometryStats:
             "photon_ratio_p16_p84_isolated": _pct(ratio[iso]),
             "photon_ratio_median_all": _median(ratio),
             "background_true": bg_true,
-            "background_median_isolated": _median(bg[iso]),
+            "background_median_isolated": bg_iso,
             "background_median_all": _median(bg),
-            "background_ratio_median_isolated": _median(bg[iso]) / bg_true if bg_true else None,
+            "background_ratio_median_isolated": (
+                bg_iso / bg_true if bg_iso is not None and bg_true else None
+            ),
         }
         sigma = self.column("sigma_nm", 3)
         err = self.column("error_nm", 3)
@@ -113,6 +117,12 @@ def raw_crlb(
     both = torch.cat([ph.crlb_nm, ph.chi2[:, None]], dim=1).numpy()
     bounds = np.cumsum([0] + [len(loc) for loc in locs])
     return [both[bounds[i] : bounds[i + 1]] for i in range(len(locs))]
+
+
+def _nearest(xyz_nm: np.ndarray) -> np.ndarray:
+    """Distance of each localization of one frame to its nearest other one, nm."""
+    xy = torch.from_numpy(np.asarray(xyz_nm, np.float32)[:, :2])
+    return nearest_neighbour_nm(torch.zeros(len(xy), dtype=torch.long), xy).numpy()
 
 
 def _median(x: np.ndarray) -> float | None:

@@ -153,7 +153,7 @@ class Evaluator:
         result.matching = {t: Matching.concat(parts[t]) for t in taus}
         result.seconds = time.perf_counter() - t0
         log.info(
-            "evaluated %d frames with %d molecules each (drift %s) in %.1f s",
+            "evaluated %d frames with %s molecules each (drift %s) in %.1f s",
             frames,
             molecules,
             "on" if drift else "off",

@@ -34,6 +34,7 @@ from engines.errors import EngineError, FormatError, NonFiniteError, VoxlocError
 from engines.inference.registration import PlaneRegistration, raw_tensor, register
 from engines.modeldir import ModelInfo, read_info, resolve_model
 from engines.photometry import Photometry, PhotometryFit
+from engines.precision import nearest_neighbour_nm
 from engines.types import ACCEPTED_DTYPE_NAMES, ACCEPTED_DTYPES, Localizations
 
 log = logging.getLogger(__name__)
@@ -384,10 +385,12 @@ class Engine(ABC):
             self._photometry = PhotometryFit(self.info.settings, **window)
         return self._photometry
 
-    def _calibrated(self, ph: Photometry) -> Photometry:
+    def _calibrated(self, ph: Photometry, frame: torch.Tensor, xyz_nm: torch.Tensor) -> Photometry:
+        """The bound turned into the model's calibrated precision (NaN without one)."""
         if self.calibration is None:
             return ph
-        return replace(ph, crlb_nm=self.calibration.apply(ph.crlb_nm))
+        near = nearest_neighbour_nm(frame, xyz_nm[:, :2])
+        return replace(ph, crlb_nm=self.calibration.apply(ph.crlb_nm, near))
 
     def _measure(
         self, frames: torch.Tensor, frame: torch.Tensor, xyz_nm: torch.Tensor, conf: torch.Tensor
@@ -395,7 +398,7 @@ class Engine(ABC):
         """Rows with photons, background and precision, fitted on ``frames`` ``(B, P, H,
         W)`` (registered, model units) on their device; only the rows cross to the host."""
         ph = self.photometry.measure(frames, frame, xyz_nm, crlb=self.calibration is not None)
-        return FlatLocs.from_device(frame, xyz_nm, conf, self._calibrated(ph))
+        return FlatLocs.from_device(frame, xyz_nm, conf, self._calibrated(ph, frame, xyz_nm))
 
     def _measure_raw(
         self,
@@ -409,7 +412,7 @@ class Engine(ABC):
         ph = self.photometry.measure_raw(
             raw, registration, frame, xyz_nm, crlb=self.calibration is not None
         )
-        return FlatLocs.from_device(frame, xyz_nm, conf, self._calibrated(ph))
+        return FlatLocs.from_device(frame, xyz_nm, conf, self._calibrated(ph, frame, xyz_nm))
 
     def warmup(self, height: int = 64, width: int = 64, batch: int = 1) -> None:
         """Run once on a blank batch (allocations, kernel selection, graph capture)."""
