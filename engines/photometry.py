@@ -28,6 +28,8 @@ turns it into a calibrated precision.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -82,6 +84,9 @@ class PhotometryFit:
             else None
         )
         self._bg_in_info = float(getattr(self.camera, "background_photons", 0.0))
+        self._grid_key: tuple[object, ...] | None = None
+        self._grid_cache = torch.zeros(0, 2)
+        self._grid_ref: PlaneRegistration | None = None
         g = settings.geometry
         self._focal = torch.tensor(settings.focal_planes_nm(), dtype=torch.float32)
         # point samples of a Gaussian of sigma >= 0.5 px sum to its integral within 1e-4
@@ -97,17 +102,10 @@ class PhotometryFit:
         crlb: bool = True,
     ) -> Photometry:
         """Photometry of ``(N, 3)`` localizations (nm) in ``(B, P, H, W)`` registered
-        frames (model units) on any device; ``frame_idx`` ``(N,)`` indexes ``frames``."""
-        origin, rows, cols, inside = self._window(xyz_nm, frames.shape[-2], frames.shape[-1])
-        n, p = xyz_nm.shape[0], frames.shape[1]
-        planes = torch.arange(p, device=frames.device)
-        pix = frames[
-            frame_idx[:, None, None, None],
-            planes[None, :, None, None],
-            rows.clamp(0, frames.shape[-2] - 1)[:, None, :, None],
-            cols.clamp(0, frames.shape[-1] - 1)[:, None, None, :],
-        ].float()
-        return self._fit(pix.reshape(n, p, self.side, self.side), inside, xyz_nm, origin, crlb)
+        frames (model units) on any device; ``frame_idx`` ``(N,)`` indexes ``frames``;
+        ``crlb``: also the bound (else NaN)."""
+        with _one_thread(frames.device):
+            return self._measure(frames, frame_idx, xyz_nm, crlb=crlb)
 
     def measure_raw(
         self,
@@ -118,25 +116,60 @@ class PhotometryFit:
         *,
         crlb: bool = True,
     ) -> Photometry:
-        """:meth:`measure` on raw camera frames ``(B, P, H, W)`` (float32 values): only the
-        windows are registered (bilinear, border clamp: what the input stage does to the
-        whole frame, :func:`engines.inference.registration.register`)."""
+        """:meth:`measure` on raw camera frames ``(B, P, H, W)`` (uint16 as int16 bit
+        patterns, or float32): only the windows are registered (bilinear, border clamp:
+        what the input stage does to the whole frame,
+        :func:`engines.inference.registration.register`)."""
+        with _one_thread(raw.device):
+            return self._measure_raw(raw, registration, frame_idx, xyz_nm, crlb=crlb)
+
+    def _measure(
+        self,
+        frames: torch.Tensor,
+        frame_idx: torch.Tensor,
+        xyz_nm: torch.Tensor,
+        *,
+        crlb: bool = True,
+    ) -> Photometry:
+        origin, rows, cols, inside = self._window(xyz_nm, frames.shape[-2], frames.shape[-1])
+        pix = frames.reshape(-1)[_flat_index(frames.shape, frame_idx, rows, cols)].float()
+        return self._fit(pix, inside, xyz_nm, origin, crlb)
+
+    def _measure_raw(
+        self,
+        raw: torch.Tensor,
+        registration: PlaneRegistration,
+        frame_idx: torch.Tensor,
+        xyz_nm: torch.Tensor,
+        *,
+        crlb: bool = True,
+    ) -> Photometry:
+        from engines.inference.registration import as_float  # that package imports us
+
         b, p, h, w = raw.shape
         origin, rows, cols, inside = self._window(xyz_nm, h, w)
         dev = raw.device
-        rc, cc = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
-        planes = torch.arange(p, device=dev)[None, :, None, None]
         if registration.is_identity:
-            pix = raw[
-                frame_idx[:, None, None, None], planes, rc[:, None, :, None], cc[:, None, None, :]
-            ]
+            pix = as_float(raw.reshape(-1)[_flat_index(raw.shape, frame_idx, rows, cols)])
         else:
-            grid = torch.from_numpy(registration.grid(h, w)).to(dev)  # (P, H, W, 2)
-            g = grid[planes, rc[:, None, :, None], cc[:, None, None, :]]  # (N, P, S, S, 2)
-            pix = _bilinear(raw, frame_idx, g)
+            grid = self._grid(registration, h, w, dev)  # (P * H * W, 2)
+            at = _flat_index((1, p, h, w), torch.zeros_like(frame_idx), rows, cols)
+            pix = _bilinear(raw, frame_idx, grid[at])
         base, gain = (torch.from_numpy(a).to(dev) for a in registration.scale_shift())
         pix = (pix.float() - base) / gain
         return self._fit(pix, inside, xyz_nm, origin, crlb)
+
+    def _grid(
+        self, registration: PlaneRegistration, h: int, w: int, dev: torch.device
+    ) -> torch.Tensor:
+        """The registration's sampling grid on ``dev``, ``(P * H * W, 2)``, kept while the
+        registration and frame shape stay the same (one copy per change on a GPU)."""
+        key = (id(registration), h, w, str(dev))
+        if self._grid_key != key:
+            grid = torch.from_numpy(registration.grid(h, w)).to(dev)
+            self._grid_cache, self._grid_key = grid.reshape(-1, 2), key
+            self._grid_ref = registration  # keeps the id valid
+        return self._grid_cache
 
     # --- the fit ------------------------------------------------------------------------
     def _window(
@@ -211,17 +244,20 @@ class PhotometryFit:
     ) -> torch.Tensor:
         """``(N, 3)`` CRLB of x, y, z at the estimate; parameters (x, y, z, A, b)."""
         n = u.shape[0]
-        w = (j * m).expand_as(u).reshape(n, 1, -1).double()
+        w = (j * m).expand_as(u).reshape(n, 1, -1)
         d = torch.cat(
             [amp[None, :, None, None, None] * du, u[None], torch.ones_like(u)[None]]
         )  # (5, N, P, S, S): d mu / d (x, y, z, A, b)
-        d = d.reshape(5, n, -1).transpose(0, 1).double()  # (N, 5, pixels)
-        info = torch.bmm(d * w, d.transpose(1, 2))
+        d = d.reshape(5, n, -1).transpose(0, 1)  # (N, 5, pixels)
+        # unit-information columns: float32 is then accurate (entries are correlations)
+        scale = ((d * d * w).sum(dim=2)).clamp_min(1e-30).sqrt()  # (N, 5)
+        d = d / scale[:, :, None]
+        info = torch.bmm(d * w, d.transpose(1, 2)).double()
         eye = torch.eye(5, dtype=info.dtype, device=info.device)
         ok = amp > 0
         info = torch.where(ok[:, None, None], info, eye)
-        var = torch.diagonal(torch.linalg.inv(info), dim1=-2, dim2=-1)[:, :3]
-        bound = var.clamp_min(0.0).sqrt().float()
+        var = torch.diagonal(torch.linalg.inv(info), dim1=-2, dim2=-1)[:, :3].float()
+        bound = var.clamp_min(0.0).sqrt() / scale[:, :3]
         return torch.where(ok[:, None], bound, torch.full_like(bound, math.nan))
 
     # --- the unit molecule --------------------------------------------------------------
@@ -282,8 +318,13 @@ class PhotometryFit:
     def _unit_with_derivatives(
         self, xyz: torch.Tensor, origin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Unit windows, their ``(3, N, P, S, S)`` derivatives by x, y, z (per nm, central
-        differences of :data:`DIFF_STEP_NM`, in one rendering call), flux."""
+        """Unit windows, their ``(3, N, P, S, S)`` derivatives by x, y, z (per nm), flux.
+
+        The Gaussian's derivatives are analytic; the spline's are central differences of
+        :data:`DIFF_STEP_NM` (one rendering call for all of them)."""
+        if self.spline is None:
+            u, du = self._gauss_with_derivatives(xyz, origin)
+            return u, du, torch.full(xyz.shape[:1], self._gauss_flux, device=xyz.device)
         n = xyz.shape[0]
         step = torch.tensor(DIFF_STEP_NM, device=xyz.device, dtype=xyz.dtype)
         shift = torch.cat(
@@ -296,6 +337,37 @@ class PhotometryFit:
         du = (win[1:4] - win[4:7]) / (2 * step[:, None, None, None, None])
         return u, du, flux
 
+    def _gauss_with_derivatives(
+        self, xyz: torch.Tensor, origin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`engines.psf.render_planes` of unit molecules in their windows (no drift),
+        and its derivatives by x, y, z, from the separable factors."""
+        psf, px = self.settings.psf, self.settings.geometry.px_nm
+        rel = xyz - origin
+        focal = self._focal.to(xyz.device, xyz.dtype)
+        t = (focal[None, :] - rel[:, 2:3]) / psf.d_nm  # (N, P) defocus / D
+        q = 1.0 + t**2 + psf.a3 * t**3 + psf.b4 * t**4
+        r = psf.r0_nm * torch.sqrt(q)
+        dr_dz = -psf.r0_nm / (2.0 * torch.sqrt(q)) * (2 * t + 3 * psf.a3 * t**2 + 4 * psf.b4 * t**3)
+        dr_dz = dr_dz / psf.d_nm
+        amp = psf.a_prime / (2.0 * math.pi * r**2)
+        centres = (torch.arange(self.side, device=xyz.device, dtype=xyz.dtype) + 0.5) * px
+        dx = centres[None, None, :] - rel[:, 0, None, None]  # (N, 1, S) pixel - molecule
+        dy = centres[None, None, :] - rel[:, 1, None, None]
+        r2 = (r**2)[..., None]  # (N, P, 1)
+        gx = torch.exp(-(dx**2) / (2 * r2))  # (N, P, S)
+        gy = torch.exp(-(dy**2) / (2 * r2))
+        a = amp[..., None, None]
+        u = a * gy[..., :, None] * gx[..., None, :]
+        du_dx = a * gy[..., :, None] * (gx * dx / r2)[..., None, :]
+        du_dy = a * (gy * dy / r2)[..., :, None] * gx[..., None, :]
+        r3 = r2 * r[..., None]
+        du_dr = -2.0 * u / r[..., None, None] + a * (
+            (gy * dy**2 / r3)[..., :, None] * gx[..., None, :]
+            + gy[..., :, None] * (gx * dx**2 / r3)[..., None, :]
+        )
+        return u, torch.stack([du_dx, du_dy, du_dr * dr_dz[..., None, None]])
+
     def _shape(self, xyz: torch.Tensor) -> tuple[int, int, int]:
         side = self.side if self.spline is None else self.spline.window_px()
         return (self.settings.geometry.planes, side, side)
@@ -306,9 +378,44 @@ class PhotometryFit:
 DIFF_STEP_NM = (10.0, 10.0, 20.0)
 
 
+@contextmanager
+def _one_thread(device: torch.device) -> Iterator[None]:
+    """One intra-op thread on the CPU: window-sized operations are too small to share,
+    and on a busy CPU the hand-off between threads made them ~5x slower (measured,
+    docs/photometry.md). The setting is process-wide; the engine's lock serialises the
+    engine's own calls, and the previous count comes back on exit."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _flat_index(
+    shape: tuple[int, ...] | torch.Size,
+    frame_idx: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+) -> torch.Tensor:
+    """``(N, P, S, S)`` flat indices into a ``(B, P, H, W)`` tensor of the windows' pixels
+    (rows and columns clamped to the frame; one gather is far faster than four index
+    tensors)."""
+    _, p, h, w = shape
+    k = torch.arange(p, device=rows.device)[None, :, None, None]
+    r = rows.clamp(0, h - 1)[:, None, :, None]
+    c = cols.clamp(0, w - 1)[:, None, None, :]
+    return ((frame_idx[:, None, None, None] * p + k) * h + r) * w + c
+
+
 def _bilinear(raw: torch.Tensor, frame_idx: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Bilinear samples of ``raw[frame_idx[n], k]`` at normalised ``grid`` ``(N, P, S, S, 2)``
-    (``grid_sample`` with ``align_corners=False``, ``padding_mode="border"``)."""
+    (``grid_sample`` with ``align_corners=False``, ``padding_mode="border"``), float32."""
+    from engines.inference.registration import as_float  # that package imports us
+
     _, p, h, w = raw.shape
     ix = (((grid[..., 0] + 1) * w - 1) / 2).clamp(0, w - 1)
     iy = (((grid[..., 1] + 1) * h - 1) / 2).clamp(0, h - 1)
@@ -316,11 +423,16 @@ def _bilinear(raw: torch.Tensor, frame_idx: torch.Tensor, grid: torch.Tensor) ->
     fx, fy = ix - x0, iy - y0
     x0, y0 = x0.long(), y0.long()
     x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)
-    b = frame_idx[:, None, None, None]
-    k = torch.arange(p, device=raw.device)[None, :, None, None]
-    v = raw.float()
-    top = v[b, k, y0, x0] * (1 - fx) + v[b, k, y0, x1] * fx
-    bottom = v[b, k, y1, x0] * (1 - fx) + v[b, k, y1, x1] * fx
+    base = (
+        frame_idx[:, None, None, None] * p + torch.arange(p, device=raw.device)[:, None, None]
+    ) * h
+    flat = raw.reshape(-1)
+
+    def at(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return as_float(flat[(base + y) * w + x])
+
+    top = at(y0, x0) * (1 - fx) + at(y0, x1) * fx
+    bottom = at(y1, x0) * (1 - fx) + at(y1, x1) * fx
     return top * (1 - fy) + bottom * fy
 
 

@@ -39,7 +39,7 @@ from engines.export import (
     with_input_stage,
 )
 from engines.inference.base import BackendUnavailableError, Engine, FlatLocs
-from engines.inference.registration import PlaneRegistration, as_float
+from engines.inference.registration import PlaneRegistration, raw_tensor
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +96,8 @@ class OnnxEngine(Engine):
             INPUT_THRESHOLD: self._threshold_buf,
         }
         (locs,) = session.run([OUTPUT_LOCS], feeds)
-        raw = torch.from_numpy(
-            feeds[INPUT_RAW].view(np.int16)
-            if feeds[INPUT_RAW].dtype == np.uint16
-            else feeds[INPUT_RAW]
-        )
-        return self._measure_raw(as_float(raw), registration, *_columns(locs))
+        raw = raw_tensor(feeds[INPUT_RAW])  # only the windows are converted
+        return self._measure_raw(raw, registration, *_columns(locs))
 
     def _raw_session(self, dtype: str) -> ort.InferenceSession:
         if dtype not in self._raw_sessions:

@@ -128,3 +128,19 @@ def test_no_localizations_give_empty_columns():
 def test_even_window_is_refused():
     with pytest.raises(ValueError, match="odd"):
         PhotometryFit(PAPER, window_px=8)
+
+
+def test_gaussian_derivatives_match_finite_differences():
+    fit = PhotometryFit(PAPER)
+    gen = torch.Generator().manual_seed(4)
+    xyz = torch.rand(20, 3, generator=gen, dtype=torch.float64) * torch.tensor(
+        [30 * 192.0, 30 * 192.0, 1600.0]
+    )
+    origin, *_ = fit._window(xyz, 40, 40)
+    u, du, _ = fit._unit_with_derivatives(xyz, origin)
+    np.testing.assert_allclose(u.numpy(), fit._render(xyz, origin).numpy(), rtol=1e-9, atol=1e-9)
+    for q in range(3):
+        step = torch.zeros(3, dtype=torch.float64)
+        step[q] = 1e-3
+        fd = (fit._render(xyz + step, origin) - fit._render(xyz - step, origin)) / 2e-3
+        np.testing.assert_allclose(du[q].numpy(), fd.numpy(), rtol=1e-4, atol=1e-6)
