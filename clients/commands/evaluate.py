@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clients.commands.options import Default, add_precision_option, build
+
+if TYPE_CHECKING:
+    from engines.evaluate.runner import EvalConfig
 
 CONFIG = "engines.evaluate.runner:EvalConfig"
 
@@ -40,7 +43,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.calibrate_precision:
         from engines.evaluate.calibrate import calibrate_precision, format_calibration
 
-        command = "voxloc " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        command = _calibration_command(cfg)
         record = calibrate_precision(cfg, command=command)
         print(format_calibration(record))
         print(f"\nprecision calibration recorded in {cfg.model}'s model.json")
@@ -53,6 +56,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         key = record_metrics(Path(report["model"]["dir"]), report)
         print(f"metrics recorded in {Path(report['model']['dir']) / 'model.json'} under {key!r}")
     return 0
+
+
+def _calibration_command(cfg: EvalConfig) -> str:
+    """The command line that reruns this calibration (recorded in model.json)."""
+    args = [
+        "voxloc evaluate --calibrate-precision",
+        f"--model {shlex.quote(str(cfg.model))}",
+        f"--backend {cfg.backend}",
+        f"--frames {cfg.frames}",
+        f"--size {cfg.size}",
+        f"--molecules {cfg.molecules}",
+        f"--low-molecules {cfg.low_density_molecules}",
+        f"--seed {cfg.seed}",
+        "--thresholds " + " ".join(f"{t:g}" for t in cfg.thresholds),
+    ]
+    return " ".join(args)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
