@@ -9,7 +9,7 @@ calibration's neighbour search), and prints the photometry's share of the call, 
 per frame set and per localization.
 
     python benchmarks/photometry.py                 # torch and onnxruntime, batch 8
-    python benchmarks/photometry.py --batches 1 8 32 --model default
+    python benchmarks/photometry.py --batches 1 8 32 --threads 1
 """
 
 from __future__ import annotations
@@ -57,9 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backends", nargs="+", default=["torch", "onnxruntime"])
     ap.add_argument("--batches", type=int, nargs="+", default=[8])
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=None, help="intra-op threads of the engines")
     args = ap.parse_args(argv)
 
-    engines = {b: create_engine(args.model, b) for b in args.backends}
+    opts = {} if args.threads is None else {"threads": args.threads}
+    engines = {b: create_engine(args.model, b, **opts) for b in args.backends}
     info = next(iter(engines.values())).info
     sim = Simulator(info.settings, seed=3)
     reg = PlaneRegistration.create(
