@@ -56,7 +56,8 @@ class Photometry:
         crlb_nm: ``(N, 3)`` float32 Cramer-Rao bound of x, y, z, nm (NaN where not asked
             for or where the fit found no molecule, A <= 0).
         chi2: ``(N,)`` float32 mean squared residual of the fit per pixel, in units of the
-            camera's noise variance (about 1 for a lone molecule the PSF model fits).
+            camera's noise variance (about 1 for a lone molecule the PSF model fits; NaN
+            where the bound was not asked for).
     """
 
     photons: torch.Tensor
@@ -219,12 +220,12 @@ class PhotometryFit:
         bg = (sy - amp[:, None] * su) / cnt  # (N, P)
         photons = amp * flux
         background = bg.mean(dim=1)
+        if not crlb:
+            nan = torch.full((n, 3), math.nan, device=dev)
+            return Photometry(photons, background, nan, nan[:, 0])
         mu = amp[:, None, None, None] * u + bg[:, :, None, None]  # photons, background in
         j = self._information(mu)
         chi2 = (m * j * (y - mu) ** 2).sum(dim=(1, 2, 3)) / (cnt.sum(dim=1) * u.shape[1])
-        if not crlb:
-            nan = torch.full((n, 3), math.nan, device=dev)
-            return Photometry(photons, background, nan, chi2)
         return Photometry(photons, background, self._crlb(amp, j, u, du, m), chi2)
 
     def _information(self, mu: torch.Tensor) -> torch.Tensor:
