@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -133,8 +133,11 @@ def localize_stack(
                     f"{stack.describe()}: frame {first + exc.frame} (counting from 0) "
                     f"has {exc.count} NaN/inf pixels"
                 ) from exc
-            if not np.all(scale == 1):
-                locs = [loc.with_xyz(loc.xyz_nm * scale) for loc in locs]
+            if not np.all(scale == 1):  # positions and their precision on the output grid
+                locs = [
+                    replace(loc, xyz_nm=loc.xyz_nm * scale, precision_nm=loc.precision_nm * scale)
+                    for loc in locs
+                ]
             writer.write(locs)
             bar.update(frames.shape[0])
             bar.set_postfix(locs=writer.rows, refresh=False)
