@@ -9,7 +9,7 @@ the figures checked against the ground truth (issue 15 acceptance):
 * RCC (Picasso ``postprocess.undrift``) vs the simulated linear stage drift: the recovered
   drift from the first to the last frame within 20 nm of the truth, per axis.
 
-    python benchmarks/interop.py                 # 1000 frames of 32x32x4, ~1-2 min on CPU
+    python benchmarks/interop.py                 # 1000 frames of 48x48x4, ~3 min on CPU
     python benchmarks/interop.py --json benchmarks/results/interop.json
 
 Needs ``pip install picassosr==0.11.3 locan==0.22.0`` (docs/interop.md).
@@ -59,6 +59,7 @@ class Run:
     dir: Path
     px_nm: float
     drift_nm: tuple[float, float]
+    model: str = "default"
     steps: list[Step] = field(default_factory=list)
     shared: dict[str, Any] = field(default_factory=dict)
 
@@ -81,10 +82,19 @@ class Run:
 # ---- voxloc ---------------------------------------------------------------------------
 
 
-def simulate(run: Run, frames: int, size: int, molecules: int, seed: int) -> None:
+def simulate(
+    run: Run,
+    frames: int,
+    size: int,
+    molecules: int,
+    seed: int,
+    structure: str = "rings",
+    z_nm: tuple[float, float] = (600.0, 800.0),
+) -> None:
     args = ["simulate", "-o", run.dir / "stack.tif", "--frames", frames, "--size", size]
     args += ["--molecules", molecules, "--seed", seed, "--blinking", "--on-frames", 4]
-    args += ["--off-frames", 100, "--drift-nm", *run.drift_nm, "-q"]
+    args += ["--off-frames", 100, "--drift-nm", *run.drift_nm, "--structure", structure]
+    args += ["--z-nm", *z_nm, "-q"]
     if voxloc([str(a) for a in args]) != 0:
         raise RuntimeError("voxloc simulate failed")
 
@@ -92,7 +102,8 @@ def simulate(run: Run, frames: int, size: int, molecules: int, seed: int) -> Non
 def localize(run: Run) -> tuple[str, dict[str, Any]]:
     for suffix in (".h5", ".csv"):
         out = run.dir / f"locs{suffix}"
-        if voxloc(["localize", str(run.dir / "stack.tif"), "-o", str(out), "-q"]) != 0:
+        cmd = ["localize", str(run.dir / "stack.tif"), "-o", str(out), "--model", run.model]
+        if voxloc([*cmd, "-q"]) != 0:
             raise RuntimeError(f"voxloc localize -o {out.name} failed")
     table = read_table(run.dir / "locs.csv")
     return f"{len(table)} localizations", {"localizations": len(table)}
@@ -134,6 +145,9 @@ def picasso_load(run: Run) -> tuple[str, dict[str, Any]]:
     locs, info = pio.load_locs(str(run.dir / "locs.h5"))
     run.shared["locs"], run.shared["info"] = locs, info
     cols = ",".join(locs.columns)
+    written = len(read_table(run.dir / "locs.h5"))
+    if len(locs) < written:  # Picasso drops rows it finds insane (NaN or <= 0 lpx, ...)
+        raise ValueError(f"Picasso kept {len(locs)} of {written} rows; columns {cols}")
     return f"{len(locs)} locs; columns {cols}", {"columns": list(locs.columns)}
 
 
@@ -265,7 +279,8 @@ def locan_uncertainty(run: Run) -> tuple[str, dict[str, Any]]:
 
     data = run.shared["locdata"]
     cols = set(data.data.columns)
-    model = 3 if {"psf_sigma", "local_background"} <= cols else (2 if "psf_sigma" in cols else 1)
+    sigma = any(c.startswith("psf_sigma") for c in cols)
+    model = 3 if sigma and "local_background" in cols else (2 if sigma else 1)
     if "intensity" not in cols:
         raise KeyError("intensity (locan LocalizationUncertainty needs photons)")
     kwargs = {"pixel_size": run.px_nm} if model == 3 else {}
@@ -328,25 +343,29 @@ def versions() -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, default=1000)
-    p.add_argument("--size", type=int, default=32, help="frame height and width, px")
-    p.add_argument("--molecules", type=int, default=8, help="mean molecules on per frame")
+    p.add_argument("--size", type=int, default=48, help="frame height and width, px")
+    p.add_argument("--molecules", type=int, default=16, help="mean molecules on per frame")
+    p.add_argument("--structure", choices=["uniform", "rings"], default="rings")
+    p.add_argument("--z-nm", type=float, nargs=2, default=(600.0, 800.0), help="sample z range")
     p.add_argument("--drift-nm", type=float, nargs=2, default=(100.0, -60.0))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default="default", help="voxloc model name or directory")
     p.add_argument("--keep", type=Path, default=None, help="keep the files in this folder")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         d = args.keep or Path(tmp)
         d.mkdir(parents=True, exist_ok=True)
-        run = Run(d, 192.0, tuple(args.drift_nm))
+        run = Run(d, 192.0, tuple(args.drift_nm), str(args.model))
         t0 = time.perf_counter()
-        simulate(run, args.frames, args.size, args.molecules, args.seed)
+        simulate(run, args.frames, args.size, args.molecules, args.seed, args.structure, args.z_nm)
         t_sim = time.perf_counter() - t0
         for name, fn in STEPS:
             run.step(name, fn)
     print(
-        f"stack: {args.frames} frames of {args.size}x{args.size}x4, {args.molecules} "
-        f"molecules on per frame, drift {args.drift_nm} nm (simulated in {t_sim:.1f} s)"
+        f"stack: {args.frames} frames of {args.size}x{args.size}x4, {args.molecules} molecules "
+        f"on per frame, {args.structure}, z {args.z_nm} nm, drift {args.drift_nm} nm "
+        f"(simulated in {t_sim:.1f} s)"
     )
     print(f"{'step':36s} {'ok':4s} {'s':>6s}  result")
     for s in run.steps:

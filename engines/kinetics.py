@@ -44,14 +44,14 @@ def draw_emitters(
     *,
     lo_nm: tuple[float, float],
     hi_nm: tuple[float, float],
-    depth_nm: float,
+    z_nm: tuple[float, float],
     weight_range: tuple[float, float],
     structure: Structure = "uniform",
     ring_emitters: int = 8,
     ring_radius_nm: float = 50.0,
     seed: int = 0,
 ) -> Emitters:
-    """``count`` emitters in the box ``lo_nm..hi_nm`` (x, y) times ``[0, depth_nm)`` (z).
+    """``count`` emitters in the box ``lo_nm..hi_nm`` (x, y) times ``z_nm`` (z, a range).
 
     ``structure="rings"``: ``ceil(count / ring_emitters)`` ring centres drawn uniformly,
     each with ``ring_emitters`` emitters evenly spaced on a circle of ``ring_radius_nm``
@@ -62,7 +62,7 @@ def draw_emitters(
     lo, hi = np.asarray(lo_nm, float), np.asarray(hi_nm, float)
     if structure == "uniform":
         xy = rng.uniform(lo, hi, size=(count, 2))
-        z = rng.uniform(0.0, depth_nm, size=count)
+        z = rng.uniform(*z_nm, size=count)
     elif structure == "rings":
         rings = -(-count // ring_emitters) if count else 0
         centres = rng.uniform(lo, hi, size=(rings, 2))
@@ -70,7 +70,7 @@ def draw_emitters(
         angle = phase + 2 * np.pi * np.arange(ring_emitters) / ring_emitters
         offsets = ring_radius_nm * np.stack([np.cos(angle), np.sin(angle)], axis=-1)
         xy = (centres[:, None, :] + offsets).reshape(-1, 2)
-        z = np.repeat(rng.uniform(0.0, depth_nm, size=rings), ring_emitters)
+        z = np.repeat(rng.uniform(*z_nm, size=rings), ring_emitters)
     else:
         raise ValueError(f"unknown structure {structure!r}; expected 'uniform' or 'rings'")
     weights = rng.uniform(*weight_range, size=len(z))

@@ -34,6 +34,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             off_frames="off_frames",
             structure="structure",
             stage_drift_nm="drift_nm",
+            z_nm="z_nm",
         ),
         per_plane=args.per_plane,
         drift=not args.no_drift,
@@ -129,6 +130,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=Default(CONFIG, "structure"),
         help="emitter positions: uniform, or rings of 8 emitters, 50 nm radius "
         "(default %(default)s)",
+    )
+    k.add_argument(
+        "--z-nm",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        default=Default(CONFIG, "z_nm"),
+        help="z range of the sample, nm, e.g. a thin section (default: the whole depth)",
     )
     k.add_argument(
         "--drift-nm",

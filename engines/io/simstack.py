@@ -58,6 +58,9 @@ class SimStackConfig(BaseModel):
     on_frames: float = Field(4.0, ge=1, description="mean on time, frames")
     off_frames: float = Field(100.0, ge=1, description="mean off time, frames")
     structure: Structure = "uniform"
+    z_nm: tuple[float, float] | None = Field(
+        None, description="z range of the sample, nm (default: the whole depth)"
+    )
     stage_drift_nm: tuple[tuple[float, ...], ...] = Field(
         (), description="stage drift terms by power (linear first): DX DY [DZ], nm at the end"
     )
@@ -68,6 +71,13 @@ class SimStackConfig(BaseModel):
         for term in v:
             if len(term) not in (2, 3):
                 raise ValueError(f"a drift term is DX DY [DZ] in nm, got {len(term)} values")
+        return v
+
+    @field_validator("z_nm")
+    @classmethod
+    def _z_range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not v[0] <= v[1]:
+            raise ValueError(f"the z range LO HI needs LO <= HI, got {v[0]:g} {v[1]:g}")
         return v
 
     @property
@@ -249,7 +259,7 @@ def _draw_sample(settings: SimSettings, cfg: SimStackConfig, drift: StageDrift) 
         count,
         lo_nm=(lo[0], lo[1]),
         hi_nm=(hi[0], hi[1]),
-        depth_nm=g.depth_nm,
+        z_nm=cfg.z_nm or (0.0, g.depth_nm),
         weight_range=(settings.weight_min, settings.weight_max),
         structure=cfg.structure,
         seed=cfg.seed,
@@ -292,5 +302,6 @@ def _sample_info(cfg: SimStackConfig) -> dict[str, object]:
         "on_frames": cfg.on_frames,
         "off_frames": cfg.off_frames,
         "structure": cfg.structure,
+        "z_nm": cfg.z_nm,
         "stage_drift_nm": [list(t) for t in cfg.stage_drift_nm],
     }

@@ -51,7 +51,7 @@ def test_rings_put_emitters_on_circles():
         40,
         lo_nm=(0, 0),
         hi_nm=(5000, 5000),
-        depth_nm=1600,
+        z_nm=(0.0, 1600.0),
         weight_range=(0.3, 1.0),
         structure="rings",
         seed=2,
@@ -72,7 +72,8 @@ DRIFT = (100.0, -60.0, 30.0)
 def blinking_stack(tmp_path_factory):
     d = tmp_path_factory.mktemp("blink")
     args = ["simulate", "-o", d / "b.tif", "--frames", FRAMES, "--size", 24, "--molecules", 6]
-    args += ["--blinking", "--on-frames", 3, "--off-frames", 40, "--drift-nm", *DRIFT, "-q"]
+    args += ["--blinking", "--on-frames", 3, "--off-frames", 40, "--drift-nm", *DRIFT]
+    args += ["--z-nm", 400, 800, "-q"]
     assert main([str(a) for a in args]) == 0
     return d
 
@@ -88,6 +89,7 @@ def test_simulated_sample_keeps_emitter_ids_and_drifts_as_asked(blinking_stack):
     sample_xyz = truth.xyz_nm - drift[truth.frame, 1:]
     for e in np.unique(emitter)[:50]:
         assert np.ptp(sample_xyz[emitter == e], axis=0).max() < 0.01
+    assert 400 <= sample_xyz[:, 2].min() and sample_xyz[:, 2].max() <= 800  # thin sample
     on_per_frame = np.bincount(truth.frame, minlength=FRAMES)
     assert on_per_frame.mean() == pytest.approx(6.0, rel=0.25)
     seen = [np.flatnonzero(np.bincount(truth.frame[emitter == e])) for e in np.unique(emitter)]
@@ -108,6 +110,7 @@ def test_default_simulation_has_no_emitter_ids_or_drift_file(tmp_path):
     [
         (["--blinking", "--on-frames", "0.5"], "--on-frames"),
         (["--drift-nm", "100"], "DX DY [DZ]"),
+        (["--blinking", "--z-nm", "800", "400"], "--z-nm"),
     ],
 )
 def test_bad_kinetics_options_name_the_option(tmp_path, voxloc, bad, message):
