@@ -136,3 +136,28 @@ def test_locan_reads_the_csv_and_computes_uncertainty(tables):
     res = locan.LocalizationUncertainty(model=model, **kwargs).compute(data).results
     assert res is not None and len(res) == len(data)
     assert np.isfinite(res["uncertainty_x"]).all() and (res["uncertainty_x"] > 0).all()
+
+
+def test_locan_reads_the_smlm_file(tables, tmp_path):
+    from engines.errors import FormatError
+    from engines.io.loctable import open_table_writer, read_hdf5, table_format
+
+    try:
+        table_format(tmp_path / "locs.smlm")
+    except FormatError:
+        pytest.skip("voxloc writes no .smlm yet")
+    table, _ = read_hdf5(tables / "locs.h5")
+    meta = _meta(tables)
+    with open_table_writer(tmp_path / "locs.smlm", meta) as writer:  # as voxloc localize
+        writer.write_table(table)
+    data = locan.load_SMLM_file(tmp_path / "locs.smlm")
+    assert len(data) == len(table)
+    np.testing.assert_allclose(data.data["position_x"], table.xyz_nm[:, 0], atol=0.01)
+    assert "intensity" in data.data.columns
+    np.testing.assert_allclose(data.data["frame"], table.frame)
+
+
+def _meta(tables: Path):
+    from engines.io.loctable import TableMeta
+
+    return TableMeta(frames=FRAMES, height=SIZE, width=SIZE, px_nm=192.0, dz_nm=400.0, planes=4)
