@@ -329,6 +329,18 @@ def locan_precision(run: Run) -> tuple[str, dict[str, Any]]:
     )
 
 
+def locan_smlm(run: Run) -> tuple[str, dict[str, Any]]:
+    import locan
+
+    out = run.dir / "locs.smlm"
+    cmd = ["localize", str(run.dir / "stack.tif"), "-o", str(out), "--model", run.model]
+    if voxloc([*cmd, "-q"]) != 0:
+        raise RuntimeError(f"voxloc localize -o {out.name} failed (no .smlm writer?)")
+    data = locan.load_SMLM_file(out)
+    cols = list(data.data.columns)
+    return f"{len(data)} locs; properties {','.join(cols)}", {"properties": cols}
+
+
 STEPS: list[tuple[str, Callable[[Run], tuple[str, dict[str, Any]]]]] = [
     ("voxloc localize (.h5, .csv)", localize),
     ("ground truth: rms error", truth_errors),
@@ -342,6 +354,7 @@ STEPS: list[tuple[str, Callable[[Run], tuple[str, dict[str, Any]]]]] = [
     ("locan load_thunderstorm_file", locan_read),
     ("locan LocalizationUncertainty", locan_uncertainty),
     ("locan LocalizationPrecision", locan_precision),
+    ("locan load_SMLM_file (.smlm)", locan_smlm),
 ]
 
 
