@@ -201,6 +201,9 @@ def _simulate_sample_into(
     sim = Simulator(settings, seed=cfg.seed, psf=psf)
     drift = StageDrift.polynomial(list(cfg.stage_drift_nm), cfg.frames)
     emitters = _draw_sample(settings, cfg, drift)
+    # one row more for the padding id (len(emitters)): also a sample of no emitters pads
+    sample_xyz = np.vstack([emitters.xyz_nm, np.zeros((1, 3))])
+    sample_w = np.append(emitters.weights, 0.0)
     blinking = (
         Blinking(len(emitters), cfg.on_frames, cfg.off_frames, seed=cfg.seed + 1)
         if cfg.blinking
@@ -214,8 +217,8 @@ def _simulate_sample_into(
         n = min(CHUNK_FRAMES, cfg.frames - t0)
         on = blinking.step(n) if blinking else np.ones((n, len(emitters)), bool)  # (n, E)
         ids, present = _padded_ids(on)
-        xyz = emitters.xyz_nm[ids] + drift.at(np.arange(t0, t0 + n))[:, None, :]
-        weights = emitters.weights[ids] * present
+        xyz = sample_xyz[ids] + drift.at(np.arange(t0, t0 + n))[:, None, :]
+        weights = sample_w[ids] * present
         batch = sim.render(
             torch.as_tensor(xyz, dtype=torch.float32),
             torch.as_tensor(weights, dtype=torch.float32),
@@ -236,10 +239,10 @@ def _simulate_sample_into(
 
 def _padded_ids(on: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(n, M)`` int64 ids of the emitters on in each of ``n`` frames (``on``: ``(n, E)``
-    bool), padded with 0, and the ``(n, M)`` bool mask of the real ones."""
+    bool), padded with ``E``, and the ``(n, M)`` bool mask of the real ones."""
     counts = on.sum(axis=1)
-    present = np.arange(max(int(counts.max()), 1))[None, :] < counts[:, None]
-    ids = np.zeros(present.shape, np.int64)
+    present = np.arange(max(int(counts.max(initial=0)), 1))[None, :] < counts[:, None]
+    ids = np.full(present.shape, on.shape[1], np.int64)
     ids[present] = np.nonzero(on)[1]  # row-major: each frame's ids in order
     return ids, present
 

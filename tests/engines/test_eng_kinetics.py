@@ -96,6 +96,12 @@ def test_simulated_sample_keeps_emitter_ids_and_drifts_as_asked(blinking_stack):
     assert np.mean([len(f) for f in seen]) > 3 * 3  # emitters re-appear: several bursts
 
 
+def test_a_sample_of_no_molecules_gives_background_frames(tmp_path):
+    args = ["simulate", "-o", tmp_path / "e.tif", "--frames", 3, "--size", 16]
+    assert main([str(a) for a in [*args, "--molecules", 0, "--blinking", "-q"]]) == 0
+    assert len(read_table(tmp_path / "e_truth.csv")) == 0
+
+
 def test_default_simulation_has_no_emitter_ids_or_drift_file(tmp_path):
     assert (
         main(["simulate", "-o", str(tmp_path / "s.tif"), "--frames", "2", "--size", "16", "-q"])
