@@ -27,10 +27,15 @@ from tqdm import tqdm
 
 from engines.errors import FormatError, NonFiniteError
 from engines.inference import Engine, create_engine
-from engines.io.loctable import TableMeta, TableWriter, open_table_writer, table_format
+from engines.io.loctable import (
+    TableMeta,
+    TableWriter,
+    model_meta,
+    open_table_writer,
+    table_format,
+)
 from engines.io.stacks import Stack, open_stack
 from engines.modeldir import resolve_model
-from engines.types import Localizations
 
 log = logging.getLogger(__name__)
 
@@ -178,4 +183,5 @@ def _table_meta(
             "Backend": engine.label,
             "Threshold": float(threshold),
         },
+        **model_meta(info.settings, px_nm=px_nm, dz_nm=dz_nm),
     )

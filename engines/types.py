@@ -6,8 +6,20 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-# Column order of localization arrays on the wire and in the CSV (CONVENTIONS.md).
-LOC_COLUMNS: tuple[str, ...] = ("frame", "x [nm]", "y [nm]", "z [nm]", "confidence")
+# Column order of localization arrays on the wire and in the CSV (CONVENTIONS.md): the
+# position and confidence, then photometry (photons summed over the planes; background per
+# pixel and plane) and the one-sigma precision per axis, ThunderSTORM's names and units.
+BASE_COLUMNS: tuple[str, ...] = ("frame", "x [nm]", "y [nm]", "z [nm]", "confidence")
+PHOTOMETRY_COLUMNS: tuple[str, ...] = (
+    "intensity [photon]",
+    "offset [photon]",
+    "uncertainty_x [nm]",
+    "uncertainty_y [nm]",
+    "uncertainty_z [nm]",
+)
+LOC_COLUMNS: tuple[str, ...] = BASE_COLUMNS + PHOTOMETRY_COLUMNS
+# Files and messages from before photometry (wire version 1) carry only BASE_COLUMNS.
+LEGACY_LOC_COLUMNS: tuple[str, ...] = BASE_COLUMNS
 
 # Pixel types stacks on disk and engines take (engines compute in float32): uint16 and
 # float32 are what cameras and ImageJ write, the others are accepted too.
@@ -56,11 +68,15 @@ class Localizations:
         return int(self.confidence.shape[0])
 
     def to_array(self) -> np.ndarray:
-        """``(N, 5)`` float64 rows in :data:`LOC_COLUMNS` order (frame counts from 0)."""
-        out = np.empty((len(self), 5), dtype=np.float64)
+        """``(N, 10)`` float64 rows in :data:`LOC_COLUMNS` order (frame counts from 0;
+        NaN where photometry or precision is unknown)."""
+        out = np.empty((len(self), len(LOC_COLUMNS)), dtype=np.float64)
         out[:, 0] = self.frame
         out[:, 1:4] = self.xyz_nm
         out[:, 4] = self.confidence
+        out[:, 5] = self.photons
+        out[:, 6] = self.background
+        out[:, 7:10] = self.precision_nm
         return out
 
     def with_xyz(self, xyz_nm: np.ndarray) -> Localizations:
@@ -69,8 +85,28 @@ class Localizations:
 
     @classmethod
     def from_array(cls, frame: int, rows: np.ndarray) -> Localizations:
-        rows = np.asarray(rows).reshape(-1, 5)
-        return cls(frame, rows[:, 1:4].astype(np.float32), rows[:, 4].astype(np.float32))
+        """From ``(N, 10)`` rows in :data:`LOC_COLUMNS` order, or the ``(N, 5)`` rows of
+        :data:`LEGACY_LOC_COLUMNS` (photometry and precision then NaN)."""
+        rows = np.asarray(rows)
+        width = rows.shape[-1] if rows.ndim == 2 else len(LOC_COLUMNS)
+        if width not in (len(LOC_COLUMNS), len(LEGACY_LOC_COLUMNS)):
+            raise ValueError(
+                f"expected rows of {len(LOC_COLUMNS)} (or {len(LEGACY_LOC_COLUMNS)}) "
+                f"localization columns, got shape {rows.shape}"
+            )
+        rows = rows.reshape(-1, width)
+        xyz, conf = rows[:, 1:4].astype(np.float32), rows[:, 4].astype(np.float32)
+        if width == len(LEGACY_LOC_COLUMNS):
+            return cls(frame, xyz, conf)
+        f32 = np.float32
+        return cls(
+            frame,
+            xyz,
+            conf,
+            rows[:, 5].astype(f32),
+            rows[:, 6].astype(f32),
+            rows[:, 7:10].astype(f32),
+        )
 
     @classmethod
     def empty(cls, frame: int) -> Localizations:

@@ -13,7 +13,8 @@ from engines.types import Localizations
 
 
 def _flat(locs: list[Localizations]) -> np.ndarray:
-    return np.concatenate([loc.to_array() for loc in locs])
+    """All rows, NaN (unknown photometry) as -1 so that equal rows compare equal."""
+    return np.nan_to_num(np.concatenate([loc.to_array() for loc in locs]), nan=-1.0)
 
 
 @pytest.fixture(params=CPU_BACKENDS)
