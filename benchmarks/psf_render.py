@@ -3,10 +3,12 @@
 A training batch (50 crops of 32x32x4, 5-90 molecules per 64x64 area plus the margin) and
 a Table 4 test batch (50 frames of 64x64x4 at 50 molecules) are drawn by the simulator with
 each PSF; one optimizer step of the default network on the training batch is timed in the
-same loop, interleaved, so a load change on the machine hits all alike. Medians of
+same loop, interleaved, so a load change on the machine hits all alike. "render" is the
+PSF's ``render`` alone on the molecules of one drawn training / test batch (no noise, no
+targets), "/ gauss" its ratio to the Gaussian's on the training batch. Medians of
 ``--repeats`` calls, ms. The spline is any ``.npz`` from ``voxloc calibrate psf``.
 
-    python benchmarks/psf_render.py docs/own-microscope/vectorial/psf_spline.npz
+    python benchmarks/psf_render.py docs/own-microscope/vectorial/model/psf_spline.npz
 """
 
 from __future__ import annotations
@@ -70,13 +72,36 @@ def main() -> None:
         loss.backward()
         opt.step()
 
-    print(f"{'PSF':<10s} {'train batch 50x32x32x4':>24s} {'test batch 50x64x64x4':>22s}")
+    test = sims["gaussian"].sample(50, 50, height=64, width=64)
+
+    def render(psf, b, side: int) -> None:  # the PSF alone, on a drawn batch's molecules
+        psf.render(b.xyz_nm, b.weights, b.drift_nm, height=side, width=side)
+
+    head = ("train batch 50x32x32x4", "test batch 50x64x64x4", "render train / test", "/ gauss")
+    print(f"{'PSF':<10s} {head[0]:>24s} {head[1]:>22s} {head[2]:>22s} {head[3]:>8s}")
     step_ms = _time(step, args.repeats)
+    render_ms: dict[str, tuple[float, float]] = {}
     for name, sim in sims.items():
         train_ms = _time(lambda s=sim: s.sample(50, (3, 35), height=32, width=32), args.repeats)
         test_ms = _time(lambda s=sim: s.sample(50, 50, height=64, width=64), args.repeats)
-        print(f"{name:<10s} {train_ms:>21.0f} ms {test_ms:>19.0f} ms")
+        render_ms[name] = (
+            _time(lambda s=sim: render(s.psf, batch, 32), args.repeats),
+            _time(lambda s=sim: render(s.psf, test, 64), args.repeats),
+        )
+        r_train, r_test = render_ms[name]
+        ratio = r_train / render_ms["gaussian"][0]
+        print(
+            f"{name:<10s} {train_ms:>21.0f} ms {test_ms:>19.0f} ms "
+            f"{r_train:>8.1f} / {r_test:>6.1f} ms {ratio:>7.1f}x"
+        )
     print(f"{'(training step, bf16)':<24s} {step_ms:>7.0f} ms")
+    for name in sims:
+        if name != "gaussian":
+            r_train, r_test = render_ms[name]
+            print(
+                f"{name} render / training step: {r_train / step_ms:.3f} (training batch), "
+                f"{r_test / step_ms:.3f} (test batch)"
+            )
 
 
 if __name__ == "__main__":

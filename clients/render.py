@@ -2,10 +2,19 @@
 
 Localizations are binned on a lateral grid of ``nm_per_px``; every pixel keeps a count
 and the sum of its z, so the image shows density as brightness and mean depth as colour
-(a colour map over ``z_range_nm``). ``gauss`` mode blurs both with a Gaussian of
-``sigma_nm`` before colouring. :class:`DepthHistogram` is the accumulator, shared with the
-live dashboard (which adds localizations as they stream in); :func:`save_image` writes a
-PNG or TIFF with a labelled colour bar.
+(a colour map over ``z_range_nm``). Three modes:
+
+* ``hist``: each localization counts in the pixel it falls in;
+* ``gauss``: the histogram blurred with one Gaussian of ``sigma_nm`` before colouring;
+* ``precision``: each localization is a Gaussian of its own lateral precision (x and y
+  sigma, Picasso's "individual localization precision" blur), integrated over the image
+  pixels, so a precise one is sharp and an uncertain one spread out. Localizations without
+  a precision (NaN: a model without photometry) get ``sigma_nm``; precisions are taken no
+  smaller than ``min_sigma_nm`` and cut at ``MAX_RADIUS_PX`` pixels.
+
+:class:`DepthHistogram` is the accumulator, shared with the live dashboard (which adds
+localizations as they stream in); :func:`save_image` writes a PNG or TIFF with a labelled
+colour bar.
 """
 
 from __future__ import annotations
@@ -19,9 +28,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engines.errors import FormatError
 
-RenderMode = Literal["hist", "gauss"]
+RenderMode = Literal["hist", "gauss", "precision"]
+RENDER_MODES: tuple[str, ...] = ("hist", "gauss", "precision")
 DEFAULT_CMAP = "turbo"
 GROW_STEP_PX = 256
+MAX_RADIUS_PX = 64  # a precision blur reaches at most this far (4 sigma otherwise)
+SPLAT_CHUNK = 8192  # localizations splatted at once (memory: chunk x window^2 floats)
 
 
 class RenderSettings(BaseModel):
@@ -31,7 +43,13 @@ class RenderSettings(BaseModel):
 
     nm_per_px: float = Field(20.0, description="nm per pixel of the image")
     mode: RenderMode = Field("hist", description="render mode")
-    sigma_nm: float = Field(20.0, gt=0, description="Gaussian width in gauss mode")
+    sigma_nm: float = Field(
+        20.0,
+        gt=0,
+        description="Gaussian width in gauss mode; in precision mode, of localizations "
+        "without a precision",
+    )
+    min_sigma_nm: float = Field(0.0, ge=0, description="smallest blur in precision mode")
     z_range_nm: tuple[float, float] = Field((0.0, 1600.0), description="depth of the colour map")
     cmap: str = DEFAULT_CMAP
     # brightness saturates at this percentile of counts
@@ -48,8 +66,8 @@ class RenderSettings(BaseModel):
     @field_validator("mode", mode="before")
     @classmethod
     def _mode(cls, mode: object) -> object:
-        if mode not in ("hist", "gauss"):
-            raise ValueError(f"render mode must be 'hist' or 'gauss', got {mode!r}")
+        if mode not in RENDER_MODES:
+            raise ValueError(f"render mode must be 'hist', 'gauss' or 'precision', got {mode!r}")
         return mode
 
     @field_validator("z_range_nm")
@@ -110,8 +128,9 @@ class DepthHistogram:
         self.zsum[:] = 0
         self.total = self.outside = 0
 
-    def add(self, xyz_nm: np.ndarray) -> None:
-        """Add ``(N, 3)`` positions, nm."""
+    def add(self, xyz_nm: np.ndarray, sigma_xy_nm: np.ndarray | None = None) -> None:
+        """Add ``(N, 3)`` positions, nm; with ``(N, 2)`` lateral sigmas (nm, finite and
+        positive, :func:`lateral_sigma_nm`) each as a pixel-integrated Gaussian."""
         xyz = np.asarray(xyz_nm, np.float64).reshape(-1, 3)
         col = np.floor(xyz[:, 0] / self.nm_per_px).astype(np.int64)
         row = np.floor(xyz[:, 1] / self.nm_per_px).astype(np.int64)
@@ -119,11 +138,37 @@ class DepthHistogram:
             self._grow(int(row.max()) + 1, int(col.max()) + 1)
         h, w = self.shape
         ok = (row >= 0) & (row < h) & (col >= 0) & (col < w)
-        flat = row[ok] * w + col[ok]
-        self.counts.ravel()[:] += np.bincount(flat, minlength=h * w).astype(np.float32)
-        self.zsum.ravel()[:] += np.bincount(flat, xyz[ok, 2], minlength=h * w).astype(np.float32)
+        if sigma_xy_nm is None:
+            flat = row[ok] * w + col[ok]
+            self._accumulate(flat, np.ones(len(flat)), xyz[ok, 2])
+        else:
+            sigma = np.asarray(sigma_xy_nm, np.float64).reshape(-1, 2)
+            self._splat(xyz[ok], sigma[ok] / self.nm_per_px)
         self.total += int(ok.sum())
         self.outside += int((~ok).sum())
+
+    def _accumulate(self, flat: np.ndarray, weight: np.ndarray, z: np.ndarray) -> None:
+        n = self.counts.size
+        self.counts.ravel()[:] += np.bincount(flat, weight, minlength=n).astype(np.float32)
+        self.zsum.ravel()[:] += np.bincount(flat, weight * z, minlength=n).astype(np.float32)
+
+    def _splat(self, xyz: np.ndarray, sigma_px: np.ndarray) -> None:
+        """Each localization's Gaussian integrated over the pixels around it, in chunks
+        of similar width (so one wide blur does not widen every window)."""
+        u, v = xyz[:, 0] / self.nm_per_px, xyz[:, 1] / self.nm_per_px
+        order = np.argsort(sigma_px.max(axis=1))
+        h, w = self.shape
+        for start in range(0, len(order), SPLAT_CHUNK):
+            i = order[start : start + SPLAT_CHUNK]
+            radius = min(int(np.ceil(4 * sigma_px[i].max())) + 1, MAX_RADIUS_PX)
+            offsets = np.arange(-radius, radius + 1)
+            cols, wx = _pixel_weights(u[i], sigma_px[i, 0], offsets)
+            rows, wy = _pixel_weights(v[i], sigma_px[i, 1], offsets)
+            weight = wy[:, :, None] * wx[:, None, :]  # (n, K, K)
+            inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None]
+            flat = rows[:, :, None] * w + cols[:, None, :]
+            z = np.broadcast_to(xyz[i, 2][:, None, None], weight.shape)
+            self._accumulate(flat[inside], weight[inside], z[inside])
 
     def _grow(self, rows: int, cols: int) -> None:
         h, w = self.shape
@@ -141,13 +186,26 @@ class DepthHistogram:
         return colorize(self.counts, self.zsum, settings)
 
 
+def _pixel_weights(
+    centre: np.ndarray, sigma: np.ndarray, offsets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, K)`` pixel indices around ``(n,)`` centres (px) and the share of a 1-D
+    Gaussian of ``sigma`` (px) that falls in each pixel."""
+    from scipy.special import erf
+
+    edge = np.floor(centre)[:, None] + offsets
+    scale = 1 / (np.sqrt(2) * sigma)[:, None]
+    lo, hi = (edge - centre[:, None]) * scale, (edge + 1 - centre[:, None]) * scale
+    return edge.astype(np.int64), 0.5 * (erf(hi) - erf(lo))
+
+
 def _round_up(n: int, step: int) -> int:
     return -(-n // step) * step
 
 
 def colorize(counts: np.ndarray, zsum: np.ndarray, settings: RenderSettings) -> np.ndarray:
     """``(H, W, 3)`` uint8: brightness from counts, colour from mean z (``zsum / counts``)."""
-    if settings.mode == "gauss":
+    if settings.mode == "gauss":  # precision mode blurred each localization already
         from scipy.ndimage import gaussian_filter
 
         sigma_px = settings.sigma_nm / settings.nm_per_px
@@ -164,13 +222,31 @@ def colorize(counts: np.ndarray, zsum: np.ndarray, settings: RenderSettings) -> 
     return (lut(settings.cmap)[idx] * bright[..., None]).round().astype(np.uint8)
 
 
+def lateral_sigma_nm(
+    precision_nm: np.ndarray | None, n: int, settings: RenderSettings
+) -> np.ndarray:
+    """``(n, 2)`` blur of each localization in precision mode: its x and y precision
+    (``(n, 3)`` nm, NaN where unknown), ``settings.sigma_nm`` where unknown or not
+    positive, and no smaller than ``settings.min_sigma_nm``."""
+    if precision_nm is None:
+        sigma = np.full((n, 2), settings.sigma_nm)
+    else:
+        sigma = np.asarray(precision_nm, np.float64).reshape(n, 3)[:, :2].copy()
+        sigma[~(np.isfinite(sigma) & (sigma > 0))] = settings.sigma_nm
+    return np.maximum(sigma, max(settings.min_sigma_nm, 1e-3))
+
+
 def render(
-    xyz_nm: np.ndarray, settings: RenderSettings, extent_nm: tuple[float, float] | None = None
+    xyz_nm: np.ndarray,
+    settings: RenderSettings,
+    extent_nm: tuple[float, float] | None = None,
+    precision_nm: np.ndarray | None = None,
 ) -> np.ndarray:
     """Render ``(N, 3)`` positions (nm) into ``(H, W, 3)`` uint8.
 
     ``extent_nm`` is the (width, height) covered from (0, 0); default: up to the largest
-    x and y in the data.
+    x and y in the data. ``precision_nm`` ``(N, 3)`` one-sigma x, y, z (nm, NaN where
+    unknown) sets each localization's blur in ``precision`` mode.
     """
     xyz = np.asarray(xyz_nm, np.float64).reshape(-1, 3)
     if extent_nm is None:
@@ -178,7 +254,11 @@ def render(
             raise FormatError("no localizations to render and no extent given")
         extent_nm = (max(float(xyz[:, 0].max()), 1.0) + 1, max(float(xyz[:, 1].max()), 1.0) + 1)
     hist = DepthHistogram(settings.nm_per_px, *extent_nm, max_side_px=16384)
-    hist.add(xyz[(xyz[:, 0] < extent_nm[0]) & (xyz[:, 1] < extent_nm[1])])
+    keep = (xyz[:, 0] < extent_nm[0]) & (xyz[:, 1] < extent_nm[1])
+    sigma = None
+    if settings.mode == "precision":
+        sigma = lateral_sigma_nm(precision_nm, len(xyz), settings)[keep]
+    hist.add(xyz[keep], sigma)
     return hist.rgb(settings)
 
 

@@ -33,7 +33,7 @@ from engines.errors import FormatError, VoxlocError
 from engines.inference import Engine, create_engine
 from engines.io.stacks import Stack, open_stack
 from engines.localize import LocalizeOptions, localize_stack
-from engines.types import Localizations
+from engines.types import LOC_COLUMNS, Localizations
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class ChunkResult:
     """What a task sends back: the localizations of its frames, or why it could not.
 
     Attributes:
-        rows: ``(N, 5)`` float64 rows in ``LOC_COLUMNS`` order, frame counting from 0,
+        rows: ``(N, 10)`` float64 rows in ``LOC_COLUMNS`` order, frame counting from 0,
             ordered by frame; empty when ``error`` is set.
         engine: the engine's label (``torch/cpu/bf16``), "" if none was built.
         model: ``name vVERSION`` of the model the engine runs, "" if none was built.
@@ -109,7 +109,7 @@ def localize_chunk(task: ChunkTask) -> ChunkResult:
     except VoxlocError as exc:  # a bad file or model: retrying elsewhere will not help
         log.warning("chunk [%d, %d) of %s failed: %s", task.first, task.stop, task.sources, exc)
         dt = time.perf_counter() - t0
-        empty = np.zeros((0, 5))
+        empty = np.zeros((0, len(LOC_COLUMNS)))
         return ChunkResult(task.first, task.stop, empty, label, model, worker, dt, str(exc))
     dt = time.perf_counter() - t0
     return ChunkResult(task.first, task.stop, rows, label, model, worker, dt)
@@ -164,7 +164,7 @@ class _Rows:
                 self.rows += len(loc)
 
     def array(self) -> np.ndarray:
-        return np.concatenate(self.parts) if self.parts else np.zeros((0, 5))
+        return np.concatenate(self.parts) if self.parts else np.zeros((0, len(LOC_COLUMNS)))
 
 
 _lock = threading.Lock()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +27,15 @@ from tqdm import tqdm
 
 from engines.errors import FormatError, NonFiniteError
 from engines.inference import Engine, create_engine
-from engines.io.loctable import TableMeta, TableWriter, open_table_writer, table_format
+from engines.io.loctable import (
+    TableMeta,
+    TableWriter,
+    model_meta,
+    open_table_writer,
+    table_format,
+)
 from engines.io.stacks import Stack, open_stack
 from engines.modeldir import resolve_model
-from engines.types import Localizations
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +133,10 @@ def localize_stack(
                     f"{stack.describe()}: frame {first + exc.frame} (counting from 0) "
                     f"has {exc.count} NaN/inf pixels"
                 ) from exc
-            if not np.all(scale == 1):
+            if not np.all(scale == 1):  # positions and their precision on the output grid
                 locs = [
-                    Localizations(loc.frame, loc.xyz_nm * scale, loc.confidence) for loc in locs
+                    replace(loc, xyz_nm=loc.xyz_nm * scale, precision_nm=loc.precision_nm * scale)
+                    for loc in locs
                 ]
             writer.write(locs)
             bar.update(frames.shape[0])
@@ -180,4 +186,5 @@ def _table_meta(
             "Backend": engine.label,
             "Threshold": float(threshold),
         },
+        **model_meta(info.settings, px_nm=px_nm, dz_nm=dz_nm),
     )

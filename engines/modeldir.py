@@ -20,6 +20,7 @@ from engines.config import SimSettings
 from engines.errors import EngineError, ModelNotFoundError
 from engines.io.atomic import atomic_output, write_json
 from engines.network import DEFAULT_CHANNELS, DEFAULT_KERNELS, VoxelNet
+from engines.precision import PrecisionCalibration
 
 MODEL_JSON = "model.json"
 WEIGHTS = "weights.pt"
@@ -43,6 +44,7 @@ class ModelInfo(BaseModel):
     input_scale: float = 1.0
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
+    precision: PrecisionCalibration | None = None  # engines.precision; None: NaN precision
 
     @property
     def planes(self) -> int:

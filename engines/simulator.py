@@ -102,6 +102,32 @@ class Simulator:
         z = self._uniform(batch, m_max, lo=0.0, hi=g.depth_nm)
         xyz = torch.stack([x, y, z], dim=-1)
         weights = self._uniform(batch, m_max, lo=s.weight_min, hi=s.weight_max) * present
+        return self.render(xyz, weights, present, height=h, width=w, drift=drift)
+
+    def render(
+        self,
+        xyz: torch.Tensor,
+        weights: torch.Tensor,
+        present: torch.Tensor,
+        *,
+        height: int | None = None,
+        width: int | None = None,
+        drift: bool = True,
+    ) -> SimBatch:
+        """Frames of molecules at given positions (e.g. a fixed sample that blinks).
+
+        Args:
+            xyz: ``(B, M, 3)`` float32 positions, nm (frame + margin).
+            weights: ``(B, M)`` float32 brightness weights, 0 where ``present`` is False.
+            present: ``(B, M)`` bool, False for padding.
+            drift: draw per-plane lateral drift up to ``drift_max_nm``.
+        """
+        s = self.settings
+        g = s.geometry
+        h = height or g.height
+        w = width or g.width
+        batch = xyz.shape[0]
+        x, y = xyz[..., 0], xyz[..., 1]
         inside = (x >= 0) & (x < w * g.px_nm) & (y >= 0) & (y < h * g.px_nm)
         valid = present & inside
 

@@ -9,9 +9,10 @@ maximum peak intensity).
 
 The lateral knots are ``oversample`` times finer than the camera pixel, so an undersampled
 PSF (sigma ~0.7 px) is still interpolated to well under 1% of its peak. Rendering is torch,
-vectorised over molecules: the cubic B-spline weights of one molecule are the same for all
-pixels of its window, so each window is a z-blend of 4 coefficient slices followed by two
-gathers (rows, columns). Positions are exact (no grid snapping) and differentiable.
+vectorised over molecules and planes: the cubic B-spline weights of one molecule are the
+same for all pixels of its window (pixel centres are ``oversample`` knots apart), so a
+window row is one weighted sum of 16 knot rows (4 z x 4 y taps) and its pixels a 4-tap
+filter along that row. Positions are exact (no grid snapping) and differentiable.
 
 File format (``.npz``, :data:`FORMAT` version :data:`FORMAT_VERSION`): ``coeffs`` ``(P, Z, G,
 G)`` float32 B-spline coefficients, ``values`` the same shape (the sampled PSF), and the
@@ -237,25 +238,6 @@ class SplinePSF:
         nz = self.coeffs.shape[1]
         return ((z_nm - self.z0_nm) / self.z_step_nm).clamp(0.0, nz - 1 - 1e-6)
 
-    def _table(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, float]:
-        """Spline values tabulated ``TABLE_XY`` times finer than the knots laterally and
-        ``TABLE_Z`` times in z, over the reach of a window: ``(P, 1, Zt, Nt, Nt)`` and the
-        lateral offset of entry 0, nm (entry ``i`` at ``offset0 + i * step / TABLE_XY``)."""
-        key = ("table-" + str(device), dtype)
-        if key not in self._torch:
-            g, nz = self.knots, self.coeffs.shape[1]
-            centre = (g - 1) / 2
-            reach = (self.roi_px // 2 + 1) * self.oversample  # knots from the centre
-            u = centre + torch.arange(-reach * TABLE_XY, reach * TABLE_XY + 1) / TABLE_XY
-            w = torch.arange((nz - 1) * TABLE_Z + 1, dtype=torch.float64) / TABLE_Z
-            bu, bz = _basis(u.double(), g), _basis(w, nz)
-            c = torch.as_tensor(self.coeffs, dtype=torch.float64)
-            t = torch.einsum("fz,pzyx->pfyx", bz, c)
-            t = torch.einsum("vy,pfyx->pfvx", bu, t)
-            t = torch.einsum("ux,pfvx->pfvu", bu, t)
-            self._torch[key] = t[:, None].to(device=device, dtype=dtype).contiguous()
-        return self._torch[key], -(self.roi_px // 2 + 1) * self.px_nm
-
     def windows(
         self,
         plane: int,
@@ -267,38 +249,43 @@ class SplinePSF:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Rendered windows of ``(N,)`` molecules in one plane.
 
-        ``exact``: evaluate the cubic spline (use it for derivatives). Otherwise trilinear
-        interpolation of the spline tabulated on a grid ``TABLE_XY`` times finer than the
-        knots laterally and ``TABLE_Z`` in z (one fused ``grid_sample``, ~10x faster; within
-        ~0.3% of the peak; positions are still exact, not snapped to the grid).
+        Both paths evaluate the same cubic spline (they agree to float rounding).
+        ``exact``: in primitives that forward-mode autodiff (``torch.func.jvp``) can
+        differentiate, for the CRLB. Otherwise the fused rendering path (:meth:`_windows_fast`,
+        several times faster and lighter in memory; reverse-mode autograd only).
 
         Returns ``(win, row0, col0)``: ``(N, S, S)`` pixel values (S = ``roi_px``) and the
         ``(N,)`` int64 row / column of each window's first pixel.
         """
         if exact:
             return self._windows_exact(plane, x_nm, y_nm, z_nm)
-        side, half = self.roi_px, self.roi_px // 2
-        dev, dtype = x_nm.device, x_nm.dtype
-        table, offset0 = self._table(dev, dtype)
-        n_t = table.shape[-1]
+        return self._windows_fast(plane, x_nm, y_nm, z_nm)
+
+    def _lateral(
+        self, x_nm: torch.Tensor, y_nm: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``row0, col0`` of the windows, the first lateral knot ``iv, iu`` of their first
+        pixel's taps and the ``(N, 4)`` tap weights ``wv, wu`` (the same for every pixel: pixel
+        centres are ``oversample`` knots apart)."""
+        half, dtype = self.roi_px // 2, x_nm.dtype
+        centre = (self.knots - 1) / 2
         col0 = torch.floor(x_nm / self.px_nm).long() - half
         row0 = torch.floor(y_nm / self.px_nm).long() - half
-        pix = (torch.arange(side, device=dev, dtype=dtype) + 0.5) * self.px_nm
-        dx = (col0.to(dtype) * self.px_nm - x_nm)[:, None] + pix  # (N, S) pixel - molecule
-        dy = (row0.to(dtype) * self.px_nm - y_nm)[:, None] + pix
-        span = (n_t - 1) * self.step_nm / TABLE_XY
-        gx = 2 * (dx - offset0) / span - 1
-        gy = 2 * (dy - offset0) / span - 1
-        gz = 2 * self._z_coord(z_nm) / (self.coeffs.shape[1] - 1) - 1
-        n = x_nm.shape[0]
-        grid = torch.empty(n, side, side, 3, device=dev, dtype=dtype)
-        grid[..., 0] = gx[:, None, :]
-        grid[..., 1] = gy[:, :, None]
-        grid[..., 2] = gz[:, None, None]
-        out = torch.nn.functional.grid_sample(
-            table[plane : plane + 1], grid[None], mode="bilinear", align_corners=True
-        )
-        return out[0, 0], row0, col0
+        # knot coordinate of the first pixel's centre; pixel a adds a * oversample. The knot
+        # grid holds every tap of every window (SplinePSF.knots >= s * (roi + 1) + 7).
+        u0 = ((col0.to(dtype) + 0.5) * self.px_nm - x_nm) / self.step_nm + centre
+        v0 = ((row0.to(dtype) + 0.5) * self.px_nm - y_nm) / self.step_nm + centre
+        iu, iv = torch.floor(u0).detach().long(), torch.floor(v0).detach().long()
+        wu, wv = bspline_weights(u0 - iu.to(dtype)), bspline_weights(v0 - iv.to(dtype))
+        return row0, col0, iv - 1, iu - 1, wv, wu
+
+    def _axial(self, z_nm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(N, 4)`` z knot indices of the taps (clamped to the range) and their weights."""
+        w0 = self._z_coord(z_nm)
+        iw = torch.floor(w0).detach().long()
+        taps = torch.arange(4, device=z_nm.device)
+        zi = (iw[:, None] - 1 + taps).clamp(0, self.coeffs.shape[1] - 1)
+        return zi, bspline_weights(w0 - iw.to(z_nm.dtype))
 
     def _windows_exact(
         self,
@@ -307,52 +294,67 @@ class SplinePSF:
         y_nm: torch.Tensor,
         z_nm: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`windows` by evaluating the spline exactly (used for derivatives)."""
-        s, side, step = self.oversample, self.roi_px, self.step_nm
+        """:meth:`windows` in jvp-differentiable primitives: z-blend of the 4 coefficient
+        slices of each molecule, then gathers of its rows and columns."""
+        s, side = self.oversample, self.roi_px
         dev, dtype = x_nm.device, x_nm.dtype
         n, g = x_nm.shape[0], self.knots
-        half = side // 2
-        centre = (g - 1) / 2
-        col0 = torch.floor(x_nm / self.px_nm).long() - half
-        row0 = torch.floor(y_nm / self.px_nm).long() - half
-        # knot coordinate of the first pixel's centre; pixel a adds a * s. The knot grid
-        # holds every tap of every window (SplinePSF.knots >= s * (roi + 1) + 7).
-        u0 = ((col0.to(dtype) + 0.5) * self.px_nm - x_nm) / step + centre
-        v0 = ((row0.to(dtype) + 0.5) * self.px_nm - y_nm) / step + centre
-        iu, iv = torch.floor(u0).detach().long(), torch.floor(v0).detach().long()
-        wu, wv = bspline_weights(u0 - iu.to(dtype)), bspline_weights(v0 - iv.to(dtype))
-        w0 = self._z_coord(z_nm)
+        row0, col0, iv, iu, wv, wu = self._lateral(x_nm, y_nm)
+        zi, ww = self._axial(z_nm)
         c = self._coeffs(dev, dtype)[plane]  # (Z, G, G)
-        iw = torch.floor(w0).detach().long()
-        ww = bspline_weights(w0 - iw.to(dtype))
-        zi = (iw[:, None] - 1 + torch.arange(4, device=dev)).clamp(0, c.shape[0] - 1)
-        blend = torch.bmm(ww[:, None, :], c[zi].reshape(n, -1, g * g)).reshape(n, g, g)
+        blend = torch.bmm(ww[:, None, :], c[zi].reshape(n, 4, g * g)).reshape(n, g, g)
         taps = torch.arange(4, device=dev)
         pix = torch.arange(side, device=dev) * s
-        rows = (iv[:, None, None] - 1 + pix[None, :, None] + taps).reshape(n, side * 4, 1)
+        rows = (iv[:, None, None] + pix[None, :, None] + taps).reshape(n, side * 4, 1)
         picked = blend.gather(1, rows.expand(n, side * 4, g)).reshape(n, side, 4, g)
         by_row = torch.einsum("nbqg,nq->nbg", picked, wv)  # (N, S, G)
-        cols = (iu[:, None, None] - 1 + pix[None, :, None] + taps).reshape(n, 1, side * 4)
+        cols = (iu[:, None, None] + pix[None, :, None] + taps).reshape(n, 1, side * 4)
         picked = by_row.gather(2, cols.expand(n, side, side * 4)).reshape(n, side, side, 4)
         win = torch.einsum("nbap,np->nba", picked, wu)
         return win, row0, col0
 
+    def _windows_fast(
+        self,
+        plane: int | torch.Tensor,
+        x_nm: torch.Tensor,
+        y_nm: torch.Tensor,
+        z_nm: torch.Tensor,
+        *,
+        scale: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`windows` for rendering; ``plane`` may be ``(N,)`` (one per molecule) and
+        ``scale`` ``(N,)`` multiplies each window (at the cost of 4 weights, not S x S).
 
-FINE_Z = 4
-TABLE_XY = 6
-TABLE_Z = 2
-
-
-def _basis(u: torch.Tensor, n: int) -> torch.Tensor:
-    """``(len(u), n)`` dense cubic B-spline basis at knot coordinates ``u`` (clamped)."""
-    i = torch.floor(u).long()
-    w = bspline_weights(u - i)
-    out = torch.zeros(len(u), n, dtype=u.dtype)
-    for r in range(4):
-        out.index_put_(
-            (torch.arange(len(u)), (i - 1 + r).clamp(0, n - 1)), w[:, r], accumulate=True
-        )
-    return out
+        The spline is a tensor product and a molecule's 64 tap weights are the same for all
+        pixels of its window. A window row is the weighted sum of 16 knot rows (4 z taps x 4
+        y taps) of the ``(P * Z * G, G)`` coefficient table: one fused ``embedding_bag``
+        gives every window's ``(S, G)`` rows without materialising its ``(4, G, G)`` slices.
+        The 4 x taps are then a 4-tap filter along each row, read at the pixel centres.
+        """
+        s, side = self.oversample, self.roi_px
+        dev, dtype = x_nm.device, x_nm.dtype
+        n, g, nz = x_nm.shape[0], self.knots, self.coeffs.shape[1]
+        row0, col0, iv, iu, wv, wu = self._lateral(x_nm, y_nm)
+        zi, ww = self._axial(z_nm)
+        if scale is not None:
+            wu = wu * scale[:, None]
+        pix = torch.arange(side, device=dev) * s  # first tap of each pixel, from iv / iu
+        plane_t = torch.as_tensor(plane, device=dev).reshape(-1, 1)
+        z_row = (plane_t * nz + zi) * g + iv[:, None]  # (N, 4) table row of tap (z, y=0)
+        y_taps = pix[:, None] + torch.arange(4, device=dev)  # (S, 4)
+        knot_rows = z_row[:, None, :, None] + y_taps[None, :, None, :]  # (N, S, 4 z, 4 y)
+        weights = (ww[:, :, None] * wv[:, None, :]).reshape(n, 1, 16).expand(n, side, 16)
+        rows = torch.nn.functional.embedding_bag(
+            knot_rows.reshape(n * side, 16),
+            self._coeffs(dev, dtype).reshape(-1, g),
+            per_sample_weights=weights.reshape(n * side, 16),
+            mode="sum",
+        ).reshape(n, side, g)
+        filtered = rows[..., : g - 3] * wu[:, 0, None, None]  # (N, S, G - 3), tap 0 at j
+        for p in range(1, 4):
+            filtered = filtered.addcmul_(rows[..., p : g - 3 + p], wu[:, p, None, None])
+        at = (iu[:, None] + pix)[:, None, :].expand(n, side, side)
+        return filtered.gather(2, at), row0, col0
 
 
 def scatter_windows(
@@ -378,11 +380,9 @@ def scatter_windows(
         hi = int(torch.maximum(row0.max() - height, col0.max() - width)) + side
         pad = max(pad, -lo, hi, 0)
     hp, wp = height + 2 * pad, width + 2 * pad
-    r = row0 + pad
-    c = col0 + pad
+    first = (frame_index * hp + row0 + pad) * wp + col0 + pad  # (N,) flat index of (0, 0)
     offs = torch.arange(side, device=dev)
-    flat = (frame_index[:, None, None] * hp + (r[:, None] + offs)[:, :, None]) * wp
-    flat = flat + (c[:, None] + offs)[:, None, :]
+    flat = first[:, None, None] + (offs[:, None] * wp + offs)  # (N, S, S)
     out = torch.zeros(frames * hp * wp, device=dev, dtype=windows.dtype)
     out = out.index_add(0, flat.reshape(-1), windows.reshape(-1))
     return out.reshape(frames, hp, wp)[:, pad : pad + height, pad : pad + width]
@@ -399,24 +399,28 @@ def render_spline(
     exact: bool = False,
 ) -> torch.Tensor:
     """``(B, P, H, W)`` intensity of ``(B, M, 3)`` molecules with ``(B, M)`` amplitudes
-    (``exact``: evaluate the spline, else its fine table, see :meth:`SplinePSF.windows`).
+    (``exact``: the jvp-differentiable evaluation, see :meth:`SplinePSF.windows`).
 
     ``amplitude`` multiplies the unit-sum spline (0 marks padding, skipped); ``drift_nm``
-    ``(B, P, 2)`` shifts a molecule to ``xy + drift[k]`` in plane ``k`` (paper Eq. 7).
+    ``(B, P, 2)`` shifts a molecule to ``xy + drift[k]`` in plane ``k`` (paper Eq. 7). All
+    planes' windows are evaluated and summed into the frames in one call each.
     """
     batch, planes = xyz_nm.shape[0], spline.planes
     keep = amplitude != 0
     b_idx = torch.arange(batch, device=xyz_nm.device)[:, None].expand_as(keep)[keep]
     xyz, amp = xyz_nm[keep], amplitude[keep]
-    out = []
-    for k in range(planes):
-        d = drift_nm[b_idx, k]
-        win, r0, c0 = spline.windows(
-            k, xyz[:, 0] + d[:, 0], xyz[:, 1] + d[:, 1], xyz[:, 2], exact=exact
-        )
-        out.append(
-            scatter_windows(
-                win * amp[:, None, None], r0, c0, b_idx, frames=batch, height=height, width=width
-            )
-        )
-    return torch.stack(out, dim=1)
+    n = xyz.shape[0]
+    # one window per (plane, molecule), plane-major: plane k is rows k * n .. (k + 1) * n
+    plane = torch.arange(planes, device=xyz.device).repeat_interleave(n)
+    x, y = (xyz[None, :, :2] + drift_nm[b_idx].transpose(0, 1)).reshape(-1, 2).unbind(1)
+    z, amp = xyz[:, 2].repeat(planes), amp.repeat(planes)
+    if exact:
+        cut = [slice(k * n, (k + 1) * n) for k in range(planes)]
+        parts = [spline.windows(k, x[c], y[c], z[c], exact=True) for k, c in enumerate(cut)]
+        win, r0, c0 = (torch.cat(t) for t in zip(*parts, strict=True))
+        win = win * amp[:, None, None]
+    else:
+        win, r0, c0 = spline._windows_fast(plane, x, y, z, scale=amp)
+    frame = b_idx.repeat(planes) * planes + plane
+    out = scatter_windows(win, r0, c0, frame, frames=batch * planes, height=height, width=width)
+    return out.reshape(batch, planes, height, width)

@@ -13,6 +13,9 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
 fi
 if [ "${1:-}" = "--test" ]; then
   "$PY" -m pip install -q -e ".[engine,test]"
+  # Picasso for tests/interop without its GUI dependencies (the test extra has the rest;
+  # pyproject.toml `interop`)
+  "$PY" -m pip install -q --no-deps "picassosr==0.11.3"
   # Debian's chromium for the browser tests; GL/xkb libraries for napari's Qt (offscreen)
   debs="chromium libgl1 libegl1 libxkbcommon0 libdbus-1-3 libfontconfig1"
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +196,7 @@ class Submitted:
         out: list[Localizations] = []
         for sets, pending in self.parts:
             out.extend(
-                Localizations(fs.frame, r.xyz_nm, r.confidence)
+                replace(r, frame=fs.frame)  # photometry and precision kept
                 for fs, r in zip(sets, pending.result(), strict=True)
             )
         self.busy_s += time.perf_counter() - t0

@@ -19,7 +19,7 @@ import zmq
 
 from engines.config import Geometry
 from engines.errors import VoxlocError
-from engines.io.loctable import TableMeta
+from engines.io.loctable import TableMeta, model_meta
 from service.acquisitions import Acquisitions
 from service.aligner import Aligner
 from service.batcher import Batcher
@@ -364,6 +364,11 @@ class Pipeline:
             planes=s.planes,
             source=f"{self.settings.name} acquisition {acquisition}",
             data_type="float32",
+            **(
+                model_meta(active.engine.info.settings, px_nm=geometry.px_nm, dz_nm=geometry.dz_nm)
+                if active
+                else {}
+            ),
         )
 
     def load_model(self, name: str) -> tuple[LoadedModel, LoadedModel | None]:

@@ -3,6 +3,10 @@
 Every message is multipart: a msgpack header map, then the raw array bytes. Pixels are
 never packed inside msgpack and nothing is ever pickled. Both message kinds carry the
 format version, the source name and a frame index (from 0, per acquisition).
+
+Versions are per kind: camera frames are version :data:`WIRE_VERSION` (1); localization
+messages are version :data:`LOCS_VERSION` (2: photometry and precision columns), and
+version-1 localization messages (five columns) are still read, their photometry NaN.
 """
 
 from __future__ import annotations
@@ -15,9 +19,12 @@ import msgpack
 import numpy as np
 
 from engines.errors import StreamError
-from engines.types import LOC_COLUMNS, Localizations
+from engines.types import LEGACY_LOC_COLUMNS, LOC_COLUMNS, Localizations
 
-WIRE_VERSION = 1
+WIRE_VERSION = 1  # camera frames
+LOCS_VERSION = 2  # localization messages; 2 added photometry and precision columns
+# The columns of each localization message version this reader understands.
+LOCS_COLUMNS_BY_VERSION: dict[int, tuple[str, ...]] = {1: LEGACY_LOC_COLUMNS, 2: LOC_COLUMNS}
 FRAME_KIND = "frame"
 LOCS_KIND = "locs"
 FRAME_DTYPES = ("uint16", "float32")
@@ -114,7 +121,7 @@ def _acquisition_id(value: object, error: type[Exception]) -> str:
     raise error(text)
 
 
-def _header(parts: list, kind: str) -> dict[str, Any]:
+def _header(parts: list, kind: str, versions: tuple[int, ...] = (WIRE_VERSION,)) -> dict[str, Any]:
     if len(parts) != 2:
         raise WireError(Reject.MALFORMED, f"expected 2 message parts, got {len(parts)}")
     try:
@@ -123,13 +130,21 @@ def _header(parts: list, kind: str) -> dict[str, Any]:
         raise WireError(Reject.MALFORMED, f"header is not msgpack: {exc}") from exc
     if not isinstance(header, dict):
         raise WireError(Reject.MALFORMED, f"header is a {type(header).__name__}, not a map")
-    if header.get("v") != WIRE_VERSION:
-        raise WireError(
-            Reject.VERSION, f"expected wire version {WIRE_VERSION}, got {header.get('v')!r}"
-        )
+    version = header.get("v")
+    if version not in versions or isinstance(version, bool):
+        raise WireError(Reject.VERSION, _version_text(kind, versions, version))
     if header.get("kind") != kind:
         raise WireError(Reject.KIND, f"expected a {kind!r} message, got {header.get('kind')!r}")
     return header
+
+
+def _version_text(kind: str, versions: tuple[int, ...], got: object) -> str:
+    newest, older = versions[-1], ", ".join(str(v) for v in versions[:-1])
+    text = f"expected wire version {newest}" + (f" (or {older}, still read)" if older else "")
+    text += f" for {kind!r} messages, got {got!r}"
+    if isinstance(got, int) and got > newest:
+        text += " from a newer voxloc: upgrade this reader"
+    return text
 
 
 def _field(header: dict, name: str, typ: type | tuple) -> Any:
@@ -252,7 +267,7 @@ class LocsMessage:
 
     def header(self) -> dict[str, Any]:
         return {
-            "v": WIRE_VERSION,
+            "v": LOCS_VERSION,
             "kind": LOCS_KIND,
             "source": self.source,
             "seq": self.seq,
@@ -266,24 +281,42 @@ class LocsMessage:
             "acquisition": self.acquisition,
             "columns": list(LOC_COLUMNS),
             "dtype": "float64",
-            "shape": [len(self.locs), 5],
+            "shape": [len(self.locs), len(LOC_COLUMNS)],
         }
 
 
 def encode_locs(msg: LocsMessage) -> list:
-    """Multipart message: header, then ``(N, 5)`` float64 rows in CSV column order."""
+    """Multipart message: header, then ``(N, 10)`` float64 rows in ``LOC_COLUMNS`` (CSV)
+    order; photometry and precision NaN where unknown."""
     return [_pack(msg.header()), np.ascontiguousarray(msg.locs.to_array())]
 
 
 def decode_locs(parts: list) -> LocsMessage:
-    header = _header(parts, LOCS_KIND)
-    shape = _field(header, "shape", list)
-    if len(shape) != 2 or shape[1] != 5 or header.get("dtype") != "float64":
+    """Parse a localization message of version 2, or of version 1 (five columns, read
+    with NaN photometry and precision); raises :class:`WireError` with a reason."""
+    header = _header(parts, LOCS_KIND, tuple(LOCS_COLUMNS_BY_VERSION))
+    columns = LOCS_COLUMNS_BY_VERSION[header["v"]]
+    if tuple(header.get("columns", columns)) != columns:
         raise WireError(
-            Reject.SHAPE, f"expected (N, 5) float64 rows, got {shape!r} {header.get('dtype')!r}"
+            Reject.FIELDS,
+            f"expected the columns {list(columns)} in a version {header['v']} 'locs' "
+            f"message, got {header.get('columns')!r}",
+        )
+    shape = _field(header, "shape", list)
+    width = len(columns)
+    if (
+        len(shape) != 2
+        or shape[1] != width
+        or not isinstance(shape[0], int)
+        or shape[0] < 0
+        or header.get("dtype") != "float64"
+    ):
+        raise WireError(
+            Reject.SHAPE,
+            f"expected (N, {width}) float64 rows, got {shape!r} {header.get('dtype')!r}",
         )
     buf = memoryview(parts[1])
-    if buf.nbytes != shape[0] * 5 * 8:
+    if buf.nbytes != shape[0] * width * 8:
         raise WireError(Reject.SIZE, f"payload of {buf.nbytes} bytes for {shape[0]} rows")
     rows = np.frombuffer(buf, dtype=np.float64).reshape(shape)
     frame = _field(header, "frame", int)

@@ -50,9 +50,7 @@ class OrderedOutput:
         spans = self.manifest.spans
         while self._next < len(spans) and self.manifest.is_finished(spans[self._next]):
             rows = self.manifest.rows(spans[self._next])
-            self._table().write_table(
-                LocTable(rows[:, 0].astype(np.int64), rows[:, 1:4], rows[:, 4])
-            )
+            self._table().write_table(LocTable.from_rows(rows))
             self._next += 1
         if self._next == len(spans) and not self.done:
             self._commit()

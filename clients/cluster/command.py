@@ -43,9 +43,9 @@ def add_cluster_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--format",
-        choices=["csv", "h5"],
+        choices=["csv", "h5", "smlm"],
         default="csv",
-        help="table format when -o names a folder: <input stem>.csv or .h5 (default csv)",
+        help="table format when -o names a folder: <input stem>.csv, .h5 or .smlm (default csv)",
     )
     g.add_argument(
         "--engine-threads",

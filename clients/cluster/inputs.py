@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engines.errors import FormatError
-from engines.io.loctable import CSV_SUFFIXES, HDF5_SUFFIXES
+from engines.io.loctable import CSV_SUFFIXES, HDF5_SUFFIXES, SMLM_SUFFIXES
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 PLANE_NAME = re.compile(r"^(?P<stem>.+?)[_-]plane(?P<plane>\d+)$", re.IGNORECASE)
-TABLE_SUFFIXES = {"csv": ".csv", "h5": ".h5"}
+TABLE_SUFFIXES = {"csv": ".csv", "h5": ".h5", "smlm": ".smlm"}
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class InputStack:
 
 
 def is_table_path(out: Path) -> bool:
-    return out.suffix.lower() in CSV_SUFFIXES + HDF5_SUFFIXES
+    return out.suffix.lower() in CSV_SUFFIXES + HDF5_SUFFIXES + SMLM_SUFFIXES
 
 
 def plan_inputs(inputs: Sequence[str | Path], out: Path, table_format: str) -> list[InputStack]:
@@ -51,7 +51,9 @@ def plan_inputs(inputs: Sequence[str | Path], out: Path, table_format: str) -> l
             f"table format must be one of {sorted(TABLE_SUFFIXES)}, got {table_format!r}"
         )
     if out.exists() and not out.is_dir():
-        raise FormatError(f"-o {out}: expected a folder (or a .csv / .h5 file), it is a file")
+        raise FormatError(
+            f"-o {out}: expected a folder (or a .csv / .h5 / .smlm file), it is a file"
+        )
     suffix = TABLE_SUFFIXES[table_format]
     stacks = [
         InputStack(name, sources, out / f"{name}{suffix}") for name, sources in group_stacks(paths)

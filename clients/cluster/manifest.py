@@ -89,7 +89,8 @@ class Manifest:
         self._write()
 
     def rows(self, span: Span) -> np.ndarray:
-        """``(N, 5)`` float64 rows of a finished chunk."""
+        """``(N, 10)`` float64 rows of a finished chunk in ``LOC_COLUMNS`` order (``(N, 5)``
+        for a chunk finished before photometry: :meth:`LocTable.from_rows` reads both)."""
         return np.load(self._part(span), allow_pickle=False)
 
     def engines(self) -> list[str]:

@@ -30,7 +30,7 @@ from clients.cluster.manifest import Manifest, Span
 from clients.cluster.progress import Progress
 from engines.chunks import ChunkResult, ChunkTask, localize_chunk, plan_chunks
 from engines.errors import FormatError, VoxlocError
-from engines.io.loctable import TableMeta
+from engines.io.loctable import TableMeta, model_meta
 from engines.io.stacks import Stack, open_stack
 from engines.localize import LocalizeOptions
 from engines.modeldir import WEIGHTS, ModelInfo, read_info, resolve_model
@@ -340,12 +340,14 @@ def _table_meta(
     stack: Stack, input_stack: InputStack, info: ModelInfo, opts: LocalizeOptions
 ) -> TableMeta:
     g = info.settings.geometry
+    px_nm = opts.px_nm if opts.px_nm is not None else g.px_nm
+    dz_nm = opts.dz_nm if opts.dz_nm is not None else g.dz_nm
     return TableMeta(
         frames=stack.frames,
         height=stack.height,
         width=stack.width,
-        px_nm=opts.px_nm if opts.px_nm is not None else g.px_nm,
-        dz_nm=opts.dz_nm if opts.dz_nm is not None else g.dz_nm,
+        px_nm=px_nm,
+        dz_nm=dz_nm,
         planes=stack.planes,
         generated_by="voxloc localize",
         source=", ".join(str(p) for p in input_stack.sources),
@@ -356,6 +358,7 @@ def _table_meta(
             "Backend": opts.backend,
             "Threshold": float(opts.threshold),
         },
+        **model_meta(info.settings, px_nm=px_nm, dz_nm=dz_nm),
     )
 
 

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clients.commands.options import Default, add_precision_option, build
+
+if TYPE_CHECKING:
+    from engines.evaluate.runner import EvalConfig
 
 CONFIG = "engines.evaluate.runner:EvalConfig"
 
@@ -35,6 +40,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         ),
         precision=args.precision,
     )
+    if args.calibrate_precision:
+        from engines.evaluate.calibrate import calibrate_precision, format_calibration
+
+        command = _calibration_command(cfg)
+        record = calibrate_precision(cfg, command=command)
+        print(format_calibration(record))
+        print(f"\nprecision calibration recorded in {cfg.model}'s model.json")
+        return 0
     out_dir = args.out or Path(f"evaluation-{Path(str(cfg.model)).name}-{cfg.size}")
     report = run_evaluation(cfg, out_dir)
     print(format_table(report))
@@ -43,6 +56,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         key = record_metrics(Path(report["model"]["dir"]), report)
         print(f"metrics recorded in {Path(report['model']['dir']) / 'model.json'} under {key!r}")
     return 0
+
+
+def _calibration_command(cfg: EvalConfig) -> str:
+    """The command line that reruns this calibration (recorded in model.json)."""
+    args = [
+        "voxloc evaluate --calibrate-precision",
+        f"--model {shlex.quote(str(cfg.model))}",
+        f"--backend {cfg.backend}",
+        f"--frames {cfg.frames}",
+        f"--size {cfg.size}",
+        f"--molecules {cfg.molecules}",
+        f"--low-molecules {cfg.low_density_molecules}",
+        f"--seed {cfg.seed}",
+        "--thresholds " + " ".join(f"{t:g}" for t in cfg.thresholds),
+    ]
+    return " ".join(args)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -111,6 +140,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--record",
         action="store_true",
         help="store the summary metrics in the model directory's model.json",
+    )
+    p.add_argument(
+        "--calibrate-precision",
+        action="store_true",
+        help="instead of the protocol: fit the model's per-localization precision "
+        "(calibrated Cramer-Rao bound, docs/photometry.md) on --frames frames of "
+        "--low-molecules to --molecules per 64x64, check it on independent frames, and "
+        "record it in model.json",
     )
     g = p.add_argument_group("extra test sets")
     g.add_argument(

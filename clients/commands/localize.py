@@ -46,9 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "localize",
         help="localize molecules in a TIFF stack",
         description="Localize every frame of a TZYX/TCYX TIFF (or one TIFF per "
-        "plane, in plane order) and write a ThunderSTORM CSV (.csv) or a "
-        "Picasso HDF5 + yaml (.h5). Streams in batches; the output appears "
-        "only when the whole stack is done.",
+        "plane, in plane order) and write a ThunderSTORM CSV (.csv), a "
+        "Picasso HDF5 + yaml (.h5) or an SMLM file (.smlm), each with photons, "
+        "background and precision per localization (docs/formats.md). Streams in "
+        "batches; the output appears only when the whole stack is done.",
     )
     p.add_argument(
         "inputs",
@@ -63,7 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--out",
         type=Path,
         required=True,
-        help="OUT.csv or OUT.h5; with --workers/--scheduler also a folder for many inputs",
+        help="OUT.csv, OUT.h5 or OUT.smlm; with --workers/--scheduler also a folder for "
+        "many inputs",
     )
     p.add_argument(
         "--model",

@@ -17,8 +17,14 @@ PAPER = Geometry()
 def _cmd_record(args: argparse.Namespace) -> int:
     from clients.record import acquisition_path, open_stream_writer, record
     from clients.subscriber import LocalizationSubscriber
-    from engines.io.loctable import TableMeta
+    from engines.io.loctable import TableMeta, model_meta
 
+    from_model = {}
+    if args.model is not None:  # its camera and PSF width: sigma1/2 [nm] (HDF5 sx, sy)
+        from engines.modeldir import read_info, resolve_model
+
+        settings = read_info(resolve_model(args.model)).settings
+        from_model = model_meta(settings, px_nm=value(args.px_nm), dz_nm=value(args.dz_nm))
     meta = TableMeta(
         frames=0,
         height=args.height,
@@ -29,6 +35,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
         source=args.endpoint,
         data_type="float32",
         info={"Recorded by": "voxloc record"},
+        **from_model,
     )
     curve = curve_keys(args)
     writer = open_stream_writer(args.out, meta)
@@ -77,4 +84,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_geometry_options(m, planes="focal planes (default %(default)s)")
     m.add_argument("--height", type=int, default=PAPER.height, help="frame height, px")
     m.add_argument("--width", type=int, default=PAPER.width, help="frame width, px")
+    m.add_argument(
+        "--model",
+        default=None,
+        help="the model the service runs (name or directory): its camera goes into the yaml "
+        "and its PSF width into the table (sigma1/2 [nm], which Picasso's import_ts needs; "
+        "HDF5 sx, sy); without it the table has no PSF width",
+    )
     p.set_defaults(func=_cmd_record)

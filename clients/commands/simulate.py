@@ -17,16 +17,29 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     settings = settings_from_args(argparse.Namespace(**{**vars(args), "psf": None}))
     if not vectorial:
         settings = settings_from_args(args)
+    if args.drift_nm is None:  # append options cannot default to a Default
+        args.drift_nm = Default(CONFIG, "stage_drift_nm")
     if args.size is not None:
         geometry = settings.geometry.with_size(args.size, args.size)
         settings = settings.model_copy(update={"geometry": geometry})
     cfg = build(
         SimStackConfig,
         args,
-        dict(frames="frames", molecules="molecules", seed="seed", dtype="dtype"),
+        dict(
+            frames="frames",
+            molecules="molecules",
+            seed="seed",
+            dtype="dtype",
+            on_frames="on_frames",
+            off_frames="off_frames",
+            structure="structure",
+            stage_drift_nm="drift_nm",
+            z_nm="z_nm",
+        ),
         per_plane=args.per_plane,
         drift=not args.no_drift,
         progress=not args.quiet,
+        blinking=args.blinking,
     )
     psf = None
     if vectorial:
@@ -88,6 +101,53 @@ def register(sub: argparse._SubParsersAction) -> None:
         "uint16 rounds and clips to [0, 65535]; default %(default)s)",
     )
     p.add_argument("--no-drift", action="store_true", help="no per-plane lateral drift")
+    k = p.add_argument_group(
+        "a fixed sample that blinks and drifts (default: independent frames)",
+        "Emitters are drawn once per stack and blink (two-state Markov kinetics) and/or "
+        "drift with the stage; the ground truth gains an 'emitter' id column and the "
+        "drift per frame goes to NAME_drift.csv.",
+    )
+    k.add_argument(
+        "--blinking",
+        action="store_true",
+        help="emitters switch on and off; --molecules is then the mean number on per frame",
+    )
+    k.add_argument(
+        "--on-frames",
+        type=float,
+        default=Default(CONFIG, "on_frames"),
+        help="mean on time, frames (default %(default)s)",
+    )
+    k.add_argument(
+        "--off-frames",
+        type=float,
+        default=Default(CONFIG, "off_frames"),
+        help="mean off time, frames (default %(default)s)",
+    )
+    k.add_argument(
+        "--structure",
+        choices=["uniform", "rings"],
+        default=Default(CONFIG, "structure"),
+        help="emitter positions: uniform, or rings of 8 emitters, 50 nm radius "
+        "(default %(default)s)",
+    )
+    k.add_argument(
+        "--z-nm",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        default=Default(CONFIG, "z_nm"),
+        help="z range of the sample, nm, e.g. a thin section (default: the whole depth)",
+    )
+    k.add_argument(
+        "--drift-nm",
+        type=float,
+        nargs="+",
+        action="append",
+        metavar="D",
+        help="stage drift DX DY [DZ] in nm from the first to the last frame, linear; "
+        "given again, the next power (quadratic, ...) of a polynomial drift",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_settings_options(p)
     p.set_defaults(func=_cmd_simulate)

@@ -1,4 +1,5 @@
-"""FastAPI routes of the live dashboard (the page, its assets, the image stream, reset)."""
+"""FastAPI routes of the live dashboard (the page, its assets, the image stream, reset,
+the rendering mode)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from clients.dashboard.live import LiveImage, LiveState
 from clients.render import RenderMode, RenderSettings
 from service.api.auth import MUTATING_ERRORS, mutating
+from service.api.schemas import ErrorAnswer
 from service.curve import CurveClientKeys
 
 if TYPE_CHECKING:
@@ -27,6 +29,10 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
 HEARTBEAT_S = 10.0
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorAnswer, "description": "the body could not be read (not UTF-8 JSON)"},
+    422: {"model": ErrorAnswer, "description": "not a rendering mode; the detail says which"},
+}
 
 
 class DashboardInfo(BaseModel):
@@ -40,6 +46,21 @@ class DashboardInfo(BaseModel):
     colorbar: list[str] = Field(description="CSS colours from z_min_nm to z_max_nm")
     endpoint: str = Field(description="the localization stream the dashboard subscribes to")
     state: LiveState
+    mode: RenderMode = Field(description="how the image is rendered now")
+    modes: list[str] = Field(description="the rendering modes to choose from")
+    sigma_nm: float = Field(
+        description="blur of gauss mode, and of localizations without a precision"
+    )
+
+
+class DashboardRender(BaseModel):
+    """The image's rendering: ``hist`` (counts per pixel), ``gauss`` (blurred by
+    ``sigma_nm``) or ``precision`` (each localization a Gaussian of its own lateral
+    precision; ``sigma_nm`` where it has none)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: RenderMode
 
 
 class DashboardReset(BaseModel):
@@ -71,7 +92,7 @@ def create_router(
     nm_per_px: float = 24.0,
     extent_nm: tuple[float, float] = (64 * 192.0, 64 * 192.0),
     z_range_nm: tuple[float, float] = (0.0, 1600.0),
-    mode: RenderMode = "gauss",
+    mode: RenderMode = "precision",
     sigma_nm: float = 20.0,
     interval_s: float = 0.5,
     curve: CurveClientKeys | None = None,
@@ -85,7 +106,9 @@ def create_router(
         extent_nm: (width, height) initially covered from (0, 0); grows when
             localizations land beyond it.
         z_range_nm: depth range of the colour map.
-        mode: ``hist`` (2D histogram) or ``gauss`` (Gaussian-blurred, ``sigma_nm``).
+        mode: ``hist`` (2D histogram), ``gauss`` (Gaussian-blurred, ``sigma_nm``) or
+            ``precision`` (each localization blurred by its own lateral precision,
+            ``sigma_nm`` where it has none); the page can switch at any time.
         interval_s: at most one image update per interval.
         curve: keys to subscribe to a service with CURVE on (``pipeline.curve.client_keys()``).
     """
@@ -165,6 +188,15 @@ def _add_routes(router: APIRouter, live: LiveImage) -> None:
         """Clear the accumulated image (this dashboard's view only; the service is untouched)."""
         live.reset()
         return DashboardReset(reset=True, version=live.snapshot.version)
+
+    @router.put(
+        "/dashboard/render", dependencies=mutating, responses={**MUTATING_ERRORS, **BODY_ERRORS}
+    )
+    def set_render(body: DashboardRender) -> DashboardRender:
+        """Switch the image's rendering (this dashboard's view only); both images are
+        accumulated all along, so the switch shows the whole acquisition."""
+        live.set_mode(body.mode)
+        return DashboardRender(mode=live.settings.mode)
 
     @router.get("/dashboard/events", response_class=EventStreamResponse)
     async def events(request: Request) -> EventStreamResponse:

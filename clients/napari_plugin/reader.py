@@ -5,7 +5,10 @@ A ThunderSTORM CSV (``frame,x [nm],y [nm],z [nm],confidence,...``) or a Picasso 
 
 * data: ``(N, 3)`` float64 positions in nm, in napari's axis order ``(z, y, x)``;
 * features: the file's columns as they are in the file (CSV ``frame`` counts from 1,
-  Picasso's from 0; Picasso ``x`` / ``y`` in pixels), so nothing is lost or renamed;
+  Picasso's from 0; Picasso ``x`` / ``y`` and ``lpx`` / ``lpy`` in pixels), so nothing is
+  lost or renamed: photometry and precision (``intensity [photon]``, ``offset [photon]``,
+  ``uncertainty_xy [nm]`` ...; Picasso ``photons``, ``bg``, ``lpx`` ...) come along, NaN
+  where unknown;
 * face colour: z through the ``turbo`` colormap.
 
 Files that are not voxloc tables (another CSV, an HDF5 without ``locs``) are left to
@@ -21,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from engines.io.loctable import LocTable, read_csv, read_hdf5
-from engines.types import LOC_COLUMNS
+from engines.io.loctable import CSV_HEADER, LocTable, read_csv, read_hdf5
+from engines.types import BASE_COLUMNS
 
 LayerData = tuple[np.ndarray, dict[str, Any], str]
 POINT_SIZE_NM = 40.0
@@ -101,14 +104,8 @@ def zyx(xyz_nm: np.ndarray) -> np.ndarray:
 def _csv_columns(path: Path, table: LocTable) -> dict[str, np.ndarray]:
     with open(path, newline="") as fh:
         header = next(csv.reader(fh))
-    cols = {
-        "frame": table.frame + 1,  # as in the file: ThunderSTORM counts from 1
-        LOC_COLUMNS[1]: table.xyz_nm[:, 0],
-        LOC_COLUMNS[2]: table.xyz_nm[:, 1],
-        LOC_COLUMNS[3]: table.xyz_nm[:, 2],
-        LOC_COLUMNS[4]: table.confidence,
-        **table.extra,
-    }
+    # as in the file: ThunderSTORM frames count from 1 (csv_columns does so too)
+    cols = dict(zip(CSV_HEADER, table.csv_columns(), strict=True)) | table.extra
     return {name: cols[name] for name in header}
 
 
@@ -126,7 +123,7 @@ def _is_voxloc_csv(path: Path) -> bool:
             header = next(csv.reader(fh), [])
     except (OSError, UnicodeDecodeError):
         return False
-    return tuple(header[:5]) == LOC_COLUMNS
+    return tuple(header[:5]) == BASE_COLUMNS
 
 
 def _has_locs(path: Path) -> bool:

@@ -52,6 +52,11 @@ class Camera(ABC):
     def intensity_scale(self) -> float:
         """Frame units per unit of PSF intensity."""
 
+    def zero_level(self) -> float:
+        """Frame value of a pixel that receives no light (the baseline), frame units;
+        ``(value - zero_level()) / intensity_scale()`` is photons (PSF units)."""
+        return 0.0
+
     @abstractmethod
     def pixel_information(self, mu: torch.Tensor, *, shot_noise: bool = False) -> torch.Tensor:
         """Fisher information J_pix per unit mean shift of each pixel, for the mean

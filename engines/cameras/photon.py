@@ -63,6 +63,9 @@ class PhotonCamera(Camera):
         """ADU per photon."""
         return self.qe * self.gain / self.e_per_adu
 
+    def zero_level(self) -> float:
+        return self.baseline_adu
+
     def pixel_information(self, mu: torch.Tensor, *, shot_noise: bool = False) -> torch.Tensor:
         step_e = self.e_per_adu / self.gain  # ADU quantisation step in input electrons
         var_e = (

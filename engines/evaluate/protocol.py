@@ -88,6 +88,8 @@ def _run_sets(ev: Evaluator, out_dir: Path) -> dict[str, Any]:
         frames=cfg.frames, molecules=cfg.per_frame(cfg.molecules), seed=s["main"], drift=True
     )
     report["results"] = threshold_rows(main)
+    if main.photometry is not None:
+        report["photometry"] = main.photometry.to_dict()
     if cfg.low_density_frames:
         low = ev.run_set(
             frames=cfg.low_density_frames,
@@ -103,6 +105,8 @@ def _run_sets(ev: Evaluator, out_dir: Path) -> dict[str, Any]:
         )
         ceiling = voxel_jaccard_ceiling(ev.settings, seed=s["crlb"])
         report["low_density"] = low_density_section(low, crlb, shot, ceiling)
+        if low.photometry is not None:
+            report["low_density"]["photometry"] = low.photometry.to_dict()
     points = [(d, ev.density_um3(r.molecules_per_frame), r) for d, r in sweep(ev)]
     report["density_sweep"] = sweep_section(points)
     report["plots"] = {}

@@ -121,6 +121,14 @@ def record_metrics(model_dir: Path, report: dict[str, Any]) -> str:
         }
         if "voxel_jaccard_ceiling" in low:
             summary["voxel_jaccard_ceiling"] = low["voxel_jaccard_ceiling"]["voxel_jaccard"]
+        ph = low.get("photometry")
+        if ph:
+            summary["low_density"]["photon_ratio_median_isolated"] = ph[
+                "photon_ratio_median_isolated"
+            ]
+            summary["low_density"]["background_ratio_median_isolated"] = ph[
+                "background_ratio_median_isolated"
+            ]
     info = read_info(model_dir)
     info.metrics[key] = _clean(summary)
     write_info(info, model_dir)
@@ -217,6 +225,39 @@ def _sweep_lines(sweep: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _photometry_lines(name: str, ph: dict[str, Any] | None) -> list[str]:
+    """Photons, background and precision coverage of one set (issue 15)."""
+    if not ph:
+        return []
+    lines = [
+        "",
+        f"Photometry, {name} ({ph['matched']} matched, {ph['isolated']} isolated: no other "
+        f"molecule within {ph['isolation_px']} px):",
+        f"  photons / true photons, isolated: median "
+        f"{_f(ph['photon_ratio_median_isolated'], '.3f')} (16-84 %: "
+        + " - ".join(_f(v, ".3f") for v in ph["photon_ratio_p16_p84_isolated"] or [None])
+        + f"); all matched {_f(ph['photon_ratio_median_all'], '.3f')}",
+        f"  background, isolated: median {_f(ph['background_median_isolated'], '.2f')} "
+        f"(true {_f(ph['background_true'], '.2f')}); all matched "
+        f"{_f(ph['background_median_all'], '.2f')}",
+    ]
+    r = ph.get("rms_error_over_rms_crlb")
+    if r:
+        lines.append(
+            "  rms error / rms CRLB at the estimate: "
+            + ", ".join(f"{a} {_f(v, '.2f')}" for a, v in r.items())
+        )
+    for axis, p in (ph.get("precision") or {}).items():
+        if "fraction_within_1_sigma" in p:
+            ratios = " ".join(_f(v, ".2f") for v in p["rms_error_over_rms_sigma_by_quintile"])
+            lines.append(
+                f"  precision {axis}: |error| <= sigma for "
+                f"{_f(p['fraction_within_1_sigma'], '.3f')}; rms error / rms sigma by "
+                f"quintile of sigma: {ratios}"
+            )
+    return lines
+
+
 def format_table(report: dict[str, Any]) -> str:
     """Human-readable summary of a report (distances in nm, efficiencies in %)."""
     p, mdl = report["protocol"], report["model"]
@@ -235,7 +276,10 @@ def format_table(report: dict[str, Any]) -> str:
     first = report["results"][0] if report["results"] else {}
     if "z_by_depth" in first:
         lines += [f"tau {first['threshold']:g}:", *depth_lines(first["z_by_depth"])]
+    lines += _photometry_lines("main set", report.get("photometry"))
+    low = report.get("low_density") or {}
     lines += _low_density_lines(report.get("low_density"))
+    lines += _photometry_lines("low density", low.get("photometry"))
     lines += _sweep_lines(report.get("density_sweep") or [])
     if report.get("plots"):
         lines += ["", "plots: " + ", ".join(report["plots"].values())]

@@ -22,6 +22,7 @@ from engines.config import SimSettings
 from engines.evaluate.depth import DepthStats
 from engines.evaluate.matching import Matching, match_localizations
 from engines.evaluate.metrics import VoxelConfusion, voxel_confusion
+from engines.evaluate.photometry import PhotometryStats, raw_crlb
 from engines.geometry import REFERENCE_AREA_PX
 from engines.inference import Engine, create_engine
 from engines.modeldir import ModelInfo, load_model
@@ -81,6 +82,7 @@ class SetResult:
     matching: dict[float, Matching] = field(default_factory=dict)
     seconds: float = 0.0
     depth: dict[float, DepthStats] = field(default_factory=dict)
+    photometry: PhotometryStats | None = None  # matched at the lowest threshold
 
 
 class Evaluator:
@@ -105,36 +107,53 @@ class Evaluator:
     def model_dir(self) -> Path:
         return self.engine.model_dir
 
-    def run_set(self, *, frames: int, molecules: int, seed: int, drift: bool) -> SetResult:
-        """Simulate ``frames`` frames of ``size x size`` with ``molecules`` each; score them."""
+    def run_set(
+        self,
+        *,
+        frames: int,
+        molecules: int | tuple[int, int],
+        seed: int,
+        drift: bool,
+        voxels: bool = True,
+    ) -> SetResult:
+        """Simulate ``frames`` frames of ``size x size`` with ``molecules`` each (or a
+        range); score them (``voxels``: also the voxel confusion matrix of the torch net)."""
         cfg = self.cfg
         taus = cfg.thresholds
         sim = Simulator(self.settings, seed=seed, psf=self.frames_psf)
-        result = SetResult(frames, molecules, drift, {t: VoxelConfusion() for t in taus})
+        per_frame = molecules if isinstance(molecules, int) else max(molecules)
+        result = SetResult(frames, per_frame, drift, {t: VoxelConfusion() for t in taus})
         depth = self.settings.geometry.depth_nm
         result.depth = {t: DepthStats(depth) for t in taus}
+        fit = self.engine.photometry
+        result.photometry = PhotometryStats(self.settings, fit.side, self.frames_psf)
         parts: dict[float, list[Matching]] = {t: [] for t in taus}
         t0 = time.perf_counter()
         for start in range(0, frames, cfg.batch):
             n = min(cfg.batch, frames - start)
             batch = sim.sample(n, molecules, height=cfg.size, width=cfg.size, drift=drift)
-            with torch.inference_mode():
-                conf = self.net(batch.frames.to(self.device))[:, :, 0].cpu()
-            labels = batch.targets[:, :, 0]
-            for t in taus:
-                result.voxel[t].add(voxel_confusion(conf, labels, t))
+            if voxels:
+                with torch.inference_mode():
+                    conf = self.net(batch.frames.to(self.device))[:, :, 0].cpu()
+                labels = batch.targets[:, :, 0]
+                for t in taus:
+                    result.voxel[t].add(voxel_confusion(conf, labels, t))
             locs = self.engine.infer(batch.frames.numpy(), threshold=taus[0], first_frame=start)
+            bounds = raw_crlb(fit, batch.frames, locs)
             for b, loc in enumerate(locs):
                 truth = batch.molecules(b).numpy()
+                weights = batch.weights[b][batch.valid[b]].numpy()
                 for t in taus:
                     keep = loc.confidence > t
                     m = match_localizations(loc.xyz_nm[keep], truth)
                     parts[t].append(m)
                     result.depth[t].add(truth[:, 2], truth[m.true_idx, 2], m.delta_nm[:, 2])
+                    if t == taus[0]:  # keep is all True: indices are loc's own
+                        result.photometry.add(loc, m, truth, weights, bounds[b])
         result.matching = {t: Matching.concat(parts[t]) for t in taus}
         result.seconds = time.perf_counter() - t0
         log.info(
-            "evaluated %d frames with %d molecules each (drift %s) in %.1f s",
+            "evaluated %d frames with %s molecules each (drift %s) in %.1f s",
             frames,
             molecules,
             "on" if drift else "off",

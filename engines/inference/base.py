@@ -23,8 +23,9 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -32,6 +33,8 @@ import torch
 from engines.errors import EngineError, FormatError, NonFiniteError, VoxlocError
 from engines.inference.registration import PlaneRegistration, raw_tensor, register
 from engines.modeldir import ModelInfo, read_info, resolve_model
+from engines.photometry import Photometry, PhotometryFit
+from engines.precision import nearest_neighbour_nm
 from engines.types import ACCEPTED_DTYPE_NAMES, ACCEPTED_DTYPES, Localizations
 
 log = logging.getLogger(__name__)
@@ -40,7 +43,58 @@ log = logging.getLogger(__name__)
 # in float32) without costing throughput, since the work per pixel is the same
 DEFAULT_MAX_PIXELS = 1 << 21
 
-FlatLocs = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+class FlatLocs(NamedTuple):
+    """Localizations of a batch, rows ordered by frame (index within the batch).
+
+    ``frame`` ``(N,)`` int64, ``xyz_nm`` ``(N, 3)``, ``confidence`` ``(N,)``, ``photons``
+    ``(N,)``, ``background`` ``(N,)`` (photons per pixel and plane), ``precision_nm``
+    ``(N, 3)``, float32 (see :class:`~engines.types.Localizations`).
+    """
+
+    frame: np.ndarray
+    xyz_nm: np.ndarray
+    confidence: np.ndarray
+    photons: np.ndarray
+    background: np.ndarray
+    precision_nm: np.ndarray
+
+    def take(self, keep: np.ndarray) -> FlatLocs:
+        return FlatLocs(*(col[keep] for col in self))
+
+    def shifted(self, frames: int) -> FlatLocs:
+        """The same rows with frame indices ``frames`` later."""
+        return self._replace(frame=self.frame + frames)
+
+    @classmethod
+    def concat(cls, parts: Sequence[FlatLocs]) -> FlatLocs:
+        return cls(*(np.concatenate(col) for col in zip(*parts, strict=True)))
+
+    @classmethod
+    def empty(cls) -> FlatLocs:
+        z = np.zeros(0, np.float32)
+        return cls(
+            np.zeros(0, np.int64),
+            np.zeros((0, 3), np.float32),
+            z,
+            z,
+            z,
+            np.zeros((0, 3), np.float32),
+        )
+
+    @classmethod
+    def from_device(
+        cls, frame: torch.Tensor, xyz_nm: torch.Tensor, confidence: torch.Tensor, ph: Photometry
+    ) -> FlatLocs:
+        """Rows from device tensors (one copy each back to the host)."""
+        return cls(
+            frame.cpu().numpy().astype(np.int64, copy=False),
+            xyz_nm.float().cpu().numpy(),
+            confidence.float().cpu().numpy(),
+            ph.photons.float().cpu().numpy(),
+            ph.background.float().cpu().numpy(),
+            ph.crlb_nm.float().cpu().numpy(),
+        )
 
 
 class BackendUnavailableError(EngineError, ImportError):
@@ -71,6 +125,14 @@ class Engine(ABC):
         self.info: ModelInfo = read_info(self.model_dir)
         self.threshold = threshold
         self._lock = threading.Lock()
+        self.calibration = self.info.precision
+        self._photometry: PhotometryFit | None = None
+        if self.calibration is None:
+            log.info(
+                "model %r has no precision calibration: localizations carry NaN precision "
+                "(voxloc evaluate --calibrate-precision records one)",
+                self.info.name,
+            )
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} model={self.info.name!r} on {self.device}>"
@@ -133,10 +195,8 @@ class Engine(ABC):
         parts: list[FlatLocs] = []
         with self._lock:
             for start, chunk in self._chunks(batch):
-                f, xyz, conf = self._run_chunk(chunk, tau)
-                parts.append((f + start, xyz, conf))
-        frame_idx, xyz, conf = (np.concatenate(col) for col in zip(*parts, strict=True))
-        return split_per_frame(frame_idx, xyz, conf, batch.shape[0], first_frame)
+                parts.append(self._run_chunk(chunk, tau).shifted(start))
+        return split_per_frame(FlatLocs.concat(parts), batch.shape[0], first_frame)
 
     def infer_raw(
         self,
@@ -166,10 +226,9 @@ class Engine(ABC):
         parts: list[FlatLocs] = []
         with self._lock:
             for start in range(0, len(sets), size):
-                f, xyz, conf = self._run_raw_chunk(sets[start : start + size], registration, tau)
-                parts.append((f + start, xyz, conf))
-        frame_idx, xyz, conf = (np.concatenate(col) for col in zip(*parts, strict=True))
-        return split_per_frame(frame_idx, xyz, conf, len(sets), first_frame)
+                chunk = self._run_raw_chunk(sets[start : start + size], registration, tau)
+                parts.append(chunk.shifted(start))
+        return split_per_frame(FlatLocs.concat(parts), len(sets), first_frame)
 
     def validate_raw(
         self, frames: Sequence[np.ndarray] | np.ndarray, registration: PlaneRegistration
@@ -228,8 +287,7 @@ class Engine(ABC):
         def collect() -> list[Localizations]:
             with self._lock:
                 flat = self._translate(lambda: self._finish_raw(ticket, registration, tau), padded)
-            f, xyz, conf = self._unpad(flat, n)
-            return split_per_frame(f, xyz, conf, n, first_frame)
+            return split_per_frame(self._unpad(flat, n), n, first_frame)
 
         return PendingResult(collect)
 
@@ -265,12 +323,8 @@ class Engine(ABC):
 
     @staticmethod
     def _unpad(flat: FlatLocs, n: int) -> FlatLocs:
-        f, xyz, conf = flat
-        f = np.asarray(f, dtype=np.int64)
-        keep = f < n
-        if not keep.all():
-            f, xyz, conf = f[keep], xyz[keep], conf[keep]
-        return f, np.asarray(xyz, np.float32), np.asarray(conf, np.float32)
+        keep = flat.frame < n
+        return flat if keep.all() else flat.take(keep)
 
     def _run_raw_chunk(
         self, sets: list[np.ndarray], registration: PlaneRegistration, threshold: float
@@ -304,7 +358,7 @@ class Engine(ABC):
         if self.pad_batch:
             chunk = pad_to_bucket(chunk, self.info.input_offset, self.max_batch)
         try:
-            f, xyz, conf = self._run(chunk, threshold)
+            flat = self._run(chunk, threshold)
         except VoxlocError:
             raise
         except Exception as exc:  # foreign runtime errors (ORT, TensorRT, CUDA, OOM)
@@ -312,18 +366,53 @@ class Engine(ABC):
                 f"{self.backend} inference on {self.device} failed for a batch "
                 f"of shape {chunk.shape}: {exc}"
             ) from exc
-        f = np.asarray(f, dtype=np.int64)
-        if chunk.shape[0] != n:
-            keep = f < n
-            f, xyz, conf = f[keep], xyz[keep], conf[keep]
-        return f, np.asarray(xyz, np.float32), np.asarray(conf, np.float32)
+        return self._unpad(flat, n) if chunk.shape[0] != n else flat
 
     @abstractmethod
     def _run(self, frames: np.ndarray, threshold: float) -> FlatLocs:
-        """Backend work: ``(B, P, H, W)`` float32 -> (frame (N,), xyz_nm (N, 3), conf (N,)).
-
-        Rows must be ordered by frame (index within ``frames``).
+        """Backend work: ``(B, P, H, W)`` float32 -> :class:`FlatLocs` (with
+        :meth:`_measure`'s photometry). Rows must be ordered by frame (index within
+        ``frames``).
         """
+
+    # --- photometry and precision (engines.photometry, engines.precision) ---------------
+    @property
+    def photometry(self) -> PhotometryFit:
+        """The photometry of this model's settings (built on first use)."""
+        if self._photometry is None:
+            cal = self.calibration
+            window = {} if cal is None else {"window_px": cal.window_px}
+            self._photometry = PhotometryFit(self.info.settings, **window)
+        return self._photometry
+
+    def _calibrated(self, ph: Photometry, frame: torch.Tensor, xyz_nm: torch.Tensor) -> Photometry:
+        """The bound turned into the model's calibrated precision (NaN without one)."""
+        if self.calibration is None:
+            return ph
+        near = nearest_neighbour_nm(frame, xyz_nm[:, :2])
+        return replace(ph, crlb_nm=self.calibration.apply(ph.crlb_nm, near))
+
+    def _measure(
+        self, frames: torch.Tensor, frame: torch.Tensor, xyz_nm: torch.Tensor, conf: torch.Tensor
+    ) -> FlatLocs:
+        """Rows with photons, background and precision, fitted on ``frames`` ``(B, P, H,
+        W)`` (registered, model units) on their device; only the rows cross to the host."""
+        ph = self.photometry.measure(frames, frame, xyz_nm, crlb=self.calibration is not None)
+        return FlatLocs.from_device(frame, xyz_nm, conf, self._calibrated(ph, frame, xyz_nm))
+
+    def _measure_raw(
+        self,
+        raw: torch.Tensor,
+        registration: PlaneRegistration,
+        frame: torch.Tensor,
+        xyz_nm: torch.Tensor,
+        conf: torch.Tensor,
+    ) -> FlatLocs:
+        """:meth:`_measure` on raw camera frames: only the windows are registered."""
+        ph = self.photometry.measure_raw(
+            raw, registration, frame, xyz_nm, crlb=self.calibration is not None
+        )
+        return FlatLocs.from_device(frame, xyz_nm, conf, self._calibrated(ph, frame, xyz_nm))
 
     def warmup(self, height: int = 64, width: int = 64, batch: int = 1) -> None:
         """Run once on a blank batch (allocations, kernel selection, graph capture)."""
@@ -409,17 +498,21 @@ def pad_to_bucket(chunk: np.ndarray, fill: float, cap: int | None = None) -> np.
     return np.concatenate([chunk, pad])
 
 
-def split_per_frame(
-    frame_idx: np.ndarray, xyz: np.ndarray, conf: np.ndarray, batch: int, first_frame: int = 0
-) -> list[Localizations]:
+def split_per_frame(flat: FlatLocs, batch: int, first_frame: int = 0) -> list[Localizations]:
     """Group flat localizations (rows sorted by frame) into one object per frame."""
-    frame_idx = np.asarray(frame_idx, dtype=np.int64)
-    bounds = np.searchsorted(frame_idx, np.arange(batch + 1))
+    bounds = np.searchsorted(np.asarray(flat.frame, dtype=np.int64), np.arange(batch + 1))
+
+    def rows(col: np.ndarray, b: int) -> np.ndarray:
+        return np.asarray(col[bounds[b] : bounds[b + 1]], np.float32)
+
     return [
         Localizations(
             first_frame + b,
-            xyz[bounds[b] : bounds[b + 1]].astype(np.float32),
-            conf[bounds[b] : bounds[b + 1]].astype(np.float32),
+            rows(flat.xyz_nm, b),
+            rows(flat.confidence, b),
+            rows(flat.photons, b),
+            rows(flat.background, b),
+            rows(flat.precision_nm, b),
         )
         for b in range(batch)
     ]

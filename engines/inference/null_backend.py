@@ -35,8 +35,4 @@ class NullEngine(Engine):
         return _EMPTY  # the sets stay where the ingest wrote them: no copy, no compute
 
 
-_EMPTY: FlatLocs = (
-    np.zeros(0, np.int64),
-    np.zeros((0, 3), np.float32),
-    np.zeros(0, np.float32),
-)
+_EMPTY = FlatLocs.empty()

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import torch
 
 from engines.errors import EngineError
 from engines.export import (
@@ -38,7 +39,7 @@ from engines.export import (
     with_input_stage,
 )
 from engines.inference.base import BackendUnavailableError, Engine, FlatLocs
-from engines.inference.registration import PlaneRegistration
+from engines.inference.registration import PlaneRegistration, raw_tensor
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class OnnxEngine(Engine):
         (locs,) = self.session.run(
             [OUTPUT_LOCS], {INPUT_FRAMES: frames, INPUT_THRESHOLD: self._threshold_buf}
         )
-        return locs[:, 0].astype(np.int64), locs[:, 1:4], locs[:, 4]
+        return self._measure(torch.from_numpy(frames), *_columns(locs))
 
     def _run_raw(
         self, sets: list[np.ndarray], registration: PlaneRegistration, threshold: float
@@ -95,7 +96,8 @@ class OnnxEngine(Engine):
             INPUT_THRESHOLD: self._threshold_buf,
         }
         (locs,) = session.run([OUTPUT_LOCS], feeds)
-        return locs[:, 0].astype(np.int64), locs[:, 1:4], locs[:, 4]
+        raw = raw_tensor(feeds[INPUT_RAW])  # only the windows are converted
+        return self._measure_raw(raw, registration, *_columns(locs))
 
     def _raw_session(self, dtype: str) -> ort.InferenceSession:
         if dtype not in self._raw_sessions:
@@ -106,6 +108,12 @@ class OnnxEngine(Engine):
             )
             log.info("onnxruntime engine: input stage for %s frames", dtype)
         return self._raw_sessions[dtype]
+
+
+def _columns(locs: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Frame, xyz and confidence of the graph's ``(N, 5)`` rows, as host tensors."""
+    t = torch.from_numpy(np.ascontiguousarray(locs))
+    return t[:, 0].long(), t[:, 1:4], t[:, 4]
 
 
 def providers_for(device: str, *, trt_ep: bool = False) -> list:

@@ -223,9 +223,8 @@ class TensorRTEngine(Engine):
                 (self.profile.min_batch - n, *frames.shape[1:]), self.info.input_offset, np.float32
             )
             frames = np.concatenate([frames, blank])
-        f, xyz, conf = self._worker.submit(self._execute, frames, threshold).result()
-        keep = f < n
-        return f[keep], xyz[keep], conf[keep]
+        flat = self._worker.submit(self._execute, frames, threshold).result()
+        return flat.take(flat.frame < n)
 
     def _execute(self, frames: np.ndarray, threshold: float) -> FlatLocs:
         ctx = self._context
@@ -239,9 +238,10 @@ class TensorRTEngine(Engine):
             ctx.set_tensor_address(INPUT_FRAMES, x.data_ptr())
             if not ctx.execute_async_v3(self._stream.cuda_stream):
                 raise EngineError(f"TensorRT execution failed for input shape {tuple(x.shape)}")
+            rows = self._allocator.rows()
+            flat = self._measure(x, rows[:, 0].long(), rows[:, 1:4], rows[:, 4])
             self._stream.synchronize()
-            locs = self._allocator.rows().cpu().numpy()
-        return locs[:, 0].astype(np.int64), locs[:, 1:4], locs[:, 4]
+        return flat
 
     def close(self) -> None:
         def release() -> None:

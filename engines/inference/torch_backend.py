@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,6 +57,7 @@ class _CapturedShape:
         fill: float = 0.0,
     ) -> None:
         self.input = torch.full(shape, fill, dtype=dtype, device=device)
+        self.output: Any  # what net returns: a tensor, or a tuple of them
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):  # warm-up runs off the default stream, as capture needs
@@ -69,7 +71,8 @@ class _CapturedShape:
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         self.input.copy_(frames, non_blocking=True)
         self.graph.replay()
-        return self.output
+        out: torch.Tensor = self.output
+        return out
 
 
 class TorchEngine(Engine):
@@ -139,7 +142,7 @@ class TorchEngine(Engine):
         # decode in float32: (column + zeta) * px in float16 is off by up to half a pixel
         out = out.float()
         b, xyz, conf = decode(out, threshold, px_nm=g.px_nm, dz_nm=g.dz_nm)
-        return b.cpu().numpy(), xyz.cpu().numpy(), conf.cpu().numpy()
+        return self._measure(x, b, xyz, conf)
 
     @torch.inference_mode()
     def _run_raw(
@@ -150,13 +153,14 @@ class TorchEngine(Engine):
         _, h, w = sets[0].shape
         stage = self._stage(h, w)
         stage.load(registration)
-        out = self.net(stage(torch.stack([raw_tensor(s) for s in sets])))  # the CPU's input
-        return self._decode(out, threshold)
+        frames = stage(torch.stack([raw_tensor(s) for s in sets]))  # the CPU's input
+        return self._decode(self.net(frames), frames, threshold)
 
-    def _decode(self, out: torch.Tensor, threshold: float) -> FlatLocs:
+    def _decode(self, out: torch.Tensor, frames: torch.Tensor, threshold: float) -> FlatLocs:
+        """Localizations of the network output, with photometry on the registered frames."""
         g = self.info.settings.geometry
         b, xyz, conf = decode(out.float(), threshold, px_nm=g.px_nm, dz_nm=g.dz_nm)
-        return b.cpu().numpy(), xyz.cpu().numpy(), conf.cpu().numpy()
+        return self._measure(frames, b, xyz, conf)
 
     @torch.inference_mode()
     def _start_raw(
@@ -201,10 +205,11 @@ class TorchEngine(Engine):
             )
             graph.input.copy_(dst)
             graph.graph.replay()
-            out = graph.output
+            frames, out = graph.output
         else:
-            out = self.net(stage(dst))
-        return self._decode(out, threshold)
+            frames = stage(dst)
+            out = self.net(frames)
+        return self._decode(out, frames, threshold)
 
     def _stage(self, height: int, width: int) -> InputStage:
         key = (height, width)
@@ -252,14 +257,16 @@ class TorchEngine(Engine):
 
 
 class _StagedNet(torch.nn.Module):
-    """Input stage then network: what a raw-frame CUDA graph captures."""
+    """Input stage then network: what a raw-frame CUDA graph captures. Returns the
+    registered frames too (the photometry fits them)."""
 
     def __init__(self, stage: InputStage, net: torch.nn.Module) -> None:
         super().__init__()
         self.stage, self.net = stage, net
 
-    def forward(self, raw: torch.Tensor) -> torch.Tensor:
-        return self.net(self.stage(raw))
+    def forward(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        frames = self.stage(raw)
+        return frames, self.net(frames)
 
 
 def _device(device: str) -> torch.device:

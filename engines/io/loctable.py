@@ -1,10 +1,17 @@
 """Localization tables on disk (CONVENTIONS.md "Files"), written atomically and streamed.
 
-* CSV, ThunderSTORM-compatible: ``frame,x [nm],y [nm],z [nm],confidence`` then extra
-  columns; ``frame`` counts from **1**.
+* CSV, ThunderSTORM-compatible: ``frame,x [nm],y [nm],z [nm],confidence``, then the
+  photometry and precision columns of :data:`LOC_COLUMNS` (``intensity [photon]``,
+  ``offset [photon]``, ``uncertainty_x/y/z [nm]``), the derived ThunderSTORM columns
+  ``bkgstd [photon]`` and ``uncertainty_xy [nm]`` (:data:`DERIVED_CSV_COLUMNS`), then
+  extra columns; ``frame`` counts from **1**; unknown values are written ``NaN``.
 * HDF5, Picasso-compatible: dataset ``locs`` with ``frame`` (from **0**), ``x``, ``y`` in
-  **pixels**, ``z`` in nm, then ``confidence`` and extra columns; a ``.yaml`` sidecar
-  holds the metadata documents Picasso reads (Frames, Height, Width, Pixelsize, ...).
+  **pixels**, ``z`` in nm, ``confidence``, ``photons``, ``bg``, ``lpx``, ``lpy`` (pixels),
+  ``lpz`` (nm), then extra columns; NaN where unknown. A ``.yaml`` sidecar holds the
+  metadata documents Picasso reads (Frames, Height, Width, Pixelsize, camera, ...).
+
+Tables written before photometry (only the first five columns / fields) read back with
+NaN photometry and precision.
 
 Writers put rows in a hidden temp file and rename it into place only on :meth:`commit`,
 so a failed or interrupted run never leaves a complete-looking table.
@@ -13,6 +20,7 @@ so a failed or interrupted run never leaves a complete-looking table.
 from __future__ import annotations
 
 import csv
+import io
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,17 +32,53 @@ import numpy as np
 
 from engines.errors import FormatError, OutputError
 from engines.io.atomic import discard, reserve_temp
-from engines.types import LOC_COLUMNS, Localizations
+from engines.io.tablemeta import (
+    CSV_FMT,
+    CSV_HEADER,
+    DERIVED_CSV_COLUMNS,
+    PICASSO_FIELDS,
+    PSF_WIDTH_NOTE,
+    SIGMA_CSV_COLUMNS,
+    SIGMA_FIELDS,
+    TableMeta,
+    camera_info,
+    model_meta,
+    picasso_info,
+)
+from engines.psf_width import PsfWidth
+from engines.types import BASE_COLUMNS, LOC_COLUMNS, Localizations
+
+__all__ = [  # the table metadata is defined in engines.io.tablemeta, imported from here too
+    "CSV_FMT",
+    "CSV_HEADER",
+    "DERIVED_CSV_COLUMNS",
+    "PICASSO_FIELDS",
+    "PSF_WIDTH_NOTE",
+    "SIGMA_CSV_COLUMNS",
+    "SIGMA_FIELDS",
+    "CsvWriter",
+    "Hdf5Writer",
+    "LocTable",
+    "TableMeta",
+    "TableWriter",
+    "camera_info",
+    "csv_formats",
+    "csv_text",
+    "model_meta",
+    "open_table_writer",
+    "picasso_dtype",
+    "picasso_info",
+    "picasso_records",
+    "read_csv",
+    "read_hdf5",
+    "read_table",
+    "table_format",
+]
 
 CSV_SUFFIXES = (".csv",)
 HDF5_SUFFIXES = (".h5", ".hdf5")
-CSV_FMT = {
-    "frame": "%d",
-    "x [nm]": "%.3f",
-    "y [nm]": "%.3f",
-    "z [nm]": "%.3f",
-    "confidence": "%.5f",
-}
+SMLM_SUFFIXES = (".smlm",)
+UNKNOWN = np.full(0, np.nan)  # a LocTable photometry field not given: NaN in every row
 
 
 @dataclass
@@ -46,43 +90,93 @@ class LocTable:
         xyz_nm: ``(N, 3)`` float64 positions (x, y, z), nm.
         confidence: ``(N,)`` float64 in [0, 1].
         extra: extra ``(N,)`` columns by name (e.g. ``weight``), in file order.
+        photons: ``(N,)`` float64 photons summed over the planes; NaN where unknown.
+        background: ``(N,)`` float64 background per pixel and plane, photons; NaN where
+            unknown.
+        precision_nm: ``(N, 3)`` float64 one-sigma precision of x, y, z, nm; NaN where
+            unknown.
+        Left out (or :data:`UNKNOWN`), the photometry fields are NaN.
     """
 
     frame: np.ndarray
     xyz_nm: np.ndarray
     confidence: np.ndarray
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    photons: np.ndarray = field(default_factory=lambda: UNKNOWN)
+    background: np.ndarray = field(default_factory=lambda: UNKNOWN)
+    precision_nm: np.ndarray = field(default_factory=lambda: UNKNOWN)
+
+    def __post_init__(self) -> None:
+        n = len(self)
+        for name, shape in (("photons", (n,)), ("background", (n,)), ("precision_nm", (n, 3))):
+            value = getattr(self, name)
+            if value is UNKNOWN:
+                value = np.full(shape, np.nan)
+            setattr(self, name, np.asarray(value, np.float64).reshape(shape))
 
     def __len__(self) -> int:
         return int(self.frame.shape[0])
+
+    @classmethod
+    def from_rows(cls, rows: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> LocTable:
+        """From ``(N, 10)`` float64 rows in :data:`LOC_COLUMNS` order (frame from 0), or
+        the ``(N, 5)`` rows of tables and chunks written before photometry."""
+        rows = np.asarray(rows, np.float64)
+        if rows.ndim != 2 or rows.shape[1] not in (len(LOC_COLUMNS), len(BASE_COLUMNS)):
+            raise ValueError(
+                f"expected (N, {len(LOC_COLUMNS)}) or (N, {len(BASE_COLUMNS)}) localization "
+                f"rows, got shape {rows.shape}"
+            )
+        full = rows.shape[1] == len(LOC_COLUMNS)
+        return cls(
+            rows[:, 0].astype(np.int64),
+            rows[:, 1:4],
+            rows[:, 4],
+            dict(extra or {}),
+            rows[:, 5] if full else UNKNOWN,
+            rows[:, 6] if full else UNKNOWN,
+            rows[:, 7:10] if full else UNKNOWN,
+        )
+
+    def to_rows(self) -> np.ndarray:
+        """``(N, 10)`` float64 rows in :data:`LOC_COLUMNS` order (frame from 0)."""
+        return np.column_stack(
+            [self.frame, self.xyz_nm, self.confidence, self.photons, self.background]
+            + [self.precision_nm]
+        ).reshape(len(self), len(LOC_COLUMNS))
 
     @classmethod
     def from_localizations(
         cls, locs: Iterable[Localizations], extra: dict[str, np.ndarray] | None = None
     ) -> LocTable:
         rows = [loc.to_array() for loc in locs]
-        arr = np.concatenate(rows) if rows else np.zeros((0, 5))
-        return cls(arr[:, 0].astype(np.int64), arr[:, 1:4], arr[:, 4], dict(extra or {}))
+        arr = np.concatenate(rows) if rows else np.zeros((0, len(LOC_COLUMNS)))
+        return cls.from_rows(arr, extra)
+
+    def csv_columns(self, psf_width: PsfWidth | None = None) -> list[np.ndarray]:
+        """The :data:`CSV_HEADER` columns (frame counting from 1, as ThunderSTORM), then
+        with ``psf_width`` the :data:`SIGMA_CSV_COLUMNS` at each localization's z."""
+        sx, sy, sz = self.precision_nm.T
+        with np.errstate(invalid="ignore"):  # a negative background: NaN, not a warning
+            bkgstd = np.sqrt(self.background)
+        widths = [] if psf_width is None else [psf_width(self.xyz_nm[:, 2])] * 2
+        return [
+            self.frame + 1,
+            *self.xyz_nm.T,
+            self.confidence,
+            self.photons,
+            self.background,
+            sx,
+            sy,
+            sz,
+            bkgstd,
+            np.sqrt((sx**2 + sy**2) / 2),
+            *widths,
+        ]
 
     def in_frame(self, frame: int) -> np.ndarray:
         """``(n, 3)`` positions of one frame (0-based), nm."""
         return self.xyz_nm[self.frame == frame]
-
-
-@dataclass(frozen=True)
-class TableMeta:
-    """What a table's readers need to know about its source (Picasso yaml keys)."""
-
-    frames: int
-    height: int
-    width: int
-    px_nm: float
-    dz_nm: float
-    planes: int
-    generated_by: str = "voxloc"
-    source: str = ""
-    data_type: str = ""
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 class TableWriter(ABC):
@@ -92,6 +186,10 @@ class TableWriter(ABC):
         self.path = Path(path)
         self.meta = meta
         self.extra_columns = tuple(extra_columns)
+        taken = set(meta.csv_header()) | set(PICASSO_FIELDS) | set(SIGMA_FIELDS)
+        clash = [c for c in self.extra_columns if c in taken]
+        if clash:
+            raise ValueError(f"extra columns {clash} would repeat standard table columns")
         self.rows = 0
         self._tmp = reserve_temp(self.path)
         self._done = False
@@ -153,17 +251,13 @@ class CsvWriter(TableWriter):
     def __init__(self, path: Path, meta: TableMeta, extra_columns: Sequence[str] = ()) -> None:
         super().__init__(path, meta, extra_columns)
         self._fh = open(self._tmp, "w", newline="")  # noqa: SIM115 - closed in _finish
-        self._fh.write(",".join(LOC_COLUMNS + self.extra_columns) + "\n")
-        self._fmt = list(CSV_FMT.values()) + ["%.6g"] * len(self.extra_columns)
+        self._fh.write(",".join(meta.csv_header(self.extra_columns)) + "\n")
+        self._fmt = csv_formats(meta, self.extra_columns)
 
     def _append(self, table: LocTable) -> None:
-        cols = [
-            table.frame + 1,
-            *table.xyz_nm.T,
-            table.confidence,
-            *(table.extra[c] for c in self.extra_columns),
-        ]
-        np.savetxt(self._fh, np.column_stack(cols), fmt=self._fmt, delimiter=",")
+        cols = table.csv_columns(self.meta.psf_width)
+        cols += [table.extra[c] for c in self.extra_columns]
+        self._fh.write(csv_text(np.column_stack(cols), self._fmt))
 
     def _finish(self) -> None:
         if not self._fh.closed:
@@ -179,7 +273,7 @@ class Hdf5Writer(TableWriter):
         super().__init__(path, meta, extra_columns)
         self.yaml_path = self.path.with_suffix(".yaml")
         self._yaml_tmp = reserve_temp(self.yaml_path)
-        self.dtype = picasso_dtype(self.extra_columns)
+        self.dtype = picasso_dtype(self.extra_columns, widths=meta.psf_width is not None)
         try:
             self._h5 = h5py.File(self._tmp, "w")
         except OSError as exc:
@@ -190,7 +284,7 @@ class Hdf5Writer(TableWriter):
         )
 
     def _append(self, table: LocTable) -> None:
-        rec = picasso_records(table, self.meta.px_nm, self.dtype)
+        rec = picasso_records(table, self.meta, self.dtype)
         n = self._ds.shape[0]
         self._ds.resize((n + len(rec),))
         self._ds[n:] = rec
@@ -211,46 +305,52 @@ class Hdf5Writer(TableWriter):
         return super().commit()
 
 
-def picasso_dtype(extra_columns: Sequence[str] = ()) -> np.dtype:
-    """Record dtype of the Picasso ``locs`` dataset (also used by ``voxloc record``)."""
-    fields = [("frame", "u4"), ("x", "f4"), ("y", "f4"), ("z", "f4"), ("confidence", "f4")]
-    return np.dtype(fields + [(c, "f4") for c in extra_columns])
+def csv_formats(meta: TableMeta, extra_columns: Sequence[str] = ()) -> list[str]:
+    """``savetxt`` formats of the columns of :meth:`TableMeta.csv_header`."""
+    return [CSV_FMT.get(c, "%.6g") for c in meta.csv_header(extra_columns)]
 
 
-def picasso_records(table: LocTable, px_nm: float, dtype: np.dtype) -> np.ndarray:
-    """``table`` as Picasso records: frame from 0, x and y in pixels, z in nm."""
+def csv_text(rows: np.ndarray, fmt: Sequence[str]) -> str:
+    """CSV lines of ``rows``; NaN is written ``NaN``, which Java's ThunderSTORM, pandas
+    (Picasso, locan) and numpy all parse."""
+    buf = io.StringIO()
+    np.savetxt(buf, rows, fmt=list(fmt), delimiter=",")
+    return buf.getvalue().replace("nan", "NaN")
+
+
+def picasso_dtype(extra_columns: Sequence[str] = (), *, widths: bool = False) -> np.dtype:
+    """Record dtype of the Picasso ``locs`` dataset (also used by ``voxloc record``);
+    ``widths`` adds the PSF widths ``sx``, ``sy``."""
+    names = PICASSO_FIELDS[1:] + (SIGMA_FIELDS if widths else ()) + tuple(extra_columns)
+    return np.dtype([("frame", "u4")] + [(c, "f4") for c in names])
+
+
+def picasso_records(table: LocTable, meta: TableMeta, dtype: np.dtype) -> np.ndarray:
+    """``table`` as Picasso records: frame from 0, x, y and their precisions ``lpx``,
+    ``lpy`` (and PSF widths ``sx``, ``sy`` where ``dtype`` has them) in pixels, z and
+    ``lpz`` in nm, ``photons`` summed over the planes, ``bg`` per pixel and plane."""
     if dtype.names is None:
         raise ValueError(f"expected a structured Picasso dtype, got {dtype}")
+    px_nm = meta.px_nm
     rec = np.zeros(len(table), dtype)
     rec["frame"] = table.frame
     rec["x"] = table.xyz_nm[:, 0] / px_nm
     rec["y"] = table.xyz_nm[:, 1] / px_nm
     rec["z"] = table.xyz_nm[:, 2]
     rec["confidence"] = table.confidence
-    for c in dtype.names[5:]:
-        rec[c] = table.extra[c]
+    rec["photons"] = table.photons
+    rec["bg"] = table.background
+    rec["lpx"] = table.precision_nm[:, 0] / px_nm
+    rec["lpy"] = table.precision_nm[:, 1] / px_nm
+    rec["lpz"] = table.precision_nm[:, 2]
+    if "sx" in dtype.names:
+        if meta.psf_width is None:
+            raise ValueError("sx, sy asked for, but the table's metadata has no PSF width")
+        rec["sx"] = rec["sy"] = meta.psf_width(table.xyz_nm[:, 2]) / px_nm
+    for c in dtype.names:
+        if c not in PICASSO_FIELDS and c not in SIGMA_FIELDS:
+            rec[c] = table.extra[c]
     return rec
-
-
-def picasso_info(meta: TableMeta) -> list[dict[str, Any]]:
-    """The yaml documents of the sidecar: the movie's info, then the localizer's."""
-    movie = {
-        "Byte Order": "<",
-        "Data Type": meta.data_type,
-        "File": meta.source,
-        "Frames": meta.frames,
-        "Height": meta.height,
-        "Width": meta.width,
-        "Planes": meta.planes,
-    }
-    loc = {
-        "Generated by": meta.generated_by,
-        "Pixelsize": float(meta.px_nm),
-        "Plane spacing (nm)": float(meta.dz_nm),
-        "z unit": "nm",
-        **meta.info,
-    }
-    return [movie, loc]
 
 
 def table_format(path: Path) -> str:
@@ -259,44 +359,78 @@ def table_format(path: Path) -> str:
         return "csv"
     if suffix in HDF5_SUFFIXES:
         return "hdf5"
+    if suffix in SMLM_SUFFIXES:
+        return "smlm"
     raise FormatError(
         f"output {path}: unknown table format {suffix or '(no extension)'!r}; "
-        "expected .csv (ThunderSTORM) or .h5 / .hdf5 (Picasso)"
+        "expected .csv (ThunderSTORM), .h5 / .hdf5 (Picasso) or .smlm (SMLM, ShareLoc)"
     )
 
 
 def open_table_writer(
     path: str | Path, meta: TableMeta, extra_columns: Sequence[str] = ()
 ) -> TableWriter:
-    """A CSV or HDF5 writer chosen by the file extension."""
+    """A CSV, HDF5 or SMLM writer chosen by the file extension."""
     path = Path(path)
-    cls = CsvWriter if table_format(path) == "csv" else Hdf5Writer
+    kind = table_format(path)
+    if kind == "smlm":
+        from engines.io.smlm import SmlmWriter
+
+        return SmlmWriter(path, meta, extra_columns)
+    cls = CsvWriter if kind == "csv" else Hdf5Writer
     return cls(path, meta, extra_columns)
 
 
 def read_table(path: str | Path) -> LocTable:
-    """Read a CSV or HDF5 table back (frames counting from 0, positions in nm)."""
+    """Read a CSV, HDF5 or SMLM table back (frames counting from 0, positions in nm)."""
     path = Path(path)
-    return read_csv(path) if table_format(path) == "csv" else read_hdf5(path)[0]
+    kind = table_format(path)
+    if kind == "smlm":
+        from engines.io.smlm import read_smlm
+
+        return read_smlm(path)[0]
+    return read_csv(path) if kind == "csv" else read_hdf5(path)[0]
 
 
 def read_csv(path: Path) -> LocTable:
+    """A voxloc CSV, also one written before photometry (``frame`` ... ``confidence`` only:
+    photometry NaN). The photometry columns are found by name; a table with
+    ``uncertainty_xy [nm]`` but no per-axis x/y columns gets it for both x and y."""
     with open(path, newline="") as fh:
         header = next(csv.reader(fh), None)
-    if header is None or tuple(header[:5]) != LOC_COLUMNS:
+    if header is None or tuple(header[:5]) != BASE_COLUMNS:
         raise FormatError(
-            f"{path}: expected the header {','.join(LOC_COLUMNS)}, got {','.join(header or [])!r}"
+            f"{path}: expected the header to start {','.join(BASE_COLUMNS)}, "
+            f"got {','.join(header or [])!r}"
         )
     with open(path) as fh:
         fh.readline()
         body = fh.read()
-    data = (
-        np.loadtxt(body.splitlines(), delimiter=",", ndmin=2)
-        if body.strip()
-        else np.zeros((0, len(header)))
+    try:
+        data = (
+            np.loadtxt(body.splitlines(), delimiter=",", ndmin=2)
+            if body.strip()
+            else np.zeros((0, len(header)))
+        )
+    except ValueError as exc:
+        raise FormatError(f"{path}: not a table of numbers: {exc}") from exc
+    col = {name: data[:, i] for i, name in enumerate(header)}
+    nan = np.full(len(data), np.nan)
+    xy = col.get("uncertainty_xy [nm]", nan)
+    precision = np.column_stack(
+        [col.get("uncertainty_x [nm]", xy), col.get("uncertainty_y [nm]", xy)]
+        + [col.get("uncertainty_z [nm]", nan)]
     )
-    extra = {name: data[:, 5 + i] for i, name in enumerate(header[5:])}
-    return LocTable(data[:, 0].astype(np.int64) - 1, data[:, 1:4], data[:, 4], extra)
+    known = set(CSV_HEADER)
+    return LocTable(
+        col["frame"].astype(np.int64) - 1,
+        data[:, 1:4],
+        col["confidence"],
+        {name: col[name] for name in header if name not in known},
+        col.get("intensity [photon]", nan),
+        col.get("offset [photon]", nan),
+        precision,
+    )
 
 
 def read_hdf5(path: Path) -> tuple[LocTable, list[dict[str, Any]]]:
@@ -316,13 +450,23 @@ def read_hdf5(path: Path) -> tuple[LocTable, list[dict[str, Any]]]:
         if "locs" not in f:
             raise FormatError(f"{path}: no 'locs' dataset")
         rec = f["locs"][...]
-    xyz = np.column_stack([rec["x"] * px, rec["y"] * px, rec["z"]]).astype(np.float64)
-    names = [n for n in rec.dtype.names if n not in ("frame", "x", "y", "z", "confidence")]
-    conf = rec["confidence"] if "confidence" in rec.dtype.names else np.ones(len(rec))
+    have = set(rec.dtype.names or ())
+    missing = [n for n in ("frame", "x", "y") if n not in have]
+    if missing:
+        raise FormatError(f"{path}: the 'locs' dataset has no field {', '.join(missing)}")
+
+    def column(name: str, scale: float = 1.0, default: float = np.nan) -> np.ndarray:
+        return rec[name].astype(np.float64) * scale if name in have else np.full(len(rec), default)
+
+    xyz = np.column_stack([column("x", px), column("y", px), column("z", default=0.0)])
+    precision = np.column_stack([column("lpx", px), column("lpy", px), column("lpz")])
     table = LocTable(
         rec["frame"].astype(np.int64),
         xyz,
-        conf.astype(np.float64),
-        {n: rec[n].astype(np.float64) for n in names},
+        column("confidence", default=1.0),
+        {n: rec[n].astype(np.float64) for n in rec.dtype.names if n not in PICASSO_FIELDS},
+        column("photons"),
+        column("bg"),
+        precision,
     )
     return table, info

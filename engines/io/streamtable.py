@@ -18,19 +18,19 @@ Picasso yaml documents come from :mod:`engines.io.loctable`):
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
 
-from engines.errors import OutputError
+from engines.errors import FormatError, OutputError
 from engines.io.atomic import atomic_output
 from engines.io.loctable import (
-    CSV_FMT,
     LocTable,
     TableMeta,
+    csv_formats,
+    csv_text,
     picasso_dtype,
     picasso_info,
     picasso_records,
@@ -40,7 +40,8 @@ from engines.types import LOC_COLUMNS, Localizations
 
 
 class StreamWriter(ABC):
-    """Appends rows of ``(N, 5)`` float64 in wire/CSV column order (frame from 0)."""
+    """Appends localizations as a :class:`LocTable` per batch (the file columns are the
+    batch writers': photometry and precision included, NaN where unknown)."""
 
     def __init__(self, path: Path, meta: TableMeta) -> None:
         self.path = Path(path)
@@ -55,15 +56,17 @@ class StreamWriter(ABC):
     def append(self, frames: list[Localizations]) -> None:
         """Write the rows of these frames' localizations and flush them to the file."""
         rows = [f.to_array() for f in frames]
-        arr = np.concatenate(rows) if rows else np.zeros((0, 5))
+        table = LocTable.from_rows(
+            np.concatenate(rows) if rows else np.zeros((0, len(LOC_COLUMNS)))
+        )
         self.frames = max([self.frames] + [f.frame + 1 for f in frames])
         self.sync_meta()  # metadata first: it may run ahead of the rows, never behind
-        if len(arr):
-            self._append(arr)
-            self.rows += len(arr)
+        if len(table):
+            self._append(table)
+            self.rows += len(table)
 
     @abstractmethod
-    def _append(self, rows: np.ndarray) -> None: ...
+    def _append(self, table: LocTable) -> None: ...
 
     def sync_meta(self) -> None:  # noqa: B027 - CSV has no metadata to bring up to date
         """Bring metadata (frame count) on disk up to date."""
@@ -81,20 +84,17 @@ class CsvStreamWriter(StreamWriter):
             )
         except OSError as exc:
             raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
-        self._write((",".join(LOC_COLUMNS) + "\n").encode())
-        self._fmt = list(CSV_FMT.values())
+        self._write((",".join(meta.csv_header()) + "\n").encode())
+        self._fmt = csv_formats(meta)
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view) :]
 
-    def _append(self, rows: np.ndarray) -> None:
-        out = rows.copy()
-        out[:, 0] += 1  # ThunderSTORM frames count from 1
-        buf = io.StringIO()
-        np.savetxt(buf, out, fmt=self._fmt, delimiter=",")
-        self._write(buf.getvalue().encode())
+    def _append(self, table: LocTable) -> None:
+        cols = table.csv_columns(self.meta.psf_width)
+        self._write(csv_text(np.column_stack(cols), self._fmt).encode())
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -108,7 +108,7 @@ class Hdf5StreamWriter(StreamWriter):
 
         super().__init__(path, meta)
         self.yaml_path = self.path.with_suffix(".yaml")
-        self.dtype = picasso_dtype()
+        self.dtype = picasso_dtype(widths=meta.psf_width is not None)
         try:
             self._h5 = h5py.File(self.path, "w")
         except OSError as exc:
@@ -120,9 +120,8 @@ class Hdf5StreamWriter(StreamWriter):
         self._meta_frames = -1
         self.sync_meta()
 
-    def _append(self, rows: np.ndarray) -> None:
-        table = LocTable(rows[:, 0].astype(np.int64), rows[:, 1:4], rows[:, 4])
-        rec = picasso_records(table, self.meta.px_nm, self.dtype)
+    def _append(self, table: LocTable) -> None:
+        rec = picasso_records(table, self.meta, self.dtype)
         n = self._ds.shape[0]
         self._ds.resize((n + len(rec),))
         self._ds[n:] = rec
@@ -147,6 +146,10 @@ class Hdf5StreamWriter(StreamWriter):
 def open_stream_writer(path: str | Path, meta: TableMeta) -> StreamWriter:
     """A CSV or HDF5 stream writer chosen by the extension (.csv / .h5 / .hdf5)."""
     path = Path(path)
-    return (
-        CsvStreamWriter(path, meta) if table_format(path) == "csv" else Hdf5StreamWriter(path, meta)
-    )
+    kind = table_format(path)
+    if kind == "smlm":
+        raise FormatError(
+            f"{path}: an .smlm file is written whole at the end, so it cannot be recorded "
+            "as a stream; record to .csv or .h5 (and convert afterwards if needed)"
+        )
+    return CsvStreamWriter(path, meta) if kind == "csv" else Hdf5StreamWriter(path, meta)

@@ -101,7 +101,7 @@ def check_picasso(path: Path, frames_at_least: int) -> None:
         locs = f["locs"]
         dt = locs.dtype
         assert dt["frame"] == np.dtype("u4")
-        for name in ("x", "y", "z", "confidence"):
+        for name in ("x", "y", "z", "confidence", "photons", "bg", "lpx", "lpy", "lpz"):
             assert dt[name] == np.dtype("f4"), name
         rec = locs[...]
     docs = list(yaml.safe_load_all(path.with_suffix(".yaml").read_text()))

@@ -36,9 +36,11 @@ def locs_message(seq: int, frame: int, n: int) -> LocsMessage:
     rng = np.random.default_rng(frame)
     xyz = (rng.random((n, 3)) * [12288, 12288, 1600]).astype(np.float32)
     conf = np.full(n, 0.5 + (frame % 50) / 100, np.float32)
-    return LocsMessage(
-        "voxloc", seq, frame, "default", "1", 0.5, 1, 2, 3, Localizations(frame, xyz, conf)
-    )
+    photons = rng.uniform(500, 5000, n).astype(np.float32)
+    background = rng.uniform(2, 30, n).astype(np.float32)
+    precision = rng.uniform(4, 40, (n, 3)).astype(np.float32)
+    locs = Localizations(frame, xyz, conf, photons, background, precision)
+    return LocsMessage("voxloc", seq, frame, "default", "1", 0.5, 1, 2, 3, locs)
 
 
 @pytest.fixture
@@ -119,16 +121,20 @@ def test_record_writes_every_frame_in_format(
     assert np.array_equal(table.frame, rows[:, 0].astype(int))
     assert np.allclose(table.xyz_nm, rows[:, 1:4], atol=0.01)
     assert np.allclose(table.confidence, rows[:, 4], atol=1e-4)
+    # photometry and precision travel over the wire into the file
+    assert np.allclose(table.photons, rows[:, 5], atol=0.05)
+    assert np.allclose(table.background, rows[:, 6], atol=5e-4)
+    assert np.allclose(table.precision_nm, rows[:, 7:10], atol=5e-3)
 
 
 @pytest.fixture
 def spawn_record() -> Iterator[Callable[[Path, str], subprocess.Popen]]:
-    """Factory: ``spawn_record(out, endpoint)`` starts ``voxloc record``; killed if still
+    """Factory: ``spawn_record(out, endpoint, *args)`` starts ``voxloc record``; killed if still
     running and its pipe closed after the test."""
     procs: list[subprocess.Popen] = []
 
-    def spawn(out: Path, endpoint: str) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "clients.cli", "record", "-o", str(out)]
+    def spawn(out: Path, endpoint: str, *extra: str) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "clients.cli", "record", "-o", str(out), *extra]
         procs.append(
             subprocess.Popen(
                 [*cmd, "--endpoint", endpoint],
@@ -248,6 +254,28 @@ def test_record_cli_stops_on_sigint_and_summarises(
     assert proc.returncode == 0, text
     assert "wrote 10 localizations from 5 frame sets" in text
     picasso_check(out, frames_at_least=5)
+
+
+def test_recording_with_the_model_has_its_psf_width_for_picasso(
+    xpub, spawn_record, tmp_path: Path
+) -> None:
+    pio = pytest.importorskip("picasso.io", reason="picassosr is a test dependency")
+    sock, endpoint = xpub
+    out = tmp_path / "rec.csv"
+    proc = spawn_record(out, endpoint, "--model", "default")
+    _wait_subscriber_up(sock, proc)
+    sent = [locs_message(i, i, 3) for i in range(5)]
+    for m in sent:
+        sock.send_multipart(encode_locs(m))
+    _wait_frames(out, 5, proc)
+    proc.send_signal(signal.SIGINT)
+    assert proc.communicate(timeout=30)[0] and proc.returncode == 0
+    header = out.read_text().splitlines()[0].split(",")
+    assert header[-2:] == ["sigma1 [nm]", "sigma2 [nm]"]
+    locs, _ = pio.import_ts(str(out), 192.0)  # Picasso's ThunderSTORM import takes it
+    photons = np.concatenate([m.locs.photons for m in sent])
+    assert len(locs) == 15 and np.allclose(np.sort(locs["photons"]), np.sort(photons), atol=1)
+    assert (locs["sx"] * 192.0).between(130, 170).all()  # the model PSF's width, nm
 
 
 def test_stream_writer_refuses_bad_paths(tmp_path: Path) -> None:

@@ -106,3 +106,52 @@ def test_render_cli_from_csv(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert img[3, 3].sum() > 0 and img[13, 13].sum() > 0 and img.sum(-1).astype(bool).sum() == 2
     assert main(["render", str(tmp_path / "t.csv"), "-o", str(tmp_path / "t.bmp")]) == 2
     assert "t.bmp" in capsys.readouterr().err
+
+
+def test_precision_splat_keeps_mass_and_mean_depth_and_has_the_sigma() -> None:
+    hist = DepthHistogram(10.0, 400.0, 400.0)
+    xyz = np.array([[200.0, 200.0, 300.0], [201.0, 199.0, 700.0]])
+    hist.add(xyz, np.array([[30.0, 30.0], [30.0, 30.0]]))
+    assert hist.total == 2 and hist.counts.sum() == pytest.approx(2, rel=1e-4)
+    assert hist.zsum.sum() / hist.counts.sum() == pytest.approx(500, rel=1e-4)
+    # the blur's spread is the precision: second moment along x of the counts, nm
+    cols = (np.arange(hist.shape[1]) + 0.5) * 10.0
+    px = hist.counts.sum(axis=0) / hist.counts.sum()
+    mean = (px * cols).sum()
+    assert np.sqrt((px * (cols - mean) ** 2).sum()) == pytest.approx(30.0, rel=0.03)
+
+
+def test_precision_mode_blurs_each_localization_by_its_own_precision() -> None:
+    settings = RenderSettings(nm_per_px=10.0, mode="precision", sigma_nm=25.0)
+    xyz = np.array([[100.0, 100.0, 500.0], [300.0, 100.0, 500.0], [500.0, 100.0, 500.0]])
+    precision = np.array([[5.0, 5.0, 30.0], [40.0, 40.0, 60.0], [np.nan, np.nan, np.nan]])
+    rgb = render(xyz, settings, (600.0, 200.0), precision)
+    lit = rgb.sum(-1) > 0
+    sharp, wide, fallback = lit[:, :20].sum(), lit[:, 20:40].sum(), lit[:, 40:].sum()
+    assert 0 < sharp < fallback < wide  # 5 nm < 25 nm (no precision: sigma_nm) < 40 nm
+    plain = render(xyz, settings.model_copy(update={"mode": "hist"}), (600.0, 200.0), precision)
+    assert (plain.sum(-1) > 0).sum() == 3  # hist mode ignores the precision
+    empty = render(np.zeros((0, 3)), settings, (600.0, 200.0), np.zeros((0, 3)))
+    assert empty.shape == (20, 60, 3) and not empty.any()  # frame sets without localizations
+
+
+def test_render_cli_precision_mode_reads_the_tables_precision(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    meta = TableMeta(frames=1, height=8, width=8, px_nm=100.0, dz_nm=400.0, planes=4)
+    table = LocTable(
+        np.array([0, 0]),
+        np.array([[200.0, 400, 500], [600, 400, 500]]),
+        np.array([0.9, 0.9]),
+        precision_nm=np.array([[5.0, 5, 20], [np.nan, np.nan, np.nan]]),
+    )
+    with open_table_writer(tmp_path / "t.h5", meta) as w:
+        w.write_table(table)
+    out = tmp_path / "t.png"
+    args = ["render", str(tmp_path / "t.h5"), "-o", str(out), "--nm-per-px", "10"]
+    assert main([*args, "--mode", "precision", "--sigma-nm", "40", "--no-colorbar"]) == 0
+    assert "1 of 2 localizations have no precision: blurred with --sigma-nm 40" in (
+        capsys.readouterr().out
+    )
+    img = np.asarray(Image.open(out)).sum(-1) > 0
+    assert 0 < img[:, :40].sum() < img[:, 40:].sum()  # the precise one is the sharper

@@ -19,7 +19,12 @@ pytest.importorskip("pytestqt", reason="pytest-qt drives the Qt event loop (.[te
 import npe2  # noqa: E402
 
 from clients.control import ControlClient  # noqa: E402
-from engines.io.loctable import TableMeta, open_table_writer  # noqa: E402
+from engines.io.loctable import (  # noqa: E402
+    CSV_HEADER,
+    PICASSO_FIELDS,
+    TableMeta,
+    open_table_writer,
+)
 from engines.types import Localizations  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,20 +43,24 @@ def voxloc_plugin() -> None:
 
 
 def write_table(path: Path) -> np.ndarray:
-    """Three frames of known rows with an extra column; returns ``(N, 5)`` wire rows."""
+    """Three frames of known rows with photometry and an extra column; returns
+    ``(N, 10)`` wire rows."""
     rng = np.random.default_rng(3)
     locs = [
         Localizations(
             f,
             rng.uniform([0, 0, 0], [12000, 9000, 1600], (n, 3)).astype(np.float32),
             rng.uniform(0.5, 1, n).astype(np.float32),
+            rng.uniform(500, 3000, n).astype(np.float32),
+            rng.uniform(5, 20, n).astype(np.float32),
+            rng.uniform(5, 30, (n, 3)).astype(np.float32),
         )
         for f, n in [(0, 4), (1, 0), (2, 7)]
     ]
     meta = TableMeta(frames=3, height=64, width=80, px_nm=PX_NM, dz_nm=400.0, planes=4)
     rows = np.concatenate([loc.to_array() for loc in locs])
-    with open_table_writer(path, meta, extra_columns=["intensity [photon]"]) as w:
-        w.write(locs, {"intensity [photon]": np.arange(len(rows), dtype=float) * 100})
+    with open_table_writer(path, meta, extra_columns=["id"]) as w:
+        w.write(locs, {"id": np.arange(len(rows), dtype=float) * 100})
     return rows
 
 
@@ -80,22 +89,19 @@ def test_reader_opens_tables_in_nm_zyx_with_features(make_napari_viewer, tmp_pat
     assert tuple(viewer.dims.axis_labels) == ("z", "y", "x")
     feats = layer.features
     if suffix == ".csv":  # the CSV's columns, frame from 1 as in the file
-        assert list(feats.columns) == [
-            "frame",
-            "x [nm]",
-            "y [nm]",
-            "z [nm]",
-            "confidence",
-            "intensity [photon]",
-        ]
+        assert list(feats.columns) == [*CSV_HEADER, "id"]
         assert list(feats["frame"]) == list(rows[:, 0] + 1)
+        assert np.allclose(feats["intensity [photon]"], rows[:, 5], atol=0.05)
+        assert np.allclose(feats["uncertainty_z [nm]"], rows[:, 9], atol=5e-3)
         z = feats["z [nm]"]
-    else:  # Picasso's fields: frame from 0, x and y in pixels
-        assert list(feats.columns) == ["frame", "x", "y", "z", "confidence", "intensity [photon]"]
+    else:  # Picasso's fields: frame from 0, x, y and lpx in pixels
+        assert list(feats.columns) == [*PICASSO_FIELDS, "id"]
         assert list(feats["frame"]) == list(rows[:, 0])
         assert np.allclose(feats["x"], rows[:, 1] / PX_NM, atol=1e-4)
+        assert np.allclose(feats["photons"], rows[:, 5], rtol=1e-6)
+        assert np.allclose(feats["lpx"], rows[:, 7] / PX_NM, rtol=1e-6)
         z = feats["z"]
-    assert np.allclose(feats["intensity [photon]"], np.arange(len(rows)) * 100)
+    assert np.allclose(feats["id"], np.arange(len(rows)) * 100)
     # coloured by z: the deepest and the shallowest points get different colours
     lo, hi = int(np.argmin(z)), int(np.argmax(z))
     assert not np.allclose(layer.face_color[lo], layer.face_color[hi])

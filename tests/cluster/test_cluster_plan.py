@@ -42,6 +42,10 @@ def test_folders_globs_and_per_plane_files_become_named_stacks(tmp_path):
     # -o a table: everything is one stack, as in a local run
     (one,) = plan_inputs([a / "x.tif"], tmp_path / "x.csv", "csv")
     assert one.sources == (a / "x.tif",) and one.output == tmp_path / "x.csv"
+    (one,) = plan_inputs([a / "x.tif"], tmp_path / "x.smlm", "csv")  # a table, not a folder
+    assert one.output == tmp_path / "x.smlm"
+    smlm = plan_inputs([a / "x.tif", a / "y.ome.tif"], tmp_path / "out", "smlm")
+    assert sorted(s.output.name for s in smlm) == ["x.smlm", "y.smlm"]
 
 
 def test_input_mistakes_are_named(tmp_path):

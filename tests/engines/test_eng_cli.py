@@ -12,7 +12,7 @@ import yaml
 from clients.cli import main
 from engines.evaluate.matching import Matching, match_localizations
 from engines.io import read_table
-from engines.io.loctable import read_hdf5
+from engines.io.loctable import CSV_HEADER, read_hdf5
 
 FRAMES = 6
 # the shipped default reaches molecule Jaccard > 0.9 at 64x64x4 / 50 molecules; this
@@ -52,7 +52,7 @@ def test_simulate_writes_imagej_hyperstack_and_ground_truth(sim):
     assert 5.0 < float(np.median(frames)) < 15.0  # background: Poisson rate 10
     truth = read_table(sim / "s_truth.csv")
     lines = (sim / "s_truth.csv").read_text().splitlines()
-    assert lines[0] == "frame,x [nm],y [nm],z [nm],confidence,weight"
+    assert lines[0] == ",".join(CSV_HEADER) + ",weight"
     assert sorted(set(truth.frame.tolist())) == list(range(FRAMES))  # 1..6 in the file
     assert {line.split(",")[0] for line in lines[1:]} == {str(f) for f in range(1, FRAMES + 1)}
     # 50 per frame on average: the simulator spreads molecules over frame + margin at
@@ -110,7 +110,8 @@ def test_localize_default_model_finds_the_molecules(sim, localized_csv):
     assert m.jaccard >= JACCARD_MIN, (m.tp, m.fp, m.fn)
     assert rmse_lat <= RMSE_LATERAL_MAX_NM and rmse_ax <= RMSE_AXIAL_MAX_NM
     header = localized_csv.read_text().splitlines()[0]
-    assert header == "frame,x [nm],y [nm],z [nm],confidence"
+    # the table's columns, then the model PSF's width at each localization's z
+    assert header == ",".join(CSV_HEADER) + ",sigma1 [nm],sigma2 [nm]"
     conf = read_table(localized_csv).confidence
     assert conf.min() > 0.5 and conf.max() <= 1.0  # default threshold tau = 0.5
 

@@ -11,6 +11,13 @@ from engines.errors import FormatError
 from engines.io.loctable import TableMeta, open_table_writer, read_hdf5, read_table
 from engines.types import Localizations
 
+# The CSV header of a table without the model's PSF widths (CONVENTIONS.md "Files").
+HEADER = (
+    "frame,x [nm],y [nm],z [nm],confidence,intensity [photon],offset [photon],"
+    "uncertainty_x [nm],uncertainty_y [nm],uncertainty_z [nm],bkgstd [photon],"
+    "uncertainty_xy [nm]"
+)
+
 META = TableMeta(
     frames=3,
     height=32,
@@ -45,9 +52,10 @@ def test_csv_header_frame_numbering_and_read_back(tmp_path, files_in):
         w.write(_locs()[:2])
         w.write(_locs()[2:])
     lines = out.read_text().splitlines()
-    assert lines[0] == "frame,x [nm],y [nm],z [nm],confidence"
+    assert lines[0] == HEADER
     assert [line.split(",")[0] for line in lines[1:]] == ["1", "1", "3"]  # from 1
-    assert lines[1] == "1,96.000,192.000,100.000,0.90000"
+    # photometry unknown (NaN): written NaN, which ThunderSTORM, pandas and numpy parse
+    assert lines[1] == "1,96.000,192.000,100.000,0.90000" + ",NaN" * 7
     table = read_table(out)
     assert table.frame.tolist() == [0, 0, 2]  # back to counting from 0
     np.testing.assert_allclose(table.xyz_nm[1], [384.5, 10.25, 1500.0])
@@ -59,7 +67,7 @@ def test_csv_extra_columns_follow_the_standard_ones(tmp_path):
     out = tmp_path / "truth.csv"
     with open_table_writer(out, META, extra_columns=("weight",)) as w:
         w.write(_locs(), extra={"weight": np.array([0.3, 1.0, 0.5])})
-    assert out.read_text().splitlines()[0] == "frame,x [nm],y [nm],z [nm],confidence,weight"
+    assert out.read_text().splitlines()[0] == HEADER + ",weight"
     assert read_table(out).extra["weight"].tolist() == [0.3, 1.0, 0.5]
 
 
@@ -69,7 +77,10 @@ def test_hdf5_picasso_fields_units_and_yaml(tmp_path, files_in):
         w.write(_locs())
     with h5py.File(out, "r") as f:
         locs = f["locs"][...]
-    assert locs.dtype.names[:4] == ("frame", "x", "y", "z")
+    assert locs.dtype.names == (
+        "frame", "x", "y", "z", "confidence", "photons", "bg", "lpx", "lpy", "lpz"
+    )  # fmt: skip
+    assert np.isnan(locs["photons"]).all() and np.isnan(locs["lpx"]).all()  # unknown
     assert locs["frame"].tolist() == [0, 0, 2]  # Picasso counts from 0
     np.testing.assert_allclose(locs["x"], [0.5, 384.5 / 192.0, 1000.0 / 192.0], rtol=1e-6)
     np.testing.assert_allclose(locs["y"], [1.0, 10.25 / 192.0, 2000.0 / 192.0], rtol=1e-6)
@@ -89,7 +100,7 @@ def test_empty_table_has_header_only(tmp_path):
     out = tmp_path / "none.csv"
     with open_table_writer(out, META) as w:
         w.write([Localizations.empty(0)])
-    assert out.read_text() == "frame,x [nm],y [nm],z [nm],confidence\n"
+    assert out.read_text() == HEADER + "\n"
     assert len(read_table(out)) == 0
 
 
@@ -115,5 +126,5 @@ def test_unknown_extension_and_bad_csv_header(tmp_path):
         open_table_writer(tmp_path / "out.txt", META)
     bad = tmp_path / "other.csv"
     bad.write_text("id,frame,x,y\n1,1,2,3\n")
-    with pytest.raises(FormatError, match=r"expected the header frame,x \[nm\]"):
+    with pytest.raises(FormatError, match=r"expected the header to start frame,x \[nm\]"):
         read_table(bad)

@@ -142,3 +142,133 @@ def test_train_with_a_spline_bundles_it_in_the_model_dir(tmp_path, spline_settin
     assert recorded == {"path": "psf_spline.npz", "sha256": settings.psf.spline.sha256}
     info = read_info(out)  # relative to the model directory, hash checked on use
     assert psf_model_for(info.settings).spline.roi_px == 25
+
+
+# --- the rendering paths against a slow, direct evaluation ------------------------------
+def cubic_bspline(t: np.ndarray) -> np.ndarray:
+    """The centred cubic B-spline kernel."""
+    a = np.abs(t)
+    return np.where(a < 1, 2 / 3 - a**2 + a**3 / 2, np.where(a < 2, (2 - a) ** 3 / 6, 0.0))
+
+
+def reference_windows(spline: SplinePSF, plane: int, x_nm, y_nm, z_nm):
+    """Windows by summing every coefficient times its dense B-spline basis, float64: the
+    z range is extended by repeating the edge slices (the spline is flat beyond it)."""
+    c = np.asarray(spline.coeffs[plane], dtype=np.float64)
+    c = np.concatenate([c[:1], c[:1], c, c[-1:], c[-1:]])  # knots -2 .. nz + 1
+    nz, g, side = spline.coeffs.shape[1], spline.knots, spline.roi_px
+    knots_z = np.arange(-2, nz + 2)
+    knots_xy = (np.arange(g) - (g - 1) / 2) * spline.step_nm
+    wins, rows, cols = [], [], []
+    for x, y, z in zip(x_nm, y_nm, z_nm, strict=True):
+        col0 = math.floor(x / spline.px_nm) - side // 2
+        row0 = math.floor(y / spline.px_nm) - side // 2
+        w = np.clip((z - spline.z0_nm) / spline.z_step_nm, 0.0, nz - 1 - 1e-6)
+        dx = (col0 + np.arange(side) + 0.5) * spline.px_nm - x  # pixel centre - molecule
+        dy = (row0 + np.arange(side) + 0.5) * spline.px_nm - y
+        bx = cubic_bspline((dx[:, None] - knots_xy) / spline.step_nm)  # (S, G)
+        by = cubic_bspline((dy[:, None] - knots_xy) / spline.step_nm)
+        bz = cubic_bspline(w - knots_z)
+        wins.append(np.einsum("k,kyx,ay,bx->ab", bz, c, by, bx))
+        rows.append(row0)
+        cols.append(col0)
+    return np.stack(wins), np.array(rows), np.array(cols)
+
+
+def random_spline(seed: int = 0) -> SplinePSF:
+    """Random coefficients (asymmetric, so a swapped axis or tap shows), 3 planes."""
+    rng = np.random.default_rng(seed)
+    oversample, roi = 3, 7
+    g = oversample * (roi + 1) + 7
+    coeffs = rng.normal(size=(3, 12, g, g)).astype(np.float32)
+    return SplinePSF(
+        coeffs=coeffs,
+        values=coeffs,
+        z0_nm=-100.0,
+        z_step_nm=50.0,
+        px_nm=110.0,
+        oversample=oversample,
+        roi_px=roi,
+        dz_nm=200.0,
+        focal_nm=np.array([100.0, 300.0, 500.0]),
+    )
+
+
+def random_positions(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Across and beyond a 12 x 12 px frame and the spline's z range (edges clamp)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.rand(n, generator=gen, dtype=torch.float64) * 16 - 2) * 110.0
+    y = (torch.rand(n, generator=gen, dtype=torch.float64) * 16 - 2) * 110.0
+    z = torch.rand(n, generator=gen, dtype=torch.float64) * 800.0 - 250.0
+    return x, y, z
+
+
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+    ),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("exact", [False, True])
+def test_windows_equal_a_direct_evaluation_of_the_spline(exact, device):
+    spline = random_spline()
+    x, y, z = random_positions(60, seed=1)
+    for plane in range(spline.planes):
+        ref, r_ref, c_ref = reference_windows(spline, plane, x.numpy(), y.numpy(), z.numpy())
+        scale = np.abs(ref).max()
+        for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+            xt, yt, zt = (a.to(device, dtype) for a in (x, y, z))
+            win, row0, col0 = (t.cpu() for t in spline.windows(plane, xt, yt, zt, exact=exact))
+            assert win.dtype == dtype
+            assert np.array_equal(row0.numpy(), r_ref) and np.array_equal(col0.numpy(), c_ref)
+            err = np.abs(win.double().numpy() - ref).max()
+            assert err < tol * scale, (plane, dtype, err / scale)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_render_spline_equals_windows_summed_one_by_one(device):
+    from engines.spline_psf import render_spline
+
+    spline = random_spline(2)
+    batch, per_frame, side = 3, 8, 12
+    x, y, z = random_positions(batch * per_frame, seed=3)
+    xyz = torch.stack([x, y, z], -1).reshape(batch, per_frame, 3)
+    gen = torch.Generator().manual_seed(4)
+    amp = torch.rand(batch, per_frame, generator=gen, dtype=torch.float64) + 0.5
+    amp[:, -2:] = 0.0  # padding
+    drift = torch.randn(batch, spline.planes, 2, generator=gen, dtype=torch.float64) * 40
+    ref = np.zeros((batch, spline.planes, side, side))
+    for b in range(batch):
+        for k in range(spline.planes):
+            xs, ys = (xyz[b, :, 0] + drift[b, k, 0]).numpy(), (xyz[b, :, 1] + drift[b, k, 1])
+            wins, rows, cols = reference_windows(spline, k, xs, ys.numpy(), xyz[b, :, 2].numpy())
+            canvas = np.zeros((side + 40, side + 40))
+            for m in range(per_frame):
+                r, c = rows[m] + 20, cols[m] + 20
+                canvas[r : r + spline.roi_px, c : c + spline.roi_px] += amp[b, m].item() * wins[m]
+            ref[b, k] = canvas[20 : 20 + side, 20 : 20 + side]
+    scale = np.abs(ref).max()
+    for exact in (False, True):
+        args = (t.to(device, torch.float32) for t in (xyz, amp, drift))
+        got = render_spline(spline, *args, height=side, width=side, exact=exact).cpu()
+        assert got.shape == ref.shape and got.dtype == torch.float32
+        assert np.abs(got.double().numpy() - ref).max() < 1e-5 * scale, exact
+        empty = render_spline(spline, xyz, amp * 0, drift, height=side, width=side, exact=exact)
+        assert empty.shape == ref.shape and not empty.any()  # only padding: blank frames
+
+
+def test_fast_windows_have_the_exact_paths_position_gradient():
+    spline = random_spline(5)
+    x, y, z = random_positions(20, seed=6)
+    weight = torch.randn(20, spline.roi_px, spline.roi_px, dtype=torch.float64)
+    grads = []
+    for exact in (False, True):
+        xyz = torch.stack([x, y, z]).requires_grad_()
+        win, _, _ = spline.windows(1, *xyz, exact=exact)
+        grads.append(torch.autograd.grad((win * weight).sum(), xyz)[0])
+    assert float(grads[0].abs().max()) > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-12)

@@ -13,7 +13,8 @@ from engines.types import Localizations
 
 
 def _flat(locs: list[Localizations]) -> np.ndarray:
-    return np.concatenate([loc.to_array() for loc in locs])
+    """All rows, NaN (unknown photometry) as -1 so that equal rows compare equal."""
+    return np.nan_to_num(np.concatenate([loc.to_array() for loc in locs]), nan=-1.0)
 
 
 @pytest.fixture(params=CPU_BACKENDS)
@@ -30,8 +31,10 @@ def test_threshold_changes_without_rebuild(engine, frames):
     engine.threshold = 0.9
     assert sum(map(len, engine.infer(frames))) == counts[2]
     assert (getattr(engine, "session", None) or engine.net) is state
-    high = _flat(engine.infer(frames, threshold=0.9))
-    low = _flat(engine.infer(frames, threshold=0.2))
+    # position, confidence and photometry of each localization do not depend on the
+    # others; its precision does (the crowding term: its nearest neighbour)
+    high = _flat(engine.infer(frames, threshold=0.9))[:, :7]
+    low = _flat(engine.infer(frames, threshold=0.2))[:, :7]
     low_rows = {tuple(np.round(r, 3)) for r in low}
     assert all(tuple(np.round(r, 3)) in low_rows for r in high)
 

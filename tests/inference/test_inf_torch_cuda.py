@@ -22,3 +22,25 @@ def test_cuda_graphs_are_reused_and_bounded(shared_model_dir, frames):
     engine.infer(frames[:2, :, :32, :32])
     assert len(engine._graphs) == 2
     engine.close()
+
+
+@GPU
+@NO_CUDA
+def test_photometry_on_cuda_matches_the_cpu(shared_model_dir, frames):
+    """Photons and background on the device, in the CUDA-graph raw path too."""
+    from engines.inference.registration import PlaneRegistration
+
+    reg = PlaneRegistration.create(
+        affine_px=np.broadcast_to(np.eye(2, 3), (4, 2, 3)), gain_adu=2.0, baseline_adu=100.0
+    )
+    raw = np.round(frames * 2.0 + 100.0).astype(np.uint16)
+    cpu = create_engine(shared_model_dir, "torch")
+    gpu = create_engine(shared_model_dir, "torch", device="cuda", cuda_graphs=True)
+    want = cpu.infer_raw(raw, reg)
+    for got in (gpu.infer_raw(raw, reg), gpu.submit_raw(raw, reg).result()):
+        for a, b in zip(got, want, strict=True):
+            assert len(a) == len(b)
+            np.testing.assert_allclose(a.photons, b.photons, rtol=1e-2)
+            np.testing.assert_allclose(a.background, b.background, rtol=1e-2, atol=0.05)
+    cpu.close()
+    gpu.close()

@@ -39,6 +39,7 @@ DASHBOARD = {
     ("get", "/dashboard/info"),
     ("get", "/dashboard/image.png"),
     ("post", "/dashboard/reset"),
+    ("put", "/dashboard/render"),
     ("get", "/dashboard/events"),
 }
 

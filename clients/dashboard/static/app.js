@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { dragging: false, edits: 0, statsUpdates: 0 };
+const state = { dragging: false, edits: 0, statsUpdates: 0, modeSending: false };
 
 function authHeaders() {
   const token = localStorage.getItem("voxloc-token") || "";
@@ -40,9 +40,47 @@ function connectEvents() {
       (d.frame !== undefined ? `, last frame ${d.frame}` : "") + (model ? ` — ${model}` : "") +
       (d.acquisition ? `, acquisition ${d.acquisition}` : "");
     $("missed").textContent = d.missed;
+    if (d.photons) drawPhotons(d.photons);
+    if (d.mode && !state.modeSending) $("render_mode").value = d.mode;
   });
   es.onopen = () => { $("conn").textContent = "live"; $("conn").className = "pill ok"; };
   es.onerror = () => { $("conn").textContent = "reconnecting…"; $("conn").className = "pill bad"; };
+}
+
+// photons per localization: log-spaced bins, one bar each (SVG, drawn from the event data)
+const SVG = "http://www.w3.org/2000/svg";
+
+function svgEl(name, attrs, text) {
+  const el = document.createElementNS(SVG, name);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+function drawPhotons(p) {
+  const svg = $("photons");
+  const W = Math.max(svg.clientWidth || 300, 100), H = 110, top = 4, bottom = 16;
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);  // drawn at the card's width, unscaled
+  const counts = p.counts || [];
+  const peak = Math.max(1, ...counts);
+  const bw = W / Math.max(1, counts.length);
+  const parts = counts.map((c, i) => {
+    const h = ((H - top - bottom) * c) / peak;
+    return svgEl("rect", { x: (i * bw).toFixed(1), y: (H - bottom - h).toFixed(1),
+      width: Math.max(bw - 1, 1).toFixed(1), height: h.toFixed(1), "data-count": c });
+  });
+  const [lo, hi] = p.log10_range || [1, 6];
+  for (let e = Math.ceil(lo); e <= hi; e++) {  // decade labels under the bars
+    const x = ((e - lo) / (hi - lo)) * W;
+    parts.push(svgEl("text", { x: Math.min(Math.max(x - 8, 0), W - 24).toFixed(1), y: H - 4 },
+      `1e${e}`));
+  }
+  svg.replaceChildren(...parts);
+  svg.dataset.known = p.known;
+  const unknown = p.unknown ? `, ${p.unknown} without photometry` : "";
+  $("photon_summary").textContent = p.known
+    ? `median ≈ ${Math.round(p.median)} photons over ${p.known} localizations${unknown}`
+    : `no photometry yet${unknown}`;
 }
 
 async function loadInfo() {
@@ -50,6 +88,7 @@ async function loadInfo() {
   $("cbar").style.background = `linear-gradient(to top, ${info.colorbar.join(", ")})`;
   $("zmin").textContent = Math.round(info.z_min_nm);
   $("zmax").textContent = Math.round(info.z_max_nm);
+  $("render_mode").value = info.mode;
 }
 
 // ---- stats ----------------------------------------------------------------------------
@@ -177,6 +216,14 @@ function wireControls() {
       say(`serving ${r.active.name} v${r.active.version}`);
     } catch (err) { say("model: " + err.message, true); }
     loadModels();
+  });
+  $("render_mode").addEventListener("change", async (ev) => {
+    state.modeSending = true;
+    try {
+      const r = await api("PUT", "/dashboard/render", { mode: ev.target.value });
+      say(`rendering: ${r.mode}`);
+    } catch (err) { say("rendering: " + err.message, true); }
+    state.modeSending = false;
   });
   $("reset").addEventListener("click", async () => {
     try { await api("POST", "/dashboard/reset"); say("image cleared"); }

@@ -1,0 +1,133 @@
+"""Photometry and precision of matched localizations on simulated frames (issue 15).
+
+:class:`PhotometryStats` collects, per matched localization at the lowest threshold, the
+estimated and true photons, the background, the position error, the engine's reported
+precision and the raw Cramer-Rao bound at the estimate. Its :meth:`~PhotometryStats.to_dict`
+gives the acceptance figures: the median ratio of estimated to true photons of isolated
+molecules (no other molecule within the photometry window), the background against the
+truth, and the precision coverage (:func:`engines.precision.coverage_figures`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from engines.config import SimSettings
+from engines.evaluate.matching import Matching
+from engines.photometry import PhotometryFit, true_background, true_photons
+from engines.precision import coverage_figures, nearest_neighbour_nm
+from engines.psf_model import PSFModel
+from engines.types import Localizations
+
+
+@dataclass
+class PhotometryStats:
+    """Matched localizations of one test set with their photometry (arrays per frame)."""
+
+    settings: SimSettings
+    window_px: int
+    psf: PSFModel | None = None  # what the test frames were drawn from (None: the model's)
+    cols: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    def _add(self, **arrays: np.ndarray) -> None:
+        for k, v in arrays.items():
+            self.cols.setdefault(k, []).append(np.asarray(v))
+
+    def add(
+        self,
+        loc: Localizations,
+        match: Matching,
+        truth_xyz_nm: np.ndarray,
+        truth_weights: np.ndarray,
+        crlb_nm: np.ndarray,
+    ) -> None:
+        """One frame: its localizations, their matching to the truth, the raw bound of
+        every localization and the fit's chi2, ``(N, 4)`` (:func:`raw_crlb`)."""
+        p, t = match.pred_idx, match.true_idx
+        px = self.settings.geometry.px_nm
+        xy = truth_xyz_nm[:, :2] / px
+        d = np.abs(xy[:, None, :] - xy[None, :, :]).max(axis=-1)
+        np.fill_diagonal(d, np.inf)
+        isolated = d.min(axis=1) > self.window_px if len(xy) > 1 else np.ones(len(xy), bool)
+        self._add(
+            photons=loc.photons[p],
+            true_photons=true_photons(self.settings, truth_xyz_nm[t], truth_weights[t], self.psf),
+            background=loc.background[p],
+            error_nm=match.delta_nm,
+            sigma_nm=loc.precision_nm[p],
+            crlb_nm=crlb_nm[p, :3],
+            neighbour_nm=_nearest(loc.xyz_nm)[p],
+            chi2=crlb_nm[p, 3],
+            isolated=isolated[t],
+        )
+
+    def column(self, name: str, width: int = 0) -> np.ndarray:
+        parts = self.cols.get(name, [])
+        if not parts:
+            return np.zeros((0, width) if width else 0)
+        return np.concatenate(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        ratio = self.column("photons") / np.maximum(self.column("true_photons"), 1e-12)
+        iso = self.column("isolated").astype(bool)
+        bg = self.column("background")
+        bg_true = true_background(self.settings)
+        bg_iso = _median(bg[iso])
+        out: dict[str, Any] = {
+            "matched": int(ratio.size),
+            "isolated": int(iso.sum()),
+            "isolation_px": self.window_px,
+            "photon_ratio_median_isolated": _median(ratio[iso]),
+            "photon_ratio_p16_p84_isolated": _pct(ratio[iso]),
+            "photon_ratio_median_all": _median(ratio),
+            "background_true": bg_true,
+            "background_median_isolated": bg_iso,
+            "background_median_all": _median(bg),
+            "background_ratio_median_isolated": (
+                bg_iso / bg_true if bg_iso is not None and bg_true else None
+            ),
+        }
+        sigma = self.column("sigma_nm", 3)
+        err = self.column("error_nm", 3)
+        if sigma.size and np.isfinite(sigma).any():
+            out["precision"] = coverage_figures(err, sigma)
+        crlb = self.column("crlb_nm", 3)
+        if crlb.size:
+            rms_err = np.sqrt(np.nanmean(err**2, axis=0))
+            rms_crlb = np.sqrt(np.nanmean(crlb**2, axis=0))
+            out["rms_error_over_rms_crlb"] = dict(
+                zip("xyz", (rms_err / rms_crlb).tolist(), strict=True)
+            )
+        return out
+
+
+def raw_crlb(
+    fit: PhotometryFit, frames: torch.Tensor, locs: list[Localizations]
+) -> list[np.ndarray]:
+    """Per frame of ``frames``, ``(N, 4)``: the bound of x, y, z at every localization of
+    ``locs`` and the fit's chi2, from the same fit the engine runs."""
+    idx = torch.cat([torch.full((len(loc),), b, dtype=torch.long) for b, loc in enumerate(locs)])
+    xyz = torch.from_numpy(np.concatenate([loc.xyz_nm for loc in locs]).reshape(-1, 3))
+    with torch.inference_mode():
+        ph = fit.measure(frames, idx, xyz, crlb=True)
+    both = torch.cat([ph.crlb_nm, ph.chi2[:, None]], dim=1).numpy()
+    bounds = np.cumsum([0] + [len(loc) for loc in locs])
+    return [both[bounds[i] : bounds[i + 1]] for i in range(len(locs))]
+
+
+def _nearest(xyz_nm: np.ndarray) -> np.ndarray:
+    """Distance of each localization of one frame to its nearest other one, nm."""
+    xy = torch.from_numpy(np.asarray(xyz_nm, np.float32)[:, :2])
+    return nearest_neighbour_nm(torch.zeros(len(xy), dtype=torch.long), xy).numpy()
+
+
+def _median(x: np.ndarray) -> float | None:
+    return float(np.median(x)) if x.size else None
+
+
+def _pct(x: np.ndarray) -> list[float] | None:
+    return [float(v) for v in np.percentile(x, [16, 84])] if x.size else None

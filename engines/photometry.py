@@ -1,0 +1,475 @@
+"""Photons, background and Cramer-Rao bound of every localization, on the engine's device.
+
+For each localization the frames the network saw (registered, model units) are cut into
+one ``S x S`` window per plane around the molecule's pixel and converted to photons with
+the model's camera (:meth:`engines.cameras.Camera.zero_level`, ``intensity_scale``). The
+model's own PSF (:func:`engines.psf_model.psf_model_for`: the paper's Gaussian or a
+measured spline) renders a unit-weight molecule at the localized position into the same
+windows, ``u``, and a linear least-squares fit
+
+    pixels_k = A * u_k + b_k        (one amplitude A shared by the planes, b_k per plane)
+
+gives A and the backgrounds in closed form, batched over localizations (no Python per
+localization). ``photons = A * flux`` with ``flux`` the unit molecule's intensity summed over
+all pixels and planes (not only the window), so the photons are the molecule's own, the
+quantity the simulator renders; ``background`` is the mean of ``b_k`` over the planes,
+photons per pixel and plane. Pixels outside the frame are left out of the fit.
+
+In paper-noise mode (arbitrary intensity units, ``intensity_scale`` 1, zero level 0) the
+"photons" are the PSF's intensity units: a weight-1 molecule of the default settings has
+``planes * a' / px^2`` (5425) of them, and the background is ``b + poisson_rate``.
+
+The same windows give the Cramer-Rao bound at the estimate (x, y, z, A, b): derivatives of
+``u`` by forward-mode autodiff, the camera's per-pixel Fisher information at
+``A u + b_k`` (:meth:`engines.cameras.Camera.pixel_information`). :mod:`engines.precision`
+turns it into a calibrated precision.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from engines.config import SimSettings
+from engines.psf import render_planes
+from engines.psf_model import PSFModel, SplineModel, psf_model_for
+
+if TYPE_CHECKING:  # engines.inference imports this module
+    from engines.inference.registration import PlaneRegistration
+
+DEFAULT_WINDOW_PX = 9  # 4.6 in-focus sigmas of the default PSF either side of the centre
+
+
+@dataclass(frozen=True)
+class Photometry:
+    """Per-localization photometry of one model's settings (see the module docstring).
+
+    Attributes:
+        photons: ``(N,)`` float32 photons summed over the planes.
+        background: ``(N,)`` float32 background per pixel and plane, photons.
+        crlb_nm: ``(N, 3)`` float32 Cramer-Rao bound of x, y, z, nm (NaN where not asked
+            for or where the fit found no molecule, A <= 0).
+        chi2: ``(N,)`` float32 mean squared residual of the fit per pixel, in units of the
+            camera's noise variance (about 1 for a lone molecule the PSF model fits; NaN
+            where the bound was not asked for).
+    """
+
+    photons: torch.Tensor
+    background: torch.Tensor
+    crlb_nm: torch.Tensor
+    chi2: torch.Tensor
+
+
+class PhotometryFit:
+    """Fits every localization's amplitude and background with the settings' PSF."""
+
+    def __init__(self, settings: SimSettings, *, window_px: int = DEFAULT_WINDOW_PX) -> None:
+        if window_px < 3 or window_px % 2 == 0:
+            raise ValueError(f"the photometry window must be odd and >= 3 px, got {window_px}")
+        self.settings = settings
+        self.camera = settings.noise.to_camera()
+        self.zero = float(self.camera.zero_level())
+        self.scale = float(self.camera.intensity_scale())
+        psf = psf_model_for(settings)
+        self.spline = psf if isinstance(psf, SplineModel) else None
+        self.side = window_px if self.spline is None else min(window_px, self.spline.window_px())
+        self._j_const = (
+            float(self.camera.pixel_information(torch.zeros(1))[0])
+            if self.camera.additive_noise
+            else None
+        )
+        self._bg_in_info = float(getattr(self.camera, "background_photons", 0.0))
+        self._grid_key: tuple[object, ...] | None = None
+        self._grid_cache = torch.zeros(0, 2)
+        self._grid_ref: PlaneRegistration | None = None
+        g = settings.geometry
+        self._focal = torch.tensor(settings.focal_planes_nm(), dtype=torch.float32)
+        # point samples of a Gaussian of sigma >= 0.5 px sum to its integral within 1e-4
+        self._gauss_flux = g.planes * settings.psf.a_prime / g.px_nm**2
+
+    # --- entry points ------------------------------------------------------------------
+    def measure(
+        self,
+        frames: torch.Tensor,
+        frame_idx: torch.Tensor,
+        xyz_nm: torch.Tensor,
+        *,
+        crlb: bool = True,
+    ) -> Photometry:
+        """Photometry of ``(N, 3)`` localizations (nm) in ``(B, P, H, W)`` registered
+        frames (model units) on any device; ``frame_idx`` ``(N,)`` indexes ``frames``;
+        ``crlb``: also the bound (else NaN)."""
+        with _one_thread(frames.device):
+            return self._measure(frames, frame_idx, xyz_nm, crlb=crlb)
+
+    def measure_raw(
+        self,
+        raw: torch.Tensor,
+        registration: PlaneRegistration,
+        frame_idx: torch.Tensor,
+        xyz_nm: torch.Tensor,
+        *,
+        crlb: bool = True,
+    ) -> Photometry:
+        """:meth:`measure` on raw camera frames ``(B, P, H, W)`` (uint16 as int16 bit
+        patterns, or float32): only the windows are registered (bilinear, border clamp:
+        what the input stage does to the whole frame,
+        :func:`engines.inference.registration.register`)."""
+        with _one_thread(raw.device):
+            return self._measure_raw(raw, registration, frame_idx, xyz_nm, crlb=crlb)
+
+    def _measure(
+        self,
+        frames: torch.Tensor,
+        frame_idx: torch.Tensor,
+        xyz_nm: torch.Tensor,
+        *,
+        crlb: bool = True,
+    ) -> Photometry:
+        origin, rows, cols, inside = self._window(xyz_nm, frames.shape[-2], frames.shape[-1])
+        pix = frames.reshape(-1)[_flat_index(frames.shape, frame_idx, rows, cols)].float()
+        return self._fit(pix, inside, xyz_nm, origin, crlb)
+
+    def _measure_raw(
+        self,
+        raw: torch.Tensor,
+        registration: PlaneRegistration,
+        frame_idx: torch.Tensor,
+        xyz_nm: torch.Tensor,
+        *,
+        crlb: bool = True,
+    ) -> Photometry:
+        from engines.inference.registration import as_float  # that package imports us
+
+        b, p, h, w = raw.shape
+        origin, rows, cols, inside = self._window(xyz_nm, h, w)
+        dev = raw.device
+        if registration.is_identity:
+            pix = as_float(raw.reshape(-1)[_flat_index(raw.shape, frame_idx, rows, cols)])
+        else:
+            grid = self._grid(registration, h, w, dev)  # (P * H * W, 2)
+            at = _flat_index((1, p, h, w), torch.zeros_like(frame_idx), rows, cols)
+            pix = _bilinear(raw, frame_idx, grid[at])
+        base, gain = (torch.from_numpy(a).to(dev) for a in registration.scale_shift())
+        pix = (pix.float() - base) / gain
+        return self._fit(pix, inside, xyz_nm, origin, crlb)
+
+    def _grid(
+        self, registration: PlaneRegistration, h: int, w: int, dev: torch.device
+    ) -> torch.Tensor:
+        """The registration's sampling grid on ``dev``, ``(P * H * W, 2)``, kept while the
+        registration and frame shape stay the same (one copy per change on a GPU)."""
+        key = (id(registration), h, w, str(dev))
+        if self._grid_key != key:
+            grid = torch.from_numpy(registration.grid(h, w)).to(dev)
+            self._grid_cache, self._grid_key = grid.reshape(-1, 2), key
+            self._grid_ref = registration  # keeps the id valid
+        return self._grid_cache
+
+    # --- the fit ------------------------------------------------------------------------
+    def _window(
+        self, xyz_nm: torch.Tensor, height: int, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Window origin ``(N, 3)`` nm, pixel rows / columns ``(N, S)``, ``(N, 1, S, S)``
+        mask of the pixels inside the frame."""
+        px = self.settings.geometry.px_nm
+        half = self.side // 2
+        offs = torch.arange(self.side, device=xyz_nm.device)
+        col0 = torch.floor(xyz_nm[:, 0] / px).long() - half
+        row0 = torch.floor(xyz_nm[:, 1] / px).long() - half
+        rows, cols = row0[:, None] + offs, col0[:, None] + offs
+        inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[
+            :, None, :
+        ]
+        origin = torch.stack([col0 * px, row0 * px, torch.zeros_like(row0)], dim=1)
+        return origin.to(xyz_nm.dtype), rows, cols, inside[:, None]
+
+    def _fit(
+        self,
+        pix: torch.Tensor,
+        inside: torch.Tensor,
+        xyz_nm: torch.Tensor,
+        origin: torch.Tensor,
+        crlb: bool,
+    ) -> Photometry:
+        n = xyz_nm.shape[0]
+        dev = pix.device
+        if n == 0:
+            empty = torch.zeros(0, device=dev)
+            return Photometry(empty, empty, torch.zeros(0, 3, device=dev), empty)
+        y = (pix - self.zero) / self.scale  # photons (PSF units)
+        m = inside.to(y.dtype)
+        xyz = xyz_nm.float()
+        if crlb:
+            u, du, flux = self._unit_with_derivatives(xyz, origin.float())
+        else:
+            u, flux = self._unit(xyz, origin.float())
+        cnt = m.sum(dim=(-2, -1)).clamp_min(1.0)  # (N, 1)
+        su = (m * u).sum(dim=(-2, -1))  # (N, P)
+        sy = (m * y).sum(dim=(-2, -1))
+        suu = (m * u * u).sum(dim=(-2, -1))
+        suy = (m * u * y).sum(dim=(-2, -1))
+        den = (suu - su * su / cnt).sum(dim=1)
+        amp = (suy - su * sy / cnt).sum(dim=1) / den.clamp_min(1e-12)
+        bg = (sy - amp[:, None] * su) / cnt  # (N, P)
+        photons = amp * flux
+        background = bg.mean(dim=1)
+        if not crlb:
+            nan = torch.full((n, 3), math.nan, device=dev)
+            return Photometry(photons, background, nan, nan[:, 0])
+        mu = amp[:, None, None, None] * u + bg[:, :, None, None]  # photons, background in
+        j = self._information(mu)
+        chi2 = (m * j * (y - mu) ** 2).sum(dim=(1, 2, 3)) / (cnt.sum(dim=1) * u.shape[1])
+        return Photometry(photons, background, self._crlb(amp, j, u, du, m), chi2)
+
+    def _information(self, mu: torch.Tensor) -> torch.Tensor:
+        """Per-pixel Fisher information (about 1 / noise variance) at mean ``mu``, photons."""
+        if self._j_const is not None:
+            return torch.full_like(mu, self._j_const)
+        # the camera adds its background_photons to mu itself
+        return self.camera.pixel_information(mu.clamp_min(0.0) - self._bg_in_info)
+
+    def _crlb(
+        self,
+        amp: torch.Tensor,
+        j: torch.Tensor,
+        u: torch.Tensor,
+        du: torch.Tensor,
+        m: torch.Tensor,
+    ) -> torch.Tensor:
+        """``(N, 3)`` CRLB of x, y, z at the estimate; parameters (x, y, z, A, b)."""
+        n = u.shape[0]
+        w = (j * m).expand_as(u).reshape(n, 1, -1)
+        d = torch.cat(
+            [amp[None, :, None, None, None] * du, u[None], torch.ones_like(u)[None]]
+        )  # (5, N, P, S, S): d mu / d (x, y, z, A, b)
+        d = d.reshape(5, n, -1).transpose(0, 1)  # (N, 5, pixels)
+        # unit-information columns: float32 is then accurate (entries are correlations)
+        scale = ((d * d * w).sum(dim=2)).clamp_min(1e-30).sqrt()  # (N, 5)
+        d = d / scale[:, :, None]
+        info = torch.bmm(d * w, d.transpose(1, 2)).double()
+        eye = torch.eye(5, dtype=info.dtype, device=info.device)
+        ok = amp > 0
+        info = torch.where(ok[:, None, None], info, eye)
+        var = torch.diagonal(torch.linalg.inv(info), dim1=-2, dim2=-1)[:, :3].float()
+        bound = var.clamp_min(0.0).sqrt() / scale[:, :3]
+        return torch.where(ok[:, None], bound, torch.full_like(bound, math.nan))
+
+    # --- the unit molecule --------------------------------------------------------------
+    def _render(self, xyz: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+        """``(N, P, S', S')`` unit-weight molecules (S' = S, or the spline's own window)."""
+        n = xyz.shape[0]
+        g = self.settings.geometry
+        if self.spline is not None:
+            return self._render_spline(xyz, origin)
+        drift = torch.zeros(n, g.planes, 2, device=xyz.device, dtype=xyz.dtype)
+        rel = (xyz - origin)[:, None, :]
+        ones = torch.ones(n, 1, device=xyz.device, dtype=xyz.dtype)
+        out = render_planes(
+            rel,
+            ones,
+            drift,
+            self._focal.to(xyz.device),
+            px_nm=g.px_nm,
+            height=self.side,
+            width=self.side,
+            psf=self.settings.psf,
+        )
+        return out.reshape(n, g.planes, self.side, self.side)
+
+    def _render_spline(self, xyz: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+        """The spline's own ``R x R`` windows, all placed so that the fit window (origin
+        ``origin``) is their centre: a position moved across a pixel border (the
+        derivatives' shifted copies) would otherwise get a window one pixel over."""
+        assert self.spline is not None
+        sp = self.spline.spline
+        px = self.settings.geometry.px_nm
+        side = sp.roi_px
+        lo = side // 2 - self.side // 2
+        want_r = torch.round(origin[:, 1] / px).long() - lo
+        want_c = torch.round(origin[:, 0] / px).long() - lo
+        offs = torch.arange(side, device=xyz.device)
+        n = xyz.shape[0]
+        planes = []
+        for k in range(sp.planes):
+            win, r0, c0 = sp.windows(k, xyz[:, 0], xyz[:, 1], xyz[:, 2], exact=False)
+            ri = ((want_r - r0)[:, None] + offs).clamp(0, side - 1)  # edge rows: cropped
+            ci = ((want_c - c0)[:, None] + offs).clamp(0, side - 1)
+            win = win.gather(1, ri[:, :, None].expand(n, side, side))
+            planes.append(win.gather(2, ci[:, None, :].expand(n, side, side)))
+        return torch.stack(planes, dim=1) * self.spline.amplitude
+
+    def _crop(self, full: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fit window and flux from a rendering."""
+        if self.spline is None:
+            return full, torch.full(full.shape[:1], self._gauss_flux, device=full.device)
+        lo = full.shape[-1] // 2 - self.side // 2
+        win = full[..., lo : lo + self.side, lo : lo + self.side]
+        return win, full.sum(dim=(1, 2, 3))
+
+    def _unit(self, xyz: torch.Tensor, origin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._crop(self._render(xyz, origin))
+
+    def _unit_with_derivatives(
+        self, xyz: torch.Tensor, origin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Unit windows, their ``(3, N, P, S, S)`` derivatives by x, y, z (per nm), flux.
+
+        The Gaussian's derivatives are analytic; the spline's are central differences of
+        :data:`DIFF_STEP_NM` (one rendering call for all of them)."""
+        if self.spline is None:
+            u, du = self._gauss_with_derivatives(xyz, origin)
+            return u, du, torch.full(xyz.shape[:1], self._gauss_flux, device=xyz.device)
+        n = xyz.shape[0]
+        step = torch.tensor(DIFF_STEP_NM, device=xyz.device, dtype=xyz.dtype)
+        shift = torch.cat(
+            [torch.zeros(1, 3, device=xyz.device), torch.diag(step), -torch.diag(step)]
+        )
+        pos = (xyz[None] + shift[:, None, :].to(xyz.dtype)).reshape(-1, 3)  # (7N, 3)
+        full = self._render(pos, origin.repeat(7, 1)).reshape(7, n, *self._shape(xyz))
+        u, flux = self._crop(full[0])
+        win = self._crop(full.flatten(0, 1))[0].reshape(7, n, *u.shape[1:])
+        du = (win[1:4] - win[4:7]) / (2 * step[:, None, None, None, None])
+        return u, du, flux
+
+    def _gauss_with_derivatives(
+        self, xyz: torch.Tensor, origin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`engines.psf.render_planes` of unit molecules in their windows (no drift),
+        and its derivatives by x, y, z, from the separable factors."""
+        psf, px = self.settings.psf, self.settings.geometry.px_nm
+        rel = xyz - origin
+        focal = self._focal.to(xyz.device, xyz.dtype)
+        t = (focal[None, :] - rel[:, 2:3]) / psf.d_nm  # (N, P) defocus / D
+        q = 1.0 + t**2 + psf.a3 * t**3 + psf.b4 * t**4
+        r = psf.r0_nm * torch.sqrt(q)
+        dr_dz = -psf.r0_nm / (2.0 * torch.sqrt(q)) * (2 * t + 3 * psf.a3 * t**2 + 4 * psf.b4 * t**3)
+        dr_dz = dr_dz / psf.d_nm
+        amp = psf.a_prime / (2.0 * math.pi * r**2)
+        centres = (torch.arange(self.side, device=xyz.device, dtype=xyz.dtype) + 0.5) * px
+        dx = centres[None, None, :] - rel[:, 0, None, None]  # (N, 1, S) pixel - molecule
+        dy = centres[None, None, :] - rel[:, 1, None, None]
+        r2 = (r**2)[..., None]  # (N, P, 1)
+        gx = torch.exp(-(dx**2) / (2 * r2))  # (N, P, S)
+        gy = torch.exp(-(dy**2) / (2 * r2))
+        a = amp[..., None, None]
+        u = a * gy[..., :, None] * gx[..., None, :]
+        du_dx = a * gy[..., :, None] * (gx * dx / r2)[..., None, :]
+        du_dy = a * (gy * dy / r2)[..., :, None] * gx[..., None, :]
+        r3 = r2 * r[..., None]
+        du_dr = -2.0 * u / r[..., None, None] + a * (
+            (gy * dy**2 / r3)[..., :, None] * gx[..., None, :]
+            + gy[..., :, None] * (gx * dx**2 / r3)[..., None, :]
+        )
+        return u, torch.stack([du_dx, du_dy, du_dr * dr_dz[..., None, None]])
+
+    def _shape(self, xyz: torch.Tensor) -> tuple[int, int, int]:
+        side = self.side if self.spline is None else self.spline.window_px()
+        return (self.settings.geometry.planes, side, side)
+
+
+# central-difference steps of the spline's derivatives for the CRLB, nm: the error,
+# (h / sigma)^2 / 6 of the slope, stays under 0.1 % for the in-focus PSF (sigma ~130 nm)
+DIFF_STEP_NM = (10.0, 10.0, 20.0)
+
+
+@contextmanager
+def _one_thread(device: torch.device) -> Iterator[None]:
+    """One intra-op thread on the CPU: window-sized operations are too small to share,
+    and on a busy CPU the hand-off between threads made them ~5x slower (measured,
+    docs/photometry.md). The setting is process-wide; the engine's lock serialises the
+    engine's own calls, and the previous count comes back on exit."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _flat_index(
+    shape: tuple[int, ...] | torch.Size,
+    frame_idx: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+) -> torch.Tensor:
+    """``(N, P, S, S)`` flat indices into a ``(B, P, H, W)`` tensor of the windows' pixels
+    (rows and columns clamped to the frame; one gather is far faster than four index
+    tensors)."""
+    _, p, h, w = shape
+    k = torch.arange(p, device=rows.device)[None, :, None, None]
+    r = rows.clamp(0, h - 1)[:, None, :, None]
+    c = cols.clamp(0, w - 1)[:, None, None, :]
+    return ((frame_idx[:, None, None, None] * p + k) * h + r) * w + c
+
+
+def _bilinear(raw: torch.Tensor, frame_idx: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of ``raw[frame_idx[n], k]`` at normalised ``grid`` ``(N, P, S, S, 2)``
+    (``grid_sample`` with ``align_corners=False``, ``padding_mode="border"``), float32."""
+    from engines.inference.registration import as_float  # that package imports us
+
+    _, p, h, w = raw.shape
+    ix = (((grid[..., 0] + 1) * w - 1) / 2).clamp(0, w - 1)
+    iy = (((grid[..., 1] + 1) * h - 1) / 2).clamp(0, h - 1)
+    x0, y0 = ix.floor(), iy.floor()
+    fx, fy = ix - x0, iy - y0
+    x0, y0 = x0.long(), y0.long()
+    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)
+    base = (
+        frame_idx[:, None, None, None] * p + torch.arange(p, device=raw.device)[:, None, None]
+    ) * h
+    flat = raw.reshape(-1)
+
+    def at(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return as_float(flat[(base + y) * w + x])
+
+    top = at(y0, x0) * (1 - fx) + at(y0, x1) * fx
+    bottom = at(y1, x0) * (1 - fx) + at(y1, x1) * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def true_photons(
+    settings: SimSettings,
+    xyz_nm: np.ndarray,
+    weights: np.ndarray,
+    psf: PSFModel | None = None,
+) -> np.ndarray:
+    """``(N,)`` photons of simulated molecules: their noiseless PSF intensity (``psf``, by
+    default the settings' own) summed over all pixels (in a window that holds the whole
+    PSF) and planes, photons."""
+    from engines.evaluate.crlb import window_px
+
+    side = window_px(settings)
+    px = settings.geometry.px_nm
+    xyz = torch.as_tensor(np.asarray(xyz_nm), dtype=torch.float64).reshape(-1, 3)
+    half = side // 2
+    origin = torch.floor(xyz[:, :2] / px) - half
+    rel = xyz.clone()
+    rel[:, :2] -= origin * px
+    psf = psf or psf_model_for(settings)
+    n = xyz.shape[0]
+    out = []
+    for start in range(0, n, 256):
+        sl = slice(start, start + 256)
+        w = torch.as_tensor(np.asarray(weights)[sl], dtype=torch.float64)
+        drift = torch.zeros(w.shape[0], settings.geometry.planes, 2, dtype=torch.float64)
+        img = psf.render(rel[sl, None, :], w[:, None], drift, height=side, width=side)
+        if img.shape[0] != w.shape[0]:  # renderers that return one frame per molecule
+            raise ValueError(f"expected {w.shape[0]} rendered windows, got {img.shape[0]}")
+        out.append(img.sum(dim=(1, 2, 3)))
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def true_background(settings: SimSettings) -> float:
+    """Background per pixel and plane of the settings' simulated frames, photons."""
+    cam = settings.noise.to_camera()
+    return (cam.expected_background(settings.psf.b) - cam.zero_level()) / cam.intensity_scale()

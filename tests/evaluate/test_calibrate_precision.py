@@ -1,0 +1,42 @@
+"""``voxloc evaluate --calibrate-precision``: fit, check, record, and the engine uses it."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from clients.cli import main
+from engines.inference import create_engine
+from engines.modeldir import read_info, resolve_model
+from engines.simulator import Simulator
+
+
+@pytest.mark.slow
+def test_calibration_is_recorded_and_loaded_with_the_model(tmp_path, capsys):
+    model = tmp_path / "copy"
+    shutil.copytree(resolve_model("default"), model, ignore=shutil.ignore_patterns("*.onnx"))
+    doc = json.loads((model / "model.json").read_text())
+    doc.pop("precision", None)
+    (model / "model.json").write_text(json.dumps(doc))
+    with create_engine(model, "onnxruntime") as eng:
+        frames = Simulator(eng.info.settings, seed=5).sample(2, 20, height=32, width=32)
+        before = eng.infer(frames.frames.numpy())
+    assert np.isnan(np.concatenate([loc.precision_nm for loc in before])).all()
+
+    args = ["evaluate", "--calibrate-precision", "--model", str(model), "--frames", "40"]
+    rc = main([*args, "--size", "32", "--backend", "onnxruntime", "--seed", "2"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "k = " in out and "within sigma" in out and "recorded" in out
+    record = json.loads((model / "model.json").read_text())["precision"]
+    assert record["command"].startswith("voxloc evaluate --calibrate-precision")
+    assert set(record["figures"]) == {"low_density", "main_density", "low_density_no_drift"}
+    assert all(k > 0 for k in record["k"]) and record["window_px"] == 9
+    assert read_info(model).precision is not None
+    assert read_info(model).settings == read_info(resolve_model("default")).settings
+
+    with create_engine(model, "onnxruntime") as eng:
+        after = eng.infer(frames.frames.numpy())
+    prec = np.concatenate([loc.precision_nm for loc in after])
+    assert np.isfinite(prec).all() and (prec > 0).all()
