@@ -44,6 +44,9 @@ if TYPE_CHECKING:  # engines.inference imports this module
     from engines.inference.registration import PlaneRegistration
 
 DEFAULT_WINDOW_PX = 9  # 4.6 in-focus sigmas of the default PSF either side of the centre
+# fits after the first with the neighbours' fitted light taken out of each window: a
+# bright molecule at a window's edge otherwise lifts its background and sinks its photons
+NEIGHBOUR_PASSES = 2
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,8 @@ class PhotometryFit:
     ) -> Photometry:
         origin, rows, cols, inside = self._window(xyz_nm, frames.shape[-2], frames.shape[-1])
         pix = frames.reshape(-1)[_flat_index(frames.shape, frame_idx, rows, cols)].float()
-        return self._fit(pix, inside, xyz_nm, origin, crlb)
+        layout = _Layout(tuple(frames.shape), frame_idx, rows, cols)
+        return self._fit(pix, inside, xyz_nm, origin, crlb, layout)
 
     def _measure_raw(
         self,
@@ -158,7 +162,9 @@ class PhotometryFit:
             pix = _bilinear(raw, frame_idx, grid[at])
         base, gain = (torch.from_numpy(a).to(dev) for a in registration.scale_shift())
         pix = (pix.float() - base) / gain
-        return self._fit(pix, inside, xyz_nm, origin, crlb)
+        return self._fit(
+            pix, inside, xyz_nm, origin, crlb, _Layout((b, p, h, w), frame_idx, rows, cols)
+        )
 
     def _grid(
         self, registration: PlaneRegistration, h: int, w: int, dev: torch.device
@@ -197,6 +203,7 @@ class PhotometryFit:
         xyz_nm: torch.Tensor,
         origin: torch.Tensor,
         crlb: bool,
+        layout: _Layout,
     ) -> Photometry:
         n = xyz_nm.shape[0]
         dev = pix.device
@@ -210,14 +217,13 @@ class PhotometryFit:
             u, du, flux = self._unit_with_derivatives(xyz, origin.float())
         else:
             u, flux = self._unit(xyz, origin.float())
+        amp, bg = _solve(y, m, u)
+        for _ in range(NEIGHBOUR_PASSES):  # the light of the others in each window
+            y_own = y - _neighbours(amp.clamp_min(0.0)[:, None, None, None] * u, layout)
+            amp, bg = _solve(y_own, m, u)
+        if NEIGHBOUR_PASSES:
+            y = y_own
         cnt = m.sum(dim=(-2, -1)).clamp_min(1.0)  # (N, 1)
-        su = (m * u).sum(dim=(-2, -1))  # (N, P)
-        sy = (m * y).sum(dim=(-2, -1))
-        suu = (m * u * u).sum(dim=(-2, -1))
-        suy = (m * u * y).sum(dim=(-2, -1))
-        den = (suu - su * su / cnt).sum(dim=1)
-        amp = (suy - su * sy / cnt).sum(dim=1) / den.clamp_min(1e-12)
-        bg = (sy - amp[:, None] * su) / cnt  # (N, P)
         photons = amp * flux
         background = bg.mean(dim=1)
         if not crlb:
@@ -394,6 +400,46 @@ def _one_thread(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where the windows lie: frames ``(B, P, H, W)``, each window's frame ``(N,)`` and
+    its rows / columns ``(N, S)`` (may reach outside the frame)."""
+
+    shape: tuple[int, ...]
+    frame_idx: torch.Tensor
+    rows: torch.Tensor
+    cols: torch.Tensor
+
+
+def _solve(y: torch.Tensor, m: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least squares of ``y = A u + b_k`` over the pixels ``m`` of ``(N, P, S, S)``
+    windows: ``A (N,)``, ``b (N, P)``."""
+    cnt = m.sum(dim=(-2, -1)).clamp_min(1.0)  # (N, 1)
+    su = (m * u).sum(dim=(-2, -1))  # (N, P)
+    sy = (m * y).sum(dim=(-2, -1))
+    suu = (m * u * u).sum(dim=(-2, -1))
+    suy = (m * u * y).sum(dim=(-2, -1))
+    den = (suu - su * su / cnt).sum(dim=1)
+    amp = (suy - su * sy / cnt).sum(dim=1) / den.clamp_min(1e-12)
+    return amp, (sy - amp[:, None] * su) / cnt
+
+
+def _neighbours(model: torch.Tensor, layout: _Layout) -> torch.Tensor:
+    """``(N, P, S, S)``: in each window, the fitted light of the other localizations of
+    its frame (their windows summed on a canvas padded by a window, then cut out again
+    less the window's own)."""
+    b, p, h, w = layout.shape
+    side = model.shape[-1]
+    hp, wp = h + 2 * side, w + 2 * side
+    k = torch.arange(p, device=model.device)[None, :, None, None]
+    r = (layout.rows + side)[:, None, :, None]
+    c = (layout.cols + side)[:, None, None, :]
+    at = ((layout.frame_idx[:, None, None, None] * p + k) * hp + r) * wp + c
+    canvas = torch.zeros(b * p * hp * wp, device=model.device, dtype=model.dtype)
+    canvas.index_add_(0, at.reshape(-1), model.reshape(-1))
+    return canvas[at] - model
 
 
 def _flat_index(
