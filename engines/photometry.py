@@ -45,8 +45,12 @@ if TYPE_CHECKING:  # engines.inference imports this module
 
 DEFAULT_WINDOW_PX = 9  # 4.6 in-focus sigmas of the default PSF either side of the centre
 # fits after the first with the neighbours' fitted light taken out of each window: a
-# bright molecule at a window's edge otherwise lifts its background and sinks its photons
-NEIGHBOUR_PASSES = 2
+# bright molecule at a window's edge otherwise lifts its background and sinks its photons.
+# Each pass moves the amplitudes half way to the new fit (damped Jacobi iteration of the
+# joint fit): undamped, two localizations of one molecule would take each other's light
+# out in turn and oscillate between all of it and none; damped, they converge to half
+# each, and distant neighbours' error shrinks 2x per pass.
+NEIGHBOUR_PASSES = 4
 
 
 @dataclass(frozen=True)
@@ -218,11 +222,12 @@ class PhotometryFit:
         else:
             u, flux = self._unit(xyz, origin.float())
         amp, bg = _solve(y, m, u)
-        for _ in range(NEIGHBOUR_PASSES):  # the light of the others in each window
-            y_own = y - _neighbours(amp.clamp_min(0.0)[:, None, None, None] * u, layout)
-            amp, bg = _solve(y_own, m, u)
         if NEIGHBOUR_PASSES:
-            y = y_own
+            for _ in range(NEIGHBOUR_PASSES):  # the light of the others in each window
+                others = _neighbours(amp.clamp_min(0.0)[:, None, None, None] * u, layout)
+                amp = 0.5 * (amp + _solve(y - others, m, u)[0])  # damped (NEIGHBOUR_PASSES)
+            y = y - _neighbours(amp.clamp_min(0.0)[:, None, None, None] * u, layout)
+            bg = _background(y, m, u, amp)
         cnt = m.sum(dim=(-2, -1)).clamp_min(1.0)  # (N, 1)
         photons = amp * flux
         background = bg.mean(dim=1)
@@ -423,7 +428,15 @@ def _solve(y: torch.Tensor, m: torch.Tensor, u: torch.Tensor) -> tuple[torch.Ten
     suy = (m * u * y).sum(dim=(-2, -1))
     den = (suu - su * su / cnt).sum(dim=1)
     amp = (suy - su * sy / cnt).sum(dim=1) / den.clamp_min(1e-12)
-    return amp, (sy - amp[:, None] * su) / cnt
+    return amp, (sy - amp[:, None] * su) / cnt  # = _background(y, m, u, amp)
+
+
+def _background(
+    y: torch.Tensor, m: torch.Tensor, u: torch.Tensor, amp: torch.Tensor
+) -> torch.Tensor:
+    """``(N, P)`` background per plane of :func:`_solve` at a given amplitude."""
+    cnt = m.sum(dim=(-2, -1)).clamp_min(1.0)
+    return ((m * y).sum(dim=(-2, -1)) - amp[:, None] * (m * u).sum(dim=(-2, -1))) / cnt
 
 
 def _neighbours(model: torch.Tensor, layout: _Layout) -> torch.Tensor:

@@ -31,10 +31,10 @@ def test_threshold_changes_without_rebuild(engine, frames):
     engine.threshold = 0.9
     assert sum(map(len, engine.infer(frames))) == counts[2]
     assert (getattr(engine, "session", None) or engine.net) is state
-    # position, confidence and photometry of each localization do not depend on the
-    # others; its precision does (the crowding term: its nearest neighbour)
-    high = _flat(engine.infer(frames, threshold=0.9))[:, :7]
-    low = _flat(engine.infer(frames, threshold=0.2))[:, :7]
+    # position and confidence of each localization do not depend on the others; its
+    # photometry (neighbours' light taken out) and precision (crowding term) do
+    high = _flat(engine.infer(frames, threshold=0.9))[:, :5]
+    low = _flat(engine.infer(frames, threshold=0.2))[:, :5]
     low_rows = {tuple(np.round(r, 3)) for r in low}
     assert all(tuple(np.round(r, 3)) in low_rows for r in high)
 
