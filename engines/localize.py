@@ -35,7 +35,7 @@ from engines.io.loctable import (
     table_format,
 )
 from engines.io.stacks import Stack, open_stack
-from engines.modeldir import resolve_model
+from engines.modeldir import ModelInfo, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,15 @@ def localize_files(
         with open_stack(input_paths, engine.planes) as stack:
             log.info("input %s", stack.describe())
             px_nm, dz_nm = _output_geometry(engine, opts)
-            meta = _table_meta(engine, stack, input_paths, px_nm, dz_nm, opts.threshold)
+            meta = table_meta(
+                stack,
+                input_paths,
+                engine.info,
+                backend=engine.label,
+                threshold=opts.threshold,
+                px_nm=px_nm,
+                dz_nm=dz_nm,
+            )
             t0 = time.perf_counter()
             with open_table_writer(output, meta) as writer:
                 localize_stack(engine, stack, writer, opts, px_nm=px_nm, dz_nm=dz_nm)
@@ -145,10 +153,17 @@ def localize_stack(
         bar.close()
 
 
-def _output_geometry(engine: Engine, opts: LocalizeOptions) -> tuple[float, float]:
-    g = engine.info.settings.geometry
+def output_geometry(info: ModelInfo, opts: LocalizeOptions) -> tuple[float, float]:
+    """Pixel size and plane spacing of the output, nm: the options', else the model's."""
+    g = info.settings.geometry
     px_nm = opts.px_nm if opts.px_nm is not None else g.px_nm
     dz_nm = opts.dz_nm if opts.dz_nm is not None else g.dz_nm
+    return px_nm, dz_nm
+
+
+def _output_geometry(engine: Engine, opts: LocalizeOptions) -> tuple[float, float]:
+    g = engine.info.settings.geometry
+    px_nm, dz_nm = output_geometry(engine.info, opts)
     if (px_nm, dz_nm) != (g.px_nm, g.dz_nm):
         log.info(
             "rescaling positions from the model's grid (%.4g nm px, %.4g nm planes) to "
@@ -161,15 +176,17 @@ def _output_geometry(engine: Engine, opts: LocalizeOptions) -> tuple[float, floa
     return px_nm, dz_nm
 
 
-def _table_meta(
-    engine: Engine,
+def table_meta(
     stack: Stack,
-    inputs: Sequence[Path],
+    sources: Sequence[str | Path],
+    info: ModelInfo,
+    *,
+    backend: str,
+    threshold: float,
     px_nm: float,
     dz_nm: float,
-    threshold: float,
 ) -> TableMeta:
-    info = engine.info
+    """The table header of ``voxloc localize`` (local or on a cluster) for ``stack``."""
     return TableMeta(
         frames=stack.frames,
         height=stack.height,
@@ -178,12 +195,12 @@ def _table_meta(
         dz_nm=dz_nm,
         planes=stack.planes,
         generated_by="voxloc localize",
-        source=", ".join(str(p) for p in inputs),
+        source=", ".join(str(p) for p in sources),
         data_type=str(stack.dtype),
         info={
             "Model": info.name,
             "Model version": info.version,
-            "Backend": engine.label,
+            "Backend": backend,
             "Threshold": float(threshold),
         },
         **model_meta(info.settings, px_nm=px_nm, dz_nm=dz_nm),

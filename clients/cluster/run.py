@@ -30,9 +30,8 @@ from clients.cluster.manifest import Manifest, Span
 from clients.cluster.progress import Progress
 from engines.chunks import ChunkResult, ChunkTask, localize_chunk, plan_chunks
 from engines.errors import FormatError, VoxlocError
-from engines.io.loctable import TableMeta, model_meta
-from engines.io.stacks import Stack, open_stack
-from engines.localize import LocalizeOptions
+from engines.io.stacks import open_stack
+from engines.localize import LocalizeOptions, output_geometry, table_meta
 from engines.modeldir import WEIGHTS, ModelInfo, read_info, resolve_model
 
 log = logging.getLogger(__name__)
@@ -145,7 +144,17 @@ def _plan_job(
     outcome = InputOutcome(stack)
     try:
         with open_stack(stack.sources, info.planes) as s:  # headers only, no pixels
-            frames, meta = s.frames, _table_meta(s, stack, info, opts)
+            px_nm, dz_nm = output_geometry(info, opts)
+            meta = table_meta(
+                s,
+                stack.sources,
+                info,
+                backend=opts.backend,
+                threshold=opts.threshold,
+                px_nm=px_nm,
+                dz_nm=dz_nm,
+            )
+            frames = s.frames
         spans = plan_chunks(frames, copts.chunk_frames, opts.batch)
         job = _job_identity(stack, opts, copts, model_id, frames, spans)
         manifest = Manifest.open(stack.output, job, spans, fresh=copts.fresh)
@@ -334,32 +343,6 @@ def _dashboard(client: Any, local: bool) -> str | None:
     if local and importlib.util.find_spec("bokeh") is None:
         return f"{client.dashboard_link} (serves no pages without bokeh: pip install bokeh)"
     return client.dashboard_link
-
-
-def _table_meta(
-    stack: Stack, input_stack: InputStack, info: ModelInfo, opts: LocalizeOptions
-) -> TableMeta:
-    g = info.settings.geometry
-    px_nm = opts.px_nm if opts.px_nm is not None else g.px_nm
-    dz_nm = opts.dz_nm if opts.dz_nm is not None else g.dz_nm
-    return TableMeta(
-        frames=stack.frames,
-        height=stack.height,
-        width=stack.width,
-        px_nm=px_nm,
-        dz_nm=dz_nm,
-        planes=stack.planes,
-        generated_by="voxloc localize",
-        source=", ".join(str(p) for p in input_stack.sources),
-        data_type=str(stack.dtype),
-        info={
-            "Model": info.name,
-            "Model version": info.version,
-            "Backend": opts.backend,
-            "Threshold": float(opts.threshold),
-        },
-        **model_meta(info.settings, px_nm=px_nm, dz_nm=dz_nm),
-    )
 
 
 def _model_reference(model: str | Path) -> str:
