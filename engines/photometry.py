@@ -113,7 +113,11 @@ class PhotometryFit:
         frames (model units) on any device; ``frame_idx`` ``(N,)`` indexes ``frames``;
         ``crlb``: also the bound (else NaN)."""
         with _one_thread(frames.device):
-            return self._measure(frames, frame_idx, xyz_nm, crlb=crlb)
+            h, w = frames.shape[-2:]
+            origin, rows, cols, inside = self._window(xyz_nm, h, w)
+            pix = frames.reshape(-1)[_flat_index(frames.shape, frame_idx, rows, cols)].float()
+            layout = _Layout(tuple(frames.shape), frame_idx, rows, cols)
+            return self._fit(pix, inside, xyz_nm, origin, crlb, layout)
 
     def measure_raw(
         self,
@@ -129,20 +133,7 @@ class PhotometryFit:
         what the input stage does to the whole frame,
         :func:`engines.inference.registration.register`)."""
         with _one_thread(raw.device):
-            return self._measure_raw(raw, registration, frame_idx, xyz_nm, crlb=crlb)
-
-    def _measure(
-        self,
-        frames: torch.Tensor,
-        frame_idx: torch.Tensor,
-        xyz_nm: torch.Tensor,
-        *,
-        crlb: bool = True,
-    ) -> Photometry:
-        origin, rows, cols, inside = self._window(xyz_nm, frames.shape[-2], frames.shape[-1])
-        pix = frames.reshape(-1)[_flat_index(frames.shape, frame_idx, rows, cols)].float()
-        layout = _Layout(tuple(frames.shape), frame_idx, rows, cols)
-        return self._fit(pix, inside, xyz_nm, origin, crlb, layout)
+            return self._measure_raw(raw, registration, frame_idx, xyz_nm, crlb)
 
     def _measure_raw(
         self,
@@ -150,8 +141,7 @@ class PhotometryFit:
         registration: PlaneRegistration,
         frame_idx: torch.Tensor,
         xyz_nm: torch.Tensor,
-        *,
-        crlb: bool = True,
+        crlb: bool,
     ) -> Photometry:
         from engines.inference.registration import as_float  # that package imports us
 
