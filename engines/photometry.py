@@ -21,8 +21,11 @@ In paper-noise mode (arbitrary intensity units, ``intensity_scale`` 1, zero leve
 
 The same windows give the Cramer-Rao bound at the estimate (x, y, z, A, b): derivatives of
 ``u`` by forward-mode autodiff, the camera's per-pixel Fisher information at
-``A u + b_k`` (:meth:`engines.cameras.Camera.pixel_information`). :mod:`engines.precision`
-turns it into a calibrated precision.
+``A u + b_k`` (:meth:`engines.cameras.Camera.pixel_information`), and with the residual
+the Gauss-Newton step of the same fit, ``I^-1 J^T W (pixels - A u - b)``: how far, and
+which way, the windows pull the position away from the estimate (a telltale of a gross
+z error, docs/photometry.md). :mod:`engines.precision` turns both into a calibrated
+precision.
 """
 
 from __future__ import annotations
@@ -65,12 +68,15 @@ class Photometry:
         chi2: ``(N,)`` float32 mean squared residual of the fit per pixel, in units of the
             camera's noise variance (about 1 for a lone molecule the PSF model fits; NaN
             where the bound was not asked for).
+        step_nm: ``(N, 3)`` float32 Gauss-Newton step of x, y, z of the window fit at the
+            estimate, nm (NaN where the bound is).
     """
 
     photons: torch.Tensor
     background: torch.Tensor
     crlb_nm: torch.Tensor
     chi2: torch.Tensor
+    step_nm: torch.Tensor
 
 
 class PhotometryFit:
@@ -202,8 +208,8 @@ class PhotometryFit:
         n = xyz_nm.shape[0]
         dev = pix.device
         if n == 0:
-            empty = torch.zeros(0, device=dev)
-            return Photometry(empty, empty, torch.zeros(0, 3, device=dev), empty)
+            empty, empty3 = torch.zeros(0, device=dev), torch.zeros(0, 3, device=dev)
+            return Photometry(empty, empty, empty3, empty, empty3)
         y = (pix - self.zero) / self.scale  # photons (PSF units)
         m = inside.to(y.dtype)
         xyz = xyz_nm.float()
@@ -223,11 +229,13 @@ class PhotometryFit:
         background = bg.mean(dim=1)
         if not crlb:
             nan = torch.full((n, 3), math.nan, device=dev)
-            return Photometry(photons, background, nan, nan[:, 0])
+            return Photometry(photons, background, nan, nan[:, 0], nan)
         mu = amp[:, None, None, None] * u + bg[:, :, None, None]  # photons, background in
         j = self._information(mu)
-        chi2 = (m * j * (y - mu) ** 2).sum(dim=(1, 2, 3)) / (cnt.sum(dim=1) * u.shape[1])
-        return Photometry(photons, background, self._crlb(amp, j, u, du, m), chi2)
+        resid = y - mu
+        chi2 = (m * j * resid**2).sum(dim=(1, 2, 3)) / (cnt.sum(dim=1) * u.shape[1])
+        bound, step = self._bound_and_step(amp, j, u, du, m, resid)
+        return Photometry(photons, background, bound, chi2, step)
 
     def _information(self, mu: torch.Tensor) -> torch.Tensor:
         """Per-pixel Fisher information (about 1 / noise variance) at mean ``mu``, photons."""
@@ -236,15 +244,17 @@ class PhotometryFit:
         # the camera adds its background_photons to mu itself
         return self.camera.pixel_information(mu.clamp_min(0.0) - self._bg_in_info)
 
-    def _crlb(
+    def _bound_and_step(
         self,
         amp: torch.Tensor,
         j: torch.Tensor,
         u: torch.Tensor,
         du: torch.Tensor,
         m: torch.Tensor,
-    ) -> torch.Tensor:
-        """``(N, 3)`` CRLB of x, y, z at the estimate; parameters (x, y, z, A, b)."""
+        resid: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(N, 3)`` CRLB of x, y, z at the estimate and ``(N, 3)`` Gauss-Newton step of
+        x, y, z from the ``(N, P, S, S)`` residual; parameters (x, y, z, A, b)."""
         n = u.shape[0]
         w = (j * m).expand_as(u).reshape(n, 1, -1)
         d = torch.cat(
@@ -258,9 +268,13 @@ class PhotometryFit:
         eye = torch.eye(5, dtype=info.dtype, device=info.device)
         ok = amp > 0
         info = torch.where(ok[:, None, None], info, eye)
-        var = torch.diagonal(torch.linalg.inv(info), dim1=-2, dim2=-1)[:, :3].float()
+        cov = torch.linalg.inv(info)
+        var = torch.diagonal(cov, dim1=-2, dim2=-1)[:, :3].float()
         bound = var.clamp_min(0.0).sqrt() / scale[:, :3]
-        return torch.where(ok[:, None], bound, torch.full_like(bound, math.nan))
+        grad = (d * w * resid.reshape(n, 1, -1)).sum(dim=2).double()  # (N, 5): J^T W r
+        step = (cov @ grad[:, :, None])[:, :3, 0].float() / scale[:, :3]
+        nan = torch.full_like(bound, math.nan)
+        return torch.where(ok[:, None], bound, nan), torch.where(ok[:, None], step, nan)
 
     # --- the unit molecule --------------------------------------------------------------
     def _render(self, xyz: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:

@@ -3,24 +3,30 @@
 The network's errors sit above the bound (about 3x at low density for the default model),
 by a factor that differs between x, y and z, and they grow where another molecule is
 close (the network mislocalizes overlapping images, which a single-molecule bound knows
-nothing of). So the precision a model reports is, per axis a in x, y, z,
+nothing of). Rarely the network's z is grossly wrong (0.1-0.7 % of localizations, up to
+~350 nm); the photometry windows then pull the position away from the estimate, which
+the fit's Gauss-Newton step measures. So the precision a model reports is, per axis a in
+x, y, z,
 
     sigma_a^2 = (k_a * crlb_a)^2 + floor_a^2 + crowding_a^2 * exp(-(d / R)^2)
+                + (step_weight_a * step_a)^2
 
-with ``crlb_a`` the bound at the localization's own estimate
-(:class:`engines.photometry.PhotometryFit`), ``d`` the lateral distance to the nearest
-other localization of the same frame and ``R`` = :data:`CROWDING_RADIUS_NM`; ``k_a``,
-``floor_a`` and ``crowding_a`` are fitted on frames simulated from the model's own settings
-(:func:`fit_axis`, run by ``voxloc evaluate --calibrate-precision``) and recorded in
-``model.json`` under ``"precision"``. A model without that record reports NaN precision:
-an uncalibrated bound would claim three times the accuracy the network has.
-docs/photometry.md argues the choice and gives the measured figures.
+with ``crlb_a`` the bound and ``step_a`` the Gauss-Newton step at the localization's own
+estimate (:class:`engines.photometry.PhotometryFit`), ``d`` the lateral distance to the
+nearest other localization of the same frame and ``R`` = :data:`CROWDING_RADIUS_NM`;
+``k_a``, ``floor_a``, ``crowding_a`` and ``step_weight_a`` are fitted on frames simulated
+from the model's own settings (:func:`fit_axis`, run by ``voxloc evaluate
+--calibrate-precision``) and recorded in ``model.json`` under ``"precision"``. The step
+term is fitted for z only (:data:`STEP_AXES`); records from before it have none and
+behave as they did. A model without a record reports NaN precision: an uncalibrated bound
+would claim three times the accuracy the network has. docs/photometry.md argues the
+choice and gives the measured figures.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -29,10 +35,17 @@ from pydantic import BaseModel, ConfigDict, Field
 AXES = ("x", "y", "z")
 METHOD = (
     "calibrated CRLB: sigma^2 = (k * crlb)^2 + floor^2 + crowding^2 * exp(-(d / R)^2) "
-    "per axis, d the distance to the nearest other localization of the frame"
+    "+ (step_weight * step)^2 per axis, d the distance to the nearest other localization "
+    "of the frame, step the photometry fit's Gauss-Newton step at the estimate"
 )
 CROWDING_RADIUS_NM = 400.0  # the excess error of a neighbour falls off over ~2 PSF widths
 CROWDING_EDGES_NM = (0.0, 300.0, 600.0, 1000.0, math.inf)  # distance bins of the fit
+# quantiles of step^2 that split the cells of the fit: the gross errors sit in the top few %
+STEP_QUANTILES = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 1.0)
+# axes whose step term is fitted: the z step predicts the z error (correlation -0.5 on the
+# calibration sets), the lateral steps barely do (-0.15: the settings' per-plane drift,
+# which the drift-free window model cannot see, pulls them), docs/photometry.md
+STEP_AXES = ("z",)
 
 
 class PrecisionCalibration(BaseModel):
@@ -47,17 +60,32 @@ class PrecisionCalibration(BaseModel):
         (0.0, 0.0, 0.0), description="excess error of x, y, z with a neighbour at d = 0, nm"
     )
     crowding_radius_nm: float = Field(CROWDING_RADIUS_NM, gt=0)
+    step_weight: tuple[float, float, float] = Field(
+        (0.0, 0.0, 0.0),
+        description="multiplier of the photometry fit's Gauss-Newton step of x, y, z "
+        "(records from before the term: none)",
+    )
     window_px: int = Field(ge=3, description="photometry window the CRLB was computed in")
 
-    def apply(self, crlb_nm: torch.Tensor, neighbour_nm: torch.Tensor) -> torch.Tensor:
-        """``(N, 3)`` calibrated one-sigma precision from ``(N, 3)`` bounds and the
-        ``(N,)`` distance to each localization's nearest neighbour (inf: none), nm."""
+    def apply(
+        self,
+        crlb_nm: torch.Tensor,
+        neighbour_nm: torch.Tensor,
+        step_nm: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``(N, 3)`` calibrated one-sigma precision from ``(N, 3)`` bounds, the ``(N,)``
+        distance to each localization's nearest neighbour (inf: none) and the ``(N, 3)``
+        Gauss-Newton steps (None: without the step term), nm."""
         dev, dt = crlb_nm.device, crlb_nm.dtype
         k = torch.tensor(self.k, dtype=dt, device=dev)
         f = torch.tensor(self.floor_nm, dtype=dt, device=dev)
         g = torch.tensor(self.crowding_nm, dtype=dt, device=dev)
         near = torch.exp(-((neighbour_nm.to(dt) / self.crowding_radius_nm) ** 2))[:, None]
-        return torch.sqrt((k * crlb_nm) ** 2 + f**2 + g**2 * near)
+        var = (k * crlb_nm) ** 2 + f**2 + g**2 * near
+        if step_nm is not None and any(self.step_weight):
+            c = torch.tensor(self.step_weight, dtype=dt, device=dev)
+            var = var + (c * step_nm.to(dt)) ** 2
+        return torch.sqrt(var)
 
 
 def nearest_neighbour_nm(
@@ -89,46 +117,68 @@ def nearest_neighbour_nm(
     return best[which, slot]
 
 
+class AxisFit(NamedTuple):
+    """The constants of one axis (:class:`PrecisionCalibration`)."""
+
+    k: float
+    floor_nm: float
+    crowding_nm: float
+    step_weight: float
+
+
 def fit_axis(
-    error_nm: np.ndarray, crlb_nm: np.ndarray, neighbour_nm: np.ndarray, *, bins: int = 5
-) -> tuple[float, float, float]:
-    """``(k, floor, crowding)`` of one axis from matched errors, their bounds and their
-    nearest-neighbour distances.
+    error_nm: np.ndarray,
+    crlb_nm: np.ndarray,
+    neighbour_nm: np.ndarray,
+    *,
+    step_nm: np.ndarray | None = None,
+    bins: int = 5,
+) -> AxisFit:
+    """The constants of one axis from matched errors, their bounds, their
+    nearest-neighbour distances and (``step_nm``, optional) their Gauss-Newton steps;
+    without steps the step weight is 0.
 
     The localizations are split into cells: ``bins`` quantiles of the bound times the
-    distance bins of :data:`CROWDING_EDGES_NM`. In each cell the error's spread is the
-    geometric mean of the half-width of its central 68.3 % and its rms (the errors have
-    heavier tails than a Gaussian: the first alone would leave the rms above sigma, the
-    second the fraction within sigma above 68 %), and the model's sigma^2 is fitted through
-    the cells by non-negative least squares on relative residuals, weighted by the cell's
-    count.
+    distance bins of :data:`CROWDING_EDGES_NM` (times the :data:`STEP_QUANTILES` of the
+    squared step). In each cell the error's spread is the geometric mean of the
+    half-width of its central 68.3 % and its rms (the errors have heavier tails than a
+    Gaussian: the first alone would leave the rms above sigma, the second the fraction
+    within sigma above 68 %), and the model's sigma^2 is fitted through the cells by
+    non-negative least squares on relative residuals, weighted by the cell's count.
     """
     from scipy.optimize import nnls  # slow to import
 
-    ok = np.isfinite(error_nm) & np.isfinite(crlb_nm)
-    e, c, d = np.abs(error_nm[ok]), crlb_nm[ok], neighbour_nm[ok]
+    step2 = np.zeros_like(crlb_nm) if step_nm is None else np.asarray(step_nm) ** 2
+    ok = np.isfinite(error_nm) & np.isfinite(crlb_nm) & np.isfinite(step2)
+    e, c, d, s = np.abs(error_nm[ok]), crlb_nm[ok], neighbour_nm[ok], step2[ok]
     if e.size < 20 * bins:
         raise ValueError(
             f"precision calibration needs at least {20 * bins} matched localizations, got {e.size}"
         )
-    edges = np.quantile(c, np.linspace(0, 1, bins + 1))
-    cb = np.clip(np.searchsorted(edges, c, side="right") - 1, 0, bins - 1)
-    db = np.searchsorted(np.asarray(CROWDING_EDGES_NM), d, side="right") - 1
+    cell = _bin(c, np.quantile(c, np.linspace(0, 1, bins + 1)))
+    cell = cell * (len(CROWDING_EDGES_NM) - 1) + _bin(d, np.asarray(CROWDING_EDGES_NM))
+    if step_nm is not None:
+        cell = cell * (len(STEP_QUANTILES) - 1) + _bin(s, np.quantile(s, STEP_QUANTILES))
+    columns = np.stack([c**2, np.ones_like(c), np.exp(-((d / CROWDING_RADIUS_NM) ** 2)), s], 1)
     rows, rhs, weights = [], [], []
-    for i in range(bins):
-        for j in range(len(CROWDING_EDGES_NM) - 1):
-            sel = (cb == i) & (db == j)
-            if sel.sum() < 10:
-                continue
-            s2 = _spread2(e[sel])
-            near = np.mean(np.exp(-((d[sel] / CROWDING_RADIUS_NM) ** 2)))
-            rows.append([np.mean(c[sel] ** 2), 1.0, near])
-            rhs.append(s2)
-            weights.append(math.sqrt(sel.sum()) / max(s2, 1e-12))
+    for key in np.unique(cell):
+        sel = cell == key
+        if sel.sum() < 10:
+            continue
+        s2 = _spread2(e[sel])
+        rows.append(columns[sel].mean(axis=0))
+        rhs.append(s2)
+        weights.append(math.sqrt(sel.sum()) / max(s2, 1e-12))
     a = np.asarray(rows) * np.asarray(weights)[:, None]
+    if step_nm is None:
+        a = a[:, :3]
     sol, _ = nnls(a, np.asarray(rhs) * np.asarray(weights))
-    k2, f2, g2 = (float(v) for v in sol)
-    return math.sqrt(k2), math.sqrt(f2), math.sqrt(g2)
+    return AxisFit(*(math.sqrt(float(v)) for v in sol), *([0.0] if step_nm is None else []))
+
+
+def _bin(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Index of each value's bin of ``edges`` (the last bin closed)."""
+    return np.clip(np.searchsorted(edges, x, side="right") - 1, 0, len(edges) - 2)
 
 
 def _spread2(err: np.ndarray) -> float:

@@ -21,7 +21,7 @@ from typing import Any
 from engines.evaluate.runner import EvalConfig, Evaluator
 from engines.io.atomic import write_json
 from engines.modeldir import MODEL_JSON
-from engines.precision import AXES, PrecisionCalibration, calibration_ok, fit_axis
+from engines.precision import AXES, STEP_AXES, PrecisionCalibration, calibration_ok, fit_axis
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,18 @@ def _calibrate(ev: Evaluator, command: str, frames: int) -> dict[str, Any]:
     assert fit_set.photometry is not None
     cols = fit_set.photometry
     err, crlb = cols.column("error_nm", 3), cols.column("crlb_nm", 3)
-    near = cols.column("neighbour_nm")
-    k, floor, crowd = zip(*(fit_axis(err[:, a], crlb[:, a], near) for a in range(3)), strict=True)
+    near, step = cols.column("neighbour_nm"), cols.column("step_nm", 3)
+    fits = [
+        fit_axis(err[:, a], crlb[:, a], near, step_nm=step[:, a] if name in STEP_AXES else None)
+        for a, name in enumerate(AXES)
+    ]
+    k, floor, crowd, weight = zip(*fits, strict=True)
     cal = PrecisionCalibration(
-        k=k, floor_nm=floor, crowding_nm=crowd, window_px=ev.engine.photometry.side
+        k=k,
+        floor_nm=floor,
+        crowding_nm=crowd,
+        step_weight=weight,
+        window_px=ev.engine.photometry.side,
     )
     ev.engine.calibration = cal  # the check sets run with it, as a loaded model would
     checks = {
@@ -115,7 +123,8 @@ def format_calibration(record: dict[str, Any]) -> str:
     for a, name in enumerate(AXES):
         lines.append(
             f"  {name}: k = {record['k'][a]:.3f}, floor = {record['floor_nm'][a]:.2f} nm, "
-            f"crowding = {record['crowding_nm'][a]:.2f} nm"
+            f"crowding = {record['crowding_nm'][a]:.2f} nm, "
+            f"step weight = {record.get('step_weight', (0.0,) * 3)[a]:.3f}"
         )
     for key, fig in record["figures"].items():
         lines.append(

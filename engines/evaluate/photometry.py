@@ -45,8 +45,9 @@ class PhotometryStats:
         truth_weights: np.ndarray,
         crlb_nm: np.ndarray,
     ) -> None:
-        """One frame: its localizations, their matching to the truth, the raw bound of
-        every localization and the fit's chi2, ``(N, 4)`` (:func:`raw_crlb`)."""
+        """One frame: its localizations, their matching to the truth, and per localization
+        the raw bound, the fit's chi2 and its Gauss-Newton step, ``(N, 7)``
+        (:func:`raw_crlb`)."""
         p, t = match.pred_idx, match.true_idx
         px = self.settings.geometry.px_nm
         xy = truth_xyz_nm[:, :2] / px
@@ -62,6 +63,7 @@ class PhotometryStats:
             crlb_nm=crlb_nm[p, :3],
             neighbour_nm=_nearest(loc.xyz_nm)[p],
             chi2=crlb_nm[p, 3],
+            step_nm=crlb_nm[p, 4:7],
             isolated=isolated[t],
         )
 
@@ -108,13 +110,14 @@ class PhotometryStats:
 def raw_crlb(
     fit: PhotometryFit, frames: torch.Tensor, locs: list[Localizations]
 ) -> list[np.ndarray]:
-    """Per frame of ``frames``, ``(N, 4)``: the bound of x, y, z at every localization of
-    ``locs`` and the fit's chi2, from the same fit the engine runs."""
+    """Per frame of ``frames``, ``(N, 7)``: the bound of x, y, z at every localization of
+    ``locs``, the fit's chi2 and its Gauss-Newton step of x, y, z (nm), from the same fit
+    the engine runs."""
     idx = torch.cat([torch.full((len(loc),), b, dtype=torch.long) for b, loc in enumerate(locs)])
     xyz = torch.from_numpy(np.concatenate([loc.xyz_nm for loc in locs]).reshape(-1, 3))
     with torch.inference_mode():
         ph = fit.measure(frames, idx, xyz, crlb=True)
-    both = torch.cat([ph.crlb_nm, ph.chi2[:, None]], dim=1).numpy()
+    both = torch.cat([ph.crlb_nm, ph.chi2[:, None], ph.step_nm], dim=1).numpy()
     bounds = np.cumsum([0] + [len(loc) for loc in locs])
     return [both[bounds[i] : bounds[i + 1]] for i in range(len(locs))]
 

@@ -390,7 +390,7 @@ class Engine(ABC):
         if self.calibration is None:
             return ph
         near = nearest_neighbour_nm(frame, xyz_nm[:, :2])
-        return replace(ph, crlb_nm=self.calibration.apply(ph.crlb_nm, near))
+        return replace(ph, crlb_nm=self.calibration.apply(ph.crlb_nm, near, ph.step_nm))
 
     def _measure(
         self, frames: torch.Tensor, frame: torch.Tensor, xyz_nm: torch.Tensor, conf: torch.Tensor
