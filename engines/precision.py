@@ -9,10 +9,11 @@ the fit's Gauss-Newton step measures. So the precision a model reports is, per a
 x, y, z,
 
     sigma_a^2 = (k_a * crlb_a)^2 + floor_a^2 + crowding_a^2 * exp(-(d / R)^2)
-                + (step_weight_a * step_a)^2
+                + (step_weight_a * step_a)^2   [only where |step_a| > G * crlb_a]
 
 with ``crlb_a`` the bound and ``step_a`` the Gauss-Newton step at the localization's own
-estimate (:class:`engines.photometry.PhotometryFit`), ``d`` the lateral distance to the
+estimate (:class:`engines.photometry.PhotometryFit`; ``G`` = :data:`STEP_GATE`: a smaller
+step is the fit's own noise), ``d`` the lateral distance to the
 nearest other localization of the same frame and ``R`` = :data:`CROWDING_RADIUS_NM`;
 ``k_a``, ``floor_a``, ``crowding_a`` and ``step_weight_a`` are fitted on frames simulated
 from the model's own settings (:func:`fit_axis`, run by ``voxloc evaluate
@@ -36,7 +37,8 @@ AXES = ("x", "y", "z")
 METHOD = (
     "calibrated CRLB: sigma^2 = (k * crlb)^2 + floor^2 + crowding^2 * exp(-(d / R)^2) "
     "+ (step_weight * step)^2 per axis, d the distance to the nearest other localization "
-    "of the frame, step the photometry fit's Gauss-Newton step at the estimate"
+    "of the frame, step the photometry fit's Gauss-Newton step at the estimate where "
+    "|step| > step_gate * crlb (else 0)"
 )
 CROWDING_RADIUS_NM = 400.0  # the excess error of a neighbour falls off over ~2 PSF widths
 CROWDING_EDGES_NM = (0.0, 300.0, 600.0, 1000.0, math.inf)  # distance bins of the fit
@@ -46,6 +48,9 @@ STEP_QUANTILES = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 1.0)
 # calibration sets), the lateral steps barely do (-0.15: the settings' per-plane drift,
 # which the drift-free window model cannot see, pulls them), docs/photometry.md
 STEP_AXES = ("z",)
+# a step within a few bounds is the noise of the fit, not a telltale of a wrong estimate:
+# counting it would scatter every sigma and drop the fraction within sigma below 0.68
+STEP_GATE = 3.0
 
 
 class PrecisionCalibration(BaseModel):
@@ -65,6 +70,7 @@ class PrecisionCalibration(BaseModel):
         description="multiplier of the photometry fit's Gauss-Newton step of x, y, z "
         "(records from before the term: none)",
     )
+    step_gate: float = Field(STEP_GATE, gt=0, description="steps below this many bounds: 0")
     window_px: int = Field(ge=3, description="photometry window the CRLB was computed in")
 
     def apply(
@@ -84,8 +90,13 @@ class PrecisionCalibration(BaseModel):
         var = (k * crlb_nm) ** 2 + f**2 + g**2 * near
         if step_nm is not None and any(self.step_weight):
             c = torch.tensor(self.step_weight, dtype=dt, device=dev)
-            var = var + (c * step_nm.to(dt)) ** 2
+            var = var + (c * gated_step(step_nm.to(dt), crlb_nm, self.step_gate)) ** 2
         return torch.sqrt(var)
+
+
+def gated_step(step_nm: torch.Tensor, crlb_nm: torch.Tensor, gate: float) -> torch.Tensor:
+    """The Gauss-Newton steps beyond ``gate`` bounds, 0 elsewhere (NaN where the bound is)."""
+    return torch.where(step_nm.abs() > gate * crlb_nm, step_nm, torch.zeros_like(step_nm))
 
 
 def nearest_neighbour_nm(
@@ -132,11 +143,13 @@ def fit_axis(
     neighbour_nm: np.ndarray,
     *,
     step_nm: np.ndarray | None = None,
+    step_gate: float = STEP_GATE,
     bins: int = 5,
 ) -> AxisFit:
     """The constants of one axis from matched errors, their bounds, their
-    nearest-neighbour distances and (``step_nm``, optional) their Gauss-Newton steps;
-    without steps the step weight is 0.
+    nearest-neighbour distances and (``step_nm``, optional) their Gauss-Newton steps,
+    counted beyond ``step_gate`` bounds (:func:`gated_step`); without steps the step
+    weight is 0.
 
     The localizations are split into cells: ``bins`` quantiles of the bound times the
     distance bins of :data:`CROWDING_EDGES_NM` (times the :data:`STEP_QUANTILES` of the
@@ -148,7 +161,12 @@ def fit_axis(
     """
     from scipy.optimize import nnls  # slow to import
 
-    step2 = np.zeros_like(crlb_nm) if step_nm is None else np.asarray(step_nm) ** 2
+    if step_nm is None:
+        step2 = np.zeros_like(crlb_nm)
+    else:
+        step = torch.from_numpy(np.asarray(step_nm, np.float64))
+        step2 = gated_step(step, torch.from_numpy(np.asarray(crlb_nm, np.float64)), step_gate)
+        step2 = step2.numpy() ** 2
     ok = np.isfinite(error_nm) & np.isfinite(crlb_nm) & np.isfinite(step2)
     e, c, d, s = np.abs(error_nm[ok]), crlb_nm[ok], neighbour_nm[ok], step2[ok]
     if e.size < 20 * bins:
