@@ -165,8 +165,8 @@ def fit_axis(
         step2 = np.zeros_like(crlb_nm)
     else:
         step = torch.from_numpy(np.asarray(step_nm, np.float64))
-        step2 = gated_step(step, torch.from_numpy(np.asarray(crlb_nm, np.float64)), step_gate)
-        step2 = step2.numpy() ** 2
+        bound = torch.from_numpy(np.asarray(crlb_nm, np.float64))
+        step2 = gated_step(step, bound, step_gate).numpy() ** 2
     ok = np.isfinite(error_nm) & np.isfinite(crlb_nm) & np.isfinite(step2)
     e, c, d, s = np.abs(error_nm[ok]), crlb_nm[ok], neighbour_nm[ok], step2[ok]
     if e.size < 20 * bins:

@@ -49,6 +49,7 @@ def test_photons_and_background_of_isolated_molecules_match_the_truth(settings):
     fast = fit.measure(batch.frames, idx, xyz, crlb=False)  # the uncalibrated engine's
     np.testing.assert_allclose(fast.photons.numpy(), ph.photons.numpy(), rtol=1e-5)
     assert np.isnan(fast.crlb_nm.numpy()).all() and np.isnan(fast.chi2.numpy()).all()
+    assert np.isnan(fast.step_nm.numpy()).all()
 
 
 def test_photons_count_the_whole_psf_in_photons_not_adu():
@@ -97,6 +98,22 @@ def test_bound_at_the_estimate_is_the_crlb_with_background_unknown():
     ratios = np.array(ratios)
     assert ratios.min() > 0.97
     assert np.median(ratios) < 1.3
+
+
+@pytest.mark.parametrize("settings", [PAPER, SCMOS], ids=["paper", "scmos"])
+def test_gauss_newton_step_points_back_to_the_molecule(settings):
+    """At the truth the step is the fit's noise (about one bound); from an estimate 80 nm
+    off in z it points most of the way back (the telltale of a gross z error)."""
+    batch, idx, xyz, _ = isolated_batch(settings, frames=32)
+    fit = PhotometryFit(settings)
+    at_truth = fit.measure(batch.frames, idx, xyz)
+    spread = at_truth.step_nm.numpy() / at_truth.crlb_nm.numpy()
+    assert np.sqrt(np.mean(spread**2, axis=0)) == pytest.approx([1.0, 1.0, 1.0], abs=0.5)
+    dz = torch.where(xyz[:, 2] < 800.0, 80.0, -80.0)  # towards the middle of the depth
+    off = xyz + torch.stack([torch.zeros_like(dz), torch.zeros_like(dz), dz], dim=1)
+    back = -fit.measure(batch.frames, idx, off).step_nm[:, 2].numpy() / dz.numpy()
+    assert np.median(back) == pytest.approx(1.0, abs=0.35)
+    assert np.quantile(back, 0.1) > 0.4
 
 
 def test_raw_windows_are_registered_as_the_input_stage_registers_frames():

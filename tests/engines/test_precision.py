@@ -10,6 +10,8 @@ import torch
 
 from engines.precision import (
     CROWDING_RADIUS_NM,
+    METHOD,
+    STEP_GATE,
     PrecisionCalibration,
     calibration_ok,
     coverage_figures,
@@ -28,7 +30,8 @@ def synthetic(n: int = 20000, seed: int = 0, *, k=2.5, floor=4.0, crowd=20.0):
 
 def test_fit_recovers_the_constants_of_gaussian_errors():
     err, crlb, near, _ = synthetic()
-    k, floor, crowd = fit_axis(err, crlb, near)
+    k, floor, crowd, step = fit_axis(err, crlb, near)
+    assert step == 0.0
     assert k == pytest.approx(2.5, rel=0.05)
     assert floor == pytest.approx(4.0, rel=0.25)
     assert crowd == pytest.approx(20.0, rel=0.1)
@@ -38,7 +41,10 @@ def test_calibrated_sigma_meets_the_acceptance_on_its_own_model():
     err, crlb, near, _ = synthetic(seed=1)
     consts = fit_axis(err, crlb, near)
     cal = PrecisionCalibration(
-        k=(consts[0],) * 3, floor_nm=(consts[1],) * 3, crowding_nm=(consts[2],) * 3, window_px=9
+        k=(consts.k,) * 3,
+        floor_nm=(consts.floor_nm,) * 3,
+        crowding_nm=(consts.crowding_nm,) * 3,
+        window_px=9,
     )
     c3 = torch.from_numpy(np.repeat(crlb[:, None], 3, axis=1))
     sigma = cal.apply(c3, torch.from_numpy(near)).numpy()
@@ -83,3 +89,74 @@ def test_too_few_localizations_are_refused():
     err, crlb, near, _ = synthetic(n=50)
     with pytest.raises(ValueError, match="at least"):
         fit_axis(err, crlb, near)
+
+
+def with_gross_errors(n: int = 20000, seed: int = 4, *, share=0.02, pull=0.8):
+    """:func:`synthetic` errors and a share of gross ones (sd 150 nm), with Gauss-Newton
+    steps: the fit's noise (one bound) for all, and ``pull`` of the way back for the gross."""
+    err, crlb, near, _ = synthetic(n, seed)
+    rng = np.random.default_rng(seed + 1)
+    gross = rng.random(n) < share
+    err = np.where(gross, rng.normal(0.0, 150.0, n), err)
+    step = rng.normal(0.0, crlb) - np.where(gross, pull * err, 0.0)
+    return err, crlb, near, step
+
+
+def test_the_step_term_gives_gross_errors_their_sigma():
+    err, crlb, near, step = with_gross_errors()
+    fitted = fit_axis(err, crlb, near, step_nm=step)
+    assert fitted.step_weight == pytest.approx(1 / 0.8, rel=0.2)
+    checks = []
+    for consts in (fitted, fit_axis(err, crlb, near)):
+        cal = PrecisionCalibration(
+            k=(1.0, 1.0, consts.k),
+            floor_nm=(1.0, 1.0, consts.floor_nm),
+            crowding_nm=(0.0, 0.0, consts.crowding_nm),
+            step_weight=(0.0, 0.0, consts.step_weight),
+            window_px=9,
+        )
+        c3 = torch.from_numpy(np.repeat(crlb[:, None], 3, axis=1))
+        s3 = torch.from_numpy(np.repeat(step[:, None], 3, axis=1))
+        sigma = cal.apply(c3, torch.from_numpy(near), s3).numpy()
+        checks.append(coverage_figures(np.repeat(err[:, None], 3, axis=1), sigma)["z"])
+    with_step, without = checks
+    assert abs(with_step["fraction_within_1_sigma"] - 0.68) <= 0.05
+    assert all(abs(r - 1) <= 0.25 for r in with_step["rms_error_over_rms_sigma_by_quintile"])
+    # without the term the gross errors lift the low quintiles' rms far above their sigma
+    assert max(abs(r - 1) for r in without["rms_error_over_rms_sigma_by_quintile"]) > 0.5
+
+
+def test_steps_within_the_gate_leave_sigma_alone():
+    cal = PrecisionCalibration(
+        k=(1.0, 1.0, 1.0), floor_nm=(0.0, 0.0, 0.0), step_weight=(0.0, 0.0, 2.0), window_px=9
+    )
+    crlb = torch.tensor([[5.0, 5.0, 5.0], [5.0, 5.0, 5.0]])
+    step = torch.tensor([[0.0, 0.0, 0.9 * STEP_GATE * 5.0], [0.0, 0.0, -40.0]])
+    sigma = cal.apply(crlb, torch.tensor([math.inf, math.inf]), step)
+    np.testing.assert_allclose(sigma[:, 2].numpy(), [5.0, math.hypot(5.0, 80.0)], rtol=1e-6)
+    np.testing.assert_allclose(sigma[:, :2].numpy(), 5.0)
+
+
+def test_a_record_from_before_the_step_term_loads_and_applies_as_before():
+    old = {
+        "method": "calibrated CRLB: sigma^2 = (k * crlb)^2 + floor^2 + crowding^2 * "
+        "exp(-(d / R)^2) per axis, d the distance to the nearest other localization of the frame",
+        "k": [2.0, 2.0, 1.2],
+        "floor_nm": [10.0, 9.0, 8.0],
+        "crowding_nm": [16.0, 15.0, 29.0],
+        "crowding_radius_nm": 400.0,
+        "window_px": 9,
+        "command": "voxloc evaluate --calibrate-precision",
+    }
+    cal = PrecisionCalibration.model_validate(old)
+    assert cal.step_weight == (0.0, 0.0, 0.0) and cal.method != METHOD
+    crlb = torch.tensor([[4.0, 4.0, 3.0]])
+    near = torch.tensor([300.0])
+    want = np.sqrt(
+        (np.array([2.0, 2.0, 1.2]) * [4.0, 4.0, 3.0]) ** 2
+        + np.array([10.0, 9.0, 8.0]) ** 2
+        + np.array([16.0, 15.0, 29.0]) ** 2 * math.exp(-((300 / 400) ** 2))
+    )
+    big_step = torch.tensor([[100.0, 100.0, 100.0]])
+    for step in (None, big_step):
+        np.testing.assert_allclose(cal.apply(crlb, near, step).numpy()[0], want, rtol=1e-6)
