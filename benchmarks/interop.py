@@ -60,6 +60,8 @@ class Run:
     px_nm: float
     drift_nm: tuple[float, float]
     model: str = "default"
+    refine: bool = False  # voxloc localize --refine
+    plane_drift: bool = True  # the model's per-plane drift in the stack (simulate --no-drift)
     steps: list[Step] = field(default_factory=list)
     shared: dict[str, Any] = field(default_factory=dict)
 
@@ -94,7 +96,7 @@ def simulate(
     args = ["simulate", "-o", run.dir / "stack.tif", "--frames", frames, "--size", size]
     args += ["--molecules", molecules, "--seed", seed, "--blinking", "--on-frames", 4]
     args += ["--off-frames", 100, "--drift-nm", *run.drift_nm, "--structure", structure]
-    args += ["--z-nm", *z_nm, "-q"]
+    args += ["--z-nm", *z_nm, "-q"] + ([] if run.plane_drift else ["--no-drift"])
     if voxloc([str(a) for a in args]) != 0:
         raise RuntimeError("voxloc simulate failed")
 
@@ -103,7 +105,7 @@ def localize(run: Run) -> tuple[str, dict[str, Any]]:
     for suffix in (".h5", ".csv"):
         out = run.dir / f"locs{suffix}"
         cmd = ["localize", str(run.dir / "stack.tif"), "-o", str(out), "--model", run.model]
-        if voxloc([*cmd, "-q"]) != 0:
+        if voxloc([*cmd, *(["--refine"] if run.refine else []), "-q"]) != 0:
             raise RuntimeError(f"voxloc localize -o {out.name} failed")
     table = read_table(run.dir / "locs.csv")
     return f"{len(table)} localizations", {"localizations": len(table)}
@@ -353,7 +355,7 @@ def locan_smlm(run: Run) -> tuple[str, dict[str, Any]]:
 
     out = run.dir / "locs.smlm"
     cmd = ["localize", str(run.dir / "stack.tif"), "-o", str(out), "--model", run.model]
-    if voxloc([*cmd, "-q"]) != 0:
+    if voxloc([*cmd, *(["--refine"] if run.refine else []), "-q"]) != 0:
         raise RuntimeError(f"voxloc localize -o {out.name} failed (no .smlm writer?)")
     data = locan.load_SMLM_file(out)
     cols = list(data.data.columns)
@@ -401,11 +403,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="default", help="voxloc model name or directory")
     p.add_argument("--keep", type=Path, default=None, help="keep the files in this folder")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--refine", action="store_true", help="voxloc localize --refine")
+    p.add_argument(
+        "--no-plane-drift", action="store_true", help="stack without the per-plane drift"
+    )
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         d = args.keep or Path(tmp)
         d.mkdir(parents=True, exist_ok=True)
-        run = Run(d, 192.0, tuple(args.drift_nm), str(args.model))
+        run = Run(
+            d,
+            192.0,
+            tuple(args.drift_nm),
+            str(args.model),
+            refine=args.refine,
+            plane_drift=not args.no_plane_drift,
+        )
         t0 = time.perf_counter()
         simulate(run, args.frames, args.size, args.molecules, args.seed, args.structure, args.z_nm)
         t_sim = time.perf_counter() - t0
@@ -413,8 +426,9 @@ def main(argv: list[str] | None = None) -> int:
             run.step(name, fn)
     print(
         f"stack: {args.frames} frames of {args.size}x{args.size}x4, {args.molecules} molecules "
-        f"on per frame, {args.structure}, z {args.z_nm} nm, drift {args.drift_nm} nm "
-        f"(simulated in {t_sim:.1f} s)"
+        f"on per frame, {args.structure}, z {args.z_nm} nm, drift {args.drift_nm} nm, "
+        f"per-plane drift {'off' if args.no_plane_drift else 'on'}"
+        f"{', localize --refine' if args.refine else ''} (simulated in {t_sim:.1f} s)"
     )
     print(f"{'step':36s} {'ok':4s} {'s':>6s}  result")
     for s in run.steps:

@@ -174,7 +174,7 @@ _stacks: OrderedDict[tuple, Stack] = OrderedDict()
 
 def engine_key(task: ChunkTask) -> tuple:
     o = task.opts
-    return (task.model, o.backend, o.device, o.precision, o.threshold, task.threads)
+    return (task.model, o.backend, o.device, o.precision, o.threshold, o.refine, task.threads)
 
 
 def cached_engine(task: ChunkTask) -> Engine:
@@ -196,6 +196,7 @@ def cached_engine(task: ChunkTask) -> Engine:
             precision=o.precision,
             **options,
         )
+        engine.refine = o.refine
         log.info("worker %d: engine %s for model %s", os.getpid(), engine.label, task.model)
         _engines[key] = engine
         while len(_engines) > ENGINES_KEPT:

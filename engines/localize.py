@@ -53,6 +53,7 @@ class LocalizeOptions(BaseModel):
     batch: int = Field(16, ge=1, description="frames per inference batch")
     px_nm: float | None = Field(None, gt=0, le=10_000)
     dz_nm: float | None = Field(None, gt=0, le=10_000)
+    refine: bool = False  # Gauss-Newton refinement of the positions (Engine.refine)
     progress: bool = True
 
 
@@ -86,6 +87,7 @@ def localize_files(
         device=opts.device,
         precision=opts.precision,
     )
+    engine.refine = opts.refine
     try:
         with open_stack(input_paths, engine.planes) as stack:
             log.info("input %s", stack.describe())
@@ -98,6 +100,7 @@ def localize_files(
                 threshold=opts.threshold,
                 px_nm=px_nm,
                 dz_nm=dz_nm,
+                refine=opts.refine,
             )
             t0 = time.perf_counter()
             with open_table_writer(output, meta) as writer:
@@ -185,8 +188,10 @@ def table_meta(
     threshold: float,
     px_nm: float,
     dz_nm: float,
+    refine: bool = False,
 ) -> TableMeta:
     """The table header of ``voxloc localize`` (local or on a cluster) for ``stack``."""
+    refined = {"Refined": "photometry Gauss-Newton steps"} if refine else {}
     return TableMeta(
         frames=stack.frames,
         height=stack.height,
@@ -202,6 +207,7 @@ def table_meta(
             "Model version": info.version,
             "Backend": backend,
             "Threshold": float(threshold),
+            **refined,
         },
         **model_meta(info.settings, px_nm=px_nm, dz_nm=dz_nm),
     )

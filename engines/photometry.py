@@ -31,7 +31,7 @@ precision.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -54,6 +54,9 @@ DEFAULT_WINDOW_PX = 9  # 4.6 in-focus sigmas of the default PSF either side of t
 # out in turn and oscillate between all of it and none; damped, they converge to half
 # each, and distant neighbours' error shrinks 2x per pass.
 NEIGHBOUR_PASSES = 4
+# Gauss-Newton iterations of the opt-in refinement (PhotometryFit.refine): one gives most of
+# the gain, a third made the 50-per-frame set slightly worse (docs/photometry.md)
+REFINE_ITERATIONS = 2
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,48 @@ class PhotometryFit:
             self._grid_cache, self._grid_key = grid.reshape(-1, 2), key
             self._grid_ref = registration  # keeps the id valid
         return self._grid_cache
+
+    def refine(
+        self,
+        measure: Callable[[torch.Tensor], Photometry],
+        xyz_nm: torch.Tensor,
+        *,
+        iterations: int = REFINE_ITERATIONS,
+    ) -> tuple[torch.Tensor, Photometry]:
+        """Opt-in refinement of ``(N, 3)`` positions by the fit's Gauss-Newton steps.
+
+        ``measure`` is :meth:`measure` (or :meth:`measure_raw`) of the frames, with the
+        bound, at given positions. Each iteration moves every localization by its step
+        where that lowers the window fit's chi^2 and leaves it where it does not; the
+        position stays within one pixel laterally and one plane spacing in z of the start
+        (and inside the depth). Returns the positions and their photometry. On frames
+        whose planes are registered, it halves the network's lateral error; with the
+        settings' per-plane drift, which the window model cannot see, it worsens it
+        (docs/photometry.md): it is for registered data."""
+        g = self.settings.geometry
+        focal = self.settings.focal_planes_nm()
+        dz = float(abs(focal[1] - focal[0])) if len(focal) > 1 else g.depth_nm
+        lim = torch.tensor([g.px_nm, g.px_nm, dz], device=xyz_nm.device, dtype=xyz_nm.dtype)
+        lo = torch.tensor([-math.inf, -math.inf, 0.0], device=xyz_nm.device, dtype=xyz_nm.dtype)
+        hi = torch.tensor([math.inf, math.inf, g.depth_nm], device=lo.device, dtype=lo.dtype)
+        pos, ph = xyz_nm, measure(xyz_nm)
+        for _ in range(iterations):
+            moved = pos + ph.step_nm.to(pos.dtype).nan_to_num(0.0) - xyz_nm
+            cand = (xyz_nm + moved.clamp(-lim, lim)).clamp(lo, hi)
+            new = measure(cand)
+            better = new.chi2 < ph.chi2  # False where either is NaN
+            pos = torch.where(better[:, None], cand, pos)
+            ph = Photometry(
+                *(
+                    torch.where(better.reshape(-1, *[1] * (a.dim() - 1)), b, a)
+                    for a, b in zip(
+                        (ph.photons, ph.background, ph.crlb_nm, ph.chi2, ph.step_nm),
+                        (new.photons, new.background, new.crlb_nm, new.chi2, new.step_nm),
+                        strict=True,
+                    )
+                )
+            )
+        return pos, ph
 
     # --- the fit ------------------------------------------------------------------------
     def _window(

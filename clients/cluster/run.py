@@ -153,6 +153,7 @@ def _plan_job(
                 threshold=opts.threshold,
                 px_nm=px_nm,
                 dz_nm=dz_nm,
+                refine=opts.refine,
             )
             frames = s.frames
         spans = plan_chunks(frames, copts.chunk_frames, opts.batch)

@@ -26,6 +26,7 @@ def _cmd_localize(args: argparse.Namespace) -> int:
             dz_nm="dz_nm",
         ),
         precision=args.precision,
+        refine=args.refine,
         progress=not args.quiet,
     )
     from clients.cluster.command import cluster_requested, run_cluster_command
@@ -107,6 +108,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=Default(CONFIG, "dz_nm"),
         help="your plane spacing, nm (default: the model's); z is rescaled the same way",
+    )
+    p.add_argument(
+        "--refine",
+        action="store_true",
+        help="refine each position by Gauss-Newton steps of the photometry fit with the "
+        "model's PSF (about half the lateral error on registered planes; worse where "
+        "the planes are offset by more than the model's simulated drift; "
+        "docs/photometry.md). Off by default",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     from clients.cluster.command import add_cluster_options  # --workers, --scheduler

@@ -20,6 +20,7 @@ input stage of its own.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -109,6 +110,10 @@ class Engine(ABC):
     only these), ``max_batch`` (largest batch per call, None for no limit), ``max_pixels``
     (largest batch x H x W per call) and ``pad_batch`` (pad each chunk to a power of two
     with blank frames, for backends with per-shape state).
+
+    ``refine`` (instance attribute, default off): refine each localization by the
+    photometry fit's Gauss-Newton steps (:meth:`engines.photometry.PhotometryFit.refine`),
+    for frames whose planes are registered; it changes the positions.
     """
 
     options: ClassVar[frozenset[str]] = frozenset()
@@ -126,6 +131,7 @@ class Engine(ABC):
         self.threshold = threshold
         self._lock = threading.Lock()
         self.calibration = self.info.precision
+        self.refine = False
         self._photometry: PhotometryFit | None = None
         if self.calibration is None:
             log.info(
@@ -388,16 +394,26 @@ class Engine(ABC):
     def _calibrated(self, ph: Photometry, frame: torch.Tensor, xyz_nm: torch.Tensor) -> Photometry:
         """The bound turned into the model's calibrated precision (NaN without one)."""
         if self.calibration is None:
-            return ph
+            return replace(ph, crlb_nm=torch.full_like(ph.crlb_nm, math.nan))
         near = nearest_neighbour_nm(frame, xyz_nm[:, :2])
         return replace(ph, crlb_nm=self.calibration.apply(ph.crlb_nm, near, ph.step_nm))
+
+    def _fitted(
+        self, measure: Callable[[torch.Tensor, bool], Photometry], xyz_nm: torch.Tensor
+    ) -> tuple[torch.Tensor, Photometry]:
+        """The positions (refined where :attr:`refine` is set) and their photometry, from
+        ``measure(positions, with_bound)``."""
+        if not self.refine:
+            return xyz_nm, measure(xyz_nm, self.calibration is not None)
+        return self.photometry.refine(lambda p: measure(p, True), xyz_nm)
 
     def _measure(
         self, frames: torch.Tensor, frame: torch.Tensor, xyz_nm: torch.Tensor, conf: torch.Tensor
     ) -> FlatLocs:
         """Rows with photons, background and precision, fitted on ``frames`` ``(B, P, H,
         W)`` (registered, model units) on their device; only the rows cross to the host."""
-        ph = self.photometry.measure(frames, frame, xyz_nm, crlb=self.calibration is not None)
+        fit = self.photometry
+        xyz_nm, ph = self._fitted(lambda p, b: fit.measure(frames, frame, p, crlb=b), xyz_nm)
         return FlatLocs.from_device(frame, xyz_nm, conf, self._calibrated(ph, frame, xyz_nm))
 
     def _measure_raw(
@@ -409,8 +425,9 @@ class Engine(ABC):
         conf: torch.Tensor,
     ) -> FlatLocs:
         """:meth:`_measure` on raw camera frames: only the windows are registered."""
-        ph = self.photometry.measure_raw(
-            raw, registration, frame, xyz_nm, crlb=self.calibration is not None
+        fit = self.photometry
+        xyz_nm, ph = self._fitted(
+            lambda p, b: fit.measure_raw(raw, registration, frame, p, crlb=b), xyz_nm
         )
         return FlatLocs.from_device(frame, xyz_nm, conf, self._calibrated(ph, frame, xyz_nm))
 

@@ -116,6 +116,24 @@ def test_gauss_newton_step_points_back_to_the_molecule(settings):
     assert np.quantile(back, 0.1) > 0.4
 
 
+def test_refinement_moves_estimates_to_the_molecules_within_its_bounds():
+    batch, idx, xyz, _ = isolated_batch(PAPER, frames=16)
+    fit = PhotometryFit(PAPER)
+    dz = torch.where(xyz[:, 2] < 800.0, 80.0, -80.0)
+    off = xyz + torch.stack([torch.full_like(dz, 60.0), torch.full_like(dz, -50.0), dz], dim=1)
+    pos, ph = fit.refine(lambda p: fit.measure(batch.frames, idx, p), off)
+    before = (off - xyz).norm(dim=1)
+    after = (pos - xyz).norm(dim=1)
+    assert float(after.median()) < 0.3 * float(before.median())
+    np.testing.assert_allclose(ph.chi2.numpy(), fit.measure(batch.frames, idx, pos).chi2.numpy())
+    # an estimate three pixels off moves at most one pixel (and one plane spacing in z)
+    far = xyz + torch.tensor([3 * 192.0, 0.0, 0.0])
+    moved = fit.refine(lambda p: fit.measure(batch.frames, idx, p), far)[0] - far
+    assert float(moved[:, :2].abs().max()) <= 192.0 + 1e-3
+    spacing = abs(PAPER.focal_planes_nm()[1] - PAPER.focal_planes_nm()[0])
+    assert float(moved[:, 2].abs().max()) <= spacing + 1e-3
+
+
 def test_raw_windows_are_registered_as_the_input_stage_registers_frames():
     batch, idx, xyz, _ = isolated_batch(PAPER, frames=4)
     affine = np.array([[[1.0, 0.01, 0.4], [-0.01, 1.0, -0.3]]] * 4)

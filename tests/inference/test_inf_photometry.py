@@ -87,3 +87,35 @@ def test_backends_agree_on_photometry(shared_model_dir, frames):
     a, b = (results[k] for k in CPU_BACKENDS[:2])
     np.testing.assert_allclose(_cat(a, "photons"), _cat(b, "photons"), rtol=1e-3)
     np.testing.assert_allclose(_cat(a, "background"), _cat(b, "background"), rtol=1e-3)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_refine_is_opt_in_and_lowers_the_error_on_registered_planes(backend, calibrated_dir):
+    from engines.evaluate.matching import match_localizations
+    from engines.simulator import Simulator
+
+    with create_engine(calibrated_dir, backend) as eng:
+        sim = Simulator(eng.info.settings.model_copy(update={"margin_px": 0}), seed=3)
+        batch = sim.sample(8, 10, height=64, width=64, drift=False)
+        frames = batch.frames.numpy()
+        assert eng.refine is False
+        plain = eng.infer(frames)
+        eng.refine = True
+        refined = eng.infer(frames)
+        reg = PlaneRegistration.create(
+            affine_px=np.broadcast_to(np.eye(2, 3), (4, 2, 3)), gain_adu=2.0, baseline_adu=100.0
+        )
+        raw = eng.infer_raw(np.round(frames * 2.0 + 100.0).astype(np.uint16), reg)
+    assert [len(r) for r in refined] == [len(p) for p in plain]
+    assert np.isfinite(_cat(refined, "precision_nm")).all()
+    np.testing.assert_allclose(_cat(raw, "xyz_nm"), _cat(refined, "xyz_nm"), atol=5.0)
+    rms = []
+    for locs in (plain, refined):
+        err = np.concatenate(
+            [
+                match_localizations(loc.xyz_nm, batch.molecules(b).numpy()).delta_nm
+                for b, loc in enumerate(locs)
+            ]
+        )
+        rms.append(np.sqrt(np.mean(err[:, :2] ** 2)))
+    assert rms[1] < 0.8 * rms[0]
