@@ -186,30 +186,33 @@ class PhotometryFit:
         measure: Callable[[torch.Tensor], Photometry],
         xyz_nm: torch.Tensor,
         *,
+        extent_nm: tuple[float, float] = (math.inf, math.inf),
         iterations: int = REFINE_ITERATIONS,
     ) -> tuple[torch.Tensor, Photometry]:
         """Opt-in refinement of ``(N, 3)`` positions by the fit's Gauss-Newton steps.
 
         ``measure`` is :meth:`measure` (or :meth:`measure_raw`) of the frames, with the
         bound, at given positions. Each iteration moves every localization by its step
-        where that lowers the window fit's chi^2 and leaves it where it does not; the
-        position stays within one pixel laterally and one plane spacing in z of the start
-        (and inside the depth). Returns the positions and their photometry. On frames
-        whose planes are registered, it halves the network's lateral error; with the
-        settings' per-plane drift, which the window model cannot see, it worsens it
-        (docs/photometry.md): it is for registered data."""
+        where that lowers the window fit's chi^2 (and keeps A > 0), else leaves it; the
+        position stays within one pixel laterally and one plane spacing in z of the start,
+        inside the frame (``extent_nm``: its width and height) and the depth. Returns the
+        positions and their photometry. On frames whose planes are registered it halves
+        the network's lateral error at low density; with the settings' per-plane drift,
+        which the window model cannot see, it worsens it (docs/photometry.md): it is for
+        registered data."""
         g = self.settings.geometry
         focal = self.settings.focal_planes_nm()
         dz = float(abs(focal[1] - focal[0])) if len(focal) > 1 else g.depth_nm
         lim = torch.tensor([g.px_nm, g.px_nm, dz], device=xyz_nm.device, dtype=xyz_nm.dtype)
-        lo = torch.tensor([-math.inf, -math.inf, 0.0], device=xyz_nm.device, dtype=xyz_nm.dtype)
-        hi = torch.tensor([math.inf, math.inf, g.depth_nm], device=lo.device, dtype=lo.dtype)
+        lo = torch.zeros(3, device=xyz_nm.device, dtype=xyz_nm.dtype)
+        hi = torch.tensor([*extent_nm, g.depth_nm], device=lo.device, dtype=lo.dtype)
         pos, ph = xyz_nm, measure(xyz_nm)
         for _ in range(iterations):
             moved = pos + ph.step_nm.to(pos.dtype).nan_to_num(0.0) - xyz_nm
             cand = (xyz_nm + moved.clamp(-lim, lim)).clamp(lo, hi)
             new = measure(cand)
-            better = new.chi2 < ph.chi2  # False where either is NaN
+            # False where either is NaN; a move that loses the molecule (A <= 0) is refused
+            better = (new.chi2 < ph.chi2) & torch.isfinite(new.crlb_nm).all(dim=1)
             pos = torch.where(better[:, None], cand, pos)
             ph = Photometry(
                 *(

@@ -399,13 +399,18 @@ class Engine(ABC):
         return replace(ph, crlb_nm=self.calibration.apply(ph.crlb_nm, near, ph.step_nm))
 
     def _fitted(
-        self, measure: Callable[[torch.Tensor, bool], Photometry], xyz_nm: torch.Tensor
+        self,
+        measure: Callable[[torch.Tensor, bool], Photometry],
+        xyz_nm: torch.Tensor,
+        shape: torch.Size,
     ) -> tuple[torch.Tensor, Photometry]:
         """The positions (refined where :attr:`refine` is set) and their photometry, from
-        ``measure(positions, with_bound)``."""
+        ``measure(positions, with_bound)`` on frames of ``shape`` ``(B, P, H, W)``."""
         if not self.refine:
             return xyz_nm, measure(xyz_nm, self.calibration is not None)
-        return self.photometry.refine(lambda p: measure(p, True), xyz_nm)
+        px = self.info.settings.geometry.px_nm
+        extent = (shape[-1] * px, shape[-2] * px)
+        return self.photometry.refine(lambda p: measure(p, True), xyz_nm, extent_nm=extent)
 
     def _measure(
         self, frames: torch.Tensor, frame: torch.Tensor, xyz_nm: torch.Tensor, conf: torch.Tensor
@@ -413,7 +418,9 @@ class Engine(ABC):
         """Rows with photons, background and precision, fitted on ``frames`` ``(B, P, H,
         W)`` (registered, model units) on their device; only the rows cross to the host."""
         fit = self.photometry
-        xyz_nm, ph = self._fitted(lambda p, b: fit.measure(frames, frame, p, crlb=b), xyz_nm)
+        xyz_nm, ph = self._fitted(
+            lambda p, b: fit.measure(frames, frame, p, crlb=b), xyz_nm, frames.shape
+        )
         return FlatLocs.from_device(frame, xyz_nm, conf, self._calibrated(ph, frame, xyz_nm))
 
     def _measure_raw(
@@ -427,7 +434,7 @@ class Engine(ABC):
         """:meth:`_measure` on raw camera frames: only the windows are registered."""
         fit = self.photometry
         xyz_nm, ph = self._fitted(
-            lambda p, b: fit.measure_raw(raw, registration, frame, p, crlb=b), xyz_nm
+            lambda p, b: fit.measure_raw(raw, registration, frame, p, crlb=b), xyz_nm, raw.shape
         )
         return FlatLocs.from_device(frame, xyz_nm, conf, self._calibrated(ph, frame, xyz_nm))
 
