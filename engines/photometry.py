@@ -205,7 +205,8 @@ class PhotometryFit:
         dz = float(abs(focal[1] - focal[0])) if len(focal) > 1 else g.depth_nm
         lim = torch.tensor([g.px_nm, g.px_nm, dz], device=xyz_nm.device, dtype=xyz_nm.dtype)
         lo = torch.zeros(3, device=xyz_nm.device, dtype=xyz_nm.dtype)
-        hi = torch.tensor([*extent_nm, g.depth_nm], device=lo.device, dtype=lo.dtype)
+        edge = [e - 0.01 for e in extent_nm]  # inside: readers drop x == width
+        hi = torch.tensor([*edge, g.depth_nm], device=lo.device, dtype=lo.dtype)
         pos, ph = xyz_nm, measure(xyz_nm)
         for _ in range(iterations):
             moved = pos + ph.step_nm.to(pos.dtype).nan_to_num(0.0) - xyz_nm

@@ -113,9 +113,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--refine",
         action="store_true",
         help="refine each position by Gauss-Newton steps of the photometry fit with the "
-        "model's PSF (about half the lateral error on registered planes; worse where "
-        "the planes are offset by more than the model's simulated drift; "
-        "docs/photometry.md). Off by default",
+        "model's PSF: about half the lateral error at low density where the planes are "
+        "registered, worse where they are offset by the model's simulated per-plane "
+        "drift; the reported precision stays the network's (conservative). "
+        "docs/photometry.md. Off by default",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     from clients.cluster.command import add_cluster_options  # --workers, --scheduler

@@ -132,6 +132,14 @@ def test_refinement_moves_estimates_to_the_molecules_within_its_bounds():
     assert float(moved[:, :2].abs().max()) <= 192.0 + 1e-3
     spacing = abs(PAPER.focal_planes_nm()[1] - PAPER.focal_planes_nm()[0])
     assert float(moved[:, 2].abs().max()) <= spacing + 1e-3
+    # and stays inside the frame: a molecule just past the edge of a (pretended) frame
+    one = xyz[:1]
+    edge = float(one[0, 0]) - 20.0
+    start = one - torch.tensor([60.0, 0.0, 0.0])
+    pos = fit.refine(
+        lambda p: fit.measure(batch.frames[:1], idx[:1], p), start, extent_nm=(edge, 1e6)
+    )[0]
+    assert float(start[0, 0]) < float(pos[0, 0]) < edge
 
 
 def test_raw_windows_are_registered_as_the_input_stage_registers_frames():
