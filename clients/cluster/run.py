@@ -386,4 +386,5 @@ def _job_identity(
         "px_nm": opts.px_nm,
         "dz_nm": opts.dz_nm,
         "format": stack.output.suffix.lower(),
+        **({"refine": True} if opts.refine else {}),  # absent: manifests from before match
     }
