@@ -358,7 +358,6 @@ def ceiling_main(args: argparse.Namespace) -> int:
     t0 = time.time()
     results = pc.run(
         producer,
-        Subscriber,
         engine=engine,
         sizes=sizes,
         registration=args.registration,
