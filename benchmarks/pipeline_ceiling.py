@@ -3,8 +3,8 @@
 Used by ``benchmarks/service.py --engine null --sizes 64,256,512 --registration affine``.
 For each frame size and transport (``tcp://``, ``ipc://``), in one run:
 
-- **raw transport** (timed right before and right after the pipeline; the ratio is to
-  their mean): the same four producer processes (one PUSH camera per plane, uint16
+- **raw transport** (timed right before and right after each pipeline ceiling; the
+  ratio is to their mean, and with ``--repeats`` k the median of k such ratios): the same four producer processes (one PUSH camera per plane, uint16
   frames encoded by :func:`service.wire.encode_frame`) into four PULL sockets of this
   process, one receive thread per socket, each message's pixels copied once into a
   preallocated buffer: what ZeroMQ and one copy allow on this machine.
@@ -12,7 +12,9 @@ For each frame size and transport (``tcp://``, ``ipc://``), in one run:
   serve`` runs) with the given engine (``null``: no device compute), the registration
   (``affine``: a rotation, shift and scale on cameras 1-3, gain and baseline on all),
   ``drop_policy = "block"``, producers unpaced; counted at the subscriber from the first
-  published batch to the last.
+  published batch to the last. The subscriber is a process of its own, as a dashboard or
+  a recording client is: its decoding is not the service's work (in the service's
+  process it cost ~35 us per frame set at 4x256x256, and its socket's I/O thread more).
 - **latency**: the pipeline again, paced at 50 % of the ceiling just measured
   (``drop_oldest``), p50/p99 from camera timestamp to publication.
 
@@ -56,7 +58,8 @@ class SizeResult:
     raw_fps: float  # mean of the two below
     raw_fps_around: list[float]  # raw transport right before and right after the pipeline
     pipeline_fps: float
-    ratio: float
+    ratio: float  # the median of ``ratios``; the rates above are that pair's
+    ratios: list[float]  # every repeat's ceiling over the raw rates around it
     pipeline_mb_s: float  # camera payload bytes delivered per second, MB/s
     raw_mb_s: float
     paced_fps: float  # offered at 50 % of the ceiling
@@ -71,7 +74,7 @@ class SizeResult:
     engine_fps: float | None = None  # the engine alone on the same raw sets (not null)
     service_engine_ratio: float | None = None
     # CPU time of the receiving process per frame set (every thread, user + system), us:
-    # the pipeline at its ceiling, the raw transport (mean of its two runs); less
+    # the pipeline at its ceiling, the raw transport (medians over the repeats); less
     # sensitive to the machine's load than the rates
     cpu_us_per_set: float | None = None
     raw_cpu_us_per_set: float | None = None
@@ -131,6 +134,60 @@ class Producers:
             p.join(10)
             if p.is_alive():
                 p.kill()
+
+
+def subscriber_process(endpoint: str, conn: Any) -> None:
+    """The localization consumer, in a process of its own (as a dashboard or a recording
+    client is): keeps ``(frame, t_cam_ns, t_pub_ns)`` of every message (its header only);
+    on ``(first, count)`` replies with the rows of those frames, on ``None`` ends."""
+    import msgpack
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.connect(endpoint)
+    rows: list[tuple[int, int, int]] = []
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    while True:
+        if conn.poll(0):
+            job = conn.recv()
+            if job is None:
+                break
+            first, count = job
+            conn.send([r for r in rows if first <= r[0] < first + count])
+        if poller.poll(20):
+            while True:
+                try:
+                    parts = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                h = msgpack.unpackb(parts[0])
+                rows.append((h["frame"], h["t_cam_ns"], h["t_pub_ns"]))
+    sock.close(linger=0)
+    ctx.term()
+
+
+class SubscriberProcess:
+    """:func:`subscriber_process` driven from here: the benchmark's only consumer of the
+    pipeline's localizations, so that its work is not counted as the service's."""
+
+    def __init__(self, endpoint: str) -> None:
+        spawn = mp.get_context("spawn")
+        self.conn, child = spawn.Pipe()
+        self.proc = spawn.Process(target=subscriber_process, args=(endpoint, child))
+        self.proc.start()
+
+    def rows(self, first: int, count: int) -> list[tuple[int, int, int]]:
+        self.conn.send((first, count))
+        return self.conn.recv()
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
 
 
 def raw_transport(
@@ -262,7 +319,6 @@ def pipeline_settings(
 
 def pipeline_steps(
     target: Callable[..., None],
-    subscriber: Callable[..., Any],
     settings: Any,
     images: np.ndarray,
     seconds: float,
@@ -271,11 +327,9 @@ def pipeline_steps(
     """Ceiling (unpaced, block), then 50 % of it (paced, drop_oldest); optional long run."""
     from service.pipeline import Pipeline
 
-    ctx = zmq.Context()
     pipeline = Pipeline(settings)
     pipeline.start()
-    sub = subscriber(ctx, pipeline.publish_endpoint)
-    sub.start()
+    sub = SubscriberProcess(pipeline.publish_endpoint)
     while pipeline.publisher.subscribers < 1:
         time.sleep(0.01)
     prod = Producers(target, list(pipeline.camera_endpoints().values()), images)
@@ -306,29 +360,34 @@ def pipeline_steps(
             out["rss_samples_mb"] = samples
     finally:
         prod.close()
-        sub.stop.set()
-        sub.join(5)
+        sub.close()
         pipeline.stop()
-        ctx.term()
     return out
 
 
 def _send(
-    pipeline: Any, prod: Producers, sub: Any, first: int, count: int, rate: float, policy: str
+    pipeline: Any,
+    prod: Producers,
+    sub: SubscriberProcess,
+    first: int,
+    count: int,
+    rate: float,
+    policy: str,
 ) -> dict[str, Any]:
     pipeline.update_config({"drop_policy": policy})
-    drops0 = _drops(pipeline)
+    drops0, published0 = _drops(pipeline), pipeline.stats.published
     cpu0 = _cpu_s()
     t0 = prod.start(first, count, rate)
     prod.wait()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        got = sum(1 for r in list(sub.rows) if first <= r[0] < first + count)
-        if got + _drops(pipeline) - drops0 >= count and pipeline.batcher.depth == 0:
+        done = pipeline.stats.published - published0 + _drops(pipeline) - drops0
+        if done >= count and pipeline.batcher.depth == 0:
             break
         time.sleep(0.05)
     cpu_us = (_cpu_s() - cpu0) / count * 1e6
-    rows = [r for r in sub.rows if first <= r[0] < first + count]
+    time.sleep(0.1)  # the last messages on their way to the subscriber
+    rows = sub.rows(first, count)
     lat = np.array([(p - c) / 1e6 for _, c, p in rows]) if rows else np.zeros(1)
     pubs = sorted(p for *_, p in rows)
     if rate == 0 and len(pubs) > 1:  # steady state: from the first publication on
@@ -389,7 +448,6 @@ def _drops(pipeline: Any) -> int:
 
 def run(
     target: Callable[..., None],
-    subscriber: Callable[..., Any],
     *,
     engine: str,
     sizes: list[int],
@@ -398,59 +456,86 @@ def run(
     seconds: float,
     rss_sets: int,
     model: str,
+    repeats: int = 1,
 ) -> list[SizeResult]:
+    """Per size and transport: the raw transport, then ``repeats`` times the pipeline
+    followed by the raw transport again; each pipeline ceiling is divided by the mean of
+    the raw rates timed right before and right after it, and the median of those ratios
+    is the result (single pairs on a shared 2-core machine range over 2x)."""
     results = []
     rss_size = sizes[len(sizes) // 2] if rss_sets else None
     with tempfile.TemporaryDirectory(prefix="voxloc-bench-") as tmp:
         for size in sizes:
             images = camera_images(size)
-            set_bytes = PLANES * size * size * 2
             for transport in transports:
                 folder = Path(tmp) / f"{transport}{size}"
                 folder.mkdir()
-                # raw transport timed right before and after the pipeline (same load)
-                raw_cpu: list[float] = []
-                raw_before = raw_transport(target, transport, folder, images, seconds, "", raw_cpu)
                 settings = pipeline_settings(engine, size, registration, transport, folder, model)
                 long_run = rss_sets if (size == rss_size and transport == transports[0]) else 0
-                pipe = pipeline_steps(target, subscriber, settings, images, seconds, long_run)
-                paced = pipe["paced"]
+                raw_cpu: list[float] = []
+                raws = [raw_transport(target, transport, folder, images, seconds, "0", raw_cpu)]
+                pipes = []
+                for k in range(repeats):
+                    pipes.append(
+                        pipeline_steps(target, settings, images, seconds, long_run if k == 0 else 0)
+                    )
+                    raws.append(
+                        raw_transport(
+                            target, transport, folder, images, seconds, f"{k + 1}", raw_cpu
+                        )
+                    )
                 alone = (
                     engine_alone(engine, model, images, registration, seconds)
                     if engine != "null"
                     else None
                 )
-                raw_after = raw_transport(
-                    target, transport, folder, images, seconds, "after", raw_cpu
-                )
-                raw = (raw_before + raw_after) / 2
-                results.append(
-                    SizeResult(
-                        size=size,
-                        transport=transport,
-                        raw_fps=round(raw, 1),
-                        raw_fps_around=[round(raw_before, 1), round(raw_after, 1)],
-                        pipeline_fps=round(pipe["fps"], 1),
-                        ratio=round(pipe["fps"] / raw, 3) if raw else 0.0,
-                        pipeline_mb_s=round(pipe["fps"] * set_bytes / 1e6, 1),
-                        raw_mb_s=round(raw * set_bytes / 1e6, 1),
-                        paced_fps=round(pipe["paced_fps"], 1),
-                        delivered=paced["delivered"],
-                        sent=paced["sent"],
-                        p50_ms=round(paced["p50_ms"], 2),
-                        p99_ms=round(paced["p99_ms"], 2),
-                        rss_start_mb=_r(pipe.get("rss_start_mb")),
-                        rss_end_mb=_r(pipe.get("rss_end_mb")),
-                        rss_sets=long_run,
-                        rss_samples_mb=pipe.get("rss_samples_mb"),
-                        engine_fps=_r(alone),
-                        service_engine_ratio=round(pipe["fps"] / alone, 3) if alone else None,
-                        cpu_us_per_set=round(pipe["cpu_us"], 1),
-                        raw_cpu_us_per_set=round(float(np.mean(raw_cpu)), 1),
-                    )
-                )
+                results.append(_result(size, transport, raws, pipes, raw_cpu, alone, long_run))
                 print_row(results[-1], flush=True)
     return results
+
+
+def _result(
+    size: int,
+    transport: str,
+    raws: list[float],
+    pipes: list[dict[str, Any]],
+    raw_cpu: list[float],
+    alone: float | None,
+    long_run: int,
+) -> SizeResult:
+    ratios = [
+        p["fps"] / ((raws[k] + raws[k + 1]) / 2) if raws[k] + raws[k + 1] else 0.0
+        for k, p in enumerate(pipes)
+    ]
+    mid = int(np.argsort(ratios)[len(ratios) // 2])  # the median pair (upper for even)
+    pipe, raw = pipes[mid], (raws[mid] + raws[mid + 1]) / 2
+    first = pipes[0]  # the paced step and the long run ran with the first
+    paced = first["paced"]
+    set_bytes = PLANES * size * size * 2
+    return SizeResult(
+        size=size,
+        transport=transport,
+        raw_fps=round(raw, 1),
+        raw_fps_around=[round(raws[mid], 1), round(raws[mid + 1], 1)],
+        pipeline_fps=round(pipe["fps"], 1),
+        ratio=round(ratios[mid], 3),
+        ratios=[round(r, 3) for r in ratios],
+        pipeline_mb_s=round(pipe["fps"] * set_bytes / 1e6, 1),
+        raw_mb_s=round(raw * set_bytes / 1e6, 1),
+        paced_fps=round(first["paced_fps"], 1),
+        delivered=paced["delivered"],
+        sent=paced["sent"],
+        p50_ms=round(paced["p50_ms"], 2),
+        p99_ms=round(paced["p99_ms"], 2),
+        rss_start_mb=_r(first.get("rss_start_mb")),
+        rss_end_mb=_r(first.get("rss_end_mb")),
+        rss_sets=long_run,
+        rss_samples_mb=first.get("rss_samples_mb"),
+        engine_fps=_r(alone),
+        service_engine_ratio=round(pipe["fps"] / alone, 3) if alone else None,
+        cpu_us_per_set=round(float(np.median([p["cpu_us"] for p in pipes])), 1),
+        raw_cpu_us_per_set=round(float(np.median(raw_cpu)), 1),
+    )
 
 
 def _r(v: float | None) -> float | None:
@@ -472,6 +557,8 @@ def print_row(r: SizeResult, flush: bool = False) -> None:
         f"{r.p99_ms:>7.2f} {r.cpu_us_per_set:>10.1f} {r.raw_cpu_us_per_set:>7.1f}",
         flush=flush,
     )
+    if len(r.ratios) > 1:
+        print(f"  ratio of each repeat: {r.ratios}; median {r.ratio:.3f}", flush=flush)
     if r.rss_sets:
         print(
             f"  RSS over {r.rss_sets} frame sets at {PLANES}x{r.size}x{r.size}: "

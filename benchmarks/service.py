@@ -226,6 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--transports", default="tcp,ipc", help="comma-separated: tcp, ipc")
     ap.add_argument("--seconds", type=float, default=3.0, help="with --sizes: per step")
     ap.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="with --sizes: pipeline ceilings per size and transport, each between two raw "
+        "transport timings; the median ratio is reported",
+    )
+    ap.add_argument(
         "--rss-sets",
         type=int,
         default=10_000,
@@ -358,7 +365,6 @@ def ceiling_main(args: argparse.Namespace) -> int:
     t0 = time.time()
     results = pc.run(
         producer,
-        Subscriber,
         engine=engine,
         sizes=sizes,
         registration=args.registration,
@@ -366,6 +372,7 @@ def ceiling_main(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         rss_sets=args.rss_sets,
         model=args.model,
+        repeats=args.repeats,
     )
     print(f"({time.time() - t0:.0f} s)")
     if args.json:

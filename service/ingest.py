@@ -14,7 +14,7 @@ a :class:`~service.wire.Reject` reason (docs/protocol.md Sec. 2.3).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +30,7 @@ from service.wire import FrameDecoder, FrameMessage, Reject, WireError, decode_f
 log = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 64 * 1024
-DRAIN_PER_POLL = 32  # messages taken from one camera before looking at the others
+MONITOR_EVERY_S = 0.05  # a streaming camera's connection events, looked at this often
 _MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 # a camera without an allowed CURVE key (or without CURVE) fails its handshake
 _REFUSED = (
@@ -50,9 +50,9 @@ class CameraEndpoint:
     endpoint: str
     state: CameraState = CameraState.WAITING
     peers: int = 0
-    poller: zmq.Poller | None = None  # of its own receive thread
     decoder: FrameDecoder | None = None  # the fast path of its messages (Ingest._bind)
-    backlog: bool = False  # its last drain was full: more are waiting
+    timeout_ms: int = -1  # the socket's RCVTIMEO as last set
+    monitor_due: float = 0.0  # time.monotonic() of the next look at the monitor
 
     @property
     def name(self) -> str:
@@ -75,9 +75,6 @@ class Ingest:
         self.stats = stats
         self.curve = curve
         self.cameras: list[CameraEndpoint] = []
-        self.poller = zmq.Poller()
-        self._by_socket: dict[zmq.Socket, CameraEndpoint] = {}
-        self._by_monitor: dict[zmq.Socket, CameraEndpoint] = {}
         try:
             for cam in cameras:
                 self._bind(ctx, cam)
@@ -111,10 +108,6 @@ class Ingest:
             dtype=cam.dtype,
         )
         self.cameras.append(ep)
-        self._by_socket[sock] = ep
-        self._by_monitor[monitor] = ep
-        self.poller.register(sock, zmq.POLLIN)
-        self.poller.register(monitor, zmq.POLLIN)
         log.info("camera %s (plane %d) on %s", cam.name, cam.plane, ep.endpoint)
 
     def max_part_bytes(self, cam: CameraSettings) -> int:
@@ -124,73 +117,36 @@ class Ingest:
         return max(self.stream.height * self.stream.width * itemsize, MAX_HEADER_BYTES)
 
     def receive_camera(self, cam: CameraEndpoint, timeout_ms: int) -> list[FrameMessage]:
-        """Valid frames of one camera that arrived within ``timeout_ms`` (its thread only):
-        up to ``DRAIN_PER_POLL`` messages taken at once, counted once, then validated.
+        """The next valid frame of one camera, waited for up to ``timeout_ms`` (its thread
+        only); ``[]`` when none came or it was refused (counted under its reason).
 
-        After a full drain the next one starts without a poll (more are waiting, most
-        likely); the one after polls again, which also looks at the monitor. (Asking
-        ``ZMQ_EVENTS`` instead costs a system call under the GIL each time.)"""
-        if cam.poller is None:
-            cam.poller = zmq.Poller()
-            cam.poller.register(cam.sock, zmq.POLLIN)
-            cam.poller.register(cam.monitor, zmq.POLLIN)
-        sock = cam.sock
-        if cam.backlog:
-            cam.backlog = False
-        else:
-            ready = dict(cam.poller.poll(timeout_ms))
-            if cam.monitor in ready:
-                self._monitor_event(cam)
-            if sock not in ready:
-                return []
-        received = []
-        recv = sock.recv
-        for _ in range(DRAIN_PER_POLL):
-            try:
-                part = recv(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                break
-            parts = [part]  # recv_multipart, without a getsockopt(RCVMORE) per part
-            while part.more:  # the other parts arrived with the first
-                part = recv(zmq.NOBLOCK, copy=False)
-                parts.append(part)
-            received.append(parts)
-        else:
-            cam.backlog = True
-        if not received:
+        The wait is ZeroMQ's own (a blocking receive with ``RCVTIMEO``, the GIL released):
+        no poll before it and no ``zmq.Again`` after a drain, which per message cost as
+        much as the rest of the Python work. The connection monitor is looked at when
+        the camera is idle and at least every ``MONITOR_EVERY_S`` while it streams."""
+        now = time.monotonic()
+        if now >= cam.monitor_due:
+            cam.monitor_due = now + MONITOR_EVERY_S
+            self._monitor_events(cam)
+        if cam.timeout_ms != timeout_ms:
+            cam.sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
+            cam.timeout_ms = timeout_ms
+        recv = cam.sock.recv
+        try:
+            part = recv(copy=False)
+        except zmq.Again:
+            cam.monitor_due = 0.0  # idle: the monitor next time
             return []
-        self.stats.frames_in(cam.name, len(received))
+        parts = [part]  # recv_multipart, without a getsockopt(RCVMORE) per part
+        while part.more:  # the other parts arrived with the first
+            part = recv(copy=False)
+            parts.append(part)
+        self.stats.frames_in(cam.name, 1)
         cam.state = CameraState.STREAMING
-        out: list[FrameMessage] = []
-        decode = cam.decoder.decode if cam.decoder is not None else None
-        for parts in received:
-            msg = decode(parts) if decode is not None else None
-            if msg is None:  # off the fast path: the full checks (a reject, usually)
-                msg = self._checked(cam, parts)
-            if msg is not None:
-                out.append(msg)
-        return out
-
-    def receive(self, timeout_ms: int) -> Iterator[tuple[CameraEndpoint, FrameMessage]]:
-        """Valid frames that arrived within ``timeout_ms``; rejects are counted here."""
-        for sock, _ in self.poller.poll(timeout_ms):
-            if sock in self._by_monitor:
-                self._monitor_event(self._by_monitor[sock])
-                continue
-            cam = self._by_socket[sock]
-            for _ in range(DRAIN_PER_POLL):
-                try:
-                    parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                msg = self._validate(cam, parts)
-                if msg is not None:
-                    yield cam, msg
-
-    def _validate(self, cam: CameraEndpoint, parts: list) -> FrameMessage | None:
-        self.stats.frames_in(cam.name)
-        cam.state = CameraState.STREAMING
-        return self._checked(cam, parts)
+        msg = cam.decoder.decode(parts) if cam.decoder is not None else None
+        if msg is None:  # off the fast path: the full checks (a reject, usually)
+            msg = self._checked(cam, parts)
+        return [] if msg is None else [msg]
 
     def _checked(self, cam: CameraEndpoint, parts: list) -> FrameMessage | None:
         """The full decode and checks; a refused message is counted under its reason."""
@@ -232,11 +188,15 @@ class Ingest:
                 Reject.NONFINITE, f"camera {cam.name!r} frame {msg.frame} has NaN/inf pixels"
             )
 
-    def _monitor_event(self, cam: CameraEndpoint) -> None:
-        try:
-            event = recv_monitor_message(cam.monitor, zmq.NOBLOCK)["event"]
-        except zmq.Again:
-            return
+    def _monitor_events(self, cam: CameraEndpoint) -> None:
+        while True:
+            try:
+                event = recv_monitor_message(cam.monitor, zmq.NOBLOCK)["event"]
+            except zmq.Again:
+                return
+            self._monitor_event(cam, event)
+
+    def _monitor_event(self, cam: CameraEndpoint, event: int) -> None:
         if event == zmq.EVENT_ACCEPTED:
             cam.peers += 1
             self.stats.connection(cam.name, connected=True)
