@@ -4,10 +4,11 @@ Used by ``benchmarks/service.py --engine null --sizes 64,256,512 --registration 
 For each frame size and transport (``tcp://``, ``ipc://``), in one run:
 
 - **raw transport** (timed right before and right after each pipeline ceiling; the
-  ratio is to their mean, and with ``--repeats`` k the median of k such ratios): the same four producer processes (one PUSH camera per plane, uint16
-  frames encoded by :func:`service.wire.encode_frame`) into four PULL sockets of this
-  process, one receive thread per socket, each message's pixels copied once into a
-  preallocated buffer: what ZeroMQ and one copy allow on this machine.
+  ratio is to their mean, and with ``--repeats`` k the median of k such ratios): the
+  same four producer processes (one PUSH camera per plane, uint16 frames encoded by
+  :func:`service.wire.encode_frame`) into four PULL sockets of this process, one
+  receive thread per socket, each message's pixels copied once into a preallocated
+  buffer: what ZeroMQ and one copy allow on this machine.
 - **pipeline ceiling**: the real :class:`service.pipeline.Pipeline` (what ``voxloc
   serve`` runs) with the given engine (``null``: no device compute), the registration
   (``affine``: a rotation, shift and scale on cameras 1-3, gain and baseline on all),
