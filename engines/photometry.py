@@ -36,12 +36,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from engines.config import SimSettings
-from engines.psf import render_planes
-from engines.psf_model import PSFModel, SplineModel, psf_model_for
+from engines.window_psf import WindowPSF
 
 if TYPE_CHECKING:  # engines.inference imports this module
     from engines.inference.registration import PlaneRegistration
@@ -92,9 +90,8 @@ class PhotometryFit:
         self.camera = settings.noise.to_camera()
         self.zero = float(self.camera.zero_level())
         self.scale = float(self.camera.intensity_scale())
-        psf = psf_model_for(settings)
-        self.spline = psf if isinstance(psf, SplineModel) else None
-        self.side = window_px if self.spline is None else min(window_px, self.spline.window_px())
+        self.psf = WindowPSF(settings, window_px)
+        self.side = self.psf.side
         self._j_const = (
             float(self.camera.pixel_information(torch.zeros(1))[0])
             if self.camera.additive_noise
@@ -104,10 +101,6 @@ class PhotometryFit:
         self._grid_key: tuple[object, ...] | None = None
         self._grid_cache = torch.zeros(0, 2)
         self._grid_ref: PlaneRegistration | None = None
-        g = settings.geometry
-        self._focal = torch.tensor(settings.focal_planes_nm(), dtype=torch.float32)
-        # point samples of a Gaussian of sigma >= 0.5 px sum to its integral within 1e-4
-        self._gauss_flux = g.planes * settings.psf.a_prime / g.px_nm**2
 
     # --- entry points ------------------------------------------------------------------
     def measure(
@@ -263,9 +256,9 @@ class PhotometryFit:
         m = inside.to(y.dtype)
         xyz = xyz_nm.float()
         if crlb:
-            u, du, flux = self._unit_with_derivatives(xyz, origin.float())
+            u, du, flux = self.psf.unit_with_derivatives(xyz, origin.float())
         else:
-            u, flux = self._unit(xyz, origin.float())
+            u, flux = self.psf.unit(xyz, origin.float())
         amp, bg = _solve(y, m, u)
         if NEIGHBOUR_PASSES:
             for _ in range(NEIGHBOUR_PASSES):  # the light of the others in each window
@@ -324,123 +317,6 @@ class PhotometryFit:
         step = (cov @ grad[:, :, None])[:, :3, 0].float() / scale[:, :3]
         nan = torch.full_like(bound, math.nan)
         return torch.where(ok[:, None], bound, nan), torch.where(ok[:, None], step, nan)
-
-    # --- the unit molecule --------------------------------------------------------------
-    def _render(self, xyz: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
-        """``(N, P, S', S')`` unit-weight molecules (S' = S, or the spline's own window)."""
-        n = xyz.shape[0]
-        g = self.settings.geometry
-        if self.spline is not None:
-            return self._render_spline(xyz, origin)
-        drift = torch.zeros(n, g.planes, 2, device=xyz.device, dtype=xyz.dtype)
-        rel = (xyz - origin)[:, None, :]
-        ones = torch.ones(n, 1, device=xyz.device, dtype=xyz.dtype)
-        out = render_planes(
-            rel,
-            ones,
-            drift,
-            self._focal.to(xyz.device),
-            px_nm=g.px_nm,
-            height=self.side,
-            width=self.side,
-            psf=self.settings.psf,
-        )
-        return out.reshape(n, g.planes, self.side, self.side)
-
-    def _render_spline(self, xyz: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
-        """The spline's own ``R x R`` windows, all placed so that the fit window (origin
-        ``origin``) is their centre: a position moved across a pixel border (the
-        derivatives' shifted copies) would otherwise get a window one pixel over."""
-        assert self.spline is not None
-        sp = self.spline.spline
-        px = self.settings.geometry.px_nm
-        side = sp.roi_px
-        lo = side // 2 - self.side // 2
-        want_r = torch.round(origin[:, 1] / px).long() - lo
-        want_c = torch.round(origin[:, 0] / px).long() - lo
-        offs = torch.arange(side, device=xyz.device)
-        n = xyz.shape[0]
-        planes = []
-        for k in range(sp.planes):
-            win, r0, c0 = sp.windows(k, xyz[:, 0], xyz[:, 1], xyz[:, 2], exact=False)
-            ri = ((want_r - r0)[:, None] + offs).clamp(0, side - 1)  # edge rows: cropped
-            ci = ((want_c - c0)[:, None] + offs).clamp(0, side - 1)
-            win = win.gather(1, ri[:, :, None].expand(n, side, side))
-            planes.append(win.gather(2, ci[:, None, :].expand(n, side, side)))
-        return torch.stack(planes, dim=1) * self.spline.amplitude
-
-    def _crop(self, full: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fit window and flux from a rendering."""
-        if self.spline is None:
-            return full, torch.full(full.shape[:1], self._gauss_flux, device=full.device)
-        lo = full.shape[-1] // 2 - self.side // 2
-        win = full[..., lo : lo + self.side, lo : lo + self.side]
-        return win, full.sum(dim=(1, 2, 3))
-
-    def _unit(self, xyz: torch.Tensor, origin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._crop(self._render(xyz, origin))
-
-    def _unit_with_derivatives(
-        self, xyz: torch.Tensor, origin: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Unit windows, their ``(3, N, P, S, S)`` derivatives by x, y, z (per nm), flux.
-
-        The Gaussian's derivatives are analytic; the spline's are central differences of
-        :data:`DIFF_STEP_NM` (one rendering call for all of them)."""
-        if self.spline is None:
-            u, du = self._gauss_with_derivatives(xyz, origin)
-            return u, du, torch.full(xyz.shape[:1], self._gauss_flux, device=xyz.device)
-        n = xyz.shape[0]
-        step = torch.tensor(DIFF_STEP_NM, device=xyz.device, dtype=xyz.dtype)
-        shift = torch.cat(
-            [torch.zeros(1, 3, device=xyz.device), torch.diag(step), -torch.diag(step)]
-        )
-        pos = (xyz[None] + shift[:, None, :].to(xyz.dtype)).reshape(-1, 3)  # (7N, 3)
-        full = self._render(pos, origin.repeat(7, 1)).reshape(7, n, *self._shape(xyz))
-        u, flux = self._crop(full[0])
-        win = self._crop(full.flatten(0, 1))[0].reshape(7, n, *u.shape[1:])
-        du = (win[1:4] - win[4:7]) / (2 * step[:, None, None, None, None])
-        return u, du, flux
-
-    def _gauss_with_derivatives(
-        self, xyz: torch.Tensor, origin: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:func:`engines.psf.render_planes` of unit molecules in their windows (no drift),
-        and its derivatives by x, y, z, from the separable factors."""
-        psf, px = self.settings.psf, self.settings.geometry.px_nm
-        rel = xyz - origin
-        focal = self._focal.to(xyz.device, xyz.dtype)
-        t = (focal[None, :] - rel[:, 2:3]) / psf.d_nm  # (N, P) defocus / D
-        q = 1.0 + t**2 + psf.a3 * t**3 + psf.b4 * t**4
-        r = psf.r0_nm * torch.sqrt(q)
-        dr_dz = -psf.r0_nm / (2.0 * torch.sqrt(q)) * (2 * t + 3 * psf.a3 * t**2 + 4 * psf.b4 * t**3)
-        dr_dz = dr_dz / psf.d_nm
-        amp = psf.a_prime / (2.0 * math.pi * r**2)
-        centres = (torch.arange(self.side, device=xyz.device, dtype=xyz.dtype) + 0.5) * px
-        dx = centres[None, None, :] - rel[:, 0, None, None]  # (N, 1, S) pixel - molecule
-        dy = centres[None, None, :] - rel[:, 1, None, None]
-        r2 = (r**2)[..., None]  # (N, P, 1)
-        gx = torch.exp(-(dx**2) / (2 * r2))  # (N, P, S)
-        gy = torch.exp(-(dy**2) / (2 * r2))
-        a = amp[..., None, None]
-        u = a * gy[..., :, None] * gx[..., None, :]
-        du_dx = a * gy[..., :, None] * (gx * dx / r2)[..., None, :]
-        du_dy = a * (gy * dy / r2)[..., :, None] * gx[..., None, :]
-        r3 = r2 * r[..., None]
-        du_dr = -2.0 * u / r[..., None, None] + a * (
-            (gy * dy**2 / r3)[..., :, None] * gx[..., None, :]
-            + gy[..., :, None] * (gx * dx**2 / r3)[..., None, :]
-        )
-        return u, torch.stack([du_dx, du_dy, du_dr * dr_dz[..., None, None]])
-
-    def _shape(self, xyz: torch.Tensor) -> tuple[int, int, int]:
-        side = self.side if self.spline is None else self.spline.window_px()
-        return (self.settings.geometry.planes, side, side)
-
-
-# central-difference steps of the spline's derivatives for the CRLB, nm: the error,
-# (h / sigma)^2 / 6 of the slope, stays under 0.1 % for the in-focus PSF (sigma ~130 nm)
-DIFF_STEP_NM = (10.0, 10.0, 20.0)
 
 
 @contextmanager
@@ -547,41 +423,3 @@ def _bilinear(raw: torch.Tensor, frame_idx: torch.Tensor, grid: torch.Tensor) ->
     top = at(y0, x0) * (1 - fx) + at(y0, x1) * fx
     bottom = at(y1, x0) * (1 - fx) + at(y1, x1) * fx
     return top * (1 - fy) + bottom * fy
-
-
-def true_photons(
-    settings: SimSettings,
-    xyz_nm: np.ndarray,
-    weights: np.ndarray,
-    psf: PSFModel | None = None,
-) -> np.ndarray:
-    """``(N,)`` photons of simulated molecules: their noiseless PSF intensity (``psf``, by
-    default the settings' own) summed over all pixels (in a window that holds the whole
-    PSF) and planes, photons."""
-    from engines.evaluate.crlb import window_px
-
-    side = window_px(settings)
-    px = settings.geometry.px_nm
-    xyz = torch.as_tensor(np.asarray(xyz_nm), dtype=torch.float64).reshape(-1, 3)
-    half = side // 2
-    origin = torch.floor(xyz[:, :2] / px) - half
-    rel = xyz.clone()
-    rel[:, :2] -= origin * px
-    psf = psf or psf_model_for(settings)
-    n = xyz.shape[0]
-    out = []
-    for start in range(0, n, 256):
-        sl = slice(start, start + 256)
-        w = torch.as_tensor(np.asarray(weights)[sl], dtype=torch.float64)
-        drift = torch.zeros(w.shape[0], settings.geometry.planes, 2, dtype=torch.float64)
-        img = psf.render(rel[sl, None, :], w[:, None], drift, height=side, width=side)
-        if img.shape[0] != w.shape[0]:  # renderers that return one frame per molecule
-            raise ValueError(f"expected {w.shape[0]} rendered windows, got {img.shape[0]}")
-        out.append(img.sum(dim=(1, 2, 3)))
-    return torch.cat(out).numpy() if out else np.zeros(0)
-
-
-def true_background(settings: SimSettings) -> float:
-    """Background per pixel and plane of the settings' simulated frames, photons."""
-    cam = settings.noise.to_camera()
-    return (cam.expected_background(settings.psf.b) - cam.zero_level()) / cam.intensity_scale()

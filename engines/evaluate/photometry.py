@@ -18,9 +18,9 @@ import torch
 
 from engines.config import SimSettings
 from engines.evaluate.matching import Matching
-from engines.photometry import PhotometryFit, true_background, true_photons
+from engines.photometry import PhotometryFit
 from engines.precision import coverage_figures, nearest_neighbour_nm
-from engines.psf_model import PSFModel
+from engines.psf_model import PSFModel, psf_model_for
 from engines.types import Localizations
 
 
@@ -134,3 +134,41 @@ def _median(x: np.ndarray) -> float | None:
 
 def _pct(x: np.ndarray) -> list[float] | None:
     return [float(v) for v in np.percentile(x, [16, 84])] if x.size else None
+
+
+def true_photons(
+    settings: SimSettings,
+    xyz_nm: np.ndarray,
+    weights: np.ndarray,
+    psf: PSFModel | None = None,
+) -> np.ndarray:
+    """``(N,)`` photons of simulated molecules: their noiseless PSF intensity (``psf``, by
+    default the settings' own) summed over all pixels (in a window that holds the whole
+    PSF) and planes, photons."""
+    from engines.evaluate.crlb import window_px
+
+    side = window_px(settings)
+    px = settings.geometry.px_nm
+    xyz = torch.as_tensor(np.asarray(xyz_nm), dtype=torch.float64).reshape(-1, 3)
+    half = side // 2
+    origin = torch.floor(xyz[:, :2] / px) - half
+    rel = xyz.clone()
+    rel[:, :2] -= origin * px
+    psf = psf or psf_model_for(settings)
+    n = xyz.shape[0]
+    out = []
+    for start in range(0, n, 256):
+        sl = slice(start, start + 256)
+        w = torch.as_tensor(np.asarray(weights)[sl], dtype=torch.float64)
+        drift = torch.zeros(w.shape[0], settings.geometry.planes, 2, dtype=torch.float64)
+        img = psf.render(rel[sl, None, :], w[:, None], drift, height=side, width=side)
+        if img.shape[0] != w.shape[0]:  # renderers that return one frame per molecule
+            raise ValueError(f"expected {w.shape[0]} rendered windows, got {img.shape[0]}")
+        out.append(img.sum(dim=(1, 2, 3)))
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def true_background(settings: SimSettings) -> float:
+    """Background per pixel and plane of the settings' simulated frames, photons."""
+    cam = settings.noise.to_camera()
+    return (cam.expected_background(settings.psf.b) - cam.zero_level()) / cam.intensity_scale()

@@ -8,8 +8,9 @@ import torch
 
 from engines.config import Geometry, NoiseParams, SimSettings
 from engines.evaluate.crlb import bound_from_theta
+from engines.evaluate.photometry import true_background, true_photons
 from engines.inference.registration import PlaneRegistration, register
-from engines.photometry import PhotometryFit, true_background, true_photons
+from engines.photometry import PhotometryFit
 from engines.psf_model import spline_ref
 from engines.simulator import Simulator
 from tests.engines.test_spline_psf import gaussian_spline
@@ -184,12 +185,12 @@ def test_gaussian_derivatives_match_finite_differences():
         [30 * 192.0, 30 * 192.0, 1600.0]
     )
     origin, *_ = fit._window(xyz, 40, 40)
-    u, du, _ = fit._unit_with_derivatives(xyz, origin)
-    np.testing.assert_allclose(u.numpy(), fit._render(xyz, origin).numpy(), rtol=1e-9, atol=1e-9)
+    u, du, _ = fit.psf.unit_with_derivatives(xyz, origin)
+    np.testing.assert_allclose(u.numpy(), fit.psf.render(xyz, origin).numpy(), rtol=1e-9, atol=1e-9)
     for q in range(3):
         step = torch.zeros(3, dtype=torch.float64)
         step[q] = 1e-3
-        fd = (fit._render(xyz + step, origin) - fit._render(xyz - step, origin)) / 2e-3
+        fd = (fit.psf.render(xyz + step, origin) - fit.psf.render(xyz - step, origin)) / 2e-3
         np.testing.assert_allclose(du[q].numpy(), fd.numpy(), rtol=1e-4, atol=1e-6)
 
 
