@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-from service.aligner import FrameAssembler, PlaneWarp
+from service.aligner import PlaneWarp
+from service.assembler import FrameAssembler
 from service.stats import ServiceStats
 from service.wire import Reject
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.aligner import FrameAssembler
+from service.assembler import FrameAssembler
 from service.stats import ServiceStats
 from service.sync import CameraSync, Placed, SyncState
 
