@@ -19,8 +19,8 @@ import numpy as np
 
 from engines.errors import EngineError, ModelNotFoundError, VoxlocError
 from engines.inference import Engine, create_engine
-from engines.inference.base import PendingResult
 from engines.inference.registration import PlaneRegistration
+from engines.inference.results import PendingResult
 from engines.modeldir import read_info, resolve_model
 from engines.types import Localizations
 from service.stats import ServiceStats

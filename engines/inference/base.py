@@ -7,7 +7,8 @@ the batch to a power of two where a backend keeps per-shape state (CUDA graphs),
 the padding's localizations, translating backend failures into :class:`EngineError`, and
 splitting the flat result per frame. A backend implements :meth:`Engine._run`, which
 returns the localizations of one validated float32 chunk, thresholded and gathered on its
-device, so only localizations cross back to the host.
+device, so only localizations cross back to the host (a
+:class:`~engines.inference.results.FlatLocs`).
 
 Raw camera frames (:meth:`Engine.infer_raw`, the live service's path) go to the device
 as the cameras sent them (uint16 or float32); the registration, baseline and gain
@@ -26,13 +27,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from engines.errors import EngineError, FormatError, NonFiniteError, VoxlocError
 from engines.inference.registration import PlaneRegistration, raw_tensor, register
+from engines.inference.results import FlatLocs, PendingResult, split_per_frame
 from engines.modeldir import ModelInfo, read_info, resolve_model
 from engines.photometry import Photometry, PhotometryFit
 from engines.precision import nearest_neighbour_nm
@@ -43,59 +45,6 @@ log = logging.getLogger(__name__)
 # pixels (batch x H x W) per backend call: bounds peak activation memory (~2 kB per pixel
 # in float32) without costing throughput, since the work per pixel is the same
 DEFAULT_MAX_PIXELS = 1 << 21
-
-
-class FlatLocs(NamedTuple):
-    """Localizations of a batch, rows ordered by frame (index within the batch).
-
-    ``frame`` ``(N,)`` int64, ``xyz_nm`` ``(N, 3)``, ``confidence`` ``(N,)``, ``photons``
-    ``(N,)``, ``background`` ``(N,)`` (photons per pixel and plane), ``precision_nm``
-    ``(N, 3)``, float32 (see :class:`~engines.types.Localizations`).
-    """
-
-    frame: np.ndarray
-    xyz_nm: np.ndarray
-    confidence: np.ndarray
-    photons: np.ndarray
-    background: np.ndarray
-    precision_nm: np.ndarray
-
-    def take(self, keep: np.ndarray) -> FlatLocs:
-        return FlatLocs(*(col[keep] for col in self))
-
-    def shifted(self, frames: int) -> FlatLocs:
-        """The same rows with frame indices ``frames`` later."""
-        return self._replace(frame=self.frame + frames)
-
-    @classmethod
-    def concat(cls, parts: Sequence[FlatLocs]) -> FlatLocs:
-        return cls(*(np.concatenate(col) for col in zip(*parts, strict=True)))
-
-    @classmethod
-    def empty(cls) -> FlatLocs:
-        z = np.zeros(0, np.float32)
-        return cls(
-            np.zeros(0, np.int64),
-            np.zeros((0, 3), np.float32),
-            z,
-            z,
-            z,
-            np.zeros((0, 3), np.float32),
-        )
-
-    @classmethod
-    def from_device(
-        cls, frame: torch.Tensor, xyz_nm: torch.Tensor, confidence: torch.Tensor, ph: Photometry
-    ) -> FlatLocs:
-        """Rows from device tensors (one copy each back to the host)."""
-        return cls(
-            frame.cpu().numpy().astype(np.int64, copy=False),
-            xyz_nm.float().cpu().numpy(),
-            confidence.float().cpu().numpy(),
-            ph.photons.float().cpu().numpy(),
-            ph.background.float().cpu().numpy(),
-            ph.crlb_nm.float().cpu().numpy(),
-        )
 
 
 class BackendUnavailableError(EngineError, ImportError):
@@ -457,21 +406,6 @@ class Engine(ABC):
 RAW_DTYPES = ("uint16", "float32")
 
 
-class PendingResult:
-    """A submitted batch (:meth:`Engine.submit_raw`); :meth:`result` waits for it."""
-
-    def __init__(self, collect: Callable[[], list[Localizations]]) -> None:
-        self._collect: Callable[[], list[Localizations]] | None = collect
-        self._value: list[Localizations] | None = None
-
-    def result(self) -> list[Localizations]:
-        if self._collect is not None:
-            collect, self._collect = self._collect, None
-            self._value = collect()
-        assert self._value is not None
-        return self._value
-
-
 def register_on_host(sets: list[np.ndarray], registration: PlaneRegistration) -> np.ndarray:
     """``(B, P, H, W)`` float32 model units from raw sets (torch on the CPU)."""
     _, h, w = sets[0].shape
@@ -520,23 +454,3 @@ def pad_to_bucket(chunk: np.ndarray, fill: float, cap: int | None = None) -> np.
         return chunk
     pad = np.full((bucket - n, *chunk.shape[1:]), fill, dtype=chunk.dtype)
     return np.concatenate([chunk, pad])
-
-
-def split_per_frame(flat: FlatLocs, batch: int, first_frame: int = 0) -> list[Localizations]:
-    """Group flat localizations (rows sorted by frame) into one object per frame."""
-    bounds = np.searchsorted(np.asarray(flat.frame, dtype=np.int64), np.arange(batch + 1))
-
-    def rows(col: np.ndarray, b: int) -> np.ndarray:
-        return np.asarray(col[bounds[b] : bounds[b + 1]], np.float32)
-
-    return [
-        Localizations(
-            first_frame + b,
-            rows(flat.xyz_nm, b),
-            rows(flat.confidence, b),
-            rows(flat.photons, b),
-            rows(flat.background, b),
-            rows(flat.precision_nm, b),
-        )
-        for b in range(batch)
-    ]

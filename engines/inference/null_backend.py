@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.inference.base import Engine, FlatLocs
+from engines.inference.base import Engine
 from engines.inference.registration import PlaneRegistration
+from engines.inference.results import FlatLocs
 
 
 class NullEngine(Engine):

@@ -38,8 +38,9 @@ from engines.export import (
     read_onnx_metadata,
     with_input_stage,
 )
-from engines.inference.base import BackendUnavailableError, Engine, FlatLocs
+from engines.inference.base import BackendUnavailableError, Engine
 from engines.inference.registration import PlaneRegistration, raw_tensor
+from engines.inference.results import FlatLocs
 
 log = logging.getLogger(__name__)
 

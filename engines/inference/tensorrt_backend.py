@@ -38,8 +38,9 @@ from engines.export import (
     fp16_network,
     onnx_for_engine,
 )
-from engines.inference.base import BackendUnavailableError, Engine, FlatLocs
+from engines.inference.base import BackendUnavailableError, Engine
 from engines.inference.engine_cache import CacheKey, EngineCache, Profile
+from engines.inference.results import FlatLocs
 
 try:
     import tensorrt as trt

@@ -33,9 +33,10 @@ import torch
 from engines.decode import decode
 from engines.errors import EngineError
 from engines.inference import hardware
-from engines.inference.base import BackendUnavailableError, Engine, FlatLocs
+from engines.inference.base import BackendUnavailableError, Engine
 from engines.inference.fused import FusedVoxelNet
 from engines.inference.registration import InputStage, PlaneRegistration, raw_tensor
+from engines.inference.results import FlatLocs
 from engines.modeldir import load_model
 
 log = logging.getLogger(__name__)
