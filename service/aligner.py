@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from service.assembler import FrameAssembler, _Pending
+from service.assembler import FrameAssembler, PendingSet
 from service.registration import PlaneWarp, Registration
 from service.settings import CameraRegistration, CameraSettings
 from service.slots import SlotPool
@@ -51,7 +51,7 @@ class _Job(NamedTuple):
     finish it."""
 
     run: _Run
-    pending: _Pending
+    pending: PendingSet
     view: np.ndarray
     set_index: int
     msg: FrameMessage

@@ -31,7 +31,7 @@ RECENT_RELEASED = 4096  # released frame indices remembered to tell duplicates f
 
 
 @dataclass
-class _Pending:
+class PendingSet:
     planes: np.ndarray  # (P, H, W) camera dtype, a slot of the pool
     have: np.ndarray  # (P,) bool
     t_first: float  # assembler clock when the first plane arrived
@@ -70,7 +70,7 @@ class FrameAssembler:
         self.stats = stats
         self._clock = clock
         self._paused_s = 0.0
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, PendingSet] = {}
         self._next: int | None = None
         self._released_any = False
         self._recent: set[int] = set()  # recently released frame indices
@@ -113,7 +113,7 @@ class FrameAssembler:
         exactly)."""
         p = self._pending.get(frame)
         if p is None:
-            p = _Pending(
+            p = PendingSet(
                 self.pool.take(dtype),
                 np.zeros(self.planes, bool),
                 self.now(),
@@ -133,7 +133,7 @@ class FrameAssembler:
 
     def reserve(
         self, plane: int, frame: int, t_cam_ns: int, dtype: np.dtype
-    ) -> tuple[_Pending, np.ndarray]:
+    ) -> tuple[PendingSet, np.ndarray]:
         """:meth:`slot` for a copy made outside the caller's lock: the plane counts as
         arrived (a second copy is a duplicate) but not as complete until :meth:`finish`."""
         view = self.slot(plane, frame, t_cam_ns, dtype)
@@ -144,7 +144,7 @@ class FrameAssembler:
 
     def finish(
         self,
-        p: _Pending,
+        p: PendingSet,
         plane: int,
         frame: int,
         t_cam_ns: int,
@@ -210,7 +210,7 @@ class FrameAssembler:
             frame, p.planes, p.t_cam_ns, p.t_recv_ns, acquisition, give_back=self.pool.give
         )
 
-    def _drop_head(self, head: _Pending | None, reason: str) -> None:
+    def _drop_head(self, head: PendingSet | None, reason: str) -> None:
         assert self._next is not None
         if head is None:  # nothing of these frames arrived: jump to the next pending set
             first = min(self._pending)

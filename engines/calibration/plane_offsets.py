@@ -79,7 +79,7 @@ class Patches:
 
 
 def bilinear_fractions(affines: np.ndarray | None, col: np.ndarray, row: np.ndarray) -> np.ndarray:
-    """``(M, P, 2)`` sub-pixel fractions at which the registration (service/aligner.py:
+    """``(M, P, 2)`` sub-pixel fractions at which the registration (service/registration.py:
     camera sampled bilinearly at ``A^-1`` of each reference pixel centre) resampled
     reference pixels ``(row, col)`` of each plane; ``affines`` ``(P, 2, 3)``, None or an
     identity: not resampled (0). The fraction of the patch's centre pixel stands for the

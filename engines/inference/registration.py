@@ -5,7 +5,7 @@ reference plane's, a gain (ADU per model unit) and a baseline (ADU). Pixel ``(i,
 its centre at ``(j + 0.5, i + 0.5)`` (docs/conventions); a registered pixel is the
 camera image sampled bilinearly at ``A^-1`` of its centre, clamped to the image
 (``padding_mode="border"``), then ``(adu - baseline) / gain``: the convention and the
-sub-pixel result of the service's host warp (``service.aligner.PlaneWarp``, kept as the
+sub-pixel result of the service's host warp (``service.registration.PlaneWarp``, kept as the
 test reference).
 
 The sampling is a normalised ``grid_sample`` grid (``align_corners=False``: normalised
