@@ -32,6 +32,8 @@ RECENT_RELEASED = 4096  # released frame indices remembered to tell duplicates f
 
 @dataclass
 class PendingSet:
+    """A frame set being assembled: its buffer and which planes have arrived."""
+
     planes: np.ndarray  # (P, H, W) camera dtype, a slot of the pool
     have: np.ndarray  # (P,) bool
     t_first: float  # assembler clock when the first plane arrived
