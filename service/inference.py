@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +196,10 @@ class Submitted:
         out: list[Localizations] = []
         for sets, pending in self.parts:
             out.extend(
-                replace(r, frame=fs.frame)  # photometry and precision kept
+                # the set's own frame index; photometry and precision kept
+                Localizations(
+                    fs.frame, r.xyz_nm, r.confidence, r.photons, r.background, r.precision_nm
+                )
                 for fs, r in zip(sets, pending.result(), strict=True)
             )
         self.busy_s += time.perf_counter() - t0

@@ -174,6 +174,12 @@ class Engine(ABC):
         """
         sets = self.validate_raw(frames, registration)
         tau = self.threshold if threshold is None else check_threshold(threshold)
+        return self._infer_raw(sets, registration, tau, first_frame)
+
+    def _infer_raw(
+        self, sets: list[np.ndarray], registration: PlaneRegistration, tau: float, first_frame: int
+    ) -> list[Localizations]:
+        """:meth:`infer_raw` of validated sets, in chunks the backend takes."""
         _, h, w = sets[0].shape
         size = len(sets) if self.max_batch is None else min(len(sets), self.max_batch)
         if self.max_pixels is not None:
@@ -233,7 +239,7 @@ class Engine(ABC):
             self.max_pixels is None or n * h * w <= self.max_pixels
         )
         if not (self.async_raw and fits):
-            out = self.infer_raw(sets, registration, tau, first_frame)
+            out = self._infer_raw(sets, registration, tau, first_frame)
             return PendingResult(lambda: out)
         padded = self._pad_sets(sets)
         with self._lock:
