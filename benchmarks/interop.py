@@ -62,6 +62,7 @@ class Run:
     model: str = "default"
     refine: bool = False  # voxloc localize --refine
     plane_drift: bool = True  # the model's per-plane drift in the stack (simulate --no-drift)
+    weight: tuple[float, float] | None = None  # simulate --weight (None: the model's range)
     steps: list[Step] = field(default_factory=list)
     shared: dict[str, Any] = field(default_factory=dict)
 
@@ -97,6 +98,7 @@ def simulate(
     args += ["--molecules", molecules, "--seed", seed, "--blinking", "--on-frames", 4]
     args += ["--off-frames", 100, "--drift-nm", *run.drift_nm, "--structure", structure]
     args += ["--z-nm", *z_nm, "-q"] + ([] if run.plane_drift else ["--no-drift"])
+    args += ["--weight", *run.weight] if run.weight else []
     if voxloc([str(a) for a in args]) != 0:
         raise RuntimeError("voxloc simulate failed")
 
@@ -111,20 +113,28 @@ def localize(run: Run) -> tuple[str, dict[str, Any]]:
     return f"{len(table)} localizations", {"localizations": len(table)}
 
 
+def matched_errors(run: Run, chi2_max: float = np.inf) -> np.ndarray:
+    """``(M, 4)`` rows (emitter, frame, x error, y error in nm) of the localizations in
+    ``locs.csv`` (those whose fit ``chi2`` is at most ``chi2_max``) matched to the ground
+    truth, sorted by emitter then frame."""
+    pred, truth = read_table(run.dir / "locs.csv"), read_table(run.dir / "stack_truth.csv")
+    fits = pred.extra["chi2"] <= chi2_max if np.isfinite(chi2_max) else np.ones(len(pred), bool)
+    rows = []
+    for f in np.unique(truth.frame):
+        m = match_localizations(pred.xyz_nm[(pred.frame == f) & fits], truth.in_frame(f))
+        emitter = truth.extra["emitter"][truth.frame == f][m.true_idx]
+        rows.append(np.column_stack([emitter, np.full(m.tp, f), m.delta_nm[:, :2]]))
+    r = np.concatenate(rows)
+    return r[np.lexsort((r[:, 1], r[:, 0]))]
+
+
 def truth_errors(run: Run) -> tuple[str, dict[str, Any]]:
     """The lateral error per axis of the matched localizations against the ground truth:
     its rms (the acceptance's reference), a robust sigma (MAD), and the part NeNA can see,
     the error's change between consecutive frames of one emitter (rms of the difference
     over sqrt 2) with the correlation of consecutive errors (bias that a localizer repeats
     frame after frame is invisible to NeNA)."""
-    pred, truth = read_table(run.dir / "locs.csv"), read_table(run.dir / "stack_truth.csv")
-    rows = []
-    for f in np.unique(truth.frame):
-        m = match_localizations(pred.in_frame(f), truth.in_frame(f))
-        emitter = truth.extra["emitter"][truth.frame == f][m.true_idx]
-        rows.append(np.column_stack([emitter, np.full(m.tp, f), m.delta_nm[:, :2]]))
-    r = np.concatenate(rows)
-    r = r[np.lexsort((r[:, 1], r[:, 0]))]  # by emitter, then frame
+    r = matched_errors(run)
     d = r[:, 2:]
     nxt = (r[1:, 0] == r[:-1, 0]) & (r[1:, 1] == r[:-1, 1] + 1)
     a, b = d[:-1][nxt], d[1:][nxt]
@@ -200,6 +210,75 @@ def picasso_nena(run: Run) -> tuple[str, dict[str, Any]]:
 
 
 LINK_R_MAX_PX = 0.3  # 58 nm: 3.5x the localizations' frame-to-frame spread, < ring chord x 2
+
+
+CHI2_MAX = 1.5  # the filter of picasso_nena_fits: the fit within 1.5x the noise per pixel
+
+
+def picasso_nena_fits(run: Run) -> tuple[str, dict[str, Any]]:
+    """NeNA and the rms error of the localizations whose window fit describes them
+    (``chi2`` at most ``CHI2_MAX``): two molecules blended into one localization stay
+    blended from frame to frame, so NeNA cannot see their error; the fit's chi2 can."""
+    from picasso import postprocess
+
+    locs = run.shared["locs"]
+    kept = locs[locs["chi2"] <= CHI2_MAX].copy()
+    _, s_px = postprocess.nena(kept, run.shared["info"])
+    nena_nm = float(s_px) * run.px_nm
+    rms = float(np.sqrt((matched_errors(run, CHI2_MAX)[:, 2:] ** 2).mean()))
+    values = {"kept": len(kept), "of": len(locs), "nena_nm": nena_nm, "rms_nm": rms}
+    values |= {"ratio": nena_nm / rms, "pass": bool(abs(nena_nm / rms - 1) <= 0.25)}
+    return (
+        f"{len(kept)} of {len(locs)} locs with chi2 <= {CHI2_MAX}: NeNA {nena_nm:.1f} nm vs "
+        f"rms {rms:.1f} nm, ratio {nena_nm / rms:.2f} (accept 0.75-1.25)",
+        values,
+    )
+
+
+def ideal_nena(run: Run) -> tuple[str, dict[str, Any]]:
+    """The control: Picasso's NeNA for an ideal localizer on the same stack, the ground
+    truth plus Gaussian noise of each molecule's own Cramer-Rao bound (lateral, the
+    model's settings). Where even it misses 0.75-1.25, the stack's spread of precisions
+    (brightness, z) is outside what NeNA's one-precision fit assumes."""
+    import pandas as pd
+    import torch
+    from picasso import postprocess
+
+    from engines.evaluate.crlb import fisher_information, window_px
+    from engines.modeldir import load_model
+
+    settings = load_model(run.model)[1].settings
+    truth = read_table(run.dir / "stack_truth.csv")
+    xyz = truth.xyz_nm.astype(np.float64)
+    px, centre = settings.geometry.px_nm, window_px(settings) // 2
+    sub = centre * px + np.mod(xyz[:, :2], px)  # the molecule's sub-pixel place in a window
+    theta = torch.from_numpy(np.column_stack([sub, xyz[:, 2], truth.extra["weight"]]))
+    var = torch.cat(
+        [
+            torch.diagonal(torch.linalg.inv(fisher_information(t, settings)), dim1=-2, dim2=-1)
+            for t in theta.split(2000)
+        ]
+    )
+    sigma = var[:, :2].sqrt().numpy()
+    est = xyz[:, :2] + np.random.default_rng(0).normal(size=sigma.shape) * sigma
+    rms = float(np.sqrt(((est - xyz[:, :2]) ** 2).mean()))
+    locs = pd.DataFrame(
+        {"frame": truth.frame.astype(np.uint32), "x": est[:, 0] / px, "y": est[:, 1] / px}
+        | {"lpx": sigma[:, 0] / px, "lpy": sigma[:, 1] / px}
+    )
+    _, s_px = postprocess.nena(locs, run.shared["info"])
+    nena_nm = float(s_px) * px
+    values = {
+        "crlb_x_nm_p10_p50_p90": np.percentile(sigma[:, 0], [10, 50, 90]).round(2).tolist(),
+        "rms_nm": rms,
+        "nena_nm": nena_nm,
+        "ratio": nena_nm / rms,
+    }
+    return (
+        f"CRLB x {values['crlb_x_nm_p10_p50_p90']} nm (p10/50/90): NeNA {nena_nm:.2f} nm vs "
+        f"rms {rms:.2f} nm, ratio {nena_nm / rms:.2f}",
+        values,
+    )
 
 
 def picasso_link(run: Run) -> tuple[str, dict[str, Any]]:
@@ -368,6 +447,8 @@ STEPS: list[tuple[str, Callable[[Run], tuple[str, dict[str, Any]]]]] = [
     ("picasso io.load_locs", picasso_load),
     ("picasso render gaussian", picasso_render),
     ("picasso postprocess.nena", picasso_nena),
+    ("picasso nena, fit chi2 <= 1.5", picasso_nena_fits),
+    ("picasso nena of an ideal localizer", ideal_nena),
     ("picasso postprocess.link", picasso_link),
     ("picasso postprocess.undrift (RCC)", picasso_undrift),
     ("picasso postprocess.frc", picasso_frc),
@@ -400,12 +481,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--z-nm", type=float, nargs=2, default=(600.0, 800.0), help="sample z range")
     p.add_argument("--drift-nm", type=float, nargs=2, default=(100.0, -60.0))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weight", type=float, nargs=2, default=None, help="simulate --weight LO HI")
     p.add_argument("--model", default="default", help="voxloc model name or directory")
     p.add_argument("--keep", type=Path, default=None, help="keep the files in this folder")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--refine", action="store_true", help="voxloc localize --refine")
     p.add_argument(
         "--no-plane-drift", action="store_true", help="stack without the per-plane drift"
+    )
+    p.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        metavar="WORD",
+        help="leave out the steps whose name contains WORD (e.g. frc: slow when NeNA is small)",
     )
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -418,16 +507,19 @@ def main(argv: list[str] | None = None) -> int:
             str(args.model),
             refine=args.refine,
             plane_drift=not args.no_plane_drift,
+            weight=tuple(args.weight) if args.weight else None,
         )
         t0 = time.perf_counter()
         simulate(run, args.frames, args.size, args.molecules, args.seed, args.structure, args.z_nm)
         t_sim = time.perf_counter() - t0
         for name, fn in STEPS:
-            run.step(name, fn)
+            if not any(word in name for word in args.skip):
+                run.step(name, fn)
     print(
         f"stack: {args.frames} frames of {args.size}x{args.size}x4, {args.molecules} molecules "
         f"on per frame, {args.structure}, z {args.z_nm} nm, drift {args.drift_nm} nm, "
-        f"per-plane drift {'off' if args.no_plane_drift else 'on'}"
+        f"per-plane drift {'off' if args.no_plane_drift else 'on'}, brightness "
+        f"{args.weight or 'the model range'}"
         f"{', localize --refine' if args.refine else ''} (simulated in {t_sim:.1f} s)"
     )
     print(f"{'step':36s} {'ok':4s} {'s':>6s}  result")

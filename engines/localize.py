@@ -39,6 +39,10 @@ from engines.modeldir import ModelInfo, resolve_model
 
 log = logging.getLogger(__name__)
 
+# columns after the standard ones: the photometry fit's goodness of fit (ThunderSTORM's
+# name; Localizations.chi2), for filtering blends and neighbours out (docs/formats.md)
+FIT_COLUMNS = ("chi2",)
+
 
 class LocalizeOptions(BaseModel):
     """How :func:`localize_files` runs; ``px_nm`` / ``dz_nm`` None: the model's grid."""
@@ -103,7 +107,7 @@ def localize_files(
                 refine=opts.refine,
             )
             t0 = time.perf_counter()
-            with open_table_writer(output, meta) as writer:
+            with open_table_writer(output, meta, extra_columns=FIT_COLUMNS) as writer:
                 localize_stack(engine, stack, writer, opts, px_nm=px_nm, dz_nm=dz_nm)
             seconds = time.perf_counter() - t0
             frames = stack.frames
@@ -149,7 +153,8 @@ def localize_stack(
                     replace(loc, xyz_nm=loc.xyz_nm * scale, precision_nm=loc.precision_nm * scale)
                     for loc in locs
                 ]
-            writer.write(locs)
+            chi2 = [loc.chi2 for loc in locs]
+            writer.write(locs, {"chi2": np.concatenate(chi2) if chi2 else np.zeros(0)})
             bar.update(frames.shape[0])
             bar.set_postfix(locs=writer.rows, refresh=False)
     finally:

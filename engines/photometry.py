@@ -55,6 +55,11 @@ NEIGHBOUR_PASSES = 4
 # Gauss-Newton iterations of the opt-in refinement (PhotometryFit.refine): one gives most of
 # the gain, a third made the 50-per-frame set slightly worse (docs/photometry.md)
 REFINE_ITERATIONS = 2
+# a refined position is kept only where the one-molecule window model then fits, chi^2 per
+# pixel (noise variance units, ~1 for a lone molecule) at most this: light the model does
+# not hold (a neighbour, also one beyond the frame's edge) pulls the fit off the molecule
+# by up to ~150 nm where the network's estimate is within ~10 nm (docs/interop.md)
+REFINE_MAX_CHI2 = 3.0
 
 
 @dataclass(frozen=True)
@@ -192,7 +197,8 @@ class PhotometryFit:
         positions and their photometry. On frames whose planes are registered it halves
         the network's lateral error at low density; with the settings' per-plane drift,
         which the window model cannot see, it worsens it (docs/photometry.md): it is for
-        registered data."""
+        registered data. Where the window model does not fit at the refined position
+        (chi^2 > ``REFINE_MAX_CHI2``) the start position and its photometry are kept."""
         g = self.settings.geometry
         focal = self.settings.focal_planes_nm()
         dz = float(abs(focal[1] - focal[0])) if len(focal) > 1 else g.depth_nm
@@ -200,25 +206,17 @@ class PhotometryFit:
         lo = torch.zeros(3, device=xyz_nm.device, dtype=xyz_nm.dtype)
         edge = [e - 0.01 for e in extent_nm]  # inside: readers drop x == width
         hi = torch.tensor([*edge, g.depth_nm], device=lo.device, dtype=lo.dtype)
-        pos, ph = xyz_nm, measure(xyz_nm)
+        start = measure(xyz_nm)
+        pos, ph = xyz_nm, start
         for _ in range(iterations):
             moved = pos + ph.step_nm.to(pos.dtype).nan_to_num(0.0) - xyz_nm
             cand = (xyz_nm + moved.clamp(-lim, lim)).clamp(lo, hi)
             new = measure(cand)
             # False where either is NaN; a move that loses the molecule (A <= 0) is refused
             better = (new.chi2 < ph.chi2) & torch.isfinite(new.crlb_nm).all(dim=1)
-            pos = torch.where(better[:, None], cand, pos)
-            ph = Photometry(
-                *(
-                    torch.where(better.reshape(-1, *[1] * (a.dim() - 1)), b, a)
-                    for a, b in zip(
-                        (ph.photons, ph.background, ph.crlb_nm, ph.chi2, ph.step_nm),
-                        (new.photons, new.background, new.crlb_nm, new.chi2, new.step_nm),
-                        strict=True,
-                    )
-                )
-            )
-        return pos, ph
+            pos, ph = torch.where(better[:, None], cand, pos), _where(better, new, ph)
+        fits = ph.chi2 <= REFINE_MAX_CHI2  # False where NaN
+        return torch.where(fits[:, None], pos, xyz_nm), _where(fits, ph, start)
 
     # --- the fit ------------------------------------------------------------------------
     def _window(
@@ -345,6 +343,20 @@ class _Layout:
     frame_idx: torch.Tensor
     rows: torch.Tensor
     cols: torch.Tensor
+
+
+def _where(cond: torch.Tensor, a: Photometry, b: Photometry) -> Photometry:
+    """Per localization, ``a``'s photometry where ``cond`` ``(N,)`` holds, else ``b``'s."""
+    return Photometry(
+        *(
+            torch.where(cond.reshape(-1, *[1] * (x.dim() - 1)), x, y)
+            for x, y in zip(
+                (a.photons, a.background, a.crlb_nm, a.chi2, a.step_nm),
+                (b.photons, b.background, b.crlb_nm, b.chi2, b.step_nm),
+                strict=True,
+            )
+        )
+    )
 
 
 def _solve(y: torch.Tensor, m: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -49,6 +49,11 @@ class Localizations:
             unknown.
         precision_nm: ``(N, 3)`` float32 one-sigma precision of x, y, z, nm; NaN where
             unknown.
+        chi2: ``(N,)`` float32 goodness of fit: the photometry window fit's mean squared
+            residual per pixel in units of the camera's noise variance (about 1 for a
+            lone molecule the PSF model describes, larger for two molecules blended into
+            one localization or a neighbour's light); NaN where unknown. Files carry it
+            (ThunderSTORM's ``chi2`` column); wire messages do not.
     """
 
     frame: int
@@ -57,10 +62,16 @@ class Localizations:
     photons: np.ndarray = field(default_factory=lambda: _UNKNOWN)
     background: np.ndarray = field(default_factory=lambda: _UNKNOWN)
     precision_nm: np.ndarray = field(default_factory=lambda: _UNKNOWN)
+    chi2: np.ndarray = field(default_factory=lambda: _UNKNOWN)
 
     def __post_init__(self) -> None:
         n = int(self.confidence.shape[0])
-        for name, shape in (("photons", (n,)), ("background", (n,)), ("precision_nm", (n, 3))):
+        for name, shape in (
+            ("photons", (n,)),
+            ("background", (n,)),
+            ("precision_nm", (n, 3)),
+            ("chi2", (n,)),
+        ):
             if getattr(self, name) is _UNKNOWN:
                 object.__setattr__(self, name, np.full(shape, np.nan, np.float32))
 
@@ -69,7 +80,7 @@ class Localizations:
 
     def to_array(self) -> np.ndarray:
         """``(N, 10)`` float64 rows in :data:`LOC_COLUMNS` order (frame counts from 0;
-        NaN where photometry or precision is unknown)."""
+        NaN where photometry or precision is unknown); :attr:`chi2` is not a column."""
         out = np.empty((len(self), len(LOC_COLUMNS)), dtype=np.float64)
         out[:, 0] = self.frame
         out[:, 1:4] = self.xyz_nm

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -196,10 +196,7 @@ class Submitted:
         out: list[Localizations] = []
         for sets, pending in self.parts:
             out.extend(
-                # the set's own frame index; photometry and precision kept
-                Localizations(
-                    fs.frame, r.xyz_nm, r.confidence, r.photons, r.background, r.precision_nm
-                )
+                replace(r, frame=fs.frame)  # the set's own frame index, the rest kept
                 for fs, r in zip(sets, pending.result(), strict=True)
             )
         self.busy_s += time.perf_counter() - t0

@@ -121,6 +121,15 @@ def add_settings_options(p: argparse.ArgumentParser) -> None:
         default=Default("engines.config:SimSettings", "drift_max_nm"),
         help="max per-plane lateral drift vs plane 0, nm (default %(default)s)",
     )
+    g.add_argument(
+        "--weight",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        default=None,
+        help="molecule brightness, a fraction of a', drawn uniformly in LO..HI (default "
+        "0.3 1.0; e.g. 0.65 0.65: one brightness, a label of constant photon count)",
+    )
 
 
 def add_geometry_options(
@@ -196,13 +205,14 @@ def settings_from_args(args: argparse.Namespace, base: SimSettings | None = None
     drift = _given_if_present(args, drift_max_nm="drift_max_nm").get(
         "drift_max_nm", base.drift_max_nm
     )
+    weight = getattr(args, "weight", None) or (base.weight_min, base.weight_max)
     return SimSettings(
         geometry=Geometry(**geom),
         psf=PSFParams(**psf),
         noise=NoiseParams(**noise),
         drift_max_nm=drift,
-        weight_min=base.weight_min,
-        weight_max=base.weight_max,
+        weight_min=weight[0],
+        weight_max=weight[1],
         margin_px=base.margin_px,
     )
 

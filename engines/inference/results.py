@@ -25,7 +25,7 @@ class FlatLocs(NamedTuple):
 
     ``frame`` ``(N,)`` int64, ``xyz_nm`` ``(N, 3)``, ``confidence`` ``(N,)``, ``photons``
     ``(N,)``, ``background`` ``(N,)`` (photons per pixel and plane), ``precision_nm``
-    ``(N, 3)``, float32 (see :class:`~engines.types.Localizations`).
+    ``(N, 3)``, ``chi2`` ``(N,)``, float32 (see :class:`~engines.types.Localizations`).
     """
 
     frame: np.ndarray
@@ -34,6 +34,7 @@ class FlatLocs(NamedTuple):
     photons: np.ndarray
     background: np.ndarray
     precision_nm: np.ndarray
+    chi2: np.ndarray
 
     def take(self, keep: np.ndarray) -> FlatLocs:
         return FlatLocs(*(col[keep] for col in self))
@@ -56,6 +57,7 @@ class FlatLocs(NamedTuple):
             z,
             z,
             np.zeros((0, 3), np.float32),
+            z,
         )
 
     @classmethod
@@ -70,6 +72,7 @@ class FlatLocs(NamedTuple):
             ph.photons.float().cpu().numpy(),
             ph.background.float().cpu().numpy(),
             ph.crlb_nm.float().cpu().numpy(),
+            ph.chi2.float().cpu().numpy(),
         )
 
 
@@ -88,6 +91,7 @@ def split_per_frame(flat: FlatLocs, batch: int, first_frame: int = 0) -> list[Lo
             rows(flat.photons, b),
             rows(flat.background, b),
             rows(flat.precision_nm, b),
+            rows(flat.chi2, b),
         )
         for b in range(batch)
     ]

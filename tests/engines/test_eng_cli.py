@@ -110,8 +110,10 @@ def test_localize_default_model_finds_the_molecules(sim, localized_csv):
     assert m.jaccard >= JACCARD_MIN, (m.tp, m.fp, m.fn)
     assert rmse_lat <= RMSE_LATERAL_MAX_NM and rmse_ax <= RMSE_AXIAL_MAX_NM
     header = localized_csv.read_text().splitlines()[0]
-    # the table's columns, then the model PSF's width at each localization's z
-    assert header == ",".join(CSV_HEADER) + ",sigma1 [nm],sigma2 [nm]"
+    # the table's columns, the model PSF's width at each localization's z, the fit's chi2
+    assert header == ",".join(CSV_HEADER) + ",sigma1 [nm],sigma2 [nm],chi2"
+    chi2 = read_table(localized_csv).extra["chi2"]
+    assert np.isfinite(chi2).all() and chi2.min() > 0
     conf = read_table(localized_csv).confidence
     assert conf.min() > 0.5 and conf.max() <= 1.0  # default threshold tau = 0.5
 

@@ -143,6 +143,28 @@ def test_refinement_moves_estimates_to_the_molecules_within_its_bounds():
     assert float(start[0, 0]) < float(pos[0, 0]) < edge
 
 
+def test_refinement_keeps_the_start_where_the_window_model_does_not_fit(monkeypatch):
+    """Light the one-molecule model does not hold (here a brighter molecule 1.5 px away
+    that was not localized, like one beyond the frame's edge) would pull the fit off the
+    molecule; the refined position is then given up for the start."""
+    import engines.photometry as photometry
+
+    batch, idx, xyz, _ = isolated_batch(PAPER, frames=16)
+    sim = Simulator(PAPER, seed=1)
+    other = batch.xyz_nm.clone()
+    other[:, 0, 0] += 1.5 * 192.0
+    light = sim.psf.render(other, 2 * batch.weights, batch.drift_nm, height=40, width=40)
+    frames = batch.frames + light
+    fit = PhotometryFit(PAPER)
+    assert bool((fit.measure(frames, idx, xyz).chi2 > photometry.REFINE_MAX_CHI2).all())
+    pos, ph = fit.refine(lambda p: fit.measure(frames, idx, p), xyz)
+    torch.testing.assert_close(pos, xyz)
+    torch.testing.assert_close(ph.chi2, fit.measure(frames, idx, xyz).chi2)
+    monkeypatch.setattr(photometry, "REFINE_MAX_CHI2", float("inf"))  # no guard
+    pulled = fit.refine(lambda p: fit.measure(frames, idx, p), xyz)[0] - xyz
+    assert float(pulled[:, 0].median()) > 30.0  # towards the neighbour
+
+
 def test_raw_windows_are_registered_as_the_input_stage_registers_frames():
     batch, idx, xyz, _ = isolated_batch(PAPER, frames=4)
     affine = np.array([[[1.0, 0.01, 0.4], [-0.01, 1.0, -0.3]]] * 4)
