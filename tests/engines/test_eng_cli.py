@@ -73,6 +73,16 @@ def test_per_plane_files_hold_the_same_frames(sim):
             np.testing.assert_array_equal(tif.asarray(), stack[:, k])
 
 
+def test_simulate_weight_sets_the_brightness_and_refuses_a_reversed_range(tmp_path, voxloc):
+    args = ["simulate", "-o", tmp_path / "w.tif", "--frames", 2, "--size", 24, "-q"]
+    res = voxloc(*args, "--weight", 0.65, 0.65)
+    assert res.code == 0, res.err
+    weight = read_table(tmp_path / "w_truth.csv").extra["weight"]
+    assert len(weight) > 0 and np.allclose(weight, 0.65)
+    res = voxloc(*args, "--weight", 0.9, 0.2)
+    assert res.code != 0 and "weight_min 0.9 > weight_max 0.2" in res.err
+
+
 def test_simulate_camera_mode_writes_uint16(tmp_path, voxloc):
     res = voxloc(
         "simulate",
