@@ -188,6 +188,12 @@ class Ingest:
                 Reject.NONFINITE, f"camera {cam.name!r} frame {msg.frame} has NaN/inf pixels"
             )
 
+    def monitor(self, cam: CameraEndpoint) -> None:
+        """Handle ``cam``'s pending connection events (a thread that polls its monitor
+        socket; :meth:`receive_camera` also looks every ``MONITOR_EVERY_S``)."""
+        cam.monitor_due = time.monotonic() + MONITOR_EVERY_S
+        self._monitor_events(cam)
+
     def _monitor_events(self, cam: CameraEndpoint) -> None:
         while True:
             try:

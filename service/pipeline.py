@@ -1,8 +1,9 @@
 """The live pipeline: ingest -> aligner -> batcher -> inference -> publisher.
 
-One receive thread per camera owns that camera's socket: it validates each message and
-hands it to the aligner, which copies the payload into the frame set's buffer; whichever
-thread completes sets queues them, in frame order (one flush at a time). The inference
+The ingest (one thread for every camera, or one per camera: :mod:`service.receivers`)
+validates each message and hands it to the aligner, which copies the payload into the
+frame set's buffer; whichever thread completes sets queues them, in frame order (one
+flush at a time). The inference
 thread takes batches, runs the active model (registration included, on its device) and
 publishes. Each ZeroMQ socket is used by one thread only. The control plane talks to
 the pipeline through the methods here, never to the stages directly.
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 import zmq
@@ -26,17 +26,15 @@ from service.batcher import Batcher
 from service.curve import CurveServer
 from service.drift import DriftObserver
 from service.inference import LoadedModel, ModelManager, Submitted, submit_batch
-from service.ingest import CameraEndpoint, Ingest
+from service.ingest import Ingest
 from service.publisher import Publisher
+from service.receivers import Receivers, ingest_mode
 from service.settings import CameraRegistration, RuntimeConfig, ServiceSettings
 from service.stats import ServiceStats
 from service.types import Batch, LocalizationObserver, PipelineState
 
 log = logging.getLogger(__name__)
 
-POLL_MS = 20
-LEAD_WAIT_S = 0.002
-FLUSH_EVERY_S = 0.005
 IDLE_TICK_S = 0.05
 JOIN_TIMEOUT_S = 10.0
 
@@ -86,6 +84,7 @@ class Pipeline:
         self.ingest: Ingest | None = None
         self.publisher: Publisher | None = None
         self.curve: CurveServer | None = None  # [security] curve = true
+        self.ingest_mode = ""  # "one" or "per_camera" once started (service.receivers)
         self._observers: list[LocalizationObserver] = []
         self._stop = threading.Event()
         self._flush_lock = threading.Lock()
@@ -135,9 +134,13 @@ class Pipeline:
             self.models.close()
             raise
         self.models.serving = True
-        loops: list[tuple[str, Any, tuple[Any, ...]]] = [
-            (f"voxloc-ingest-{cam.name}", self._ingest_loop, (cam,)) for cam in self.ingest.cameras
-        ]
+        rx = Receivers(self.ingest, self.aligner, self._flush, self._stop)
+        self.ingest_mode = ingest_mode(self.settings.stream, len(self.ingest.cameras))
+        loops: list[tuple[str, Any, tuple[Any, ...]]] = (
+            [("voxloc-ingest", rx.all_cameras, ())]
+            if self.ingest_mode == "one"
+            else [(f"voxloc-ingest-{c.name}", rx.one_camera, (c,)) for c in self.ingest.cameras]
+        )
         loops.append(("voxloc-inference", self._inference_loop, ()))
         for name, target, args in loops:
             t = threading.Thread(target=self._guard, args=(target, *args), name=name, daemon=True)
@@ -207,30 +210,6 @@ class Pipeline:
         return self.state is PipelineState.RUNNING and self.models.active is not None
 
     # -- threads --------------------------------------------------------------------------
-    def _ingest_loop(self, cam: CameraEndpoint) -> None:
-        """One camera's thread. A camera more than ``aligner.max_lead`` sets ahead of the
-        slowest active one waits (backpressure, as on one trigger): the threads are
-        scheduled unevenly, and an unchecked lead would overflow the assembly window."""
-        assert self.ingest is not None
-        lead = 0  # sets ahead of the slowest active camera, as of its latest frames
-        flushed = time.monotonic()
-        while not self._stop.is_set():
-            if lead > self.aligner.max_lead:
-                self._stop.wait(LEAD_WAIT_S)
-                self._flush()
-                lead = self.aligner.lead(cam.name)
-                continue
-            msgs = self.ingest.receive_camera(cam, POLL_MS)  # what arrived, at most a drain
-            completed = False
-            if msgs:
-                completed, lead = self.aligner.accept_many(cam.name, msgs)
-            now = time.monotonic()
-            # completed sets at once; timeouts, overflow and acquisitions that ended at
-            # least every FLUSH_EVERY_S (a flush costs as much as taking the frames in)
-            if completed or not msgs or now - flushed >= FLUSH_EVERY_S:
-                self._flush()
-                flushed = now
-
     def _flush(self) -> None:
         """Queue the completed sets in frame order, one thread at a time. A camera thread
         waits here while another is blocked on a full queue (``block``), so backpressure
@@ -411,6 +390,8 @@ class Pipeline:
         out["assembler"]["pending"] = self.aligner.depth
         out["assembler"]["acquisition"] = self.aligner.current
         out["assembler"]["cameras"] = self.aligner.sync_states()
+        if self.ingest_mode:
+            out["assembler"]["ingest_threads"] = self.ingest_mode
         out["batcher"].update(
             depth=self.batcher.depth,
             queue_size=self.batcher.queue_size,

@@ -196,6 +196,12 @@ class StreamSettings(BaseModel):
     window: int = Field(256, ge=2, le=100_000, description="max frame sets being assembled")
     rcvhwm: int = Field(64, ge=1, le=1_000_000)
     sndhwm: int = Field(10_000, ge=1, le=10_000_000)
+    ingest_threads: Literal["auto", "one", "per_camera"] = Field(
+        "auto",
+        description="receive every camera in one thread, or each in its own; auto: one, "
+        "unless frames are >= 1 MiB and the host has more than two cores per camera "
+        "(service/receivers.py, docs/performance.md)",
+    )
 
     _check_publish = field_validator("publish")(check_endpoint)
 

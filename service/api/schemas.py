@@ -155,6 +155,9 @@ class AssemblerStats(Answer):
     pending: int
     acquisition: str = Field(description="the current acquisition ('' before any started)")
     cameras: dict[str, CameraSyncStats] = Field(description="per camera, its synchronisation")
+    ingest_threads: Literal["one", "per_camera"] | None = Field(
+        None, description="how the cameras are received ([stream] ingest_threads)"
+    )
 
 
 class BatcherStats(Answer):
