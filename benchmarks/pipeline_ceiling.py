@@ -278,7 +278,13 @@ def _rate(stamps: list[list[float]], n: int) -> float:
 
 
 def pipeline_settings(
-    engine: str, size: int, registration: str, transport: str, folder: Path, model: str
+    engine: str,
+    size: int,
+    registration: str,
+    transport: str,
+    folder: Path,
+    model: str,
+    ingest_threads: str = "auto",
 ) -> Any:
     from service.settings import CameraSettings, ServiceSettings
 
@@ -306,6 +312,7 @@ def pipeline_settings(
             "height": size,
             "width": size,
             "rcvhwm": 64,
+            "ingest_threads": ingest_threads,
         },
         inference={
             "model": model,
@@ -458,6 +465,7 @@ def run(
     rss_sets: int,
     model: str,
     repeats: int = 1,
+    ingest_threads: str = "auto",
 ) -> list[SizeResult]:
     """Per size and transport: the raw transport, then ``repeats`` times the pipeline
     followed by the raw transport again; each pipeline ceiling is divided by the mean of
@@ -471,7 +479,9 @@ def run(
             for transport in transports:
                 folder = Path(tmp) / f"{transport}{size}"
                 folder.mkdir()
-                settings = pipeline_settings(engine, size, registration, transport, folder, model)
+                settings = pipeline_settings(
+                    engine, size, registration, transport, folder, model, ingest_threads
+                )
                 long_run = rss_sets if (size == rss_size and transport == transports[0]) else 0
                 raw_cpu: list[float] = []
                 raws = [raw_transport(target, transport, folder, images, seconds, "0", raw_cpu)]

@@ -224,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         "the raw engine is timed on the same raw frames (infer_raw)",
     )
     ap.add_argument("--transports", default="tcp,ipc", help="comma-separated: tcp, ipc")
+    ap.add_argument(
+        "--ingest-threads",
+        choices=["auto", "one", "per_camera"],
+        default="auto",
+        help="with --sizes: the service's [stream] ingest_threads",
+    )
     ap.add_argument("--seconds", type=float, default=3.0, help="with --sizes: per step")
     ap.add_argument(
         "--repeats",
@@ -358,7 +364,8 @@ def ceiling_main(args: argparse.Namespace) -> int:
     engine = args.engine or args.backend
     print(
         f"pipeline ceiling, engine {engine}, registration {args.registration}, "
-        f"4 producer processes unpaced (uint16), max_batch 16, drop_policy block; "
+        f"4 producer processes unpaced (uint16), max_batch 16, drop_policy block, "
+        f"ingest_threads {args.ingest_threads}; "
         f"raw transport: the same messages into 4 PULL sockets, one copy each"
     )
     print(pc.HEADER, flush=True)
@@ -373,10 +380,12 @@ def ceiling_main(args: argparse.Namespace) -> int:
         rss_sets=args.rss_sets,
         model=args.model,
         repeats=args.repeats,
+        ingest_threads=args.ingest_threads,
     )
     print(f"({time.time() - t0:.0f} s)")
     if args.json:
         meta = {"engine": engine, "registration": args.registration, "sizes": sizes}
+        meta["ingest_threads"] = args.ingest_threads
         args.json.write_text(json.dumps({**meta, "results": pc.as_json(results)}, indent=2))
     return 0
 
