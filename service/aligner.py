@@ -47,9 +47,10 @@ class Accepted(NamedTuple):
 
 
 class _Job(NamedTuple):
-    """One frame reserved in its set's buffer: copy ``msg.image`` into ``view``, then
-    finish it."""
+    """One frame of ``camera`` reserved in its set's buffer: copy ``msg.image`` into
+    ``view``, then finish it."""
 
+    camera: str
     run: _Run
     pending: PendingSet
     view: np.ndarray
@@ -191,32 +192,44 @@ class Aligner:
     def accept_many(self, camera: str, msgs: list[FrameMessage]) -> Accepted:
         """Place and assemble validated frames of one camera, in arrival order; rejects
         are counted. Returns whether a frame set was completed (:meth:`pop_ready` may
-        have something) and the camera's :meth:`lead` after these frames.
+        have something) and the camera's :meth:`lead` after these frames."""
+        completed, leads = self.accept_from([(camera, m) for m in msgs])
+        return Accepted(completed, leads[camera])
+
+    def accept_from(self, frames: list[tuple[str, FrameMessage]]) -> tuple[bool, dict[str, int]]:
+        """:meth:`accept_many` of frames of any cameras (``(camera, message)`` in arrival
+        order): whether a set was completed, and the lead of each camera that sent.
 
         The frames of one call are placed under one hold of the lock, their payloads
-        copied into the sets' buffers outside it (numpy releases the GIL for it, so the
-        cameras' threads copy in parallel), then finished under a second hold."""
+        copied into the sets' buffers outside it (numpy releases the GIL for it, so
+        other threads copy in parallel), then finished under a second hold."""
         t_recv_ns = time.time_ns()  # every frame of the call has arrived by now
         jobs: list[_Job] = []
         with self._lock:
-            for msg in msgs:
-                run = self._run_for(msg.acquisition)
-                if run is None:
-                    self._stats.reject(camera, Reject.STALE.value)  # its acquisition ended
-                    continue
-                s = run.sync.place_in_line(camera, msg.frame, msg.t_ns)
-                if s is not None:  # the common case
-                    self._reserve(run, camera, s, msg, jobs)
-                    continue
-                placed = run.sync.place(camera, msg.frame, msg.t_ns, msg)
-                self._reserve_placed(run, camera, placed, jobs)
+            for camera, msg in frames:
+                self._place(camera, msg, jobs)
             if not jobs:
-                return Accepted(False, self._runs[-1].sync.lead(camera))
+                return False, self._leads(frames)
         for job in jobs:
             np.copyto(job.view, job.msg.image)
         with self._lock:
-            completed = self._finish(camera, jobs, t_recv_ns)
-            return Accepted(completed, self._runs[-1].sync.lead(camera))
+            return self._finish(jobs, t_recv_ns), self._leads(frames)
+
+    def _place(self, camera: str, msg: FrameMessage, jobs: list[_Job]) -> None:
+        run = self._run_for(msg.acquisition)
+        if run is None:
+            self._stats.reject(camera, Reject.STALE.value)  # its acquisition ended
+            return
+        s = run.sync.place_in_line(camera, msg.frame, msg.t_ns)
+        if s is not None:  # the common case
+            self._reserve(run, camera, s, msg, jobs)
+            return
+        placed = run.sync.place(camera, msg.frame, msg.t_ns, msg)
+        self._reserve_placed(run, camera, placed, jobs)
+
+    def _leads(self, frames: list[tuple[str, FrameMessage]]) -> dict[str, int]:
+        sync = self._runs[-1].sync
+        return {camera: sync.lead(camera) for camera in {c for c, _ in frames}}
 
     def _run_for(self, acquisition: str | None) -> _Run | None:
         if acquisition is None:
@@ -246,19 +259,23 @@ class Aligner:
             self._stats.reject(camera, reason.value)
             return
         p, view = asm.reserve(m.plane, set_index, m.t_ns, m.image.dtype)
-        jobs.append(_Job(run, p, view, set_index, m))
+        jobs.append(_Job(camera, run, p, view, set_index, m))
 
-    def _finish(self, camera: str, jobs: list[_Job], t_recv_ns: int | None = None) -> bool:
+    def _finish(self, jobs: list[_Job], t_recv_ns: int | None = None) -> bool:
         completed = False
         now = self.now()
+        newest: dict[str, tuple[int, int]] = {}  # camera -> (frames, newest set index)
         for job in jobs:
             run, m = job.run, job.msg
             completed |= run.assembler.finish(
                 job.pending, m.plane, job.set_index, m.t_ns, job.view, t_recv_ns
             )
             run.last_frame = now
-            run.cameras.add(camera)
-        self._stats.frames_ok(camera, len(jobs), max(job.set_index for job in jobs))
+            run.cameras.add(job.camera)
+            n, top = newest.get(job.camera, (0, job.set_index))
+            newest[job.camera] = (n + 1, max(top, job.set_index))
+        for camera, (n, top) in newest.items():
+            self._stats.frames_ok(camera, n, top)
         return completed
 
     def _assemble(self, run: _Run, camera: str, placed: Placed[FrameMessage]) -> bool:
@@ -269,7 +286,7 @@ class Aligner:
             return False
         for job in jobs:
             np.copyto(job.view, job.msg.image)
-        return self._finish(camera, jobs)
+        return self._finish(jobs)
 
     def pop_ready(self) -> list[FrameSet]:
         """Complete sets in order: the oldest acquisition's first, each carrying the

@@ -29,6 +29,7 @@ import zmq
 from service.aligner import Aligner
 from service.ingest import CameraEndpoint, Ingest
 from service.settings import StreamSettings
+from service.wire import FrameMessage
 
 POLL_MS = 20
 LEAD_WAIT_S = 0.002
@@ -77,16 +78,18 @@ class Receivers:
         while not self.stop.is_set():
             self._hold_leaders(poller, lead, held)
             events = poller.poll(LEAD_WAIT_MS if held else POLL_MS)
-            completed = False
+            frames: list[tuple[str, FrameMessage]] = []
             for sock, _ in events:
                 if sock in monitors:
                     self.ingest.monitor(monitors[sock])
                     continue
                 cam = by_sock[sock]
-                msgs = self.ingest.receive_camera(cam, 0)  # it is there: no wait
-                if msgs:
-                    done, lead[cam.name] = self.aligner.accept_many(cam.name, msgs)
-                    completed |= done
+                # it is there: no wait
+                frames.extend((cam.name, m) for m in self.ingest.receive_camera(cam, 0))
+            completed = False
+            if frames:  # every camera's frames of this round under one hold of the lock
+                completed, leads = self.aligner.accept_from(frames)
+                lead.update(leads)
             now = time.monotonic()
             if completed or not events or now - flushed >= FLUSH_EVERY_S:
                 self.flush()
