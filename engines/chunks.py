@@ -31,8 +31,9 @@ import numpy as np
 
 from engines.errors import FormatError, VoxlocError
 from engines.inference import Engine, create_engine
+from engines.io.loctable import LocTable
 from engines.io.stacks import Stack, open_stack
-from engines.localize import LocalizeOptions, localize_stack
+from engines.localize import FIT_COLUMNS, LocalizeOptions, localize_stack
 from engines.types import LOC_COLUMNS, Localizations
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,8 @@ class ChunkResult:
     """What a task sends back: the localizations of its frames, or why it could not.
 
     Attributes:
-        rows: ``(N, 10)`` float64 rows in ``LOC_COLUMNS`` order, frame counting from 0,
-            ordered by frame; empty when ``error`` is set.
+        rows: ``(N, 11)`` float64 rows: ``LOC_COLUMNS`` then ``FIT_COLUMNS`` (the fit's
+            chi2), frame counting from 0, ordered by frame; empty when ``error`` is set.
         engine: the engine's label (``torch/cpu/bf16``), "" if none was built.
         model: ``name vVERSION`` of the model the engine runs, "" if none was built.
         worker: ``host:pid`` of the process that ran the task.
@@ -109,7 +110,7 @@ def localize_chunk(task: ChunkTask) -> ChunkResult:
     except VoxlocError as exc:  # a bad file or model: retrying elsewhere will not help
         log.warning("chunk [%d, %d) of %s failed: %s", task.first, task.stop, task.sources, exc)
         dt = time.perf_counter() - t0
-        empty = np.zeros((0, len(LOC_COLUMNS)))
+        empty = np.zeros((0, CHUNK_COLUMNS))
         return ChunkResult(task.first, task.stop, empty, label, model, worker, dt, str(exc))
     dt = time.perf_counter() - t0
     return ChunkResult(task.first, task.stop, rows, label, model, worker, dt)
@@ -157,14 +158,28 @@ class _Rows:
         self.parts: list[np.ndarray] = []
         self.rows = 0
 
-    def write(self, locs: Sequence[Localizations]) -> None:
+    def write(self, locs: Sequence[Localizations], extra: object = None) -> None:
+        """The rows of ``locs`` with their chi2 (``extra``, the writer's columns, is the
+        same chi2: taken from the localizations here)."""
         for loc in locs:
             if len(loc):
-                self.parts.append(loc.to_array())
+                self.parts.append(np.column_stack([loc.to_array(), loc.chi2]))
                 self.rows += len(loc)
 
     def array(self) -> np.ndarray:
-        return np.concatenate(self.parts) if self.parts else np.zeros((0, len(LOC_COLUMNS)))
+        return np.concatenate(self.parts) if self.parts else np.zeros((0, CHUNK_COLUMNS))
+
+
+CHUNK_COLUMNS = len(LOC_COLUMNS) + len(FIT_COLUMNS)
+
+
+def chunk_table(rows: np.ndarray) -> LocTable:
+    """The table of a chunk's rows: ``CHUNK_COLUMNS`` wide, or the ``LOC_COLUMNS`` (or
+    legacy 5) of a chunk finished before the chi2 column (chi2 then NaN)."""
+    rows = np.asarray(rows, np.float64)
+    width = len(LOC_COLUMNS)
+    chi2 = rows[:, width] if rows.shape[1] == CHUNK_COLUMNS else np.full(len(rows), np.nan)
+    return LocTable.from_rows(rows[:, :width] if rows.shape[1] > width else rows, {"chi2": chi2})
 
 
 _lock = threading.Lock()

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from clients.cluster.manifest import Manifest, Span
-from engines.io.loctable import LocTable, TableMeta, TableWriter, open_table_writer
+from engines.chunks import chunk_table
+from engines.io.loctable import TableMeta, TableWriter, open_table_writer
+from engines.localize import FIT_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ class OrderedOutput:
         spans = self.manifest.spans
         while self._next < len(spans) and self.manifest.is_finished(spans[self._next]):
             rows = self.manifest.rows(spans[self._next])
-            self._table().write_table(LocTable.from_rows(rows))
+            self._table().write_table(chunk_table(rows))
             self._next += 1
         if self._next == len(spans) and not self.done:
             self._commit()
@@ -63,7 +65,7 @@ class OrderedOutput:
 
     def _table(self) -> TableWriter:
         if self._writer is None:
-            self._writer = open_table_writer(self.output, self.meta)
+            self._writer = open_table_writer(self.output, self.meta, extra_columns=FIT_COLUMNS)
         return self._writer
 
     def _commit(self) -> None:

@@ -89,8 +89,9 @@ class Manifest:
         self._write()
 
     def rows(self, span: Span) -> np.ndarray:
-        """``(N, 10)`` float64 rows of a finished chunk in ``LOC_COLUMNS`` order (``(N, 5)``
-        for a chunk finished before photometry: :meth:`LocTable.from_rows` reads both)."""
+        """``(N, 11)`` float64 rows of a finished chunk, ``LOC_COLUMNS`` then the chi2
+        (``(N, 10)`` or ``(N, 5)`` for a chunk finished before the chi2 or before
+        photometry: :func:`engines.chunks.chunk_table` reads all three)."""
         return np.load(self._part(span), allow_pickle=False)
 
     def engines(self) -> list[str]:

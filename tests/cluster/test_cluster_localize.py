@@ -234,3 +234,16 @@ def test_corrupt_input_is_named_and_the_others_complete(stacks, cluster, voxloc,
     assert not (out / "damaged.csv").exists() and not (out / "garbage.csv").exists()
     for name in ("s1", "s2"):
         assert (out / f"{name}.csv").read_bytes() == stacks.reference[name].read_bytes()
+
+
+def test_chunk_rows_carry_chi2_and_older_parts_still_read():
+    from engines.chunks import CHUNK_COLUMNS, chunk_table
+    from engines.types import LEGACY_LOC_COLUMNS, LOC_COLUMNS
+
+    rows = np.arange(2 * CHUNK_COLUMNS, dtype=np.float64).reshape(2, CHUNK_COLUMNS)
+    table = chunk_table(rows)
+    np.testing.assert_array_equal(table.extra["chi2"], rows[:, -1])
+    np.testing.assert_array_equal(table.to_rows(), rows[:, : len(LOC_COLUMNS)])
+    for width in (len(LOC_COLUMNS), len(LEGACY_LOC_COLUMNS)):  # parts of earlier versions
+        old = chunk_table(rows[:, :width])
+        assert len(old) == 2 and np.isnan(old.extra["chi2"]).all()

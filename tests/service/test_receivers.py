@@ -17,6 +17,14 @@ MODES = ["one", "per_camera"]
 
 @pytest.fixture(params=MODES)
 def rx_service(request: pytest.FixtureRequest):
+    svc = Service(service_settings({"ingest_threads": request.param}))
+    yield svc
+    svc.close()
+
+
+@pytest.fixture(params=MODES)
+def small_window(request: pytest.FixtureRequest):
+    """A window of 16 sets: a lead of more than 4 (window // 4) is held back."""
     svc = Service(service_settings({"ingest_threads": request.param, "window": 16}))
     yield svc
     svc.close()
@@ -33,25 +41,25 @@ def test_sets_arrive_in_order_and_stats_name_the_mode(rx_service: Service, sim_f
     assert snap["assembler"]["dropped"] == {} or sum(snap["assembler"]["dropped"].values()) == 0
 
 
-def test_a_camera_far_ahead_waits_for_the_others(rx_service: Service, sim_frames) -> None:
+def test_a_camera_far_ahead_waits_for_the_others(small_window: Service, sim_frames) -> None:
     """Every camera streams, then cam0 runs 45 frames ahead of the others: with a window
     of 16 sets an unchecked lead would overflow the assembly; held back in its socket
     (its frames wait there), nothing is lost."""
     frames = sim_frames[0]
     for i in range(3):
-        rx_service.send_set(i, frames[i])
-    assert [m.frame for m in rx_service.receive(3)] == [0, 1, 2]
+        small_window.send_set(i, frames[i])
+    assert [m.frame for m in small_window.receive(3)] == [0, 1, 2]
     n = 48
     for i in range(3, n):
-        rx_service.send("cam0", 0, i, frames[i, 0])
-    wait_for(lambda: rx_service.stats()["cameras"]["cam0"]["frames_in"] >= 7, "cam0 read on")
+        small_window.send("cam0", 0, i, frames[i, 0])
+    wait_for(lambda: small_window.stats()["cameras"]["cam0"]["frames_in"] >= 7, "cam0 read on")
     for i in range(3, n):
         for k in (1, 2, 3):
-            rx_service.send(f"cam{k}", k, i, frames[i, k])
-    got = rx_service.receive(n - 3, timeout_s=60)
+            small_window.send(f"cam{k}", k, i, frames[i, k])
+    got = small_window.receive(n - 3, timeout_s=60)
     assert [m.frame for m in got] == list(range(3, n))
-    assert sum(rx_service.stats()["assembler"]["dropped"].values()) == 0
-    assert rx_service.stats()["cameras"]["cam0"]["frames_in"] == n
+    assert sum(small_window.stats()["assembler"]["dropped"].values()) == 0
+    assert small_window.stats()["cameras"]["cam0"]["frames_in"] == n
 
 
 def test_idle_cameras_connections_are_seen(rx_service: Service) -> None:
