@@ -177,6 +177,8 @@ def chunk_table(rows: np.ndarray) -> LocTable:
     """The table of a chunk's rows: ``CHUNK_COLUMNS`` wide, or the ``LOC_COLUMNS`` (or
     legacy 5) of a chunk finished before the chi2 column (chi2 then NaN)."""
     rows = np.asarray(rows, np.float64)
+    if rows.ndim != 2:
+        return LocTable.from_rows(rows)  # its ValueError names the shape
     width = len(LOC_COLUMNS)
     chi2 = rows[:, width] if rows.shape[1] == CHUNK_COLUMNS else np.full(len(rows), np.nan)
     return LocTable.from_rows(rows[:, :width] if rows.shape[1] > width else rows, {"chi2": chi2})

@@ -77,7 +77,12 @@ class Receivers:
         flushed = time.monotonic()
         while not self.stop.is_set():
             self._hold_leaders(poller, lead, held)
-            events = poller.poll(LEAD_WAIT_MS if held else POLL_MS)
+            try:
+                events = poller.poll(LEAD_WAIT_MS if held else POLL_MS)
+            except zmq.ZMQError:
+                if self.stop.is_set():  # the sockets closed under a stopping pipeline
+                    return
+                raise
             frames: list[tuple[str, FrameMessage]] = []
             for sock, _ in events:
                 if sock in monitors:
