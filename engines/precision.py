@@ -38,7 +38,8 @@ METHOD = (
     "calibrated CRLB: sigma^2 = (k * crlb)^2 + floor^2 + crowding^2 * exp(-(d / R)^2) "
     "+ (step_weight * step)^2 per axis, d the distance to the nearest other localization "
     "of the frame, step the photometry fit's Gauss-Newton step at the estimate where "
-    "|step| > step_gate * crlb (else 0)"
+    "|step| > step_gate * crlb (else 0), + chi2_weight^2 * max(chi2 - chi2_gate, 0) "
+    "with chi2 the photometry window fit's per pixel"
 )
 CROWDING_RADIUS_NM = 400.0  # the excess error of a neighbour falls off over ~2 PSF widths
 CROWDING_EDGES_NM = (0.0, 300.0, 600.0, 1000.0, math.inf)  # distance bins of the fit
@@ -51,6 +52,13 @@ STEP_AXES = ("z",)
 # a step within a few bounds is the noise of the fit, not a telltale of a wrong estimate:
 # counting it would scatter every sigma and drop the fraction within sigma below 0.68
 STEP_GATE = 3.0
+# the window fit's chi^2 per pixel (noise-variance units, ~1 for a lone molecule) beyond
+# this adds chi2_weight^2 * (chi2 - gate) nm^2 to sigma^2: two molecules blended into one
+# localization fit badly, and their z errors are the ones the other terms miss. Fitted
+# for z only, after the other constants (fit_chi2_weight), docs/photometry.md
+CHI2_GATE = 3.0
+CHI2_AXES = ("z",)
+CHI2_WEIGHTS_NM = tuple(0.5 * i for i in range(61))  # the weights fit_chi2_weight tries
 
 
 class PrecisionCalibration(BaseModel):
@@ -71,6 +79,12 @@ class PrecisionCalibration(BaseModel):
         "(records from before the term: none)",
     )
     step_gate: float = Field(STEP_GATE, gt=0, description="steps below this many bounds: 0")
+    chi2_weight_nm: tuple[float, float, float] = Field(
+        (0.0, 0.0, 0.0),
+        description="nm per sqrt of the window fit's chi^2 excess, x, y, z (records from "
+        "before the term: none)",
+    )
+    chi2_gate: float = Field(CHI2_GATE, ge=0, description="chi^2 per pixel counted beyond this")
     window_px: int = Field(ge=3, description="photometry window the CRLB was computed in")
 
     def apply(
@@ -78,10 +92,12 @@ class PrecisionCalibration(BaseModel):
         crlb_nm: torch.Tensor,
         neighbour_nm: torch.Tensor,
         step_nm: torch.Tensor | None = None,
+        chi2: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``(N, 3)`` calibrated one-sigma precision from ``(N, 3)`` bounds, the ``(N,)``
-        distance to each localization's nearest neighbour (inf: none) and the ``(N, 3)``
-        Gauss-Newton steps (None: without the step term), nm."""
+        distance to each localization's nearest neighbour (inf: none), the ``(N, 3)``
+        Gauss-Newton steps (None: without the step term), nm, and the ``(N,)`` window
+        fit's chi^2 (None: without the chi^2 term)."""
         dev, dt = crlb_nm.device, crlb_nm.dtype
         k = torch.tensor(self.k, dtype=dt, device=dev)
         f = torch.tensor(self.floor_nm, dtype=dt, device=dev)
@@ -91,6 +107,10 @@ class PrecisionCalibration(BaseModel):
         if step_nm is not None and any(self.step_weight):
             c = torch.tensor(self.step_weight, dtype=dt, device=dev)
             var = var + (c * gated_step(step_nm.to(dt), crlb_nm, self.step_gate)) ** 2
+        if chi2 is not None and any(self.chi2_weight_nm):
+            w = torch.tensor(self.chi2_weight_nm, dtype=dt, device=dev)
+            excess = (chi2.to(dt) - self.chi2_gate).clamp_min(0.0).nan_to_num(0.0)
+            var = var + w**2 * excess[:, None]
         return torch.sqrt(var)
 
 
@@ -192,6 +212,39 @@ def fit_axis(
         a = a[:, :3]
     sol, _ = nnls(a, np.asarray(rhs) * np.asarray(weights))
     return AxisFit(*(math.sqrt(float(v)) for v in sol), *([0.0] if step_nm is None else []))
+
+
+def fit_chi2_weight(
+    error_nm: np.ndarray, sigma_nm: np.ndarray, chi2: np.ndarray, gate: float = CHI2_GATE
+) -> float:
+    """The chi^2 weight of one axis, nm, for sigmas the other constants gave: of
+    :data:`CHI2_WEIGHTS_NM`, the one whose sigma best meets the acceptance itself (the
+    largest deviation of a quintile's rms ratio from 1, plus that of the fraction within
+    one sigma from 0.68). The cell fit cannot do it: the few badly fitting localizations
+    of a cell move its spread less than its bound does."""
+    ok = np.isfinite(error_nm) & np.isfinite(sigma_nm)
+    e, s = np.abs(error_nm[ok]), sigma_nm[ok]
+    excess = np.nan_to_num(np.clip(chi2[ok] - gate, 0.0, None))
+    best, best_w = math.inf, 0.0
+    for w in CHI2_WEIGHTS_NM:
+        sig = np.sqrt(s**2 + w**2 * excess)
+        score = _miss(e, sig)
+        if score < best - 1e-9:
+            best, best_w = score, w
+    return best_w
+
+
+def _miss(err: np.ndarray, sigma: np.ndarray) -> float:
+    """How far ``sigma`` is from the acceptance on ``err``: the worst quintile's |rms
+    ratio - 1| plus |fraction within one sigma - 0.68|."""
+    edges = np.quantile(sigma, np.linspace(0, 1, 6))
+    which = np.clip(np.searchsorted(edges, sigma, side="right") - 1, 0, 4)
+    worst = max(
+        abs(math.sqrt(np.mean(err[which == i] ** 2) / np.mean(sigma[which == i] ** 2)) - 1)
+        for i in range(5)
+        if np.any(which == i)
+    )
+    return worst + abs(float(np.mean(err <= sigma)) - 0.68)
 
 
 def _bin(x: np.ndarray, edges: np.ndarray) -> np.ndarray:

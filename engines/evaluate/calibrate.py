@@ -18,10 +18,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from engines.evaluate.runner import EvalConfig, Evaluator
 from engines.io.atomic import write_json
 from engines.modeldir import MODEL_JSON
-from engines.precision import AXES, STEP_AXES, PrecisionCalibration, calibration_ok, fit_axis
+from engines.precision import (
+    AXES,
+    CHI2_AXES,
+    STEP_AXES,
+    PrecisionCalibration,
+    calibration_ok,
+    fit_axis,
+    fit_chi2_weight,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +75,7 @@ def _calibrate(ev: Evaluator, command: str, frames: int) -> dict[str, Any]:
         step_weight=weight,
         window_px=ev.engine.photometry.side,
     )
+    cal = _with_chi2_weights(cal, err, crlb, near, step, cols.column("chi2"))
     ev.engine.calibration = cal  # the check sets run with it, as a loaded model would
     checks = {
         "low_density": (low, True),
@@ -101,6 +113,25 @@ def _calibrate(ev: Evaluator, command: str, frames: int) -> dict[str, Any]:
     }
 
 
+def _with_chi2_weights(
+    cal: PrecisionCalibration,
+    err: np.ndarray,
+    crlb: np.ndarray,
+    near: np.ndarray,
+    step: np.ndarray,
+    chi2: np.ndarray,
+) -> PrecisionCalibration:
+    """``cal`` with the chi^2 weight of each of :data:`CHI2_AXES` chosen on the fit set
+    (:func:`fit_chi2_weight`), the other constants as fitted."""
+    t = torch.from_numpy
+    sigma = cal.apply(t(crlb), t(near), t(step)).numpy()
+    weights = [
+        fit_chi2_weight(err[:, a], sigma[:, a], chi2) if name in CHI2_AXES else 0.0
+        for a, name in enumerate(AXES)
+    ]
+    return cal.model_copy(update={"chi2_weight_nm": tuple(weights)})
+
+
 def _store(model_dir: Path, record: dict[str, Any]) -> None:
     """Set ``"precision"`` in ``model.json``, the rest of the file as it is (a spline
     path stays relative to the model directory)."""
@@ -124,7 +155,8 @@ def format_calibration(record: dict[str, Any]) -> str:
         lines.append(
             f"  {name}: k = {record['k'][a]:.3f}, floor = {record['floor_nm'][a]:.2f} nm, "
             f"crowding = {record['crowding_nm'][a]:.2f} nm, "
-            f"step weight = {record.get('step_weight', (0.0,) * 3)[a]:.3f}"
+            f"step weight = {record.get('step_weight', (0.0,) * 3)[a]:.3f}, "
+            f"chi2 weight = {record.get('chi2_weight_nm', (0.0,) * 3)[a]:.1f} nm"
         )
     for key, fig in record["figures"].items():
         lines.append(

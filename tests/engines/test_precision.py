@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from engines.precision import (
+    CHI2_GATE,
     CROWDING_RADIUS_NM,
     METHOD,
     STEP_GATE,
@@ -16,6 +17,7 @@ from engines.precision import (
     calibration_ok,
     coverage_figures,
     fit_axis,
+    fit_chi2_weight,
     nearest_neighbour_nm,
 )
 
@@ -160,3 +162,24 @@ def test_a_record_from_before_the_step_term_loads_and_applies_as_before():
     big_step = torch.tensor([[100.0, 100.0, 100.0]])
     for step in (None, big_step):
         np.testing.assert_allclose(cal.apply(crlb, near, step).numpy()[0], want, rtol=1e-6)
+
+
+def test_the_chi2_term_adds_beyond_its_gate_and_its_weight_is_found_on_blends():
+    cal = PrecisionCalibration(
+        k=(1.0, 1.0, 1.0), floor_nm=(0.0, 0.0, 0.0), chi2_weight_nm=(0.0, 0.0, 10.0), window_px=9
+    )
+    crlb = torch.full((4, 3), 5.0)
+    chi2 = torch.tensor([1.0, CHI2_GATE, CHI2_GATE + 4.0, math.nan])
+    sigma = cal.apply(crlb, torch.full((4,), math.inf), None, chi2)
+    np.testing.assert_allclose(sigma[:, 2].numpy(), [5.0, 5.0, math.sqrt(425.0), 5.0], rtol=1e-6)
+    np.testing.assert_allclose(sigma[:, :2].numpy(), 5.0)
+    np.testing.assert_allclose(cal.apply(crlb, torch.full((4,), math.inf)).numpy(), 5.0)
+    # 10 % blends: chi2 excess u, error sd sqrt(sigma^2 + 15^2 u) with sigma right elsewhere
+    rng = np.random.default_rng(7)
+    n = 20000
+    sigma = rng.uniform(5.0, 20.0, n)
+    excess = np.where(rng.random(n) < 0.1, rng.exponential(4.0, n), 0.0)
+    err = rng.normal(0.0, np.sqrt(sigma**2 + 225.0 * excess))
+    assert fit_chi2_weight(err, sigma, CHI2_GATE + excess) == pytest.approx(15.0, abs=4.0)
+    plain = rng.normal(0.0, sigma)  # no blends: no term
+    assert fit_chi2_weight(plain, sigma, CHI2_GATE + excess) <= 3.0
