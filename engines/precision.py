@@ -237,14 +237,20 @@ def fit_chi2_weight(
 def _miss(err: np.ndarray, sigma: np.ndarray) -> float:
     """How far ``sigma`` is from the acceptance on ``err``: the worst quintile's |rms
     ratio - 1| plus |fraction within one sigma - 0.68|."""
+    worst = max(abs(r - 1) for r in _quintile_ratios(err, sigma)[0] if math.isfinite(r))
+    return worst + abs(float(np.mean(err <= sigma)) - 0.68)
+
+
+def _quintile_ratios(err: np.ndarray, sigma: np.ndarray) -> tuple[list[float], np.ndarray]:
+    """The rms error over the rms sigma in each quintile of ``sigma``, and each value's
+    quintile (0-4)."""
     edges = np.quantile(sigma, np.linspace(0, 1, 6))
     which = np.clip(np.searchsorted(edges, sigma, side="right") - 1, 0, 4)
-    worst = max(
-        abs(math.sqrt(np.mean(err[which == i] ** 2) / np.mean(sigma[which == i] ** 2)) - 1)
+    ratios = [
+        float(np.sqrt(np.mean(err[which == i] ** 2)) / np.sqrt(np.mean(sigma[which == i] ** 2)))
         for i in range(5)
-        if np.any(which == i)
-    )
-    return worst + abs(float(np.mean(err <= sigma)) - 0.68)
+    ]
+    return ratios, which
 
 
 def _bin(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -272,12 +278,7 @@ def coverage_figures(error_nm: np.ndarray, sigma_nm: np.ndarray) -> dict[str, An
         if e.size < 5:
             out[name] = {"n": int(e.size)}
             continue
-        edges = np.quantile(s, np.linspace(0, 1, 6))
-        which = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, 4)
-        ratios = [
-            float(np.sqrt(np.mean(e[which == i] ** 2)) / np.sqrt(np.mean(s[which == i] ** 2)))
-            for i in range(5)
-        ]
+        ratios, which = _quintile_ratios(e, s)
         gross = np.abs(e) > OUTLIER_SIGMAS * s
         clipped = [
             float(

@@ -32,8 +32,8 @@ from service.settings import StreamSettings
 from service.wire import FrameMessage
 
 POLL_MS = 20
-LEAD_WAIT_S = 0.002
-LEAD_WAIT_MS = 2
+LEAD_WAIT_MS = 2  # a held camera's lead is looked at this often
+LEAD_WAIT_S = LEAD_WAIT_MS / 1e3
 FLUSH_EVERY_S = 0.005
 # ingest_threads = "auto": a thread per camera only where a frame is at least this big
 # and the host has more than two cores per camera (else one thread for all)
