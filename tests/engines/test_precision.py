@@ -183,3 +183,17 @@ def test_the_chi2_term_adds_beyond_its_gate_and_its_weight_is_found_on_blends():
     assert fit_chi2_weight(err, sigma, CHI2_GATE + excess) == pytest.approx(15.0, abs=4.0)
     plain = rng.normal(0.0, sigma)  # no blends: no term
     assert fit_chi2_weight(plain, sigma, CHI2_GATE + excess) <= 3.0
+
+
+def test_a_cells_spread_weighs_the_central_half_width_against_the_rms():
+    from engines.precision import SPREAD_CENTRAL_WEIGHT, _spread2
+
+    rng = np.random.default_rng(3)
+    gauss = np.abs(rng.normal(0.0, 5.0, 200000))
+    assert math.sqrt(_spread2(gauss)) == pytest.approx(5.0, rel=0.01)  # both agree
+    heavy = np.abs(rng.laplace(0.0, 5.0, 200000))  # rms above the central half-width
+    q68, rms = np.quantile(heavy, 0.6827), np.sqrt(np.mean(heavy**2))
+    a = SPREAD_CENTRAL_WEIGHT
+    assert 1.0 < a < 2.0
+    assert q68 < math.sqrt(_spread2(heavy)) < math.sqrt(q68 * rms) < rms
+    assert _spread2(heavy) == pytest.approx(q68**a * rms ** (2 - a), rel=1e-9)

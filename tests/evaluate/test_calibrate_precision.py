@@ -34,6 +34,10 @@ def test_calibration_is_recorded_and_loaded_with_the_model(tmp_path, capsys):
     assert set(record["figures"]) == {"low_density", "main_density", "low_density_no_drift"}
     assert all(k > 0 for k in record["k"]) and record["window_px"] == 9
     assert record["step_weight"][:2] == [0.0, 0.0] and record["step_weight"][2] >= 0.0
+    # one lateral fit through x and y: their constants are the same
+    assert record["fit_set"]["lateral"] == "x and y pooled"
+    for key in ("k", "floor_nm", "crowding_nm"):
+        assert record[key][0] == record[key][1]
     assert "step weight = " in out and "Gauss-Newton" in record["method"]
     assert read_info(model).precision is not None
     assert read_info(model).settings == read_info(resolve_model("default")).settings
