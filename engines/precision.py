@@ -18,7 +18,7 @@ nearest other localization of the same frame and ``R`` = :data:`CROWDING_RADIUS_
 ``k_a``, ``floor_a``, ``crowding_a`` and ``step_weight_a`` are fitted on frames simulated
 from the model's own settings (:func:`fit_axis`, run by ``voxloc evaluate
 --calibrate-precision``) and recorded in ``model.json`` under ``"precision"``. The step
-term is fitted for z only (:data:`STEP_AXES`); records from before it have none and
+term is fitted for z only; records from before it have none and
 behave as they did. A model without a record reports NaN precision: an uncalibrated bound
 would claim three times the accuracy the network has. docs/photometry.md argues the
 choice and gives the measured figures.
@@ -45,10 +45,10 @@ CROWDING_RADIUS_NM = 400.0  # the excess error of a neighbour falls off over ~2 
 CROWDING_EDGES_NM = (0.0, 300.0, 600.0, 1000.0, math.inf)  # distance bins of the fit
 # quantiles of step^2 that split the cells of the fit: the gross errors sit in the top few %
 STEP_QUANTILES = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 1.0)
-# axes whose step term is fitted: the z step predicts the z error (correlation -0.5 on the
-# calibration sets), the lateral steps barely do (-0.15: the settings' per-plane drift,
-# which the drift-free window model cannot see, pulls them), docs/photometry.md
-STEP_AXES = ("z",)
+# the step term is fitted for z only (engines.evaluate.calibrate._axis_fits): the z step
+# predicts the z error (correlation -0.5 on the calibration sets), the lateral steps
+# barely do (-0.15: the settings' per-plane drift, which the drift-free window model
+# cannot see, pulls them), docs/photometry.md
 # a step within a few bounds is the noise of the fit, not a telltale of a wrong estimate:
 # counting it would scatter every sigma and drop the fraction within sigma below 0.68
 STEP_GATE = 3.0
@@ -262,8 +262,8 @@ def _bin(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
 # 2 - SPREAD_CENTRAL_WEIGHT (1: their geometric mean). Above 1: with the geometric mean
 # the check sets at 10 molecules per frame put 0.72-0.74 within one sigma (the upper
 # edge of 0.68 +- 0.05) while their quintiles' rms ratios sat at 1.02-1.15 and those at
-# 50 per frame at 1.10-1.19; 1.3 centres the two statistics in their ranges
-# (docs/photometry.md)
+# 50 per frame at 1.10-1.19; with 1.3 the check sets put 0.70-0.72 within one sigma
+# and their quintiles at 1.04-1.26 (docs/photometry.md)
 SPREAD_CENTRAL_WEIGHT = 1.3
 
 

@@ -113,7 +113,7 @@ def _calibrate(ev: Evaluator, command: str, frames: int) -> dict[str, Any]:
 def _axis_fits(
     err: np.ndarray, crlb: np.ndarray, near: np.ndarray, step: np.ndarray
 ) -> list[AxisFit]:
-    """The constants of x, y and z. x and y share theirs: the
+    """The constants of x, y and z; the step term for z only. x and y share theirs: the
     network's excess over the bound and the settings' drift are the same in both lateral
     directions (each axis keeps its own bound), and one fit through both halves the noise
     of the cells, which separately gave the vectorial model k 2.17 / 1.75 and crowding
@@ -123,7 +123,7 @@ def _axis_fits(
         np.concatenate([crlb[:, 0], crlb[:, 1]]),
         np.concatenate([near, near]),
     )
-    axial = fit_axis(err[:, 2], crlb[:, 2], near, step_nm=step[:, 2])  # STEP_AXES: z
+    axial = fit_axis(err[:, 2], crlb[:, 2], near, step_nm=step[:, 2])
     return [lateral, lateral, axial]
 
 

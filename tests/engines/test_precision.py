@@ -12,8 +12,10 @@ from engines.precision import (
     CHI2_GATE,
     CROWDING_RADIUS_NM,
     METHOD,
+    SPREAD_CENTRAL_WEIGHT,
     STEP_GATE,
     PrecisionCalibration,
+    _spread2,
     calibration_ok,
     coverage_figures,
     fit_axis,
@@ -186,8 +188,6 @@ def test_the_chi2_term_adds_beyond_its_gate_and_its_weight_is_found_on_blends():
 
 
 def test_a_cells_spread_weighs_the_central_half_width_against_the_rms():
-    from engines.precision import SPREAD_CENTRAL_WEIGHT, _spread2
-
     rng = np.random.default_rng(3)
     gauss = np.abs(rng.normal(0.0, 5.0, 200000))
     assert math.sqrt(_spread2(gauss)) == pytest.approx(5.0, rel=0.01)  # both agree
