@@ -228,8 +228,7 @@ class Aligner:
         self._reserve_placed(run, camera, placed, jobs)
 
     def _leads(self, frames: list[tuple[str, FrameMessage]]) -> dict[str, int]:
-        sync = self._runs[-1].sync
-        return {camera: sync.lead(camera) for camera in {c for c, _ in frames}}
+        return self._runs[-1].sync.leads({c for c, _ in frames})
 
     def _run_for(self, acquisition: str | None) -> _Run | None:
         if acquisition is None:

@@ -116,9 +116,13 @@ class Ingest:
         itemsize = 2 if cam.dtype == "uint16" else 4
         return max(self.stream.height * self.stream.width * itemsize, MAX_HEADER_BYTES)
 
-    def receive_camera(self, cam: CameraEndpoint, timeout_ms: int) -> list[FrameMessage]:
+    def receive_camera(
+        self, cam: CameraEndpoint, timeout_ms: int, received: list[str] | None = None
+    ) -> list[FrameMessage]:
         """The next valid frame of one camera, waited for up to ``timeout_ms`` (its thread
         only); ``[]`` when none came or it was refused (counted under its reason).
+        ``received``: the camera's name is appended to it for a message that came, for
+        the caller to count (:meth:`ServiceStats.frames_in_from`), instead of counting it.
 
         The wait is ZeroMQ's own (a blocking receive with ``RCVTIMEO``, the GIL released):
         no poll before it and no ``zmq.Again`` after a drain, which per message cost as
@@ -141,7 +145,10 @@ class Ingest:
         while part.more:  # the other parts arrived with the first
             part = recv(copy=False)
             parts.append(part)
-        self.stats.frames_in(cam.name, 1)
+        if received is None:
+            self.stats.frames_in(cam.name, 1)
+        else:
+            received.append(cam.name)
         cam.state = CameraState.STREAMING
         msg = cam.decoder.decode(parts) if cam.decoder is not None else None
         if msg is None:  # off the fast path: the full checks (a reject, usually)

@@ -35,6 +35,9 @@ POLL_MS = 20
 LEAD_WAIT_MS = 2  # a held camera's lead is looked at this often
 LEAD_WAIT_S = LEAD_WAIT_MS / 1e3
 FLUSH_EVERY_S = 0.005
+# completed sets are queued at most this often (one flush for the sets of a few rounds:
+# the batch consumer looks every max_delay anyway, unless a whole batch is waiting)
+FLUSH_COMPLETED_S = 0.001
 # ingest_threads = "auto": a thread per camera only where a frame is at least this big
 # and the host has more than two cores per camera (else one thread for all)
 PER_CAMERA_MIN_FRAME_BYTES = 1 << 20
@@ -75,6 +78,7 @@ class Receivers:
         lead = {cam.name: 0 for cam in self.ingest.cameras}
         held: set[str] = set()  # cameras too far ahead: not polled, so not read
         flushed = time.monotonic()
+        to_flush = False  # a set completed since the last flush
         while not self.stop.is_set():
             self._hold_leaders(poller, lead, held)
             try:
@@ -84,21 +88,26 @@ class Receivers:
                     return
                 raise
             frames: list[tuple[str, FrameMessage]] = []
+            received: list[str] = []  # counted once per round
             for sock, _ in events:
                 if sock in monitors:
                     self.ingest.monitor(monitors[sock])
                     continue
                 cam = by_sock[sock]
                 # it is there: no wait
-                frames.extend((cam.name, m) for m in self.ingest.receive_camera(cam, 0))
-            completed = False
+                for m in self.ingest.receive_camera(cam, 0, received):
+                    frames.append((cam.name, m))
+            if received:
+                self.ingest.stats.frames_in_from(received)
             if frames:  # every camera's frames of this round under one hold of the lock
                 completed, leads = self.aligner.accept_from(frames)
                 lead.update(leads)
+                to_flush |= completed
             now = time.monotonic()
-            if completed or not events or now - flushed >= FLUSH_EVERY_S:
+            since = now - flushed
+            if (to_flush and since >= FLUSH_COMPLETED_S) or not events or since >= FLUSH_EVERY_S:
                 self.flush()
-                flushed = now
+                flushed, to_flush = now, False
 
     def _hold_leaders(self, poller: zmq.Poller, lead: dict[str, int], held: set[str]) -> None:
         """Stop polling a camera that got too far ahead; poll it again once it is not."""

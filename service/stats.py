@@ -139,6 +139,21 @@ class ServiceStats:
             cam.last_in_s = self.last_in_s = now
         self._camera_frames(camera).inc(n)
 
+    def frames_in_from(self, cameras: list[str]) -> None:
+        """One message received from each of ``cameras`` (a name may repeat): the
+        one-thread ingest's round, counted under one hold of the lock."""
+        now = time.monotonic()
+        with self._lock:
+            for camera in cameras:
+                self.cameras[camera].frames_in += 1
+            if now - self.last_in_s > self.health_window_s:
+                self.arriving_since_s = now
+            self.last_in_s = now
+            for camera in cameras:
+                self.cameras[camera].last_in_s = now
+        for camera in cameras:
+            self._camera_frames(camera).inc()
+
     def frames_ok(self, camera: str, n: int, newest: int) -> None:
         """``n`` frames of ``camera`` accepted, for sets up to index ``newest``."""
         with self._lock:

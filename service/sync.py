@@ -38,7 +38,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -148,6 +148,22 @@ class CameraSync(Generic[T]):
                 if slowest is None or newest < slowest:
                     slowest = newest
         return 0 if slowest is None else max(cam.recent[-1][0] - slowest, 0)
+
+    def leads(self, cameras: Iterable[str]) -> dict[str, int]:
+        """:meth:`lead` of each of ``cameras``, with one look at the clock and the
+        other cameras (the ingest asks for every camera that sent, every round)."""
+        now = self._clock()
+        newest = {
+            name: c.recent[-1][0]
+            for name, c in self._cams.items()
+            if c.state is SyncState.SYNCED and c.recent and now - c.last_arrival <= self.active_s
+        }
+        out: dict[str, int] = {}
+        for camera in cameras:
+            recent = self._cams[camera].recent
+            others = [n for name, n in newest.items() if name != camera]
+            out[camera] = max(recent[-1][0] - min(others), 0) if recent and others else 0
+        return out
 
     def desynchronised(self) -> list[str]:
         return [n for n, c in self._cams.items() if c.state is SyncState.DESYNCHRONISED]

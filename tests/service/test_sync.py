@@ -162,3 +162,23 @@ def test_a_camera_that_never_agrees_is_reported_desynchronised() -> None:
     run(rig, range(150, 200), {p: together() for p in range(4)})
     assert rig.sync.desynchronised() == []
     assert rig.delivered_ticks(151)[:3] == [151, 152, 153]
+
+
+def test_leads_of_all_cameras_at_once_agree_with_lead_of_each():
+    """The ingest asks for the lead of every camera that sent, in one pass; it must give
+    what :meth:`CameraSync.lead` gives per camera, also with a camera gone quiet."""
+    rig = Rig()
+    for tick in range(10):
+        for plane in range(4):
+            if plane == 3 and tick > 4:
+                continue  # cam3 stops after set 4: the slowest, until it counts as gone
+            if plane == 1 and tick % 2:
+                continue  # cam1 behind by a set now and then
+            rig.send(plane, tick, tick)
+        rig.t += PERIOD_S
+    lead = {c: rig.sync.lead(c) for c in CAMS}
+    assert rig.sync.leads(CAMS) == lead
+    assert lead["cam0"] == 5 and lead["cam3"] == 0
+    rig.t += 1.0  # cam3 silent for longer than active_s: not the reference any more
+    lead = {c: rig.sync.lead(c) for c in CAMS}
+    assert rig.sync.leads(CAMS) == lead
