@@ -54,10 +54,12 @@ STEP_QUANTILES = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 1.0)
 STEP_GATE = 3.0
 # the window fit's chi^2 per pixel (noise-variance units, ~1 for a lone molecule) beyond
 # this adds chi2_weight^2 * (chi2 - gate) nm^2 to sigma^2: two molecules blended into one
-# localization fit badly, and their z errors are the ones the other terms miss. Fitted
-# for z only, after the other constants (fit_chi2_weight), docs/photometry.md
+# localization fit badly, and their errors are the ones the other terms miss (z's most,
+# and the lateral tail at high density). Fitted after the other constants
+# (fit_chi2_weight), x and y one weight through both (calibrate._with_chi2_weights),
+# docs/photometry.md
 CHI2_GATE = 3.0
-CHI2_AXES = ("z",)
+CHI2_AXES = ("x", "y", "z")
 CHI2_WEIGHTS_NM = tuple(0.5 * i for i in range(61))  # the weights fit_chi2_weight tries
 
 

@@ -136,14 +136,19 @@ def _with_chi2_weights(
     chi2: np.ndarray,
 ) -> PrecisionCalibration:
     """``cal`` with the chi^2 weight of each of :data:`CHI2_AXES` chosen on the fit set
-    (:func:`fit_chi2_weight`), the other constants as fitted."""
+    (:func:`fit_chi2_weight`), the other constants as fitted; x and y share one, chosen
+    on both axes' errors (as their other constants, :func:`_axis_fits`)."""
     t = torch.from_numpy
     sigma = cal.apply(t(crlb), t(near), t(step)).numpy()
-    weights = [
-        fit_chi2_weight(err[:, a], sigma[:, a], chi2) if name in CHI2_AXES else 0.0
-        for a, name in enumerate(AXES)
-    ]
-    return cal.model_copy(update={"chi2_weight_nm": tuple(weights)})
+    lateral = 0.0
+    if "x" in CHI2_AXES:
+        lateral = fit_chi2_weight(
+            np.concatenate([err[:, 0], err[:, 1]]),
+            np.concatenate([sigma[:, 0], sigma[:, 1]]),
+            np.concatenate([chi2, chi2]),
+        )
+    axial = fit_chi2_weight(err[:, 2], sigma[:, 2], chi2) if "z" in CHI2_AXES else 0.0
+    return cal.model_copy(update={"chi2_weight_nm": (lateral, lateral, axial)})
 
 
 def _store(model_dir: Path, record: dict[str, Any]) -> None:

@@ -36,7 +36,7 @@ def test_calibration_is_recorded_and_loaded_with_the_model(tmp_path, capsys):
     assert record["step_weight"][:2] == [0.0, 0.0] and record["step_weight"][2] >= 0.0
     # one lateral fit through x and y: their constants are the same
     assert record["fit_set"]["lateral"] == "x and y pooled"
-    for key in ("k", "floor_nm", "crowding_nm"):
+    for key in ("k", "floor_nm", "crowding_nm", "chi2_weight_nm"):
         assert record[key][0] == record[key][1]
     assert "step weight = " in out and "Gauss-Newton" in record["method"]
     assert read_info(model).precision is not None
