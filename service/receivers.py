@@ -37,7 +37,8 @@ LEAD_WAIT_S = LEAD_WAIT_MS / 1e3
 FLUSH_EVERY_S = 0.005
 # completed sets are queued at most this often (one flush for the sets of a few rounds:
 # the batch consumer looks every max_delay anyway, unless a whole batch is waiting)
-FLUSH_COMPLETED_S = 0.001
+FLUSH_COMPLETED_MS = 1
+FLUSH_COMPLETED_S = FLUSH_COMPLETED_MS / 1e3
 # ingest_threads = "auto": a thread per camera only where a frame is at least this big
 # and the host has more than two cores per camera (else one thread for all)
 PER_CAMERA_MIN_FRAME_BYTES = 1 << 20
@@ -67,7 +68,8 @@ class Receivers:
 
     def all_cameras(self) -> None:
         """Every camera in this thread: poll their sockets, take one message from each
-        that has one, then flush if a set completed (or nothing came, or it is due)."""
+        that has one, then flush if a set completed at least ``FLUSH_COMPLETED_S`` after
+        the last flush (or nothing came, or it is due)."""
         poller = zmq.Poller()
         by_sock: dict[zmq.Socket, CameraEndpoint] = {}
         monitors: dict[zmq.Socket, CameraEndpoint] = {}  # connection events as they come
@@ -82,7 +84,9 @@ class Receivers:
         while not self.stop.is_set():
             self._hold_leaders(poller, lead, held)
             try:
-                events = poller.poll(LEAD_WAIT_MS if held else POLL_MS)
+                wait_ms = LEAD_WAIT_MS if held else POLL_MS
+                # a completed set waiting for its flush does not wait for a message
+                events = poller.poll(FLUSH_COMPLETED_MS if to_flush else wait_ms)
             except zmq.ZMQError:
                 if self.stop.is_set():  # the sockets closed under a stopping pipeline
                     return
