@@ -116,13 +116,9 @@ class Ingest:
         itemsize = 2 if cam.dtype == "uint16" else 4
         return max(self.stream.height * self.stream.width * itemsize, MAX_HEADER_BYTES)
 
-    def receive_camera(
-        self, cam: CameraEndpoint, timeout_ms: int, received: list[str] | None = None
-    ) -> list[FrameMessage]:
+    def receive_camera(self, cam: CameraEndpoint, timeout_ms: int) -> list[FrameMessage]:
         """The next valid frame of one camera, waited for up to ``timeout_ms`` (its thread
         only); ``[]`` when none came or it was refused (counted under its reason).
-        ``received``: the camera's name is appended to it for a message that came, for
-        the caller to count (:meth:`ServiceStats.frames_in_from`), instead of counting it.
 
         The wait is ZeroMQ's own (a blocking receive with ``RCVTIMEO``, the GIL released):
         no poll before it and no ``zmq.Again`` after a drain, which per message cost as
@@ -145,15 +141,47 @@ class Ingest:
         while part.more:  # the other parts arrived with the first
             part = recv(copy=False)
             parts.append(part)
-        if received is None:
-            self.stats.frames_in(cam.name, 1)
-        else:
-            received.append(cam.name)
+        self.stats.frames_in(cam.name, 1)
         cam.state = CameraState.STREAMING
-        msg = cam.decoder.decode(parts) if cam.decoder is not None else None
-        if msg is None:  # off the fast path: the full checks (a reject, usually)
-            msg = self._checked(cam, parts)
+        msg = self._decoded(cam, parts)
         return [] if msg is None else [msg]
+
+    def receive_ready(
+        self, cam: CameraEndpoint, limit: int, received: list[str]
+    ) -> list[FrameMessage]:
+        """The valid frames among up to ``limit`` messages waiting in a camera's socket,
+        taken without waiting (the one-thread receiver, after its poll said one is
+        there; the connection monitor is in that poll). The camera's name goes into
+        ``received`` once per message, for the caller to count
+        (:meth:`ServiceStats.frames_in_from`); refused ones are counted here.
+
+        Taking what has queued up, not one message a poll, spreads the poll round's own
+        work over several frame sets once the receiver falls behind; a drain that ends
+        early costs one ``zmq.Again``, which only happens when there is time for it."""
+        out: list[FrameMessage] = []
+        before = len(received)
+        recv = cam.sock.recv
+        for _ in range(limit):
+            try:
+                part = recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            parts = [part]
+            while part.more:
+                part = recv(copy=False)
+                parts.append(part)
+            received.append(cam.name)
+            msg = self._decoded(cam, parts)
+            if msg is not None:
+                out.append(msg)
+        if len(received) > before:
+            cam.state = CameraState.STREAMING
+        return out
+
+    def _decoded(self, cam: CameraEndpoint, parts: list) -> FrameMessage | None:
+        """The camera's fast decode, else the full checks (a reject, usually)."""
+        msg = cam.decoder.decode(parts) if cam.decoder is not None else None
+        return msg if msg is not None else self._checked(cam, parts)
 
     def _checked(self, cam: CameraEndpoint, parts: list) -> FrameMessage | None:
         """The full decode and checks; a refused message is counted under its reason."""

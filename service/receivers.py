@@ -37,6 +37,7 @@ LEAD_WAIT_S = LEAD_WAIT_MS / 1e3
 FLUSH_EVERY_S = 0.005
 # completed sets are queued at most this often (one flush for the sets of a few rounds:
 # the batch consumer looks every max_delay anyway, unless a whole batch is waiting)
+DRAIN_MAX = 4  # messages taken from one camera per poll round (what has queued up)
 FLUSH_COMPLETED_MS = 1
 FLUSH_COMPLETED_S = FLUSH_COMPLETED_MS / 1e3
 # ingest_threads = "auto": a thread per camera only where a frame is at least this big
@@ -67,8 +68,8 @@ class Receivers:
         self.stop = stop
 
     def all_cameras(self) -> None:
-        """Every camera in this thread: poll their sockets, take one message from each
-        that has one, then flush if a set completed at least ``FLUSH_COMPLETED_S`` after
+        """Every camera in this thread: poll their sockets, take what waits in each that
+        has a message (up to ``DRAIN_MAX``), then flush if a set completed at least ``FLUSH_COMPLETED_S`` after
         the last flush (or nothing came, or it is due)."""
         poller = zmq.Poller()
         by_sock: dict[zmq.Socket, CameraEndpoint] = {}
@@ -98,8 +99,7 @@ class Receivers:
                     self.ingest.monitor(monitors[sock])
                     continue
                 cam = by_sock[sock]
-                # it is there: no wait
-                for m in self.ingest.receive_camera(cam, 0, received):
+                for m in self.ingest.receive_ready(cam, DRAIN_MAX, received):
                     frames.append((cam.name, m))
             if received:
                 self.ingest.stats.frames_in_from(received)

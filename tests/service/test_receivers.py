@@ -104,3 +104,20 @@ def test_frames_are_what_was_sent(rx_service: Service, sim_frames) -> None:
     engine = rx_service.pipeline.models.active.engine
     ref = engine.infer(frames[:1], rx_service.pipeline.config.threshold)[0]
     np.testing.assert_allclose(msg.locs.xyz_nm, ref.xyz_nm, atol=1e-3)
+
+
+def test_a_burst_with_garbage_in_it_is_taken_whole(rx_service: Service, sim_frames) -> None:
+    """Frames queued up in the sockets are taken several a round (one thread) or one a
+    receive (per camera); garbage among them is refused and counted, the valid ones all
+    make their sets, and every message counts as received."""
+    frames = sim_frames[0]
+    for i in range(30):
+        rx_service.send_set(i, frames[i])
+        if i % 7 == 3:
+            rx_service.cams["cam1"].send_multipart([b"not msgpack", b"\x00" * 8])
+    got = rx_service.receive(30)
+    assert [m.frame for m in got] == list(range(30))
+    snap = rx_service.stats()
+    cams = snap["cameras"]
+    assert cams["cam1"]["frames_in"] == 34 and cams["cam0"]["frames_in"] == 30
+    assert sum(cams["cam1"]["rejects"].values()) == 4
