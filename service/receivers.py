@@ -69,8 +69,8 @@ class Receivers:
 
     def all_cameras(self) -> None:
         """Every camera in this thread: poll their sockets, take what waits in each that
-        has a message (up to ``DRAIN_MAX``), then flush if a set completed at least ``FLUSH_COMPLETED_S`` after
-        the last flush (or nothing came, or it is due)."""
+        has a message (up to ``DRAIN_MAX``), then flush if a set completed at least
+        ``FLUSH_COMPLETED_S`` after the last flush (or nothing came, or it is due)."""
         poller = zmq.Poller()
         by_sock: dict[zmq.Socket, CameraEndpoint] = {}
         monitors: dict[zmq.Socket, CameraEndpoint] = {}  # connection events as they come
