@@ -25,6 +25,7 @@ from engines.io.loctable import (  # noqa: E402
     TableMeta,
     open_table_writer,
 )
+from engines.modeldir import read_info, resolve_model  # noqa: E402
 from engines.types import Localizations  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -151,7 +152,8 @@ def test_live_widget_follows_a_running_service(make_napari_viewer, qtbot, demo) 
             swaps = ctl.stats()["inference"]["model_swaps"]
             qtbot.mouseClick(widget.model_button, qtbot_left())  # reload "default"
             qtbot.waitUntil(lambda: "serving" in widget.message.text(), timeout=120_000)
-            assert widget.message.text() == "model default 1 serving"
+            version = read_info(resolve_model("default")).version
+            assert widget.message.text() == f"model default {version} serving"
             assert ctl.stats()["inference"]["model_swaps"] == swaps + 1
         finally:
             ctl.set_threshold(before)
