@@ -35,9 +35,9 @@ POLL_MS = 20
 LEAD_WAIT_MS = 2  # a held camera's lead is looked at this often
 LEAD_WAIT_S = LEAD_WAIT_MS / 1e3
 FLUSH_EVERY_S = 0.005
+DRAIN_MAX = 4  # messages taken from one camera per poll round (what has queued up)
 # completed sets are queued at most this often (one flush for the sets of a few rounds:
 # the batch consumer looks every max_delay anyway, unless a whole batch is waiting)
-DRAIN_MAX = 4  # messages taken from one camera per poll round (what has queued up)
 FLUSH_COMPLETED_MS = 1
 FLUSH_COMPLETED_S = FLUSH_COMPLETED_MS / 1e3
 # ingest_threads = "auto": a thread per camera only where a frame is at least this big

@@ -130,29 +130,28 @@ class ServiceStats:
     # counted per call, not per message: the ingest passes the messages it took at once
     def frames_in(self, camera: str, n: int = 1) -> None:
         """``n`` messages of ``camera`` received (valid or not)."""
-        now = time.monotonic()
-        with self._lock:
-            cam = self.cameras[camera]
-            cam.frames_in += n
-            if now - self.last_in_s > self.health_window_s:
-                self.arriving_since_s = now  # frames arrive again after a pause
-            cam.last_in_s = self.last_in_s = now
-        self._camera_frames(camera).inc(n)
+        self._frames_in({camera: n})
 
     def frames_in_from(self, cameras: list[str]) -> None:
         """One message received from each of ``cameras`` (a name may repeat): the
         one-thread ingest's round, counted under one hold of the lock."""
+        counts: dict[str, int] = {}
+        for camera in cameras:
+            counts[camera] = counts.get(camera, 0) + 1
+        self._frames_in(counts)
+
+    def _frames_in(self, counts: dict[str, int]) -> None:
         now = time.monotonic()
         with self._lock:
-            for camera in cameras:
-                self.cameras[camera].frames_in += 1
             if now - self.last_in_s > self.health_window_s:
-                self.arriving_since_s = now
+                self.arriving_since_s = now  # frames arrive again after a pause
             self.last_in_s = now
-            for camera in cameras:
-                self.cameras[camera].last_in_s = now
-        for camera in cameras:
-            self._camera_frames(camera).inc()
+            for camera, n in counts.items():
+                cam = self.cameras[camera]
+                cam.frames_in += n
+                cam.last_in_s = now
+        for camera, n in counts.items():
+            self._camera_frames(camera).inc(n)
 
     def frames_ok(self, camera: str, n: int, newest: int) -> None:
         """``n`` frames of ``camera`` accepted, for sets up to index ``newest``."""

@@ -132,22 +132,7 @@ class CameraSync(Generic[T]):
     def lead(self, camera: str) -> int:
         """How many sets ``camera`` is ahead of the slowest other synchronised camera that
         sent within ``active_s`` (0 when none or it is not ahead)."""
-        cam = self._cams[camera]
-        if not cam.recent:
-            return 0
-        now = self._clock()
-        slowest: int | None = None  # (a plain loop: this runs for every batch of frames)
-        for name, c in self._cams.items():
-            if (
-                name != camera
-                and c.state is SyncState.SYNCED
-                and c.recent
-                and now - c.last_arrival <= self.active_s
-            ):
-                newest = c.recent[-1][0]
-                if slowest is None or newest < slowest:
-                    slowest = newest
-        return 0 if slowest is None else max(cam.recent[-1][0] - slowest, 0)
+        return self.leads((camera,))[camera]
 
     def leads(self, cameras: Iterable[str]) -> dict[str, int]:
         """:meth:`lead` of each of ``cameras``, with one look at the clock and the
