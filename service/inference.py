@@ -196,7 +196,7 @@ class Submitted:
         out: list[Localizations] = []
         for sets, pending in self.parts:
             out.extend(
-                replace(r, frame=fs.frame)  # the set's own frame index, the rest kept
+                r if r.frame == fs.frame else replace(r, frame=fs.frame)  # the set's own
                 for fs, r in zip(sets, pending.result(), strict=True)
             )
         self.busy_s += time.perf_counter() - t0
@@ -216,7 +216,11 @@ def submit_batch(model: LoadedModel, batch: Batch, threshold: float) -> Submitte
     for sets in _runs_of_same_input(batch.sets):
         reg = sets[0].registration
         device_reg = reg.device if reg is not None else _identity(model.engine.planes)
-        pending = model.engine.submit_raw([fs.planes for fs in sets], device_reg, threshold)
+        # numbered from the first set's frame: consecutive sets (the usual case) come back
+        # with their own frame indices, so collect() renumbers only after a gap
+        pending = model.engine.submit_raw(
+            [fs.planes for fs in sets], device_reg, threshold, first_frame=sets[0].frame
+        )
         parts.append((sets, pending))
     return Submitted(batch, model, threshold, parts, time.perf_counter() - t0)
 

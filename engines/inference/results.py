@@ -78,23 +78,15 @@ class FlatLocs(NamedTuple):
 
 def split_per_frame(flat: FlatLocs, batch: int, first_frame: int = 0) -> list[Localizations]:
     """Group flat localizations (rows sorted by frame) into one object per frame."""
-    bounds = np.searchsorted(np.asarray(flat.frame, dtype=np.int64), np.arange(batch + 1))
-
-    def rows(col: np.ndarray, b: int) -> np.ndarray:
-        return np.asarray(col[bounds[b] : bounds[b + 1]], np.float32)
-
-    return [
-        Localizations(
-            first_frame + b,
-            rows(flat.xyz_nm, b),
-            rows(flat.confidence, b),
-            rows(flat.photons, b),
-            rows(flat.background, b),
-            rows(flat.precision_nm, b),
-            rows(flat.chi2, b),
-        )
-        for b in range(batch)
-    ]
+    edges = np.searchsorted(np.asarray(flat.frame, dtype=np.int64), np.arange(batch + 1))
+    bounds = edges.tolist()  # Python ints: slicing with them is several times faster
+    cols = [np.asarray(c, np.float32) for c in flat[1:]]  # a no-op for float32 columns
+    out = []
+    for b in range(batch):
+        lo, hi = bounds[b], bounds[b + 1]
+        xyz, conf, photons, bg, precision, chi2 = (c[lo:hi] for c in cols)
+        out.append(Localizations(first_frame + b, xyz, conf, photons, bg, precision, chi2))
+    return out
 
 
 class PendingResult:
