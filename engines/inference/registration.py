@@ -114,6 +114,15 @@ def raw_tensor(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(arr.view(np.int16) if arr.dtype == np.uint16 else arr)
 
 
+def pinned_host_buffer(shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray:
+    """A host array in pinned (page-locked) memory, for frames bound for a CUDA device:
+    their copy to it is asynchronous DMA. uint16 is held as int16 (see :func:`as_float`)
+    and viewed back as uint16."""
+    host = torch.empty(shape, dtype=raw_tensor(np.zeros(1, dtype)).dtype, pin_memory=True)
+    arr = host.numpy()
+    return arr.view(np.uint16) if np.dtype(dtype) == np.uint16 else arr
+
+
 def register(
     raw: torch.Tensor, grid: torch.Tensor | None, baseline: torch.Tensor, gain: torch.Tensor
 ) -> torch.Tensor:

@@ -10,6 +10,14 @@ float32. One optimisation profile over batch and H x W
 by TensorRT version, GPU, compute capability, profile, precision and the hash of the ONNX
 it was built from; a stale or foreign cache entry is rebuilt.
 
+Raw camera frames (the live service) are registered on the GPU before the engine: the
+uint16 (or float32) sets cross the bus as they are, from the ingest's pinned frame-set
+buffers, and the input stage (:class:`~engines.inference.registration.InputStage`: the
+affine resampling, baseline and gain, with the registration in device buffers, so a new
+one needs no rebuild) runs as torch kernels on the engine's stream, writing the float32
+frames the engine reads in place. TensorRT has no uint16 input type, so the widening
+could not be inside the engine anyway.
+
 Device buffers are torch CUDA tensors (torch is a dependency anyway; no pycuda context
 juggling): the input is copied from pinned memory, the threshold lives in a 1-element
 device tensor, and the data-dependent ``locs (N, 5)`` output (``NonZero`` in the graph)
@@ -40,6 +48,12 @@ from engines.export import (
 )
 from engines.inference.base import BackendUnavailableError, Engine
 from engines.inference.engine_cache import CacheKey, EngineCache, Profile
+from engines.inference.registration import (
+    InputStage,
+    PlaneRegistration,
+    pinned_host_buffer,
+    raw_tensor,
+)
 from engines.inference.results import FlatLocs
 
 try:
@@ -211,6 +225,7 @@ class TensorRTEngine(Engine):
             )
         self._stream = torch.cuda.Stream(self._dev)
         self._threshold_dev = torch.zeros(1, dtype=torch.float32, device=self._dev)
+        self._stages: dict[tuple[int, int], InputStage] = {}  # raw frames' input stage per size
         self._allocator = _OutputAllocator(self._dev)
         if not self._context.set_output_allocator(OUTPUT_LOCS, self._allocator):
             raise EngineError(f"TensorRT refused an output allocator for {OUTPUT_LOCS!r}")
@@ -227,21 +242,58 @@ class TensorRTEngine(Engine):
         flat = self._worker.submit(self._execute, frames, threshold).result()
         return flat.take(flat.frame < n)
 
+    def _run_raw(
+        self, sets: list[np.ndarray], registration: PlaneRegistration, threshold: float
+    ) -> FlatLocs:
+        _, h, w = sets[0].shape
+        self.profile.check_frame(h, w)
+        n = len(sets)
+        flat = self._worker.submit(self._execute_raw, sets, registration, threshold).result()
+        return flat.take(flat.frame < n)
+
+    def host_buffer(self, shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray:
+        return pinned_host_buffer(shape, dtype)
+
     def _execute(self, frames: np.ndarray, threshold: float) -> FlatLocs:
-        ctx = self._context
         with torch.cuda.stream(self._stream):
             x = torch.from_numpy(frames).pin_memory().to(self._dev, non_blocking=True)
-            self._threshold_dev.fill_(threshold)
-            if not ctx.set_input_shape(INPUT_FRAMES, tuple(x.shape)):
-                raise EngineError(
-                    f"TensorRT rejected input shape {tuple(x.shape)} (profile {self.profile})"
-                )
-            ctx.set_tensor_address(INPUT_FRAMES, x.data_ptr())
-            if not ctx.execute_async_v3(self._stream.cuda_stream):
-                raise EngineError(f"TensorRT execution failed for input shape {tuple(x.shape)}")
-            rows = self._allocator.rows()
-            flat = self._measure(x, rows[:, 0].long(), rows[:, 1:4], rows[:, 4])
-            self._stream.synchronize()
+            return self._enqueue(x, threshold)
+
+    @torch.inference_mode()
+    def _execute_raw(
+        self, sets: list[np.ndarray], registration: PlaneRegistration, threshold: float
+    ) -> FlatLocs:
+        """Raw sets to the device (camera dtype), registered there, then the engine."""
+        p, h, w = sets[0].shape
+        b = max(len(sets), self.profile.min_batch)
+        with torch.cuda.stream(self._stream):
+            first = raw_tensor(sets[0])
+            raw = torch.empty((b, p, h, w), dtype=first.dtype, device=self._dev)
+            for i, s in enumerate(sets):  # from pinned slots: DMA, no host staging copy
+                raw[i].copy_(raw_tensor(s), non_blocking=True)
+            stage = self._stages.get((h, w))
+            if stage is None:
+                stage = self._stages[(h, w)] = InputStage(p, h, w, self._dev)
+            stage.load(registration)
+            x = stage(raw).contiguous()
+            if b > len(sets):  # blank frames up to the profile's smallest batch
+                x[len(sets) :] = self.info.input_offset
+            return self._enqueue(x, threshold)
+
+    def _enqueue(self, x: torch.Tensor, threshold: float) -> FlatLocs:
+        """Run the engine on ``x`` (float32 frames on the device, this stream)."""
+        ctx = self._context
+        self._threshold_dev.fill_(threshold)
+        if not ctx.set_input_shape(INPUT_FRAMES, tuple(x.shape)):
+            raise EngineError(
+                f"TensorRT rejected input shape {tuple(x.shape)} (profile {self.profile})"
+            )
+        ctx.set_tensor_address(INPUT_FRAMES, x.data_ptr())
+        if not ctx.execute_async_v3(self._stream.cuda_stream):
+            raise EngineError(f"TensorRT execution failed for input shape {tuple(x.shape)}")
+        rows = self._allocator.rows()
+        flat = self._measure(x, rows[:, 0].long(), rows[:, 1:4], rows[:, 4])
+        self._stream.synchronize()
         return flat
 
     def close(self) -> None:

@@ -35,7 +35,12 @@ from engines.errors import EngineError
 from engines.inference import hardware
 from engines.inference.base import BackendUnavailableError, Engine
 from engines.inference.fused import FusedVoxelNet
-from engines.inference.registration import InputStage, PlaneRegistration, raw_tensor
+from engines.inference.registration import (
+    InputStage,
+    PlaneRegistration,
+    pinned_host_buffer,
+    raw_tensor,
+)
 from engines.inference.results import FlatLocs
 from engines.modeldir import load_model
 
@@ -219,11 +224,7 @@ class TorchEngine(Engine):
         return self._stages[key]
 
     def host_buffer(self, shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray:
-        if self._h2d is None:
-            return np.empty(shape, dtype)
-        host = torch.empty(shape, dtype=raw_tensor(np.zeros(1, dtype)).dtype, pin_memory=True)
-        arr = host.numpy()
-        return arr.view(np.uint16) if np.dtype(dtype) == np.uint16 else arr
+        return np.empty(shape, dtype) if self._h2d is None else pinned_host_buffer(shape, dtype)
 
     def _graph(self, x: torch.Tensor) -> _CapturedShape:
         shape = tuple(x.shape)

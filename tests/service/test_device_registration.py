@@ -3,6 +3,8 @@ the reference, itself checked against scipy in test_aligner.py)."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -38,6 +40,16 @@ BACKENDS = [
         {},
         id="torch-cuda",
         marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU"),
+    ),
+    pytest.param(  # raw frames registered on the GPU by torch, then the TensorRT engine
+        "tensorrt",
+        "cuda",
+        {},
+        id="tensorrt",
+        marks=pytest.mark.skipif(
+            not (torch.cuda.is_available() and importlib.util.find_spec("tensorrt")),
+            reason="needs a CUDA GPU and TensorRT (pip install voxloc[tensorrt])",
+        ),
     ),
 ]
 
