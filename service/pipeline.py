@@ -16,6 +16,7 @@ import threading
 from typing import Any
 
 import zmq
+from prometheus_client import generate_latest
 
 from engines.config import Geometry
 from engines.errors import VoxlocError
@@ -208,6 +209,36 @@ class Pipeline:
     @property
     def ready(self) -> bool:
         return self.state is PipelineState.RUNNING and self.models.active is not None
+
+    @property
+    def active_model(self) -> LoadedModel | None:
+        """The model serving now (None before the first load)."""
+        return self.models.active
+
+    @property
+    def model_loading(self) -> str | None:
+        """The name of a model being loaded in the background, if any."""
+        return self.models.loading
+
+    # -- acquisitions (the registry's answers, for the control plane) --------------------
+    def start_acquisition(
+        self, name: str, metadata: dict[str, Any], record: str | None
+    ) -> dict[str, Any]:
+        return self.acquisitions.start(name, metadata, record)
+
+    def stop_acquisition(self) -> dict[str, Any]:
+        return self.acquisitions.stop_current()
+
+    def acquisition(self, acq_id: str) -> dict[str, Any]:
+        return self.acquisitions.get(acq_id)
+
+    def acquisition_list(self) -> dict[str, Any]:
+        """The current acquisition's id and every acquisition's summary."""
+        return {"current": self.aligner.current, "acquisitions": self.acquisitions.list()}
+
+    def metrics(self) -> bytes:
+        """Every ``voxloc_*`` metric, in Prometheus' text format."""
+        return generate_latest(self.stats.registry)
 
     # -- threads --------------------------------------------------------------------------
     def _flush(self) -> None:

@@ -139,7 +139,7 @@ def include_dashboard(app: FastAPI, pipeline: Pipeline) -> None:
     """
     endpoint = pipeline.publish_endpoint or pipeline.settings.stream.publish
     stream = pipeline.settings.stream
-    active = pipeline.models.active
+    active = pipeline.active_model
     # with CURVE on, the dashboard subscribes with a key pair of its own
     curve = pipeline.curve.client_keys() if pipeline.curve is not None else None
     try:

@@ -63,7 +63,7 @@ def _pipeline(request: Request) -> Pipeline:
 )
 def start_acquisition(body: AcquisitionStart, request: Request) -> dict[str, Any]:
     try:
-        return _pipeline(request).acquisitions.start(body.name, body.metadata, body.record)
+        return _pipeline(request).start_acquisition(body.name, body.metadata, body.record)
     except AcquisitionError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
 
@@ -79,7 +79,7 @@ def start_acquisition(body: AcquisitionStart, request: Request) -> dict[str, Any
 )
 def stop_acquisition(request: Request) -> dict[str, Any]:
     try:
-        return _pipeline(request).acquisitions.stop_current()
+        return _pipeline(request).stop_acquisition()
     except AcquisitionError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
 
@@ -91,8 +91,7 @@ class AcquisitionList(Answer):
 
 @router.get("/acquisitions", response_model=AcquisitionList)
 def list_acquisitions(request: Request) -> dict[str, Any]:
-    p = _pipeline(request)
-    return {"current": p.aligner.current, "acquisitions": p.acquisitions.list()}
+    return _pipeline(request).acquisition_list()
 
 
 @router.get(
@@ -105,6 +104,6 @@ def list_acquisitions(request: Request) -> dict[str, Any]:
 )
 def get_acquisition(acq_id: str, request: Request) -> dict[str, Any]:
     try:
-        return _pipeline(request).acquisitions.get(acq_id)
+        return _pipeline(request).acquisition(acq_id)
     except KeyError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc.args[0])) from exc

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Request, Response, status
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
 from engines.errors import EngineError, ModelNotFoundError
@@ -72,15 +72,12 @@ def ready(request: Request) -> Ready:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             f"not ready: pipeline {p.state.value}, model "
-            f"{p.models.active.name if p.models.active else None!r}",
+            f"{p.active_model.name if p.active_model else None!r}",
         )
-    assert p.models.active is not None
+    active = p.active_model
+    assert active is not None
     return Ready(
-        ready=True,
-        state=p.state,
-        model=p.models.active.name,
-        version=p.models.active.version,
-        backend=p.models.active.backend,
+        ready=True, state=p.state, model=active.name, version=active.version, backend=active.backend
     )
 
 
@@ -111,10 +108,10 @@ def models(request: Request) -> Models:
             )
         except EngineError as exc:
             available.append(UnreadableModel(name=name, dir=str(path), error=str(exc)))
-    active = p.models.active
+    active = p.active_model
     return Models(
         active=ModelSummary(**active.describe()) if active else None,
-        loading=p.models.loading,
+        loading=p.model_loading,
         available=available,
     )
 
@@ -228,4 +225,4 @@ def stats(request: Request) -> dict[str, Any]:
 @router.get("/metrics", tags=["stats"], response_class=PrometheusResponse)
 def metrics(request: Request) -> PrometheusResponse:
     """Prometheus text format (``voxloc_*`` metrics)."""
-    return PrometheusResponse(generate_latest(_pipeline(request).stats.registry))
+    return PrometheusResponse(_pipeline(request).metrics())
