@@ -27,7 +27,7 @@ from engines.inference import Engine, create_engine  # noqa: E402
 from engines.simulator import Simulator  # noqa: E402
 
 SETS = (("10/frame, no plane drift", 10, False), ("10/frame, plane drift", 10, True))
-SETS += (("50/frame, no plane drift", 50, False),)
+SETS += (("50/frame, no plane drift", 50, False), ("50/frame, plane drift", 50, True))
 
 
 def errors(engine: Engine, frames: np.ndarray, truth: list[np.ndarray]) -> np.ndarray:

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from engines.config import SimSettings
+from engines.plane_shift import fit_shifts, schur_terms
 from engines.window_psf import WindowPSF
 
 if TYPE_CHECKING:  # engines.inference imports this module
@@ -76,6 +77,10 @@ class Photometry:
             where the bound was not asked for).
         step_nm: ``(N, 3)`` float32 Gauss-Newton step of x, y, z of the window fit at the
             estimate, nm (NaN where the bound is).
+        shift_info, shift_grad: each localization's share of the normal equations of the
+            planes' lateral shifts against plane 0, ``(N, Q, Q)`` and ``(N, Q)`` float64
+            (Q = 2 (P - 1); its own parameters eliminated, :mod:`engines.plane_shift`), or
+            None where not asked for.
     """
 
     photons: torch.Tensor
@@ -83,6 +88,8 @@ class Photometry:
     crlb_nm: torch.Tensor
     chi2: torch.Tensor
     step_nm: torch.Tensor
+    shift_info: torch.Tensor | None = None
+    shift_grad: torch.Tensor | None = None
 
 
 class PhotometryFit:
@@ -106,6 +113,8 @@ class PhotometryFit:
         self._grid_key: tuple[object, ...] | None = None
         self._grid_cache = torch.zeros(0, 2)
         self._grid_ref: PlaneRegistration | None = None
+        # each frame's plane shifts (frames, P, 2) nm of the last refine, None without
+        self.plane_shift_nm: torch.Tensor | None = None
 
     # --- entry points ------------------------------------------------------------------
     def measure(
@@ -115,16 +124,20 @@ class PhotometryFit:
         xyz_nm: torch.Tensor,
         *,
         crlb: bool = True,
+        shift_nm: torch.Tensor | None = None,
+        system: bool = False,
     ) -> Photometry:
         """Photometry of ``(N, 3)`` localizations (nm) in ``(B, P, H, W)`` registered
         frames (model units) on any device; ``frame_idx`` ``(N,)`` indexes ``frames``;
-        ``crlb``: also the bound (else NaN)."""
+        ``crlb``: also the bound (else NaN); ``shift_nm`` ``(N, P, 2)``: each plane's
+        lateral shift against plane 0 at each localization (None: 0); ``system``: also
+        the shifts' normal equations (needs ``crlb``)."""
         with _one_thread(frames.device):
             h, w = frames.shape[-2:]
             origin, rows, cols, inside = self._window(xyz_nm, h, w)
             pix = frames.reshape(-1)[_flat_index(frames.shape, frame_idx, rows, cols)].float()
             layout = _Layout(tuple(frames.shape), frame_idx, rows, cols)
-            return self._fit(pix, inside, xyz_nm, origin, crlb, layout)
+            return self._fit(pix, inside, xyz_nm, origin, crlb, layout, _Shift(shift_nm, system))
 
     def measure_raw(
         self,
@@ -134,13 +147,16 @@ class PhotometryFit:
         xyz_nm: torch.Tensor,
         *,
         crlb: bool = True,
+        shift_nm: torch.Tensor | None = None,
+        system: bool = False,
     ) -> Photometry:
         """:meth:`measure` on raw camera frames ``(B, P, H, W)`` (uint16 as int16 bit
         patterns, or float32): only the windows are registered (bilinear, border clamp:
         what the input stage does to the whole frame,
         :func:`engines.inference.registration.register`)."""
         with _one_thread(raw.device):
-            return self._measure_raw(raw, registration, frame_idx, xyz_nm, crlb)
+            shift = _Shift(shift_nm, system)
+            return self._measure_raw(raw, registration, frame_idx, xyz_nm, crlb, shift)
 
     def _measure_raw(
         self,
@@ -149,6 +165,7 @@ class PhotometryFit:
         frame_idx: torch.Tensor,
         xyz_nm: torch.Tensor,
         crlb: bool,
+        shift: _Shift | None = None,
     ) -> Photometry:
         from engines.inference.registration import as_float  # that package imports us
 
@@ -163,9 +180,8 @@ class PhotometryFit:
             pix = _bilinear(raw, frame_idx, grid[at])
         base, gain = (torch.from_numpy(a).to(dev) for a in registration.scale_shift())
         pix = (pix.float() - base) / gain
-        return self._fit(
-            pix, inside, xyz_nm, origin, crlb, _Layout((b, p, h, w), frame_idx, rows, cols)
-        )
+        layout = _Layout((b, p, h, w), frame_idx, rows, cols)
+        return self._fit(pix, inside, xyz_nm, origin, crlb, layout, shift or _Shift())
 
     def _grid(
         self, registration: PlaneRegistration, h: int, w: int, dev: torch.device
@@ -181,11 +197,13 @@ class PhotometryFit:
 
     def refine(
         self,
-        measure: Callable[[torch.Tensor], Photometry],
+        measure: Callable[..., Photometry],
         xyz_nm: torch.Tensor,
         *,
         extent_nm: tuple[float, float] = (math.inf, math.inf),
         iterations: int = REFINE_ITERATIONS,
+        frame_idx: torch.Tensor | None = None,
+        frames: int = 0,
     ) -> tuple[torch.Tensor, Photometry]:
         """Opt-in refinement of ``(N, 3)`` positions by the fit's Gauss-Newton steps.
 
@@ -194,11 +212,17 @@ class PhotometryFit:
         where that lowers the window fit's chi^2 (and keeps A > 0), else leaves it; the
         position stays within one pixel laterally and one plane spacing in z of the start,
         inside the frame (``extent_nm``: its width and height) and the depth. Returns the
-        positions and their photometry. On frames whose planes are registered it halves
-        the network's lateral error at low density; with the settings' per-plane drift,
-        which the window model cannot see, it worsens it (docs/photometry.md): it is for
-        registered data. Where the window model does not fit at the refined position
-        (chi^2 > ``REFINE_MAX_CHI2``) the start position and its photometry are kept."""
+        positions and their photometry. Where the window model does not fit at the
+        refined position (chi^2 > ``REFINE_MAX_CHI2``) the start position and its
+        photometry are kept.
+
+        Given ``frame_idx`` (each localization's frame of ``frames``) and settings with a
+        per-plane drift (``drift_max_nm`` > 0), each iteration first fits every frame's
+        plane shifts against plane 0 (:mod:`engines.plane_shift`; ``measure`` then takes
+        ``shift_nm`` and ``system`` keywords) and the positions are fitted with them;
+        the last estimate is :attr:`plane_shift_nm`. Without it the window model cannot
+        see the drift, puts molecules at the planes' mean and worsens the network's
+        lateral error on drifted frames (docs/photometry.md)."""
         g = self.settings.geometry
         focal = self.settings.focal_planes_nm()
         dz = float(abs(focal[1] - focal[0])) if len(focal) > 1 else g.depth_nm
@@ -208,14 +232,27 @@ class PhotometryFit:
         hi = torch.tensor([*edge, g.depth_nm], device=lo.device, dtype=lo.dtype)
         start = measure(xyz_nm)
         pos, ph = xyz_nm, start
+        drift = self.settings.drift_max_nm
+        shift = None
+        if frame_idx is not None and drift > 0 and g.planes > 1:
+            shift = torch.zeros(frames, g.planes, 2, device=xyz_nm.device)
         for _ in range(iterations):
+            if shift is not None and frame_idx is not None:
+                shift = fit_shifts(
+                    measure, pos, shift, frame_idx, prior_nm=drift, limit_nm=2 * drift
+                )
+                ph = measure(pos, shift_nm=shift[frame_idx])
             moved = pos + ph.step_nm.to(pos.dtype).nan_to_num(0.0) - xyz_nm
             cand = (xyz_nm + moved.clamp(-lim, lim)).clamp(lo, hi)
-            new = measure(cand)
+            if shift is not None and frame_idx is not None:
+                new = measure(cand, shift_nm=shift[frame_idx])
+            else:
+                new = measure(cand)
             # False where either is NaN; a move that loses the molecule (A <= 0) is refused
             better = (new.chi2 < ph.chi2) & torch.isfinite(new.crlb_nm).all(dim=1)
             pos, ph = torch.where(better[:, None], cand, pos), _where(better, new, ph)
         fits = ph.chi2 <= REFINE_MAX_CHI2  # False where NaN
+        self.plane_shift_nm = shift
         return torch.where(fits[:, None], pos, xyz_nm), _where(fits, ph, start)
 
     # --- the fit ------------------------------------------------------------------------
@@ -244,6 +281,7 @@ class PhotometryFit:
         origin: torch.Tensor,
         crlb: bool,
         layout: _Layout,
+        shift: _Shift,
     ) -> Photometry:
         n = xyz_nm.shape[0]
         dev = pix.device
@@ -254,9 +292,9 @@ class PhotometryFit:
         m = inside.to(y.dtype)
         xyz = xyz_nm.float()
         if crlb:
-            u, du, flux = self.psf.unit_with_derivatives(xyz, origin.float())
+            u, du, flux = self.psf.unit_with_derivatives(xyz, origin.float(), shift.nm)
         else:
-            u, flux = self.psf.unit(xyz, origin.float())
+            u, flux = self.psf.unit(xyz, origin.float(), shift.nm)
         amp, bg = _solve(y, m, u)
         if NEIGHBOUR_PASSES:
             for _ in range(NEIGHBOUR_PASSES):  # the light of the others in each window
@@ -274,8 +312,8 @@ class PhotometryFit:
         j = self._information(mu)
         resid = y - mu
         chi2 = (m * j * resid**2).sum(dim=(1, 2, 3)) / (cnt.sum(dim=1) * u.shape[1])
-        bound, step = self._bound_and_step(amp, j, u, du, m, resid)
-        return Photometry(photons, background, bound, chi2, step)
+        bound, step, *system = self._bound_and_step(amp, j, u, du, m, resid, shift.system)
+        return Photometry(photons, background, bound, chi2, step, *system)
 
     def _information(self, mu: torch.Tensor) -> torch.Tensor:
         """Per-pixel Fisher information (about 1 / noise variance) at mean ``mu``, photons."""
@@ -292,9 +330,12 @@ class PhotometryFit:
         du: torch.Tensor,
         m: torch.Tensor,
         resid: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        system: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
         """``(N, 3)`` CRLB of x, y, z at the estimate and ``(N, 3)`` Gauss-Newton step of
-        x, y, z from the ``(N, P, S, S)`` residual; parameters (x, y, z, A, b)."""
+        x, y, z from the ``(N, P, S, S)`` residual; parameters (x, y, z, A, b). With
+        ``system`` also each localization's share of the planes' shift equations
+        (:func:`engines.plane_shift.schur_terms`)."""
         n = u.shape[0]
         w = (j * m).expand_as(u).reshape(n, 1, -1)
         d = torch.cat(
@@ -314,7 +355,11 @@ class PhotometryFit:
         grad = (d * w * resid.reshape(n, 1, -1)).sum(dim=2).double()  # (N, 5): J^T W r
         step = (cov @ grad[:, :, None])[:, :3, 0].float() / scale[:, :3]
         nan = torch.full_like(bound, math.nan)
-        return torch.where(ok[:, None], bound, nan), torch.where(ok[:, None], step, nan)
+        out = (torch.where(ok[:, None], bound, nan), torch.where(ok[:, None], step, nan))
+        if not system:
+            return out
+        wr = (w * resid.reshape(n, 1, -1)).double()
+        return out + schur_terms(amp * ok, du, d.double() * w, cov, grad, wr, w)
 
 
 @contextmanager
@@ -332,6 +377,15 @@ def _one_thread(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@dataclass(frozen=True)
+class _Shift:
+    """The planes' lateral shifts at each localization, ``(N, P, 2)`` nm (None: 0), and
+    whether their normal equations are wanted."""
+
+    nm: torch.Tensor | None = None
+    system: bool = False
 
 
 @dataclass(frozen=True)
@@ -356,7 +410,7 @@ def _where(cond: torch.Tensor, a: Photometry, b: Photometry) -> Photometry:
                 strict=True,
             )
         )
-    )
+    )  # the shifts' equations are for one set of positions: not merged
 
 
 def _solve(y: torch.Tensor, m: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,9 +3,11 @@
 :class:`engines.photometry.PhotometryFit` fits ``A * u + b_k`` in an ``S x S`` window per
 plane around each localization; ``u`` is a unit-weight molecule of the model's own PSF
 (:func:`engines.psf_model.psf_model_for`: the paper's Gaussian or a measured spline) at
-the localized position. This module renders ``u``, batched over localizations, and its
-derivatives by x, y, z for the Cramer-Rao bound and the Gauss-Newton step: analytic for
-the Gaussian, central differences of :data:`DIFF_STEP_NM` for the spline. ``flux`` is the
+the localized position, in plane k moved by an optional per-plane lateral ``shift`` (a
+molecule appears in plane k at ``xy + shift[k]``, as the simulator's drift, Eq. 7).
+This module renders ``u``, batched over localizations, and its derivatives by x, y, z
+for the Cramer-Rao bound and the Gauss-Newton step: analytic for the Gaussian, central
+differences of :data:`DIFF_STEP_NM` for the spline. ``flux`` is the
 unit molecule's intensity summed over all pixels and planes (not only the window).
 """
 
@@ -38,13 +40,18 @@ class WindowPSF:
         # point samples of a Gaussian of sigma >= 0.5 px sum to its integral within 1e-4
         self.gauss_flux = g.planes * settings.psf.a_prime / g.px_nm**2
 
-    def render(self, xyz: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
-        """``(N, P, S', S')`` unit-weight molecules (S' = S, or the spline's own window)."""
+    def render(
+        self, xyz: torch.Tensor, origin: torch.Tensor, shift: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(N, P, S', S')`` unit-weight molecules (S' = S, or the spline's own window),
+        moved in plane k by ``shift`` ``(N, P, 2)`` nm (None: not moved)."""
         n = xyz.shape[0]
         g = self.settings.geometry
         if self.spline is not None:
-            return self._render_spline(xyz, origin)
+            return self._render_spline(xyz, origin, shift)
         drift = torch.zeros(n, g.planes, 2, device=xyz.device, dtype=xyz.dtype)
+        if shift is not None:
+            drift = shift.to(xyz.dtype)
         rel = (xyz - origin)[:, None, :]
         ones = torch.ones(n, 1, device=xyz.device, dtype=xyz.dtype)
         out = render_planes(
@@ -59,7 +66,9 @@ class WindowPSF:
         )
         return out.reshape(n, g.planes, self.side, self.side)
 
-    def _render_spline(self, xyz: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+    def _render_spline(
+        self, xyz: torch.Tensor, origin: torch.Tensor, shift: torch.Tensor | None
+    ) -> torch.Tensor:
         """The spline's own ``R x R`` windows, all placed so that the fit window (origin
         ``origin``) is their centre: a position moved across a pixel border (the
         derivatives' shifted copies) would otherwise get a window one pixel over."""
@@ -74,7 +83,10 @@ class WindowPSF:
         n = xyz.shape[0]
         planes = []
         for k in range(sp.planes):
-            win, r0, c0 = sp.windows(k, xyz[:, 0], xyz[:, 1], xyz[:, 2], exact=False)
+            x, y = xyz[:, 0], xyz[:, 1]
+            if shift is not None:
+                x, y = x + shift[:, k, 0], y + shift[:, k, 1]
+            win, r0, c0 = sp.windows(k, x, y, xyz[:, 2], exact=False)
             ri = ((want_r - r0)[:, None] + offs).clamp(0, side - 1)  # edge rows: cropped
             ci = ((want_c - c0)[:, None] + offs).clamp(0, side - 1)
             win = win.gather(1, ri[:, :, None].expand(n, side, side))
@@ -89,37 +101,41 @@ class WindowPSF:
         win = full[..., lo : lo + self.side, lo : lo + self.side]
         return win, full.sum(dim=(1, 2, 3))
 
-    def unit(self, xyz: torch.Tensor, origin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def unit(
+        self, xyz: torch.Tensor, origin: torch.Tensor, shift: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(N, P, S, S)`` unit windows of ``(N, 3)`` positions, their ``(N,)`` flux."""
-        return self._crop(self.render(xyz, origin))
+        return self._crop(self.render(xyz, origin, shift))
 
     def unit_with_derivatives(
-        self, xyz: torch.Tensor, origin: torch.Tensor
+        self, xyz: torch.Tensor, origin: torch.Tensor, shift: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Unit windows, their ``(3, N, P, S, S)`` derivatives by x, y, z (per nm), flux.
 
         The Gaussian's derivatives are analytic; the spline's are central differences of
         :data:`DIFF_STEP_NM` (one rendering call for all of them)."""
         if self.spline is None:
-            u, du = self._gauss_with_derivatives(xyz, origin)
+            u, du = self._gauss_with_derivatives(xyz, origin, shift)
             return u, du, torch.full(xyz.shape[:1], self.gauss_flux, device=xyz.device)
         n = xyz.shape[0]
         step = torch.tensor(DIFF_STEP_NM, device=xyz.device, dtype=xyz.dtype)
-        shift = torch.cat(
+        offsets = torch.cat(
             [torch.zeros(1, 3, device=xyz.device), torch.diag(step), -torch.diag(step)]
         )
-        pos = (xyz[None] + shift[:, None, :].to(xyz.dtype)).reshape(-1, 3)  # (7N, 3)
-        full = self.render(pos, origin.repeat(7, 1)).reshape(7, n, *self.shape(xyz))
+        pos = (xyz[None] + offsets[:, None, :].to(xyz.dtype)).reshape(-1, 3)  # (7N, 3)
+        shifts = None if shift is None else shift.repeat(7, 1, 1)
+        full = self.render(pos, origin.repeat(7, 1), shifts).reshape(7, n, *self.shape(xyz))
         u, flux = self._crop(full[0])
         win = self._crop(full.flatten(0, 1))[0].reshape(7, n, *u.shape[1:])
         du = (win[1:4] - win[4:7]) / (2 * step[:, None, None, None, None])
         return u, du, flux
 
     def _gauss_with_derivatives(
-        self, xyz: torch.Tensor, origin: torch.Tensor
+        self, xyz: torch.Tensor, origin: torch.Tensor, shift: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:func:`engines.psf.render_planes` of unit molecules in their windows (no drift),
-        and its derivatives by x, y, z, from the separable factors."""
+        """:func:`engines.psf.render_planes` of unit molecules in their windows (moved by
+        ``shift`` per plane), and its derivatives by x, y, z, from the separable factors
+        (in plane k also the derivatives by that plane's shift)."""
         psf, px = self.settings.psf, self.settings.geometry.px_nm
         rel = xyz - origin
         focal = self.focal.to(xyz.device, xyz.dtype)
@@ -130,8 +146,11 @@ class WindowPSF:
         dr_dz = dr_dz / psf.d_nm
         amp = psf.a_prime / (2.0 * math.pi * r**2)
         centres = (torch.arange(self.side, device=xyz.device, dtype=xyz.dtype) + 0.5) * px
-        dx = centres[None, None, :] - rel[:, 0, None, None]  # (N, 1, S) pixel - molecule
-        dy = centres[None, None, :] - rel[:, 1, None, None]
+        mx, my = rel[:, 0, None], rel[:, 1, None]  # (N, 1), or (N, P) with a shift
+        if shift is not None:
+            mx, my = mx + shift[..., 0].to(xyz.dtype), my + shift[..., 1].to(xyz.dtype)
+        dx = centres[None, None, :] - mx[..., None]  # (N, 1 or P, S) pixel - molecule
+        dy = centres[None, None, :] - my[..., None]
         r2 = (r**2)[..., None]  # (N, P, 1)
         gx = torch.exp(-(dx**2) / (2 * r2))  # (N, P, S)
         gy = torch.exp(-(dy**2) / (2 * r2))

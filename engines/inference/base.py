@@ -356,17 +356,25 @@ class Engine(ABC):
 
     def _fitted(
         self,
-        measure: Callable[[torch.Tensor, bool], Photometry],
+        measure: Callable[..., Photometry],
         xyz_nm: torch.Tensor,
         shape: torch.Size,
+        frame: torch.Tensor,
     ) -> tuple[torch.Tensor, Photometry]:
-        """The positions (refined where :attr:`refine` is set) and their photometry, from
-        ``measure(positions, with_bound)`` on frames of ``shape`` ``(B, P, H, W)``."""
+        """The positions (refined where :attr:`refine` is set, with each frame's plane
+        shifts) and their photometry, from ``measure(positions, with_bound, **shift)`` on
+        frames of ``shape`` ``(B, P, H, W)``; ``frame`` ``(N,)`` indexes them."""
         if not self.refine:
             return xyz_nm, measure(xyz_nm, self.calibration is not None)
         px = self.info.settings.geometry.px_nm
         extent = (shape[-1] * px, shape[-2] * px)
-        return self.photometry.refine(lambda p: measure(p, True), xyz_nm, extent_nm=extent)
+        return self.photometry.refine(
+            lambda p, **kw: measure(p, True, **kw),
+            xyz_nm,
+            extent_nm=extent,
+            frame_idx=frame,
+            frames=shape[0],
+        )
 
     def _measure(
         self, frames: torch.Tensor, frame: torch.Tensor, xyz_nm: torch.Tensor, conf: torch.Tensor
@@ -375,7 +383,10 @@ class Engine(ABC):
         W)`` (registered, model units) on their device; only the rows cross to the host."""
         fit = self.photometry
         xyz_nm, ph = self._fitted(
-            lambda p, b: fit.measure(frames, frame, p, crlb=b), xyz_nm, frames.shape
+            lambda p, b, **kw: fit.measure(frames, frame, p, crlb=b, **kw),
+            xyz_nm,
+            frames.shape,
+            frame,
         )
         return FlatLocs.from_device(frame, xyz_nm, conf, self._calibrated(ph, frame, xyz_nm))
 
@@ -390,7 +401,10 @@ class Engine(ABC):
         """:meth:`_measure` on raw camera frames: only the windows are registered."""
         fit = self.photometry
         xyz_nm, ph = self._fitted(
-            lambda p, b: fit.measure_raw(raw, registration, frame, p, crlb=b), xyz_nm, raw.shape
+            lambda p, b, **kw: fit.measure_raw(raw, registration, frame, p, crlb=b, **kw),
+            xyz_nm,
+            raw.shape,
+            frame,
         )
         return FlatLocs.from_device(frame, xyz_nm, conf, self._calibrated(ph, frame, xyz_nm))
 

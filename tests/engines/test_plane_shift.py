@@ -1,0 +1,149 @@
+"""Each frame's plane shifts fitted with the refinement (engines.plane_shift)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engines.config import Geometry, SimSettings
+from engines.photometry import PhotometryFit
+from engines.psf import render_planes
+from engines.psf_model import spline_ref
+from engines.simulator import Simulator
+from engines.window_psf import WindowPSF
+from tests.engines.test_spline_psf import gaussian_spline
+
+PAPER = SimSettings(geometry=Geometry(planes=4, height=40, width=40), margin_px=0)
+
+
+def drifted(settings: SimSettings, frames: int = 16, molecules: int = 10, seed: int = 3):
+    """Frames with the settings' per-plane drift, the true positions and a start 15 / 15 /
+    30 nm (rms) off them, as a network's: (batch, frame index, truth, start)."""
+    batch = Simulator(settings, seed=seed).sample(frames, molecules, drift=True)
+    idx = torch.arange(frames)[:, None].expand(frames, batch.xyz_nm.shape[1])[batch.valid]
+    xyz = batch.xyz_nm[batch.valid]
+    gen = torch.Generator().manual_seed(seed)
+    start = xyz + torch.randn(xyz.shape, generator=gen) * torch.tensor([15.0, 15.0, 30.0])
+    return batch, idx, xyz, start
+
+
+def rms(err: torch.Tensor) -> torch.Tensor:
+    return err.pow(2).mean(dim=0).sqrt()
+
+
+def test_refinement_fits_the_planes_shifts_and_then_the_lateral_positions():
+    batch, idx, xyz, start = drifted(PAPER)
+    fit = PhotometryFit(PAPER)
+
+    def measure(p, **kw):
+        return fit.measure(batch.frames, idx, p, **kw)
+
+    blind = fit.refine(measure, start)[0]  # no frame index: no shifts, as before
+    assert fit.plane_shift_nm is None
+    pos = fit.refine(measure, start, frame_idx=idx, frames=16)[0]
+    shift = fit.plane_shift_nm
+    assert shift is not None and shift.shape == (16, 4, 2)
+    assert bool((shift[:, 0] == 0).all())  # plane 0 is the reference
+    assert float(rms((shift - batch.drift_nm).reshape(-1, 1))) < 6.0  # drift +-48 nm
+    lateral = rms(pos - xyz)[:2]
+    assert bool((lateral < 0.5 * rms(blind - xyz)[:2]).all())
+    assert bool((lateral < 0.5 * rms(start - xyz)[:2]).all())
+    assert float(rms(pos - xyz)[2]) < float(rms(start - xyz)[2])
+
+
+def test_registered_frames_keep_their_shifts_at_zero():
+    """Where the planes do not move, a step must explain the pixels significantly better
+    than noise fitted by six shifts would: the frames keep 0 and their positions."""
+    settings = PAPER.model_copy(update={"drift_max_nm": 0.0})
+    batch, idx, xyz, start = drifted(settings)  # frames drawn without drift
+    fit = PhotometryFit(PAPER)  # a model that expects drift
+    measure = lambda p, **kw: fit.measure(batch.frames, idx, p, **kw)  # noqa: E731
+    pos = fit.refine(measure, start, frame_idx=idx, frames=16)[0]
+    assert fit.plane_shift_nm is not None
+    assert float((fit.plane_shift_nm != 0).any(dim=(1, 2)).float().mean()) <= 0.2
+    blind = fit.refine(measure, start)[0]
+    assert bool((rms(pos - xyz)[:2] < 1.15 * rms(blind - xyz)[:2]).all())
+
+
+def test_a_frame_without_molecules_keeps_its_shifts_at_zero():
+    batch, idx, xyz, start = drifted(PAPER, frames=4)
+    fit = PhotometryFit(PAPER)
+    keep = idx != 2
+    fit.refine(
+        lambda p, **kw: fit.measure(batch.frames, idx[keep], p, **kw),
+        start[keep],
+        frame_idx=idx[keep],
+        frames=4,
+    )
+    assert fit.plane_shift_nm is not None
+    assert float(fit.plane_shift_nm[2].abs().max()) == 0.0
+    assert float(fit.plane_shift_nm[[0, 1, 3], 1:].abs().max()) > 1.0
+
+
+def test_no_drift_in_the_settings_means_no_shifts():
+    settings = PAPER.model_copy(update={"drift_max_nm": 0.0})
+    batch, idx, xyz, start = drifted(settings, frames=4)
+    fit = PhotometryFit(settings)
+    measure = lambda p, **kw: fit.measure(batch.frames, idx, p, **kw)  # noqa: E731
+    with_idx = fit.refine(measure, start, frame_idx=idx, frames=4)[0]
+    assert fit.plane_shift_nm is None
+    torch.testing.assert_close(with_idx, fit.refine(measure, start)[0])
+
+
+def test_shifted_windows_are_the_simulators_drift_and_their_derivatives_are_right():
+    psf = WindowPSF(PAPER, 9)
+    gen = torch.Generator().manual_seed(0)
+    xyz = torch.tensor([[900.0, 860.0, 0.0]]) + torch.rand(6, 3, generator=gen) * torch.tensor(
+        [40.0, 40.0, 1600.0]
+    )
+    origin = torch.tensor([[0.0, 0.0, 0.0]]).expand(6, 3)
+    shift = (torch.rand(6, 4, 2, generator=gen) - 0.5) * 96.0
+    u, du, _ = psf.unit_with_derivatives(xyz, origin, shift)
+    ref = render_planes(
+        xyz[:, None, :],
+        torch.ones(6, 1),
+        shift,
+        psf.focal,
+        px_nm=192.0,
+        height=9,
+        width=9,
+        psf=PAPER.psf,
+    )
+    torch.testing.assert_close(u, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(psf.unit(xyz, origin, shift)[0], u)
+    h = 0.5
+    for axis in range(3):
+        step = torch.zeros(3)
+        step[axis] = h
+        num = (psf.unit(xyz + step, origin, shift)[0] - psf.unit(xyz - step, origin, shift)[0]) / (
+            2 * h
+        )
+        torch.testing.assert_close(du[axis], num, rtol=2e-2, atol=2e-3)
+
+
+def test_spline_model_shifts(tmp_path):
+    spline = gaussian_spline(PAPER, roi_px=17)
+    path = spline.save(tmp_path / "gauss.npz")
+    settings = PAPER.model_copy(
+        update={"psf": PAPER.psf.model_copy(update={"spline": spline_ref(path)})}
+    )
+    batch, idx, xyz, start = drifted(PAPER, frames=6)  # Gaussian frames, the spline's model
+    fit = PhotometryFit(settings)
+    pos = fit.refine(
+        lambda p, **kw: fit.measure(batch.frames, idx, p, **kw), start, frame_idx=idx, frames=6
+    )[0]
+    assert fit.plane_shift_nm is not None
+    assert float(rms((fit.plane_shift_nm - batch.drift_nm).reshape(-1, 1))) < 8.0
+    assert bool((rms(pos - xyz)[:2] < 0.6 * rms(start - xyz)[:2]).all())
+
+
+@pytest.mark.parametrize("molecules", [1, 3])
+def test_sparse_frames_stay_finite(molecules):
+    batch, idx, xyz, start = drifted(PAPER, frames=3, molecules=molecules, seed=5)
+    fit = PhotometryFit(PAPER)
+    pos, ph = fit.refine(
+        lambda p, **kw: fit.measure(batch.frames, idx, p, **kw), start, frame_idx=idx, frames=3
+    )
+    assert bool(torch.isfinite(pos).all()) and fit.plane_shift_nm is not None
+    assert bool(torch.isfinite(fit.plane_shift_nm).all())
+    assert float(fit.plane_shift_nm.abs().max()) <= 2 * PAPER.drift_max_nm
