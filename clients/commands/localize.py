@@ -113,10 +113,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--refine",
         action="store_true",
         help="refine each position by Gauss-Newton steps of the photometry fit with the "
-        "model's PSF: about half the lateral error at low density where the planes are "
-        "registered, worse where they are offset by the model's simulated per-plane "
-        "drift; the reported precision stays the network's (conservative). "
-        "docs/photometry.md. Off by default",
+        "model's PSF, fitting each frame's plane shifts against plane 0 where the model "
+        "has a per-plane drift: about half the network's lateral error, 0.75x in z; the "
+        "reported precision stays the network's (conservative). docs/photometry.md. "
+        "Off by default",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     from clients.cluster.command import add_cluster_options  # --workers, --scheduler
