@@ -88,6 +88,15 @@ class PrecisionCalibration(BaseModel):
     )
     chi2_gate: float = Field(CHI2_GATE, ge=0, description="chi^2 per pixel counted beyond this")
     window_px: int = Field(ge=3, description="photometry window the CRLB was computed in")
+    refined: PrecisionCalibration | None = Field(
+        None,
+        description="the constants of refined positions (voxloc localize --refine), fitted "
+        "by voxloc evaluate --calibrate-precision --refine; None: the network's are used",
+    )
+
+    def for_positions(self, refined: bool) -> PrecisionCalibration:
+        """The constants that apply to the network's positions or to refined ones."""
+        return self.refined if refined and self.refined is not None else self
 
     def apply(
         self,

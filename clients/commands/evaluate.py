@@ -37,6 +37,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             sweep_frames="sweep_frames",
             crlb_samples="crlb_samples",
             test_psf="test_psf",
+            refine="refine",
         ),
         precision=args.precision,
     )
@@ -71,7 +72,7 @@ def _calibration_command(cfg: EvalConfig) -> str:
         f"--seed {cfg.seed}",
         "--thresholds " + " ".join(f"{t:g}" for t in cfg.thresholds),
     ]
-    return " ".join(args)
+    return " ".join(args + (["--refine"] if cfg.refine else []))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -148,6 +149,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(calibrated Cramer-Rao bound, docs/photometry.md) on --frames frames of "
         "--low-molecules to --molecules per 64x64, check it on independent frames, and "
         "record it in model.json",
+    )
+    p.add_argument(
+        "--refine",
+        action="store_true",
+        help="localize as voxloc localize --refine does (positions refined with each "
+        "frame's plane shifts); with --calibrate-precision: calibrate the precision of "
+        "refined positions (model.json precision.refined; the network's calibration "
+        "must exist)",
     )
     g = p.add_argument_group("extra test sets")
     g.add_argument(

@@ -45,10 +45,16 @@ def calibrate_precision(cfg: EvalConfig, *, command: str) -> dict[str, Any]:
     ``"precision"``)."""
     ev = Evaluator(cfg)
     try:
+        if cfg.refine and ev.engine.calibration is None:
+            raise ValueError(
+                "calibrate the network's precision first (voxloc evaluate "
+                "--calibrate-precision without --refine): refined positions keep the "
+                "network's where the window model does not fit"
+            )
         record = _calibrate(ev, command, cfg.frames)
     finally:
         ev.close()
-    _store(ev.model_dir, record)
+    _store(ev.model_dir, record, refined=cfg.refine)
     return record
 
 
@@ -72,7 +78,12 @@ def _calibrate(ev: Evaluator, command: str, frames: int) -> dict[str, Any]:
         window_px=ev.engine.photometry.side,
     )
     cal = _with_chi2_weights(cal, err, crlb, near, step, cols.column("chi2"))
-    ev.engine.calibration = cal  # the check sets run with it, as a loaded model would
+    # the check sets run with it, as a loaded model would
+    base = ev.engine.calibration
+    if cfg.refine and base is not None:
+        ev.engine.calibration = base.model_copy(update={"refined": cal})
+    else:
+        ev.engine.calibration = cal
     checks = {
         "low_density": (low, True),
         "main_density": (main, True),
@@ -95,6 +106,7 @@ def _calibrate(ev: Evaluator, command: str, frames: int) -> dict[str, Any]:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "backend": ev.engine.label,
+        "positions": "refined (voxloc localize --refine)" if cfg.refine else "the network's",
         "threshold": cfg.thresholds[0],
         "seeds": seeds,
         "frames_per_set": frames,
@@ -151,12 +163,17 @@ def _with_chi2_weights(
     return cal.model_copy(update={"chi2_weight_nm": (lateral, lateral, axial)})
 
 
-def _store(model_dir: Path, record: dict[str, Any]) -> None:
-    """Set ``"precision"`` in ``model.json``, the rest of the file as it is (a spline
-    path stays relative to the model directory)."""
+def _store(model_dir: Path, record: dict[str, Any], *, refined: bool = False) -> None:
+    """Set ``"precision"`` in ``model.json`` (``refined``: its ``"refined"``; a new
+    network record keeps the refined one), the rest of the file as it is (a spline path
+    stays relative to the model directory)."""
     path = Path(model_dir) / MODEL_JSON
     doc = json.loads(path.read_text())
-    doc["precision"] = record
+    old = doc.get("precision") or {}
+    if refined:
+        doc["precision"] = {**old, "refined": record}
+    else:
+        doc["precision"] = {**record, **({"refined": old["refined"]} if "refined" in old else {})}
     write_json(path, doc)
     log.info("precision calibration recorded in %s", path)
 
@@ -166,7 +183,8 @@ def format_calibration(record: dict[str, Any]) -> str:
     fit = record["fit_set"]
     lo, hi = fit["molecules_per_frame"]
     lines = [
-        f"precision calibration ({record['method']})",
+        f"precision calibration of {record.get('positions', 'the network')} positions "
+        f"({record['method']})",
         f"fitted on {fit['matched']} matched localizations ({record['frames_per_set']} "
         f"frames, {lo}-{hi} molecules/frame, drift on):",
     ]

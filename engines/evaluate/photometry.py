@@ -18,7 +18,8 @@ import torch
 
 from engines.config import SimSettings
 from engines.evaluate.matching import Matching
-from engines.photometry import PhotometryFit
+from engines.photometry import REFINE_ITERATIONS, Photometry, PhotometryFit
+from engines.plane_shift import fit_shifts
 from engines.precision import coverage_figures, nearest_neighbour_nm
 from engines.psf_model import PSFModel, psf_model_for
 from engines.types import Localizations
@@ -108,18 +109,38 @@ class PhotometryStats:
 
 
 def raw_crlb(
-    fit: PhotometryFit, frames: torch.Tensor, locs: list[Localizations]
+    fit: PhotometryFit, frames: torch.Tensor, locs: list[Localizations], *, shifts: bool = False
 ) -> list[np.ndarray]:
     """Per frame of ``frames``, ``(N, 7)``: the bound of x, y, z at every localization of
     ``locs``, the fit's chi2 and its Gauss-Newton step of x, y, z (nm), from the same fit
-    the engine runs."""
+    the engine runs; ``shifts``: with each frame's plane shifts fitted again at these
+    positions, as the refinement fits them (:mod:`engines.plane_shift`)."""
     idx = torch.cat([torch.full((len(loc),), b, dtype=torch.long) for b, loc in enumerate(locs)])
     xyz = torch.from_numpy(np.concatenate([loc.xyz_nm for loc in locs]).reshape(-1, 3))
     with torch.inference_mode():
-        ph = fit.measure(frames, idx, xyz, crlb=True)
+        shift = refit_shifts(fit, frames, idx, xyz) if shifts else None
+        ph = fit.measure(frames, idx, xyz, crlb=True, shift_nm=shift)
     both = torch.cat([ph.crlb_nm, ph.chi2[:, None], ph.step_nm], dim=1).numpy()
     bounds = np.cumsum([0] + [len(loc) for loc in locs])
     return [both[bounds[i] : bounds[i + 1]] for i in range(len(locs))]
+
+
+def refit_shifts(
+    fit: PhotometryFit, frames: torch.Tensor, idx: torch.Tensor, xyz: torch.Tensor
+) -> torch.Tensor | None:
+    """``(N, P, 2)`` each localization's plane shifts, fitted from 0 in as many steps as
+    the refinement takes, at fixed positions (None where the settings have no drift)."""
+    drift, planes = fit.settings.drift_max_nm, fit.settings.geometry.planes
+    if drift <= 0 or planes < 2:
+        return None
+    shift = torch.zeros(frames.shape[0], planes, 2)
+
+    def measure(p: torch.Tensor, **kw: Any) -> Photometry:
+        return fit.measure(frames, idx, p, **kw)
+
+    for _ in range(REFINE_ITERATIONS):
+        shift = fit_shifts(measure, xyz, shift, idx, prior_nm=drift, limit_nm=2 * drift)
+    return shift[idx]
 
 
 def _nearest(xyz_nm: np.ndarray) -> np.ndarray:

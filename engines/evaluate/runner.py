@@ -56,6 +56,7 @@ class EvalConfig(BaseModel):
     batch_frames: int = Field(50, ge=1)  # per 64x64 area; fewer per batch for larger sizes
     # test frames from this PSF ("vectorial", a spline .npz) instead of the model's own
     test_psf: str | None = None
+    refine: bool = False  # the engine refines the positions (voxloc localize --refine)
 
     @field_validator("thresholds")
     @classmethod
@@ -99,6 +100,7 @@ class Evaluator:
         self.info: ModelInfo = info
         self.settings: SimSettings = info.settings.model_copy(update={"margin_px": 0})
         self.frames_psf: PSFModel | None = test_psf_model(cfg.test_psf, self.settings)
+        self.engine.refine = cfg.refine
 
     def close(self) -> None:
         self.engine.close()
@@ -139,7 +141,7 @@ class Evaluator:
                 for t in taus:
                     result.voxel[t].add(voxel_confusion(conf, labels, t))
             locs = self.engine.infer(batch.frames.numpy(), threshold=taus[0], first_frame=start)
-            bounds = raw_crlb(fit, batch.frames, locs)
+            bounds = raw_crlb(fit, batch.frames, locs, shifts=cfg.refine)
             for b, loc in enumerate(locs):
                 truth = batch.molecules(b).numpy()
                 weights = batch.weights[b][batch.valid[b]].numpy()

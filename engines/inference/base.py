@@ -351,7 +351,8 @@ class Engine(ABC):
         if self.calibration is None:
             return replace(ph, crlb_nm=torch.full_like(ph.crlb_nm, math.nan))
         near = nearest_neighbour_nm(frame, xyz_nm[:, :2])
-        sigma = self.calibration.apply(ph.crlb_nm, near, ph.step_nm, ph.chi2)
+        cal = self.calibration.for_positions(self.refine)
+        sigma = cal.apply(ph.crlb_nm, near, ph.step_nm, ph.chi2)
         return replace(ph, crlb_nm=sigma)
 
     def _fitted(

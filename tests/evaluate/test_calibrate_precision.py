@@ -46,3 +46,51 @@ def test_calibration_is_recorded_and_loaded_with_the_model(tmp_path, capsys):
         after = eng.infer(frames.frames.numpy())
     prec = np.concatenate([loc.precision_nm for loc in after])
     assert np.isfinite(prec).all() and (prec > 0).all()
+
+
+@pytest.mark.slow
+def test_refined_positions_get_their_own_calibration(tmp_path, capsys):
+    """``--refine``: the constants of refined positions go to ``precision.refined``, the
+    network's stay, and the engine reports the refined ones only while it refines."""
+    model = tmp_path / "copy"
+    shutil.copytree(resolve_model("default"), model, ignore=shutil.ignore_patterns("*.onnx"))
+    base = json.loads((model / "model.json").read_text())["precision"]
+    args = ["evaluate", "--calibrate-precision", "--refine", "--model", str(model)]
+    rc = main([*args, "--frames", "40", "--size", "32", "--backend", "onnxruntime"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "of refined (voxloc localize --refine) positions" in out
+    record = json.loads((model / "model.json").read_text())["precision"]
+    assert record["k"] == base["k"] and record["command"] == base["command"]
+    refined = record["refined"]
+    assert refined["command"].endswith("--refine")
+    assert set(refined["figures"]) == {"low_density", "main_density", "low_density_no_drift"}
+    # refined positions sit near the bound: a smaller multiplier than the network's
+    assert refined["k"][0] < base["k"][0]
+
+    frames = Simulator(read_info(model).settings, seed=5).sample(2, 20, height=32, width=32)
+    with create_engine(model, "onnxruntime") as eng:
+        plain = np.concatenate([loc.precision_nm for loc in eng.infer(frames.frames.numpy())])
+        eng.refine = True
+        refined_prec = eng.infer(frames.frames.numpy())
+    sigma = np.concatenate([loc.precision_nm for loc in refined_prec])
+    assert np.isfinite(sigma).all() and (sigma > 0).all()
+    assert np.median(sigma[:, 0]) < 0.8 * np.median(plain[:, 0])
+
+    # recalibrating the network keeps the refined record
+    again = ["evaluate", "--calibrate-precision", "--model", str(model), "--frames", "20"]
+    assert main([*again, "--size", "32", "--backend", "onnxruntime"]) == 0
+    assert json.loads((model / "model.json").read_text())["precision"]["refined"] == refined
+
+
+def test_refined_calibration_needs_the_networks_first(tmp_path, capsys):
+    model = tmp_path / "copy"
+    shutil.copytree(resolve_model("default"), model, ignore=shutil.ignore_patterns("*.onnx"))
+    doc = json.loads((model / "model.json").read_text())
+    doc.pop("precision", None)
+    (model / "model.json").write_text(json.dumps(doc))
+    args = ["evaluate", "--calibrate-precision", "--refine", "--model", str(model)]
+    rc = main([*args, "--frames", "10", "--size", "32", "--backend", "onnxruntime"])
+    assert rc != 0
+    assert "calibrate the network's precision first" in capsys.readouterr().err
+    assert "precision" not in json.loads((model / "model.json").read_text())
