@@ -12,13 +12,21 @@ from engines.modeldir import read_info, resolve_model
 from engines.simulator import Simulator
 
 
-@pytest.mark.slow
-def test_calibration_is_recorded_and_loaded_with_the_model(tmp_path, capsys):
+def default_copy(tmp_path, *, calibrated: bool = True):
+    """A copy of the default model directory (``calibrated=False``: without its precision
+    record)."""
     model = tmp_path / "copy"
     shutil.copytree(resolve_model("default"), model, ignore=shutil.ignore_patterns("*.onnx"))
-    doc = json.loads((model / "model.json").read_text())
-    doc.pop("precision", None)
-    (model / "model.json").write_text(json.dumps(doc))
+    if not calibrated:
+        doc = json.loads((model / "model.json").read_text())
+        doc.pop("precision", None)
+        (model / "model.json").write_text(json.dumps(doc))
+    return model
+
+
+@pytest.mark.slow
+def test_calibration_is_recorded_and_loaded_with_the_model(tmp_path, capsys):
+    model = default_copy(tmp_path, calibrated=False)
     with create_engine(model, "onnxruntime") as eng:
         frames = Simulator(eng.info.settings, seed=5).sample(2, 20, height=32, width=32)
         before = eng.infer(frames.frames.numpy())
@@ -52,8 +60,7 @@ def test_calibration_is_recorded_and_loaded_with_the_model(tmp_path, capsys):
 def test_refined_positions_get_their_own_calibration(tmp_path, capsys):
     """``--refine``: the constants of refined positions go to ``precision.refined``, the
     network's stay, and the engine reports the refined ones only while it refines."""
-    model = tmp_path / "copy"
-    shutil.copytree(resolve_model("default"), model, ignore=shutil.ignore_patterns("*.onnx"))
+    model = default_copy(tmp_path)
     base = json.loads((model / "model.json").read_text())["precision"]
     args = ["evaluate", "--calibrate-precision", "--refine", "--model", str(model)]
     rc = main([*args, "--frames", "40", "--size", "32", "--backend", "onnxruntime"])
@@ -84,11 +91,7 @@ def test_refined_positions_get_their_own_calibration(tmp_path, capsys):
 
 
 def test_refined_calibration_needs_the_networks_first(tmp_path, capsys):
-    model = tmp_path / "copy"
-    shutil.copytree(resolve_model("default"), model, ignore=shutil.ignore_patterns("*.onnx"))
-    doc = json.loads((model / "model.json").read_text())
-    doc.pop("precision", None)
-    (model / "model.json").write_text(json.dumps(doc))
+    model = default_copy(tmp_path, calibrated=False)
     args = ["evaluate", "--calibrate-precision", "--refine", "--model", str(model)]
     rc = main([*args, "--frames", "10", "--size", "32", "--backend", "onnxruntime"])
     assert rc != 0
