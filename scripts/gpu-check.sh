@@ -35,6 +35,7 @@ step() {  # name, timeout seconds, command...
 step tests 150 python -m pytest -q -rs -p no:cacheprovider \
   tests/inference/test_inf_torch_cuda.py tests/inference/test_inf_parity.py \
   tests/service/test_device_registration.py tests/inference/test_inf_null.py \
+  tests/engines/test_plane_shift.py \
   --junitxml "$OUT_DIR/tests.xml"
 
 if [ "$CUDA" = 1 ]; then

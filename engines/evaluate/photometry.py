@@ -133,7 +133,7 @@ def refit_shifts(
     drift, planes = fit.settings.drift_max_nm, fit.settings.geometry.planes
     if drift <= 0 or planes < 2:
         return None
-    shift = torch.zeros(frames.shape[0], planes, 2)
+    shift = torch.zeros(frames.shape[0], planes, 2, device=frames.device)
 
     def measure(p: torch.Tensor, **kw: Any) -> Photometry:
         return fit.measure(frames, idx, p, **kw)

@@ -147,3 +147,20 @@ def test_sparse_frames_stay_finite(molecules):
     assert bool(torch.isfinite(pos).all()) and fit.plane_shift_nm is not None
     assert bool(torch.isfinite(fit.plane_shift_nm).all())
     assert float(fit.plane_shift_nm.abs().max()) <= 2 * PAPER.drift_max_nm
+
+
+def refined_on(device: str, batch, idx, start, frames: int):
+    """The refined positions and plane shifts with everything on ``device``."""
+    fit = PhotometryFit(PAPER)
+    on, i, s = batch.frames.to(device), idx.to(device), start.to(device)
+    pos = fit.refine(lambda p, **kw: fit.measure(on, i, p, **kw), s, frame_idx=i, frames=frames)
+    assert fit.plane_shift_nm is not None and fit.plane_shift_nm.device.type == device
+    return pos[0].cpu(), fit.plane_shift_nm.cpu()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")
+def test_shifts_on_the_gpu_match_the_cpu():
+    batch, idx, xyz, start = drifted(PAPER, frames=8)
+    cpu, gpu = (refined_on(dev, batch, idx, start, 8) for dev in ("cpu", "cuda"))
+    torch.testing.assert_close(gpu[1], cpu[1], atol=0.5, rtol=0)
+    torch.testing.assert_close(gpu[0], cpu[0], atol=0.5, rtol=0)
