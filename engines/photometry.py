@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from engines.config import SimSettings
-from engines.plane_shift import fit_shifts, schur_terms
+from engines.plane_shift import fit_shifts, schur_terms, shift_limits
 from engines.window_psf import WindowPSF
 
 if TYPE_CHECKING:  # engines.inference imports this module
@@ -232,15 +232,14 @@ class PhotometryFit:
         hi = torch.tensor([*edge, g.depth_nm], device=lo.device, dtype=lo.dtype)
         start = measure(xyz_nm)
         pos, ph = xyz_nm, start
-        drift = self.settings.drift_max_nm
+        limits = shift_limits(self.settings)
         shift = None
-        if frame_idx is not None and drift > 0 and g.planes > 1:
+        if frame_idx is not None and limits is not None:
             shift = torch.zeros(frames, g.planes, 2, device=xyz_nm.device)
         for _ in range(iterations):
-            if shift is not None and frame_idx is not None:
-                shift = fit_shifts(
-                    measure, pos, shift, frame_idx, prior_nm=drift, limit_nm=2 * drift
-                )
+            if shift is not None and frame_idx is not None and limits is not None:
+                prior, bound = limits
+                shift = fit_shifts(measure, pos, shift, frame_idx, prior_nm=prior, limit_nm=bound)
                 ph = measure(pos, shift_nm=shift[frame_idx])
             moved = pos + ph.step_nm.to(pos.dtype).nan_to_num(0.0) - xyz_nm
             cand = (xyz_nm + moved.clamp(-lim, lim)).clamp(lo, hi)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:  # engines.photometry imports this module
+    from engines.config import SimSettings
     from engines.photometry import Photometry
 
 # molecules whose window fits worse than this many times the set's median chi^2 (blends,
@@ -38,6 +39,15 @@ if TYPE_CHECKING:  # engines.photometry imports this module
 SHIFT_CHI2_FACTOR = 2.0
 # standard deviations of the chi-square(Q) a step's predicted chi^2 drop must beat
 SHIFT_SIGNIFICANCE = 4.0
+
+
+def shift_limits(settings: SimSettings) -> tuple[float, float] | None:
+    """The prior width and the bound of every shift, nm, for ``settings`` (their
+    ``drift_max_nm`` and twice it), or None where they have no per-plane drift."""
+    drift = settings.drift_max_nm
+    if drift <= 0 or settings.geometry.planes < 2:
+        return None
+    return drift, 2 * drift
 
 
 def schur_terms(

@@ -19,7 +19,7 @@ import torch
 from engines.config import SimSettings
 from engines.evaluate.matching import Matching
 from engines.photometry import REFINE_ITERATIONS, Photometry, PhotometryFit
-from engines.plane_shift import fit_shifts
+from engines.plane_shift import fit_shifts, shift_limits
 from engines.precision import coverage_figures, nearest_neighbour_nm
 from engines.psf_model import PSFModel, psf_model_for
 from engines.types import Localizations
@@ -130,16 +130,17 @@ def refit_shifts(
 ) -> torch.Tensor | None:
     """``(N, P, 2)`` each localization's plane shifts, fitted from 0 in as many steps as
     the refinement takes, at fixed positions (None where the settings have no drift)."""
-    drift, planes = fit.settings.drift_max_nm, fit.settings.geometry.planes
-    if drift <= 0 or planes < 2:
+    limits = shift_limits(fit.settings)
+    if limits is None:
         return None
-    shift = torch.zeros(frames.shape[0], planes, 2, device=frames.device)
+    prior, bound = limits
+    shift = torch.zeros(frames.shape[0], frames.shape[1], 2, device=frames.device)
 
     def measure(p: torch.Tensor, **kw: Any) -> Photometry:
         return fit.measure(frames, idx, p, **kw)
 
     for _ in range(REFINE_ITERATIONS):
-        shift = fit_shifts(measure, xyz, shift, idx, prior_nm=drift, limit_nm=2 * drift)
+        shift = fit_shifts(measure, xyz, shift, idx, prior_nm=prior, limit_nm=bound)
     return shift[idx]
 
 
