@@ -102,12 +102,12 @@ def train(cfg: TrainConfig, settings: SimSettings, *, resume: bool = False) -> P
         ckpt = torch.load(ckpt_path, map_location=cfg.device, weights_only=False)
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        sim.gen.set_state(ckpt["sim_rng"])
         torch.set_rng_state(ckpt["torch_rng"])
         start = ckpt["step"]
         ema = ckpt.get("loss_ema")
         log.info("resumed from %s at step %d", ckpt_path, start)
-        history = ckpt.get("history", []) + [f"resumed at step {start}: {cfg.command}"]
+        note = _restore_sim_rng(sim, ckpt["sim_rng"], cfg.seed, start)
+        history = ckpt.get("history", []) + [f"resumed at step {start}: {cfg.command}{note}"]
     else:
         history = [cfg.command]
         if cfg.init_from:
@@ -151,6 +151,26 @@ def train(cfg: TrainConfig, settings: SimSettings, *, resume: bool = False) -> P
     info.training = _training_record(cfg, cfg.steps, ema, history)
     save_model(net, info, out)
     return out
+
+
+def _restore_sim_rng(sim: Simulator, state: torch.Tensor, seed: int, step: int) -> str:
+    """Put the simulator's generator back where the checkpoint left it.
+
+    A CPU generator's state does not fit a CUDA one (nor the reverse): a run moved to
+    another kind of device goes on with its generator seeded from (seed, step) instead, and
+    the returned note says so in the model's history. Returns "" when the state fitted.
+    """
+    if state.numel() == sim.gen.get_state().numel():
+        sim.gen.set_state(state)
+        return ""
+    sim.gen.manual_seed(seed * 1_000_003 + step)
+    log.warning(
+        "the checkpoint's frame generator is another device's: frames go on from a "
+        "generator seeded from seed %d and step %d",
+        seed,
+        step,
+    )
+    return f" (moved to {sim.device.type}: frame generator reseeded from seed and step)"
 
 
 NORMALISATION = ("input_offset", "input_scale")  # buffers --init does not copy

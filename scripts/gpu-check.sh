@@ -32,7 +32,7 @@ step() {  # name, timeout seconds, command...
   echo "gpu-check: $name rc=$rc ($(( $(date +%s) - t0 )) s)"
 }
 
-step tests 150 python -m pytest -q -rs -p no:cacheprovider \
+step tests 150 python -m pytest -q -rs -p no:cacheprovider -c scripts/gpu-pytest.ini --rootdir . \
   tests/inference/test_inf_torch_cuda.py tests/inference/test_inf_parity.py \
   tests/service/test_device_registration.py tests/inference/test_inf_null.py \
   tests/engines/test_plane_shift.py \

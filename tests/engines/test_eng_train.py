@@ -72,6 +72,21 @@ def test_train_writes_model_dir_and_resumes(tmp_path):
     assert y.shape == (1, 4, 4, 20, 24) and minfo.name == "tiny"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_run_checkpointed_on_another_device_resumes_with_a_reseeded_generator(tmp_path):
+    out = tmp_path / "moved"
+    cfg = TrainConfig(out_dir=out, steps=1, batch=2, crop_px=CROP, seed=5, command="first")
+    train(cfg, SimSettings())
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt["sim_rng"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state
+    torch.save(ckpt, out / "checkpoint.pt")
+    cfg.steps, cfg.command = 2, "second"
+    train(cfg, SimSettings(), resume=True)
+    history = json.loads((out / "model.json").read_text())["training"]["history"]
+    assert history[-1].startswith("resumed at step 1: second (moved to cpu: frame generator")
+
+
 def test_init_starts_from_another_models_weights_with_its_own_normalisation(tmp_path):
     emccd = SimSettings(noise={"mode": "emccd", "em_gain": 150, "baseline_adu": 200})
     cfg = TrainConfig(
