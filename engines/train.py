@@ -102,7 +102,7 @@ def train(cfg: TrainConfig, settings: SimSettings, *, resume: bool = False) -> P
         ckpt = torch.load(ckpt_path, map_location=cfg.device, weights_only=False)
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["torch_rng"])
+        torch.set_rng_state(ckpt["torch_rng"].cpu())  # map_location moved it
         start = ckpt["step"]
         ema = ckpt.get("loss_ema")
         log.info("resumed from %s at step %d", ckpt_path, start)
@@ -161,7 +161,7 @@ def _restore_sim_rng(sim: Simulator, state: torch.Tensor, seed: int, step: int) 
     the returned note says so in the model's history. Returns "" when the state fitted.
     """
     if state.numel() == sim.gen.get_state().numel():
-        sim.gen.set_state(state)
+        sim.gen.set_state(state.cpu())  # generator states are CPU byte tensors
         return ""
     sim.gen.manual_seed(seed * 1_000_003 + step)
     log.warning(

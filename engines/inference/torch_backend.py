@@ -116,6 +116,12 @@ class TorchEngine(Engine):
             )
         if threads is not None:
             torch.set_num_threads(threads)  # process-wide: only when asked for
+        if cuda and precision == "fp32":
+            # cuDNN runs float32 convolutions in TF32 (10-bit mantissa) by default on Ampere
+            # and later: on an H200 that moved coordinates by 0.2 nm and flipped detections
+            # at the threshold against the CPU reference. fp32 means float32 (process-wide
+            # flag); fp16/bf16 are the fast precisions.
+            torch.backends.cudnn.allow_tf32 = False
         net, _ = load_model(self.model_dir, device=self.device)
         self.precision = precision
         self.net = FusedVoxelNet(net, dtype=PRECISIONS[precision])

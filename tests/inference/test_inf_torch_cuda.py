@@ -14,7 +14,7 @@ def test_cuda_graphs_are_reused_and_bounded(shared_model_dir, frames):
     engine = create_engine(shared_model_dir, "torch", device="cuda", cuda_graphs=True, max_graphs=2)
     a = engine.infer(frames[:3])  # padded to 4
     b = engine.infer(frames[:4])  # same padded shape: no new graph
-    assert list(engine._graphs) == [(4, 4, 48, 40)]
+    assert list(engine._graphs) == [("frames", (4, 4, 48, 40))]
     for loc_a, loc_b in zip(a, b[:3], strict=True):
         np.testing.assert_array_equal(loc_a.xyz_nm, loc_b.xyz_nm)
     assert len(b) == 4
