@@ -10,6 +10,8 @@
 # live check runs with the null engine as a smoke test) and says so in the JSON.
 #
 #   scripts/gpu-check.sh [OUT]
+# On a lent machine (device tool): scripts/gpu-wheels.sh here first, carry .whl, and fetch
+# one tarball of OUT (the tool returns at most 8 files).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-gpu-check}}
@@ -17,6 +19,11 @@ mkdir -p "$OUT_DIR"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export VOXLOC_CACHE="${VOXLOC_CACHE:-$OUT_DIR/cache}"
 START=$(date +%s)
+# the lent machines lack the service's packages: carry .whl (scripts/gpu-wheels.sh)
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
 
 CUDA=$(python -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
 echo "gpu-check: CUDA available: $CUDA; results in $OUT_DIR"
