@@ -81,6 +81,7 @@ class Engine(ABC):
         self._lock = threading.Lock()
         self.calibration = self.info.precision
         self.refine = False
+        self._warned_refined = False
         self._photometry: PhotometryFit | None = None
         if self.calibration is None:
             log.info(
@@ -351,6 +352,14 @@ class Engine(ABC):
         if self.calibration is None:
             return replace(ph, crlb_nm=torch.full_like(ph.crlb_nm, math.nan))
         near = nearest_neighbour_nm(frame, xyz_nm[:, :2])
+        if self.refine and self.calibration.refined is None and not self._warned_refined:
+            self._warned_refined = True
+            log.warning(
+                "model %r has no precision calibration of refined positions: lpx/lpy/lpz "
+                "are the network's (too large for refined positions); run voxloc evaluate "
+                "--calibrate-precision --refine on it (docs/photometry.md)",
+                self.info.name,
+            )
         cal = self.calibration.for_positions(self.refine)
         sigma = cal.apply(ph.crlb_nm, near, ph.step_nm, ph.chi2)
         return replace(ph, crlb_nm=sigma)

@@ -97,3 +97,18 @@ def test_refined_calibration_needs_the_networks_first(tmp_path, capsys):
     assert rc != 0
     assert "calibrate the network's precision first" in capsys.readouterr().err
     assert "precision" not in json.loads((model / "model.json").read_text())
+
+
+def test_refining_without_a_refined_calibration_says_so_once(tmp_path, caplog):
+    model = default_copy(tmp_path)
+    doc = json.loads((model / "model.json").read_text())
+    doc["precision"].pop("refined", None)
+    (model / "model.json").write_text(json.dumps(doc))
+    frames = Simulator(read_info(model).settings, seed=5).sample(2, 20, height=32, width=32)
+    with create_engine(model, "onnxruntime") as eng:
+        eng.infer(frames.frames.numpy())
+        assert "no precision calibration of refined positions" not in caplog.text
+        eng.refine = True
+        eng.infer(frames.frames.numpy())
+        eng.infer(frames.frames.numpy())
+    assert caplog.text.count("no precision calibration of refined positions") == 1
