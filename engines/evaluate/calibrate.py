@@ -51,6 +51,7 @@ def calibrate_precision(cfg: EvalConfig, *, command: str) -> dict[str, Any]:
                 "--calibrate-precision without --refine): refined positions keep the "
                 "network's where the window model does not fit"
             )
+        ev.engine.warn_uncalibrated_refine = False  # this run makes that calibration
         record = _calibrate(ev, command, cfg.frames)
     finally:
         ev.close()

@@ -62,7 +62,8 @@ class Engine(ABC):
 
     ``refine`` (instance attribute, default off): refine each localization by the
     photometry fit's Gauss-Newton steps (:meth:`engines.photometry.PhotometryFit.refine`),
-    for frames whose planes are registered; it changes the positions.
+    for frames whose planes are registered; it changes the positions. Without a precision
+    calibration of refined positions it logs a warning once (``warn_uncalibrated_refine``).
     """
 
     options: ClassVar[frozenset[str]] = frozenset()
@@ -81,7 +82,7 @@ class Engine(ABC):
         self._lock = threading.Lock()
         self.calibration = self.info.precision
         self.refine = False
-        self._warned_refined = False
+        self.warn_uncalibrated_refine = True  # once, when refining without its calibration
         self._photometry: PhotometryFit | None = None
         if self.calibration is None:
             log.info(
@@ -352,8 +353,8 @@ class Engine(ABC):
         if self.calibration is None:
             return replace(ph, crlb_nm=torch.full_like(ph.crlb_nm, math.nan))
         near = nearest_neighbour_nm(frame, xyz_nm[:, :2])
-        if self.refine and self.calibration.refined is None and not self._warned_refined:
-            self._warned_refined = True
+        if self.refine and self.calibration.refined is None and self.warn_uncalibrated_refine:
+            self.warn_uncalibrated_refine = False
             log.warning(
                 "model %r has no precision calibration of refined positions: lpx/lpy/lpz "
                 "are the network's (too large for refined positions); run voxloc evaluate "
