@@ -20,7 +20,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export VOXLOC_CACHE="${VOXLOC_CACHE:-$OUT_DIR/cache}"
 START=$(date +%s)
 # the lent machines lack the service's packages: carry .whl (scripts/gpu-wheels.sh)
-if compgen -G ".whl/*.whl" >/dev/null; then
+if compgen -G ".whl/*.whl" >/dev/null && ! python -c "import fastapi, zmq" 2>/dev/null; then
   python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
