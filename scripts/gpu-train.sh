@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Training on a lent GPU (issue 12, item 5), inside a fixed time budget, three runs at once
-# (the network is small: one run leaves the GPU mostly idle):
-#   long:    training/default-long resumed on CUDA to its step 40,000 (same command as on
-#            the CPU; its frame generator is reseeded from seed and step, see engines/train.py)
+# Training on a lent GPU (issue 12, item 5), inside a fixed time budget, two runs at once
+# (the network is small: one run leaves the GPU mostly idle). What ran on 2026-12-04 (the
+# paper run became training/default-paper, then the shipped v3; training/default-long,
+# resumed here that day too, is retired):
 #   paper:   the paper's schedule from scratch: 64x64 frames, 50 per step, 50 molecules,
 #            lr 1e-3 constant, 40,000 steps (2 M frames)
 #   cosine:  the same from scratch with our frame mix (5-90 molecules) and a cosine decay
@@ -23,9 +23,6 @@ train() {  # run name, then voxloc train arguments
   timeout "$BUDGET" python -m clients.entrypoint train -o "$OUT_DIR/train-$name" \
     --device "${DEVICE:-cuda}" --checkpoint-every "${EVERY:-1000}" "$@" >"$OUT_DIR/train-$name.log" 2>&1 &
 }
-cp -r training/default-long "$OUT_DIR/train-long"
-train long --name default --init runs/default-ft --steps 40000 --crop 64 --batch 50 \
-  --lr 3e-4 --lr-final 1e-5 --bf16 --seed 3 --resume
 train paper --name default --steps 40000 --crop 64 --batch 50 --molecules 50 50 \
   --lr 1e-3 --seed 21
 train cosine --name default --steps 40000 --crop 64 --batch 50 --lr 1e-3 --lr-final 1e-5 \
