@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from engines.config import SimSettings
-from engines.plane_shift import fit_shifts, schur_terms, shift_limits
+from engines.plane_shift import fit_shifts, joint_bound, schur_terms, shift_limits
 from engines.window_psf import WindowPSF
 
 if TYPE_CHECKING:  # engines.inference imports this module
@@ -81,6 +81,8 @@ class Photometry:
             planes' lateral shifts against plane 0, ``(N, Q, Q)`` and ``(N, Q)`` float64
             (Q = 2 (P - 1); its own parameters eliminated, :mod:`engines.plane_shift`), or
             None where not asked for.
+        shift_sens: ``(N, 3, Q)`` float64 response of x, y, z to the shifts, nm per nm
+            (None where not asked for).
     """
 
     photons: torch.Tensor
@@ -90,6 +92,7 @@ class Photometry:
     step_nm: torch.Tensor
     shift_info: torch.Tensor | None = None
     shift_grad: torch.Tensor | None = None
+    shift_sens: torch.Tensor | None = None
 
 
 class PhotometryFit:
@@ -250,6 +253,8 @@ class PhotometryFit:
             # False where either is NaN; a move that loses the molecule (A <= 0) is refused
             better = (new.chi2 < ph.chi2) & torch.isfinite(new.crlb_nm).all(dim=1)
             pos, ph = torch.where(better[:, None], cand, pos), _where(better, new, ph)
+        if shift is not None and frame_idx is not None and limits is not None:
+            ph = joint_bound(measure, pos, shift, frame_idx, prior_nm=limits[0])
         fits = ph.chi2 <= REFINE_MAX_CHI2  # False where NaN
         self.plane_shift_nm = shift
         return torch.where(fits[:, None], pos, xyz_nm), _where(fits, ph, start)
@@ -358,7 +363,7 @@ class PhotometryFit:
         if not system:
             return out
         wr = (w * resid.reshape(n, 1, -1)).double()
-        return out + schur_terms(amp * ok, du, d.double() * w, cov, grad, wr, w)
+        return out + schur_terms(amp * ok, du, d.double() * w, cov, grad, wr, w, scale)
 
 
 @contextmanager

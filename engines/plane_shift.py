@@ -26,6 +26,7 @@ would otherwise cost them accuracy (docs/photometry.md).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -58,9 +59,11 @@ def schur_terms(
     grad: torch.Tensor,
     wr: torch.Tensor,
     w: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    scale: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each localization's share of the shifts' normal equations, ``(N, Q, Q)`` and
-    ``(N, Q)`` float64, Q = 2 (P - 1).
+    ``(N, Q)`` float64, Q = 2 (P - 1), and ``(N, 3, Q)`` float64 how its x, y, z move
+    with the shifts (nm per nm: ``-H^-1 C``, the fit's response to a shift held wrong).
 
     Args:
         amp: ``(N,)`` amplitudes (0 where the fit found no molecule: no share).
@@ -70,6 +73,7 @@ def schur_terms(
         cov: ``(N, 5, 5)`` float64 inverse information in the same scaled columns.
         grad: ``(N, 5)`` float64 ``J^T W r`` in the same scaled columns.
         wr: ``(N, 1, pixels)`` float64 weighted residual; ``w`` ``(N, 1, pixels)`` weights.
+        scale: ``(N, 5)`` the columns' scale (their information's square root).
     """
     n, planes = du.shape[1], du.shape[2]
     q = 2 * (planes - 1)
@@ -84,6 +88,28 @@ def schur_terms(
     ct_cov = c.transpose(1, 2) @ cov  # (N, Q, 5)
     info = d - ct_cov @ c
     rhs = (k_mat * wr).sum(dim=2) - (ct_cov @ grad[:, :, None])[:, :, 0]
+    sens = -ct_cov.transpose(1, 2)[:, :3] / scale[:, :3, None].double()
+    return info, rhs, sens
+
+
+def normal_equations(
+    ph: Photometry, frame_idx: torch.Tensor, frames: int, *, prior_nm: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each frame's shift information ``(frames, Q, Q)`` (the prior's included) and
+    right-hand side ``(frames, Q)``, float64, summed over the frame's localizations that
+    fit well (:data:`SHIFT_CHI2_FACTOR`), from ``measure(..., system=True)`` photometry."""
+    assert ph.shift_info is not None and ph.shift_grad is not None
+    q = ph.shift_info.shape[-1]
+    chi2 = ph.chi2.double()
+    finite = torch.isfinite(chi2)
+    limit = SHIFT_CHI2_FACTOR * chi2[finite].median() if bool(finite.any()) else 0.0
+    use = finite & (chi2 <= limit)
+    dev = ph.shift_info.device
+    eye = torch.eye(q, dtype=torch.float64, device=dev)
+    info = eye.expand(frames, q, q) / prior_nm**2
+    info = info.index_add(0, frame_idx[use], ph.shift_info[use].nan_to_num(0.0))
+    rhs = torch.zeros(frames, q, dtype=torch.float64, device=dev)
+    rhs = rhs.index_add(0, frame_idx[use], ph.shift_grad[use].nan_to_num(0.0))
     return info, rhs
 
 
@@ -97,18 +123,8 @@ def shift_step(
     """``(frames, P - 1, 2)`` Gauss-Newton step of each frame's plane shifts, nm, from
     :meth:`engines.photometry.PhotometryFit.measure` ``(..., system=True)`` photometry
     of the frame's localizations (molecules that fit badly left out)."""
-    assert ph.shift_info is not None and ph.shift_grad is not None
-    q = ph.shift_info.shape[-1]
-    chi2 = ph.chi2.double()
-    finite = torch.isfinite(chi2)
-    limit = SHIFT_CHI2_FACTOR * chi2[finite].median() if bool(finite.any()) else 0.0
-    use = finite & (chi2 <= limit)
-    dev = ph.shift_info.device
-    eye = torch.eye(q, dtype=torch.float64, device=dev)
-    info = eye.expand(frames, q, q) / prior_nm**2
-    info = info.index_add(0, frame_idx[use], ph.shift_info[use].nan_to_num(0.0))
-    rhs = torch.zeros(frames, q, dtype=torch.float64, device=dev)
-    rhs = rhs.index_add(0, frame_idx[use], ph.shift_grad[use].nan_to_num(0.0))
+    info, rhs = normal_equations(ph, frame_idx, frames, prior_nm=prior_nm)
+    q = info.shape[-1]
     step = torch.linalg.solve(info, rhs)
     drop = (rhs * step).sum(dim=1)  # the chi^2 the step removes (linearised)
     significant = drop > q + SHIFT_SIGNIFICANCE * (2 * q) ** 0.5
@@ -133,3 +149,31 @@ def fit_shifts(
     out = shift.clone()
     out[:, 1:] = (shift[:, 1:] + step).clamp(-limit_nm, limit_nm)
     return out
+
+
+def joint_bound(
+    measure: Callable[..., Photometry],
+    xyz_nm: torch.Tensor,
+    shift: torch.Tensor,
+    frame_idx: torch.Tensor,
+    *,
+    prior_nm: float,
+) -> Photometry:
+    """The photometry at ``xyz_nm`` with the frames' fitted ``shift`` ``(frames, P, 2)``,
+    its bound that of the joint problem: the shifts are estimated from the same frame's
+    molecules, so each position also carries their uncertainty,
+
+        crlb^2 + diag(S_n cov_s S_n^T),   cov_s = (prior + sum_m info_m)^-1,
+
+    ``S_n`` the position's response to the shifts (:func:`schur_terms`). This is the
+    position's block of the inverse of the frame's whole information matrix (block
+    inversion), so a frame with few molecules, whose shifts are poorly known, reports a
+    larger bound (docs/photometry.md)."""
+    ph = measure(xyz_nm, shift_nm=shift[frame_idx], system=True)
+    assert ph.shift_sens is not None
+    info, _ = normal_equations(ph, frame_idx, shift.shape[0], prior_nm=prior_nm)
+    cov_s = torch.linalg.inv(info)[frame_idx]  # (N, Q, Q)
+    sens = ph.shift_sens.nan_to_num(0.0)
+    extra = torch.einsum("naq,nqr,nar->na", sens, cov_s, sens).clamp_min(0.0)
+    crlb = torch.sqrt(ph.crlb_nm.double() ** 2 + extra).to(ph.crlb_nm.dtype)
+    return replace(ph, crlb_nm=crlb, shift_info=None, shift_grad=None, shift_sens=None)

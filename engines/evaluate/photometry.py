@@ -10,6 +10,7 @@ truth, and the precision coverage (:func:`engines.precision.coverage_figures`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ import torch
 from engines.config import SimSettings
 from engines.evaluate.matching import Matching
 from engines.photometry import REFINE_ITERATIONS, Photometry, PhotometryFit
-from engines.plane_shift import fit_shifts, shift_limits
+from engines.plane_shift import fit_shifts, joint_bound, shift_limits
 from engines.precision import coverage_figures, nearest_neighbour_nm
 from engines.psf_model import PSFModel, psf_model_for
 from engines.types import Localizations
@@ -117,9 +118,13 @@ def raw_crlb(
     positions, as the refinement fits them (:mod:`engines.plane_shift`)."""
     idx = torch.cat([torch.full((len(loc),), b, dtype=torch.long) for b, loc in enumerate(locs)])
     xyz = torch.from_numpy(np.concatenate([loc.xyz_nm for loc in locs]).reshape(-1, 3))
+    limits = shift_limits(fit.settings) if shifts else None
     with torch.inference_mode():
-        shift = refit_shifts(fit, frames, idx, xyz) if shifts else None
-        ph = fit.measure(frames, idx, xyz, crlb=True, shift_nm=shift)
+        if limits is None:
+            ph = fit.measure(frames, idx, xyz, crlb=True)
+        else:
+            shift = refit_shifts(fit, frames, idx, xyz)
+            ph = joint_bound(_measure_of(fit, frames, idx), xyz, shift, idx, prior_nm=limits[0])
     both = torch.cat([ph.crlb_nm, ph.chi2[:, None], ph.step_nm], dim=1).numpy()
     bounds = np.cumsum([0] + [len(loc) for loc in locs])
     return [both[bounds[i] : bounds[i + 1]] for i in range(len(locs))]
@@ -127,21 +132,28 @@ def raw_crlb(
 
 def refit_shifts(
     fit: PhotometryFit, frames: torch.Tensor, idx: torch.Tensor, xyz: torch.Tensor
-) -> torch.Tensor | None:
-    """``(N, P, 2)`` each localization's plane shifts, fitted from 0 in as many steps as
-    the refinement takes, at fixed positions (None where the settings have no drift)."""
+) -> torch.Tensor:
+    """``(frames, P, 2)`` each frame's plane shifts, fitted from 0 in as many steps as
+    the refinement takes, at fixed positions (settings with a per-plane drift)."""
     limits = shift_limits(fit.settings)
-    if limits is None:
-        return None
+    assert limits is not None
     prior, bound = limits
     shift = torch.zeros(frames.shape[0], frames.shape[1], 2, device=frames.device)
-
-    def measure(p: torch.Tensor, **kw: Any) -> Photometry:
-        return fit.measure(frames, idx, p, **kw)
-
+    measure = _measure_of(fit, frames, idx)
     for _ in range(REFINE_ITERATIONS):
         shift = fit_shifts(measure, xyz, shift, idx, prior_nm=prior, limit_nm=bound)
-    return shift[idx]
+    return shift
+
+
+def _measure_of(
+    fit: PhotometryFit, frames: torch.Tensor, idx: torch.Tensor
+) -> Callable[..., Photometry]:
+    """The fit's photometry of ``frames`` with the bound, at given positions."""
+
+    def measure(p: torch.Tensor, **kw: Any) -> Photometry:
+        return fit.measure(frames, idx, p, crlb=True, **kw)
+
+    return measure
 
 
 def _nearest(xyz_nm: np.ndarray) -> np.ndarray:

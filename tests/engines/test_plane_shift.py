@@ -164,3 +164,26 @@ def test_shifts_on_the_gpu_match_the_cpu():
     cpu, gpu = (refined_on(dev, batch, idx, start, 8) for dev in ("cpu", "cuda"))
     torch.testing.assert_close(gpu[1], cpu[1], atol=0.5, rtol=0)
     torch.testing.assert_close(gpu[0], cpu[0], atol=0.5, rtol=0)
+
+
+def test_the_bound_of_refined_positions_carries_the_shifts_uncertainty():
+    """In a frame of few molecules the fitted shifts are poorly known, and every refined
+    lateral position inherits their error: the plain bound (shifts taken as exact) is ~3x
+    too small there, the joint one (engines.plane_shift.joint_bound) predicts the error."""
+    batch, idx, xyz, start = drifted(PAPER, frames=64, molecules=3, seed=5)
+    fit = PhotometryFit(PAPER)
+
+    def measure(p, **kw):
+        return fit.measure(batch.frames, idx, p, crlb=True, **kw)
+
+    with torch.inference_mode():
+        pos, ph = fit.refine(measure, start, frame_idx=idx, frames=64)
+        assert fit.plane_shift_nm is not None and ph.shift_info is None
+        plain = measure(pos, shift_nm=fit.plane_shift_nm[idx]).crlb_nm
+    ok = (ph.chi2 <= 1.5) & torch.isfinite(ph.crlb_nm).all(dim=1)
+    assert int(ok.sum()) > 150
+    assert bool((ph.crlb_nm[ok] >= plain[ok] * (1 - 1e-5)).all())
+    err = rms(pos[ok] - xyz[ok])
+    assert bool((err[:2] > 2.0 * rms(plain[ok])[:2]).all())
+    ratio = err / rms(ph.crlb_nm[ok])
+    assert bool(((ratio > 0.8) & (ratio < 1.3)).all()), ratio
