@@ -234,6 +234,9 @@ class PhotometryFit:
         edge = [e - 0.01 for e in extent_nm]  # inside: readers drop x == width
         hi = torch.tensor([*edge, g.depth_nm], device=lo.device, dtype=lo.dtype)
         start = measure(xyz_nm)
+        if xyz_nm.shape[0] == 0:  # nothing to refine (and no shifts to fit)
+            self.plane_shift_nm = None
+            return xyz_nm, start
         pos, ph = xyz_nm, start
         limits = shift_limits(self.settings)
         shift = None

@@ -184,7 +184,12 @@ class Acquisitions:
             acq.frame_sets += 1
             acq.localizations += len(msg.locs)
             acq.last_frame = max(acq.last_frame, msg.frame)
-            model = {"model": msg.model, "version": msg.model_version, "threshold": msg.threshold}
+            model = {
+                "model": msg.model,
+                "version": msg.model_version,
+                "threshold": msg.threshold,
+                "refined": msg.refined,
+            }
             changed = not acq.models or {k: acq.models[-1][k] for k in model} != model
             if changed:
                 acq.models.append({**model, "from_frame": msg.frame})

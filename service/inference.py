@@ -190,6 +190,7 @@ class Submitted:
     threshold: float
     parts: list[tuple[list[FrameSet], PendingResult]]
     busy_s: float  # engine time so far (submission; collection adds to it)
+    refine: bool = False  # positions refined (the service's refine setting)
 
     def collect(self) -> list[Localizations]:
         t0 = time.perf_counter()
@@ -203,8 +204,11 @@ class Submitted:
         return out
 
 
-def submit_batch(model: LoadedModel, batch: Batch, threshold: float) -> Submitted:
-    """Hand ``batch`` to the engine (:meth:`~engines.inference.base.Engine.submit_raw`).
+def submit_batch(
+    model: LoadedModel, batch: Batch, threshold: float, *, refine: bool = False
+) -> Submitted:
+    """Hand ``batch`` to the engine (:meth:`~engines.inference.base.Engine.submit_raw`),
+    its positions refined where ``refine`` is set.
 
     The raw sets go to the engine as they are (no stacking or conversion here), with the
     registration they carry; consecutive sets with another registration or dtype (an
@@ -219,15 +223,21 @@ def submit_batch(model: LoadedModel, batch: Batch, threshold: float) -> Submitte
         # numbered from the first set's frame: consecutive sets (the usual case) come back
         # with their own frame indices, so collect() renumbers only after a gap
         pending = model.engine.submit_raw(
-            [fs.planes for fs in sets], device_reg, threshold, first_frame=sets[0].frame
+            [fs.planes for fs in sets],
+            device_reg,
+            threshold,
+            first_frame=sets[0].frame,
+            refine=refine,
         )
         parts.append((sets, pending))
-    return Submitted(batch, model, threshold, parts, time.perf_counter() - t0)
+    return Submitted(batch, model, threshold, parts, time.perf_counter() - t0, refine)
 
 
-def run_batch(model: LoadedModel, batch: Batch, threshold: float) -> list[Localizations]:
+def run_batch(
+    model: LoadedModel, batch: Batch, threshold: float, *, refine: bool = False
+) -> list[Localizations]:
     """Localizations of every frame set of ``batch``, carrying each set's frame index."""
-    return submit_batch(model, batch, threshold).collect()
+    return submit_batch(model, batch, threshold, refine=refine).collect()
 
 
 def _runs_of_same_input(sets: list[FrameSet]) -> list[list[FrameSet]]:

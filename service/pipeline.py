@@ -286,7 +286,8 @@ class Pipeline:
         model = self.models.active  # current() switched already if it was due
         assert model is not None
         try:
-            return submit_batch(model, batch, self._config.threshold)  # threshold as of now
+            cfg = self._config  # threshold and refine as of now
+            return submit_batch(model, batch, cfg.threshold, refine=cfg.refine)
         except VoxlocError as exc:
             self._batch_failed(batch, exc)
             return None
@@ -299,7 +300,7 @@ class Pipeline:
             self._batch_failed(sub.batch, exc)
             return
         self.stats.batch_done(len(sub.batch), sub.busy_s)
-        self.publisher.publish(sub.batch, locs, sub.model, sub.threshold)
+        self.publisher.publish(sub.batch, locs, sub.model, sub.threshold, refined=sub.refine)
 
     def _batch_failed(self, batch: Batch, exc: VoxlocError) -> None:
         log.error(
@@ -314,7 +315,7 @@ class Pipeline:
         return self._config
 
     def update_config(self, changes: dict[str, Any]) -> RuntimeConfig:
-        """Validate and apply ``changes``; the threshold applies from the next batch."""
+        """Validate and apply ``changes``; threshold and refine apply from the next batch."""
         new = RuntimeConfig.model_validate({**self._config.model_dump(), **changes})
         self.batcher.configure(queue_size=new.queue_size, policy=new.drop_policy)
         self.aligner.set_timeout(new.assembly_timeout_ms / 1e3)

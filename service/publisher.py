@@ -76,9 +76,16 @@ class Publisher:
         self.stats.p_subscribers.set(self.subscribers)
 
     def publish(
-        self, batch: Batch, locs: list[Localizations], model: LoadedModel, threshold: float
+        self,
+        batch: Batch,
+        locs: list[Localizations],
+        model: LoadedModel,
+        threshold: float,
+        *,
+        refined: bool = False,
     ) -> None:
-        """One message per frame set of ``batch`` (frame order is the batch order)."""
+        """One message per frame set of ``batch`` (frame order is the batch order);
+        ``refined``: the positions were refined (the header says so)."""
         # counted before anyone can see them, once for the batch (latency to the start of
         # its publication; each message carries the time it was sent itself)
         t0 = time.time_ns()
@@ -98,6 +105,7 @@ class Publisher:
                 t_pub_ns=t_pub,
                 locs=loc,
                 acquisition=fs.acquisition,
+                refined=refined,
             )
             self._seq += 1
             header, rows = encode_locs(msg)

@@ -34,6 +34,7 @@ from service.runtime_config import (
     MaxBatch,
     MaxDelayMs,
     QueueSize,
+    Refine,
     RuntimeConfig,
     Threshold,
 )
@@ -217,6 +218,7 @@ class InferenceSettings(BaseModel):
         "CPUs with native bfloat16, fp32 elsewhere)",
     )
     threshold: Threshold = 0.5
+    refine: Refine = False
     max_batch: MaxBatch = 8
     max_delay_ms: MaxDelayMs = 5.0
     queue_size: QueueSize = 64

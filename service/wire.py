@@ -157,6 +157,14 @@ def _field(header: dict, name: str, typ: type | tuple) -> Any:
     return value
 
 
+def _flag(header: dict, name: str) -> bool:
+    """An optional boolean header field (absent: False, as from a sender before it)."""
+    value = header.get(name, False)
+    if not isinstance(value, bool):
+        raise WireError(Reject.FIELDS, f"header field {name!r} not a boolean: {value!r}")
+    return value
+
+
 def decode_frame(parts: list) -> FrameMessage:
     """Parse and check a camera message; raises :class:`WireError` with a reason."""
     header = _header(parts, FRAME_KIND)
@@ -264,6 +272,7 @@ class LocsMessage:
     t_pub_ns: int
     locs: Localizations
     acquisition: str = ""
+    refined: bool = False  # positions refined by the photometry fit (the refine setting)
 
     def header(self) -> dict[str, Any]:
         return {
@@ -279,6 +288,7 @@ class LocsMessage:
             "t_recv_ns": self.t_recv_ns,
             "t_pub_ns": self.t_pub_ns,
             "acquisition": self.acquisition,
+            "refined": self.refined,
             "columns": list(LOC_COLUMNS),
             "dtype": "float64",
             "shape": [len(self.locs), len(LOC_COLUMNS)],
@@ -332,4 +342,5 @@ def decode_locs(parts: list) -> LocsMessage:
         t_pub_ns=int(header.get("t_pub_ns", 0)),
         locs=Localizations.from_array(frame, rows),
         acquisition=str(header.get("acquisition", "")),
+        refined=_flag(header, "refined"),
     )

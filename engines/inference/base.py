@@ -25,6 +25,7 @@ import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -64,6 +65,7 @@ class Engine(ABC):
     photometry fit's Gauss-Newton steps (:meth:`engines.photometry.PhotometryFit.refine`),
     for frames whose planes are registered; it changes the positions. Without a precision
     calibration of refined positions it logs a warning once (``warn_uncalibrated_refine``).
+    :meth:`submit_raw` takes it per call too (the live service's ``refine`` setting).
     """
 
     options: ClassVar[frozenset[str]] = frozenset()
@@ -82,6 +84,7 @@ class Engine(ABC):
         self._lock = threading.Lock()
         self.calibration = self.info.precision
         self.refine = False
+        self._refine_call: bool | None = None  # a call's own refine (submit_raw), under the lock
         self.warn_uncalibrated_refine = True  # once, when refining without its calibration
         self._photometry: PhotometryFit | None = None
         if self.calibration is None:
@@ -179,15 +182,21 @@ class Engine(ABC):
         return self._infer_raw(sets, registration, tau, first_frame)
 
     def _infer_raw(
-        self, sets: list[np.ndarray], registration: PlaneRegistration, tau: float, first_frame: int
+        self,
+        sets: list[np.ndarray],
+        registration: PlaneRegistration,
+        tau: float,
+        first_frame: int,
+        refine: bool | None = None,
     ) -> list[Localizations]:
-        """:meth:`infer_raw` of validated sets, in chunks the backend takes."""
+        """:meth:`infer_raw` of validated sets, in chunks the backend takes (``refine``:
+        as for :meth:`submit_raw`)."""
         _, h, w = sets[0].shape
         size = len(sets) if self.max_batch is None else min(len(sets), self.max_batch)
         if self.max_pixels is not None:
             size = max(1, min(size, self.max_pixels // (h * w)))
         parts: list[FlatLocs] = []
-        with self._lock:
+        with self._lock, self._refining(refine):
             for start in range(0, len(sets), size):
                 chunk = self._run_raw_chunk(sets[start : start + size], registration, tau)
                 parts.append(chunk.shifted(start))
@@ -225,8 +234,11 @@ class Engine(ABC):
         registration: PlaneRegistration,
         threshold: float | None = None,
         first_frame: int = 0,
+        refine: bool | None = None,
     ) -> PendingResult:
-        """Start :meth:`infer_raw`; ``result()`` of the answer waits for it.
+        """Start :meth:`infer_raw`; ``result()`` of the answer waits for it. ``refine``:
+        refine this batch's positions or not (None: :attr:`refine`), also where the
+        batch is measured only at collection.
 
         Where a backend has an asynchronous hand-off (torch on CUDA: the host-to-device
         copy on its own stream), the copy of this batch overlaps the compute of one
@@ -240,15 +252,16 @@ class Engine(ABC):
         fits = (self.max_batch is None or n <= self.max_batch) and (
             self.max_pixels is None or n * h * w <= self.max_pixels
         )
+        ref = self.refine if refine is None else bool(refine)
         if not (self.async_raw and fits):
-            out = self._infer_raw(sets, registration, tau, first_frame)
+            out = self._infer_raw(sets, registration, tau, first_frame, ref)
             return PendingResult(lambda: out)
         padded = self._pad_sets(sets)
         with self._lock:
             ticket = self._translate(lambda: self._start_raw(padded, registration), padded)
 
         def collect() -> list[Localizations]:
-            with self._lock:
+            with self._lock, self._refining(ref):
                 flat = self._translate(lambda: self._finish_raw(ticket, registration, tau), padded)
             return split_per_frame(self._unpad(flat, n), n, first_frame)
 
@@ -339,6 +352,19 @@ class Engine(ABC):
         """
 
     # --- photometry and precision (engines.photometry, engines.precision) ---------------
+    @contextmanager
+    def _refining(self, refine: bool | None) -> Iterator[None]:
+        """A call's own refine setting (None: :attr:`refine`); hold the lock."""
+        self._refine_call = refine
+        try:
+            yield
+        finally:
+            self._refine_call = None
+
+    def _refines(self) -> bool:
+        """Whether the running call refines its positions."""
+        return self.refine if self._refine_call is None else self._refine_call
+
     @property
     def photometry(self) -> PhotometryFit:
         """The photometry of this model's settings (built on first use)."""
@@ -353,7 +379,8 @@ class Engine(ABC):
         if self.calibration is None:
             return replace(ph, crlb_nm=torch.full_like(ph.crlb_nm, math.nan))
         near = nearest_neighbour_nm(frame, xyz_nm[:, :2])
-        if self.refine and self.calibration.refined is None and self.warn_uncalibrated_refine:
+        refine = self._refines()
+        if refine and self.calibration.refined is None and self.warn_uncalibrated_refine:
             self.warn_uncalibrated_refine = False
             log.warning(
                 "model %r has no precision calibration of refined positions: lpx/lpy/lpz "
@@ -361,7 +388,7 @@ class Engine(ABC):
                 "--calibrate-precision --refine on it (docs/photometry.md)",
                 self.info.name,
             )
-        cal = self.calibration.for_positions(self.refine)
+        cal = self.calibration.for_positions(refine)
         sigma = cal.apply(ph.crlb_nm, near, ph.step_nm, ph.chi2)
         return replace(ph, crlb_nm=sigma)
 
@@ -375,7 +402,7 @@ class Engine(ABC):
         """The positions (refined where :attr:`refine` is set, with each frame's plane
         shifts) and their photometry, from ``measure(positions, with_bound, **shift)`` on
         frames of ``shape`` ``(B, P, H, W)``; ``frame`` ``(N,)`` indexes them."""
-        if not self.refine:
+        if not self._refines():
             return xyz_nm, measure(xyz_nm, self.calibration is not None)
         px = self.info.settings.geometry.px_nm
         extent = (shape[-1] * px, shape[-2] * px)

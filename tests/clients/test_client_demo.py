@@ -94,6 +94,23 @@ def test_dashboard_in_headless_chromium(demo, tmp_path: Path) -> None:
                 interval_s=0.1,
             )
 
+            # the refine box follows GET /config and sets it
+            box = page.locator("#refine")
+            assert not box.is_checked()
+            box.check()
+            polling.wait_for(
+                lambda: httpx.get(f"{demo.url}/config").json()["refine"] is True,
+                "refine to reach the service",
+                10,
+                interval_s=0.1,
+            )
+            page.wait_for_function(
+                "document.getElementById('ctlmsg').textContent.startsWith('refined')",
+                timeout=10_000,
+            )
+            httpx.put(f"{demo.url}/config", json={"refine": False})
+            page.wait_for_function("!document.getElementById('refine').checked", timeout=15_000)
+
             # let the image build up a little more for the screenshot
             page.wait_for_timeout(3000)
             shot = tmp_path / "dashboard.png"

@@ -187,3 +187,17 @@ def test_the_bound_of_refined_positions_carries_the_shifts_uncertainty():
     assert bool((err[:2] > 2.0 * rms(plain[ok])[:2]).all())
     ratio = err / rms(ph.crlb_nm[ok])
     assert bool(((ratio > 0.8) & (ratio < 1.3)).all()), ratio
+
+
+def test_a_batch_without_localizations_refines_to_nothing():
+    """Dark frames (before the laser is on) give no localizations: nothing to fit."""
+    batch, idx, xyz, start = drifted(PAPER, frames=2)
+    fit = PhotometryFit(PAPER)
+    none = torch.zeros(0, dtype=torch.long)
+    pos, ph = fit.refine(
+        lambda p, **kw: fit.measure(batch.frames, none, p, **kw),
+        start[:0],
+        frame_idx=none,
+        frames=2,
+    )
+    assert pos.shape == (0, 3) and ph.photons.shape == (0,) and fit.plane_shift_nm is None

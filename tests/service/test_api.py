@@ -59,10 +59,36 @@ def test_threshold_change_applies_to_later_frame_sets(service: object, sim_frame
     assert msg.threshold == 0.65 and (msg.locs.confidence > 0.65).all()
 
 
+@pytest.mark.timeout(60)
+def test_refine_applies_to_later_frame_sets_and_says_so(service: object, sim_frames: tuple) -> None:
+    frames = sim_frames[0]
+    service.client.put("/config", json={"refine": True})
+    service.send_set(0, frames[0])  # a set without localizations refines to nothing
+    assert len(service.receive(1)[0].locs) == 0
+    service.client.put("/config", json={"refine": False})
+    service.send_set(1, frames[3])
+    plain = service.receive(1)[0]
+    assert plain.refined is False and service.client.get("/config").json()["refine"] is False
+    r = service.client.put("/config", json={"refine": True})
+    assert r.status_code == 200 and r.json()["refine"] is True
+    service.send_set(2, frames[3])  # the same pixels again, refined
+    msg = service.receive(1)[0]
+    assert msg.refined is True and len(msg.locs) == len(plain.locs) > 0
+    moved = msg.locs.xyz_nm - plain.locs.xyz_nm
+    assert abs(moved).max() > 0.5 and abs(moved).max() <= 192.0 + 1e-3  # within a pixel
+    service.client.put("/config", json={"refine": False})
+    service.send_set(3, frames[3])
+    again = service.receive(1)[0]
+    assert again.refined is False
+    assert abs(again.locs.xyz_nm - plain.locs.xyz_nm).max() < 1e-3
+
+
 @pytest.mark.parametrize(
     ("body", "needle"),
     [
         ({"threshold": 1.5}, "1.5"),
+        ({"refine": 1}, "refine"),
+        ({"refine": "sometimes"}, "sometimes"),
         ({"drop_policy": "sometimes"}, "sometimes"),
         ({"max_batch": 0}, "max_batch"),
         ({"colour": "red"}, "colour"),

@@ -42,12 +42,19 @@ def test_update_and_client_keys_are_the_runtime_keys() -> None:
 
 
 def test_runtime_config_takes_each_key_from_the_settings() -> None:
-    inference = {"threshold": 0.3, "max_batch": 3, "max_delay_ms": 7, "queue_size": 9}
+    inference = {
+        "threshold": 0.3,
+        "refine": True,
+        "max_batch": 3,
+        "max_delay_ms": 7,
+        "queue_size": 9,
+    }
     settings = ServiceSettings(
         inference={**inference, "drop_policy": "reject"}, stream={"assembly_timeout_ms": 123}
     )
     assert settings.runtime_config().model_dump(mode="json") == {
         "threshold": 0.3,
+        "refine": True,
         "max_batch": 3,
         "max_delay_ms": 7.0,
         "queue_size": 9,

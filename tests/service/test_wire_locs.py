@@ -138,3 +138,19 @@ def test_subscriber_reads_old_messages_and_skips_unknown_versions(caplog):
             assert "got 9" in caplog.text
     finally:
         pub.close()
+
+
+def test_refined_travels_in_the_header_and_is_false_from_older_senders():
+    msg = _message()
+    refined = LocsMessage(**{**msg.__dict__, "refined": True})
+    parts = encode_locs(refined)
+    assert msgpack.unpackb(parts[0])["refined"] is True
+    assert decode_locs([parts[0], bytes(memoryview(parts[1]))]).refined is True
+    header = msgpack.unpackb(encode_locs(msg)[0])
+    del header["refined"]  # a service before the key
+    old = [msgpack.packb(header, use_bin_type=True), bytes(memoryview(encode_locs(msg)[1]))]
+    assert decode_locs(old).refined is False
+    header["refined"] = "yes"
+    with pytest.raises(WireError, match="'refined' not a boolean") as err:
+        decode_locs([msgpack.packb(header, use_bin_type=True), old[1]])
+    assert err.value.reason is Reject.FIELDS

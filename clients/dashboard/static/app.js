@@ -160,6 +160,7 @@ async function pollConfig() {
     if (state.dragging || edits !== state.edits) return;  // moved while we asked: stale
     $("threshold").value = c.threshold;
     $("thrval").textContent = Number(c.threshold).toFixed(2);
+    $("refine").checked = Boolean(c.refine);
   } catch (err) { /* shown by pollStats */ }
 }
 
@@ -200,7 +201,20 @@ async function sendThreshold(value) {
   state.dragging = false;
 }
 
+async function sendRefine(on) {
+  state.edits += 1;
+  try {
+    const c = await api("PUT", "/config", { refine: on });
+    say(c.refine ? "refined positions from the next batch" : "network positions from the next batch");
+  } catch (err) {
+    $("refine").checked = !on;
+    say("refine: " + err.message, true);
+  }
+}
+
 function wireControls() {
+  const ref = $("refine");
+  ref.addEventListener("change", () => sendRefine(ref.checked));
   const thr = $("threshold");
   thr.addEventListener("input", () => {
     state.dragging = true;
