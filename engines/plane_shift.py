@@ -168,12 +168,16 @@ def joint_bound(
     ``S_n`` the position's response to the shifts (:func:`schur_terms`). This is the
     position's block of the inverse of the frame's whole information matrix (block
     inversion), so a frame with few molecules, whose shifts are poorly known, reports a
-    larger bound (docs/photometry.md)."""
+    larger bound. A frame whose shifts stayed 0 (no step passed the significance test:
+    its pixels show no drift, as on registered cameras) keeps the plain bound: its
+    positions are as good as with known shifts (docs/photometry.md)."""
     ph = measure(xyz_nm, shift_nm=shift[frame_idx], system=True)
     assert ph.shift_sens is not None
     info, _ = normal_equations(ph, frame_idx, shift.shape[0], prior_nm=prior_nm)
     cov_s = torch.linalg.inv(info)[frame_idx]  # (N, Q, Q)
     sens = ph.shift_sens.nan_to_num(0.0)
+    fitted = (shift != 0).any(dim=2).any(dim=1)[frame_idx]
     extra = torch.einsum("naq,nqr,nar->na", sens, cov_s, sens).clamp_min(0.0)
+    extra = torch.where(fitted[:, None], extra, torch.zeros_like(extra))
     crlb = torch.sqrt(ph.crlb_nm.double() ** 2 + extra).to(ph.crlb_nm.dtype)
     return replace(ph, crlb_nm=crlb, shift_info=None, shift_grad=None, shift_sens=None)
