@@ -6,7 +6,8 @@ CPU backend and batch size it times, round-robin and as medians, the engine's wh
 ``infer_raw`` call (network, decode, photometry and calibrated precision) and the
 photometry alone on the same localizations (``PhotometryFit.measure_raw``, plus the
 calibration's neighbour search), and prints the photometry's share of the call, its cost
-per frame set and per localization.
+per frame set and per localization; and the call with the refinement on (the service's
+``refine`` setting, ``voxloc localize --refine``) against the plain call.
 
     python benchmarks/photometry.py                 # torch and onnxruntime, batch 8
     python benchmarks/photometry.py --batches 1 8 32 --threads 1
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{'backend':>12s} {'batch':>5s} {'locs/set':>8s} {'call ms/set':>11s} "
-        f"{'photometry ms/set':>17s} {'us/loc':>7s} {'share':>6s}"
+        f"{'photometry ms/set':>17s} {'us/loc':>7s} {'share':>6s} "
+        f"{'refined call ms/set':>19s} {'refined/plain':>13s}"
     )
     for batch in args.batches:
         sets = sim.sample(batch, (5, 40)).frames.numpy()
@@ -98,10 +100,15 @@ def main(argv: list[str] | None = None) -> int:
 
             call = median_s(lambda: eng.infer_raw(raw, reg), args.reps)  # noqa: B023
             phot = median_s(photometry, args.reps)
+            refined = median_s(
+                lambda: eng.submit_raw(raw, reg, refine=True).result(),  # noqa: B023
+                args.reps,
+            )
             print(
                 f"{name:>12s} {batch:>5d} {n / batch:>8.1f} {1e3 * call / batch:>11.2f} "
                 f"{1e3 * phot / batch:>17.3f} {1e6 * phot / max(n, 1):>7.1f} "
-                f"{100 * phot / call:>5.1f}%"
+                f"{100 * phot / call:>5.1f}% {1e3 * refined / batch:>19.2f} "
+                f"{refined / call:>12.2f}x"
             )
     for eng in engines.values():
         eng.close()

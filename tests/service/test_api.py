@@ -81,6 +81,13 @@ def test_refine_applies_to_later_frame_sets_and_says_so(service: object, sim_fra
     again = service.receive(1)[0]
     assert again.refined is False
     assert abs(again.locs.xyz_nm - plain.locs.xyz_nm).max() < 1e-3
+    (acq,) = service.client.get("/acquisitions").json()["acquisitions"]
+    assert [(m["refined"], m["from_frame"]) for m in acq["models"]] == [
+        (True, 0),
+        (False, 1),
+        (True, 2),
+        (False, 3),
+    ]
 
 
 @pytest.mark.parametrize(
