@@ -59,9 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", type=int, nargs="+", default=[8])
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads of the engines")
+    ap.add_argument("--device", default=None, help="the engines' device (e.g. cuda for torch)")
     args = ap.parse_args(argv)
 
-    opts = {} if args.threads is None else {"threads": args.threads}
+    opts: dict = {} if args.threads is None else {"threads": args.threads}
+    if args.device is not None:
+        opts["device"] = args.device
     engines = {b: create_engine(args.model, b, **opts) for b in args.backends}
     info = next(iter(engines.values())).info
     sim = Simulator(info.settings, seed=3)
@@ -89,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             n = sum(map(len, locs))
             idx = torch.cat([torch.full((len(loc),), b) for b, loc in enumerate(locs)])
             xyz = torch.from_numpy(np.concatenate([loc.xyz_nm for loc in locs]))
-            raw_t = torch.from_numpy(raw.astype(np.float32))
+            raw_t = torch.from_numpy(raw.astype(np.float32)).to(eng.device)
+            idx, xyz = idx.to(eng.device), xyz.to(eng.device)
             fit = eng.photometry
 
             def photometry() -> None:

@@ -5,6 +5,8 @@
 #   2. the engine benchmark on CUDA: torch fp32 / fp16 / bf16, CUDA graphs, at 64/256/512,
 #   3. the live service end to end at 4x256x256 with 4 producer processes (delivered fps,
 #      p50/p99 latency at 50 % of the ceiling, service / engine ratio), tcp and ipc,
+#   4. the photometry's and the refinement's cost per 64x64 set on CUDA (the live
+#      service's refine setting; benchmarks/photometry.py),
 # then writes ONE JSON: $OUT/gpu-check.json (OUT: first argument, $OUT, or ./gpu-check).
 # Without CUDA it still runs what does not need it (the tests skip with their reason, the
 # live check runs with the null engine as a smoke test) and says so in the JSON.
@@ -51,6 +53,8 @@ if [ "$CUDA" = 1 ]; then
     --long-frames 2000 --long-size 256 --long-batch 32 --json "$OUT_DIR/engines-cuda.json"
   step service 150 python benchmarks/service.py --engine auto --sizes 256 \
     --transports tcp,ipc --seconds 4 --rss-sets 2000 --json "$OUT_DIR/service-256.json"
+  step refine 60 python benchmarks/photometry.py --backends torch --device cuda \
+    --batches 8 32 --reps 9
 else
   echo "gpu-check: no CUDA GPU: engine benchmark skipped; live check with the null engine"
   step service 150 python benchmarks/service.py --engine null --sizes 256 \
@@ -103,6 +107,8 @@ report = {
         "results": (load("service-256.json") or {}).get("results"),
         "log": tail("service.log", 12),
     },
+    "refine_cuda": {**(load("refine.rc.json") or {"skipped": "no CUDA GPU"}),
+                    "table": tail("refine.log", 8)},
 }
 (out / "gpu-check.json").write_text(json.dumps(report, indent=2))
 print(f"gpu-check: wrote {out / 'gpu-check.json'} ({report['seconds']} s)")
