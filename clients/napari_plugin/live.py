@@ -7,7 +7,8 @@ refresh, the rest waits in the socket, whose high-water mark bounds it; what the
 loses shows as missed messages) and updates one Points layer, ``voxloc live``: positions
 in nm in napari's ``(z, y, x)`` order, coloured by z, features ``frame`` (from 0, as on
 the wire), ``z [nm]`` and ``confidence``. Its controls call the service's REST API
-(:class:`~clients.control.ControlClient`): the threshold, and which model runs.
+(:class:`~clients.control.ControlClient`): the threshold, refining the positions, and
+which model runs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
@@ -72,6 +74,7 @@ class LiveBuffer:
         self.messages = self.discarded = 0
         self.model = ""
         self.threshold: float | None = None
+        self.refined = False  # the latest message's positions were refined
 
     @property
     def missed(self) -> int:
@@ -85,7 +88,7 @@ class LiveBuffer:
             if msg is None:
                 break
             self.messages += 1
-            self.model, self.threshold = msg.model, msg.threshold
+            self.model, self.threshold, self.refined = msg.model, msg.threshold, msg.refined
             if len(msg.locs):
                 rows.append(msg.locs.to_array())
         if not rows:
@@ -156,6 +159,8 @@ class LiveWidget(QWidget):
         self.threshold_spin.setDecimals(3)
         self.threshold_button = QPushButton("Set")
         self.threshold_button.clicked.connect(self.apply_threshold)
+        self.refine_box = QCheckBox("refine positions (photometry fit)")
+        self.refine_box.clicked.connect(self.apply_refine)  # the user's clicks, not setChecked
         self.model_combo = QComboBox()
         self.model_button = QPushButton("Load")
         self.model_button.clicked.connect(self.load_model)
@@ -168,6 +173,7 @@ class LiveWidget(QWidget):
         form.addRow("REST API", self.url_edit)
         form.addRow(_row(self.connect_button, self.clear_button))
         form.addRow("threshold", _row(self.threshold_spin, self.threshold_button))
+        form.addRow(self.refine_box)
         form.addRow("model", _row(self.model_combo, self.model_button))
         form.addRow(self.status)
         form.addRow(self.message)
@@ -223,6 +229,7 @@ class LiveWidget(QWidget):
             + (f", {buf.discarded} oldest dropped" if buf.discarded else "")
             + (f", {buf.missed} messages missed" if buf.missed else "")
             + (f"; model {buf.model}, threshold {buf.threshold:g}" if buf.model else "")
+            + (", refined" if buf.refined else "")
         )
 
     def clear(self) -> None:
@@ -258,7 +265,9 @@ class LiveWidget(QWidget):
         if self.control is None:
             return
         try:
-            self.threshold_spin.setValue(self.control.threshold())
+            config = self.control.config()
+            self.threshold_spin.setValue(float(config["threshold"]))
+            self.refine_box.setChecked(bool(config.get("refine", False)))
             models = self.control.models()
         except ControlError as exc:
             self._tell(f"REST API: {exc}")
@@ -278,6 +287,23 @@ class LiveWidget(QWidget):
             self._tell(f"threshold not set: {exc}")
             return
         self._tell(f"threshold set to {config['threshold']:g}")
+
+    def apply_refine(self, on: bool) -> None:
+        if self.control is None:
+            self.refine_box.setChecked(False)
+            self._tell("connect first")
+            return
+        try:
+            config = self.control.set_config(refine=bool(on))
+        except ControlError as exc:
+            self.refine_box.setChecked(not on)
+            self._tell(f"refine not set: {exc}")
+            return
+        self._tell(
+            "refined positions from the next batch"
+            if config["refine"]
+            else "network positions from the next batch"
+        )
 
     def load_model(self) -> None:
         """Load the chosen model beside the running one (in a worker: loads take a while)."""

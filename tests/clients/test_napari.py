@@ -149,6 +149,16 @@ def test_live_widget_follows_a_running_service(make_napari_viewer, qtbot, demo) 
             assert widget.message.text() == "threshold set to 0.7"
             qtbot.waitUntil(lambda: buf.threshold == pytest.approx(0.7), timeout=30_000)
 
+            assert not widget.refine_box.isChecked() and buf.refined is False
+            widget.refine_box.click()  # as a user's click: emits clicked
+            assert ctl.config()["refine"] is True
+            assert widget.message.text() == "refined positions from the next batch"
+            qtbot.waitUntil(lambda: buf.refined is True, timeout=30_000)
+            qtbot.waitUntil(lambda: "refined" in widget.status.text(), timeout=10_000)
+            widget.refine_box.click()  # as a user's click: emits clicked
+            assert ctl.config()["refine"] is False
+            qtbot.waitUntil(lambda: buf.refined is False, timeout=30_000)
+
             swaps = ctl.stats()["inference"]["model_swaps"]
             qtbot.mouseClick(widget.model_button, qtbot_left())  # reload "default"
             qtbot.waitUntil(lambda: "serving" in widget.message.text(), timeout=120_000)
@@ -156,7 +166,7 @@ def test_live_widget_follows_a_running_service(make_napari_viewer, qtbot, demo) 
             assert widget.message.text() == f"model default {version} serving"
             assert ctl.stats()["inference"]["model_swaps"] == swaps + 1
         finally:
-            ctl.set_threshold(before)
+            ctl.set_config(threshold=before, refine=False)
             widget.stop()
     assert widget.buffer is None and widget.connect_button.text() == "Connect"
 
