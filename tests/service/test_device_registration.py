@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from engines.inference import create_engine
-from engines.inference.base import register_on_host
+from engines.inference.checks import register_on_host
 from engines.inference.registration import PlaneRegistration
 from service.aligner import PlaneWarp
 
