@@ -44,3 +44,26 @@ def test_photometry_on_cuda_matches_the_cpu(shared_model_dir, frames):
             np.testing.assert_allclose(a.background, b.background, rtol=1e-2, atol=0.05)
     cpu.close()
     gpu.close()
+
+
+@GPU
+@NO_CUDA
+def test_a_batch_is_refined_as_submitted_though_collected_later(shared_model_dir, frames):
+    """On CUDA the photometry runs at collection; the service submits the next batch
+    first, so each batch carries its own refine setting (Engine.submit_raw)."""
+    from engines.inference.registration import PlaneRegistration
+
+    reg = PlaneRegistration.identity(4)
+    gpu = create_engine(shared_model_dir, "torch", device="cuda")
+    assert gpu.async_raw
+    plain = gpu.infer_raw(frames, reg)
+    gpu.refine = True
+    refined = gpu.infer_raw(frames, reg)
+    gpu.refine = False
+    first = gpu.submit_raw(frames, reg, refine=True)
+    second = gpu.submit_raw(frames, reg, refine=False)  # before the first is collected
+    for got, want in ((first.result(), refined), (second.result(), plain)):
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(a.xyz_nm, b.xyz_nm, atol=1e-2)
+    assert gpu.refine is False
+    gpu.close()
