@@ -223,7 +223,8 @@ class PhotometryFit:
         per-plane drift (``drift_max_nm`` > 0), each iteration first fits every frame's
         plane shifts against plane 0 (:mod:`engines.plane_shift`; ``measure`` then takes
         ``shift_nm`` and ``system`` keywords) and the positions are fitted with them;
-        the last estimate is :attr:`plane_shift_nm`. Without it the window model cannot
+        the last estimate is :attr:`plane_shift_nm`, and the returned bound is the joint
+        problem's (:func:`engines.plane_shift.joint_bound`: the shifts' uncertainty too). Without it the window model cannot
         see the drift, puts molecules at the planes' mean and worsens the network's
         lateral error on drifted frames (docs/photometry.md)."""
         g = self.settings.geometry
