@@ -223,3 +223,33 @@ def test_registered_frames_keep_the_plain_bound():
     ok = zero & (ph.chi2 <= 1.5)
     ratio = rms(pos[ok] - xyz[ok]) / rms(ph.crlb_nm[ok])
     assert bool(((ratio[:2] > 0.8) & (ratio[:2] < 1.3)).all()), ratio
+
+
+def test_the_positions_response_to_the_shifts_is_the_fits_own():
+    """``shift_sens`` (-H^-1 C, engines.plane_shift.schur_terms) against the fit itself:
+    move one plane's shift by 4 nm and the Gauss-Newton step of every position changes by
+    ``shift_sens`` times that, to first order."""
+    batch, idx, xyz, start = drifted(PAPER, frames=8, molecules=6, seed=9)
+    fit = PhotometryFit(PAPER)
+
+    def measure(p, **kw):
+        return fit.measure(batch.frames, idx, p, crlb=True, **kw)
+
+    with torch.inference_mode():
+        pos, _ = fit.refine(measure, start, frame_idx=idx, frames=8)
+        shift = fit.plane_shift_nm
+        assert shift is not None
+        at = measure(pos, shift_nm=shift[idx], system=True)
+        for plane, axis in ((1, 0), (3, 1)):
+            moved = shift.clone()
+            moved[:, plane, axis] += 4.0
+            step = measure(pos, shift_nm=moved[idx]).step_nm - at.step_nm
+            q = 2 * (plane - 1) + axis
+            want = at.shift_sens[:, :, q].float() * 4.0
+            ok = torch.isfinite(step).all(dim=1) & (at.chi2 < 1.5)
+            assert int(ok.sum()) > 30
+            got, exp = step[ok][:, axis].double(), want[ok][:, axis].double()
+            assert float(exp.abs().max()) > 0.5  # the shift moves the positions
+            slope = float((got * exp).sum() / (exp * exp).sum())
+            corr = float(torch.corrcoef(torch.stack([got, exp]))[0, 1])
+            assert 0.9 < slope < 1.1 and corr > 0.95, (slope, corr)
