@@ -166,20 +166,37 @@ def test_shifts_on_the_gpu_match_the_cpu():
     torch.testing.assert_close(gpu[0], cpu[0], atol=0.5, rtol=0)
 
 
-def test_the_bound_of_refined_positions_carries_the_shifts_uncertainty():
-    """In a frame of few molecules the fitted shifts are poorly known, and every refined
-    lateral position inherits their error: the plain bound (shifts taken as exact) is ~3x
-    too small there, the joint one (engines.plane_shift.joint_bound) predicts the error."""
-    batch, idx, xyz, start = drifted(PAPER, frames=64, molecules=3, seed=5)
+def refined_fit(frames_settings: SimSettings, frames: int = 64, molecules: int = 3, seed: int = 5):
+    """Drifted-start frames drawn with ``frames_settings``, refined by the default
+    settings' fit (which expects drift): truth, positions, their photometry (the joint
+    bound), each frame's shifts and the fit's ``measure`` (with the bound)."""
+    batch, idx, xyz, start = drifted(frames_settings, frames, molecules, seed)
     fit = PhotometryFit(PAPER)
 
     def measure(p, **kw):
         return fit.measure(batch.frames, idx, p, crlb=True, **kw)
 
     with torch.inference_mode():
-        pos, ph = fit.refine(measure, start, frame_idx=idx, frames=64)
-        assert fit.plane_shift_nm is not None and ph.shift_info is None
-        plain = measure(pos, shift_nm=fit.plane_shift_nm[idx]).crlb_nm
+        pos, ph = fit.refine(measure, start, frame_idx=idx, frames=frames)
+    assert fit.plane_shift_nm is not None
+    return xyz, idx, pos, ph, fit.plane_shift_nm, measure
+
+
+def refined_with_bounds(frames_settings: SimSettings):
+    """:func:`refined_fit` of 64 frames of 3, with the plain bound at the same shifts and
+    which localizations' frames kept shifts of 0."""
+    xyz, idx, pos, ph, shift, measure = refined_fit(frames_settings)
+    with torch.inference_mode():
+        plain = measure(pos, shift_nm=shift[idx]).crlb_nm
+    return xyz, pos, ph, plain, (shift == 0).all(dim=2).all(dim=1)[idx]
+
+
+def test_the_bound_of_refined_positions_carries_the_shifts_uncertainty():
+    """In a frame of few molecules the fitted shifts are poorly known, and every refined
+    lateral position inherits their error: the plain bound (shifts taken as exact) is ~3x
+    too small there, the joint one (engines.plane_shift.joint_bound) predicts the error."""
+    xyz, pos, ph, plain, _ = refined_with_bounds(PAPER)
+    assert ph.shift_info is None
     ok = (ph.chi2 <= 1.5) & torch.isfinite(ph.crlb_nm).all(dim=1)
     assert int(ok.sum()) > 150
     assert bool((ph.crlb_nm[ok] >= plain[ok] * (1 - 1e-5)).all())
@@ -207,17 +224,7 @@ def test_registered_frames_keep_the_plain_bound():
     """Frames whose shifts stay 0 (their pixels show no drift) are as good as with known
     shifts: the joint term would make their sigma ~2.7x too large at 3 per frame."""
     settings = PAPER.model_copy(update={"drift_max_nm": 0.0})
-    batch, idx, xyz, start = drifted(settings, frames=64, molecules=3, seed=5)
-    fit = PhotometryFit(PAPER)  # a model that expects drift
-
-    def measure(p, **kw):
-        return fit.measure(batch.frames, idx, p, crlb=True, **kw)
-
-    with torch.inference_mode():
-        pos, ph = fit.refine(measure, start, frame_idx=idx, frames=64)
-        assert fit.plane_shift_nm is not None
-        plain = measure(pos, shift_nm=fit.plane_shift_nm[idx]).crlb_nm
-    zero = (fit.plane_shift_nm == 0).all(dim=2).all(dim=1)[idx]
+    xyz, pos, ph, plain, zero = refined_with_bounds(settings)  # a model that expects drift
     assert float(zero.float().mean()) > 0.8
     torch.testing.assert_close(ph.crlb_nm[zero], plain[zero])
     ok = zero & (ph.chi2 <= 1.5)
@@ -229,16 +236,8 @@ def test_the_positions_response_to_the_shifts_is_the_fits_own():
     """``shift_sens`` (-H^-1 C, engines.plane_shift.schur_terms) against the fit itself:
     move one plane's shift by 4 nm and the Gauss-Newton step of every position changes by
     ``shift_sens`` times that, to first order."""
-    batch, idx, xyz, start = drifted(PAPER, frames=8, molecules=6, seed=9)
-    fit = PhotometryFit(PAPER)
-
-    def measure(p, **kw):
-        return fit.measure(batch.frames, idx, p, crlb=True, **kw)
-
+    _, idx, pos, _, shift, measure = refined_fit(PAPER, frames=8, molecules=6, seed=9)
     with torch.inference_mode():
-        pos, _ = fit.refine(measure, start, frame_idx=idx, frames=8)
-        shift = fit.plane_shift_nm
-        assert shift is not None
         at = measure(pos, shift_nm=shift[idx], system=True)
         for plane, axis in ((1, 0), (3, 1)):
             moved = shift.clone()
