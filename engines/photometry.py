@@ -224,9 +224,10 @@ class PhotometryFit:
         plane shifts against plane 0 (:mod:`engines.plane_shift`; ``measure`` then takes
         ``shift_nm`` and ``system`` keywords) and the positions are fitted with them;
         the last estimate is :attr:`plane_shift_nm`, and the returned bound is the joint
-        problem's (:func:`engines.plane_shift.joint_bound`: the shifts' uncertainty too). Without it the window model cannot
-        see the drift, puts molecules at the planes' mean and worsens the network's
-        lateral error on drifted frames (docs/photometry.md)."""
+        problem's (:func:`engines.plane_shift.joint_bound`: the shifts' uncertainty too).
+        Without it the window model cannot see the drift, puts molecules at the planes'
+        mean and worsens the network's lateral error on drifted frames
+        (docs/photometry.md)."""
         g = self.settings.geometry
         focal = self.settings.focal_planes_nm()
         dz = float(abs(focal[1] - focal[0])) if len(focal) > 1 else g.depth_nm
