@@ -63,6 +63,7 @@ class Run:
     refine: bool = False  # voxloc localize --refine
     plane_drift: bool = True  # the model's per-plane drift in the stack (simulate --no-drift)
     weight: tuple[float, float] | None = None  # simulate --weight (None: the model's range)
+    off_frames: int = 100  # simulate --off-frames: the emitters' mean dark time
     steps: list[Step] = field(default_factory=list)
     shared: dict[str, Any] = field(default_factory=dict)
 
@@ -96,7 +97,7 @@ def simulate(
 ) -> None:
     args = ["simulate", "-o", run.dir / "stack.tif", "--frames", frames, "--size", size]
     args += ["--molecules", molecules, "--seed", seed, "--blinking", "--on-frames", 4]
-    args += ["--off-frames", 100, "--drift-nm", *run.drift_nm, "--structure", structure]
+    args += ["--off-frames", run.off_frames, "--drift-nm", *run.drift_nm, "--structure", structure]
     args += ["--z-nm", *z_nm, "-q"] + ([] if run.plane_drift else ["--no-drift"])
     args += ["--weight", *run.weight] if run.weight else []
     if voxloc([str(a) for a in args]) != 0:
@@ -481,6 +482,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--z-nm", type=float, nargs=2, default=(600.0, 800.0), help="sample z range")
     p.add_argument("--drift-nm", type=float, nargs=2, default=(100.0, -60.0))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--off-frames", type=int, default=100, help="simulate --off-frames (mean dark time)"
+    )
     p.add_argument("--weight", type=float, nargs=2, default=None, help="simulate --weight LO HI")
     p.add_argument("--model", default="default", help="voxloc model name or directory")
     p.add_argument("--keep", type=Path, default=None, help="keep the files in this folder")
@@ -508,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
             refine=args.refine,
             plane_drift=not args.no_plane_drift,
             weight=tuple(args.weight) if args.weight else None,
+            off_frames=args.off_frames,
         )
         t0 = time.perf_counter()
         simulate(run, args.frames, args.size, args.molecules, args.seed, args.structure, args.z_nm)
