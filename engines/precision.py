@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 AXES = ("x", "y", "z")
 METHOD = (
@@ -39,7 +39,7 @@ METHOD = (
     "+ (step_weight * step)^2 per axis, d the distance to the nearest other localization "
     "of the frame, step the photometry fit's Gauss-Newton step at the estimate where "
     "|step| > step_gate * crlb (else 0), + chi2_weight^2 * max(chi2 - chi2_gate, 0) "
-    "with chi2 the photometry window fit's per pixel"
+    "^ chi2_power with chi2 the photometry window fit's per pixel"
 )
 CROWDING_RADIUS_NM = 400.0  # the excess error of a neighbour falls off over ~2 PSF widths
 CROWDING_EDGES_NM = (0.0, 300.0, 600.0, 1000.0, math.inf)  # distance bins of the fit
@@ -86,13 +86,25 @@ class PrecisionCalibration(BaseModel):
         description="nm per sqrt of the window fit's chi^2 excess, x, y, z (records from "
         "before the term: none)",
     )
-    chi2_gate: float = Field(CHI2_GATE, ge=0, description="chi^2 per pixel counted beyond this")
+    chi2_gate: tuple[float, float, float] = Field(
+        (CHI2_GATE,) * 3, description="chi^2 per pixel counted beyond this, x, y, z"
+    )
+    chi2_power: tuple[float, float, float] = Field(
+        (1.0, 1.0, 1.0),
+        description="exponent of the chi^2 excess, x, y, z (records from before it: 1)",
+    )
     window_px: int = Field(ge=3, description="photometry window the CRLB was computed in")
     refined: PrecisionCalibration | None = Field(
         None,
         description="the constants of refined positions (voxloc localize --refine), fitted "
         "by voxloc evaluate --calibrate-precision --refine; None: the network's are used",
     )
+
+    @field_validator("chi2_gate", "chi2_power", mode="before")
+    @classmethod
+    def _per_axis(cls, v: Any) -> Any:
+        """Records from before the per-axis gate hold one number for all three axes."""
+        return (v,) * 3 if isinstance(v, int | float) else v
 
     def for_positions(self, refined: bool) -> PrecisionCalibration:
         """The constants that apply to the network's positions or to refined ones."""
@@ -120,8 +132,10 @@ class PrecisionCalibration(BaseModel):
             var = var + (c * gated_step(step_nm.to(dt), crlb_nm, self.step_gate)) ** 2
         if chi2 is not None and any(self.chi2_weight_nm):
             w = torch.tensor(self.chi2_weight_nm, dtype=dt, device=dev)
-            excess = (chi2.to(dt) - self.chi2_gate).clamp_min(0.0).nan_to_num(0.0)
-            var = var + w**2 * excess[:, None]
+            gate = torch.tensor(self.chi2_gate, dtype=dt, device=dev)
+            power = torch.tensor(self.chi2_power, dtype=dt, device=dev)
+            excess = (chi2.to(dt)[:, None] - gate).clamp_min(0.0).nan_to_num(0.0)
+            var = var + w**2 * excess**power
         return torch.sqrt(var)
 
 
@@ -243,6 +257,45 @@ def fit_chi2_weight(
         if score < best - 1e-9:
             best, best_w = score, w
     return best_w
+
+
+# the search of fit_chi2_term (refined positions): the gates, exponents, scales of the
+# other terms' sigma and weights (nm) it tries
+CHI2_TERM_GATES = (1.1, 1.2, 1.35, 1.5, CHI2_GATE)
+CHI2_TERM_POWERS = (0.5, 1.0)
+CHI2_TERM_SCALES = tuple(0.86 + 0.02 * i for i in range(13))
+CHI2_TERM_WEIGHTS_NM = tuple(float(i) for i in range(41))
+
+
+class Chi2Term(NamedTuple):
+    """The chi^2 term of one axis and the factor of the other terms' sigma."""
+
+    gate: float
+    power: float
+    scale: float
+    weight_nm: float
+
+
+def fit_chi2_term(error_nm: np.ndarray, sigma_nm: np.ndarray, chi2: np.ndarray) -> Chi2Term:
+    """The chi^2 term of one axis with a factor on the other terms' ``sigma_nm``, all four
+    chosen together, as :func:`fit_chi2_weight`, for the acceptance itself on these
+    errors. Refined positions need it: their worst quintile is the lowest-sigma one,
+    bright windows with a second molecule in them, whose chi^2 (median ~1.5, the rest
+    ~1.0) stays below :data:`CHI2_GATE`; a blend's bias does not grow with brightness
+    while its chi^2 excess does, so a square root of the excess can follow it, and the
+    term then takes part of the cell fit's spread, hence the factor (docs/photometry.md)."""
+    ok = np.isfinite(error_nm) & np.isfinite(sigma_nm)
+    e, s2, x = np.abs(error_nm[ok]), sigma_nm[ok] ** 2, np.nan_to_num(chi2[ok])
+    best, term = math.inf, Chi2Term(CHI2_GATE, 1.0, 1.0, 0.0)
+    for gate in CHI2_TERM_GATES:
+        for power in CHI2_TERM_POWERS:
+            excess = np.clip(x - gate, 0.0, None) ** power
+            for scale in CHI2_TERM_SCALES:
+                for w in CHI2_TERM_WEIGHTS_NM:
+                    score = _miss(e, np.sqrt(scale**2 * s2 + w**2 * excess))
+                    if score < best - 1e-9:
+                        best, term = score, Chi2Term(gate, power, scale, w)
+    return term
 
 
 def _miss(err: np.ndarray, sigma: np.ndarray) -> float:

@@ -31,6 +31,7 @@ from engines.precision import (
     PrecisionCalibration,
     calibration_ok,
     fit_axis,
+    fit_chi2_term,
     fit_chi2_weight,
 )
 
@@ -78,7 +79,8 @@ def _calibrate(ev: Evaluator, command: str, frames: int) -> dict[str, Any]:
         step_weight=weight,
         window_px=ev.engine.photometry.side,
     )
-    cal = _with_chi2_weights(cal, err, crlb, near, step, cols.column("chi2"))
+    with_chi2 = _with_chi2_term if cfg.refine else _with_chi2_weights
+    cal = with_chi2(cal, err, crlb, near, step, cols.column("chi2"))
     # the check sets run with it, as a loaded model would
     base = ev.engine.calibration
     if cfg.refine and base is not None:
@@ -164,6 +166,43 @@ def _with_chi2_weights(
     return cal.model_copy(update={"chi2_weight_nm": (lateral, lateral, axial)})
 
 
+def _with_chi2_term(
+    cal: PrecisionCalibration,
+    err: np.ndarray,
+    crlb: np.ndarray,
+    near: np.ndarray,
+    step: np.ndarray,
+    chi2: np.ndarray,
+) -> PrecisionCalibration:
+    """``cal`` (refined positions) with the chi^2 term's gate, exponent and weight and a
+    factor on the other constants, per axis, chosen on the fit set (:func:`fit_chi2_term`);
+    x and y share theirs, as their other constants (:func:`_axis_fits`)."""
+    t = torch.from_numpy
+    sigma = cal.apply(t(crlb), t(near), t(step)).numpy()
+    lateral = fit_chi2_term(
+        np.concatenate([err[:, 0], err[:, 1]]),
+        np.concatenate([sigma[:, 0], sigma[:, 1]]),
+        np.concatenate([chi2, chi2]),
+    )
+    terms = (lateral, lateral, fit_chi2_term(err[:, 2], sigma[:, 2], chi2))
+    scale = [term.scale for term in terms]
+
+    def scaled(values: tuple[float, float, float]) -> tuple[float, ...]:
+        return tuple(v * f for v, f in zip(values, scale, strict=True))
+
+    return cal.model_copy(
+        update={
+            "k": scaled(cal.k),
+            "floor_nm": scaled(cal.floor_nm),
+            "crowding_nm": scaled(cal.crowding_nm),
+            "step_weight": scaled(cal.step_weight),
+            "chi2_weight_nm": tuple(term.weight_nm for term in terms),
+            "chi2_gate": tuple(term.gate for term in terms),
+            "chi2_power": tuple(term.power for term in terms),
+        }
+    )
+
+
 def _store(model_dir: Path, record: dict[str, Any], *, refined: bool = False) -> None:
     """Set ``"precision"`` in ``model.json`` (``refined``: its ``"refined"``; a new
     network record keeps the refined one), the rest of the file as it is (a spline path
@@ -194,7 +233,9 @@ def format_calibration(record: dict[str, Any]) -> str:
             f"  {name}: k = {record['k'][a]:.3f}, floor = {record['floor_nm'][a]:.2f} nm, "
             f"crowding = {record['crowding_nm'][a]:.2f} nm, "
             f"step weight = {record.get('step_weight', (0.0,) * 3)[a]:.3f}, "
-            f"chi2 weight = {record.get('chi2_weight_nm', (0.0,) * 3)[a]:.1f} nm"
+            f"chi2 weight = {record.get('chi2_weight_nm', (0.0,) * 3)[a]:.1f} nm "
+            f"(gate {_per_axis(record.get('chi2_gate', 3.0))[a]:.2f}, "
+            f"power {_per_axis(record.get('chi2_power', 1.0))[a]:.1f})"
         )
     for key, fig in record["figures"].items():
         lines.append(
@@ -225,6 +266,11 @@ def format_calibration(record: dict[str, Any]) -> str:
             + ("met" if ok else "NOT met")
         )
     return "\n".join(lines)
+
+
+def _per_axis(v: float | list[float]) -> list[float]:
+    """A record's per-axis value (one number in records from before)."""
+    return [float(v)] * 3 if isinstance(v, int | float) else [float(x) for x in v]
 
 
 def _f(x: float | None) -> str:

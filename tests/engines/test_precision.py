@@ -19,6 +19,7 @@ from engines.precision import (
     calibration_ok,
     coverage_figures,
     fit_axis,
+    fit_chi2_term,
     fit_chi2_weight,
     nearest_neighbour_nm,
 )
@@ -185,6 +186,39 @@ def test_the_chi2_term_adds_beyond_its_gate_and_its_weight_is_found_on_blends():
     assert fit_chi2_weight(err, sigma, CHI2_GATE + excess) == pytest.approx(15.0, abs=4.0)
     plain = rng.normal(0.0, sigma)  # no blends: no term
     assert fit_chi2_weight(plain, sigma, CHI2_GATE + excess) <= 3.0
+
+
+def test_the_chi2_term_takes_a_gate_and_an_exponent_per_axis_and_old_records_one_gate():
+    old = PrecisionCalibration(k=(1.0,) * 3, floor_nm=(0.0,) * 3, window_px=9, chi2_gate=2.0)
+    assert old.chi2_gate == (2.0, 2.0, 2.0) and old.chi2_power == (1.0, 1.0, 1.0)
+    cal = old.model_copy(
+        update={"chi2_weight_nm": (4.0, 4.0, 10.0), "chi2_power": (1.0,) * 2 + (0.5,)}
+    )
+    sigma = cal.apply(
+        torch.full((1, 3), 3.0), torch.full((1,), math.inf), None, torch.tensor([6.0])
+    )
+    # excess 4: x and y add 4^2 * 4, z 10^2 * sqrt(4)
+    np.testing.assert_allclose(
+        sigma[0].numpy(), [math.sqrt(73.0), math.sqrt(73.0), math.sqrt(209.0)]
+    )
+
+
+def test_the_chi2_term_search_finds_a_square_root_blend_term_and_the_scale():
+    # sigma 10 % too large elsewhere; 5 % blends with excess u over 1.2 and error sd
+    # sqrt(sigma^2 + 12^2 sqrt(u)): the search finds the gate, the weight and the scale
+    rng = np.random.default_rng(11)
+    n = 30000
+    true = rng.uniform(2.0, 8.0, n)
+    blend = rng.random(n) < 0.05
+    chi2 = np.where(blend, 1.2 + rng.exponential(0.5, n), rng.uniform(0.9, 1.15, n))
+    excess = np.clip(chi2 - 1.2, 0.0, None)
+    err = rng.normal(0.0, np.sqrt(true**2 + 144.0 * np.sqrt(excess)))
+    term = fit_chi2_term(err, 1.1 * true, chi2)
+    assert 1.1 <= term.gate <= 1.5  # the exponent is not identifiable on these
+    assert term.scale == pytest.approx(1 / 1.1, abs=0.05)
+    assert term.weight_nm == pytest.approx(12.0, abs=4.0)
+    sigma = np.sqrt((term.scale * 1.1 * true) ** 2 + term.weight_nm**2 * np.sqrt(excess))
+    assert abs(np.mean(np.abs(err) <= sigma) - 0.68) < 0.03
 
 
 def test_a_cells_spread_weighs_the_central_half_width_against_the_rms():
