@@ -56,7 +56,7 @@ STEP_GATE = 3.0
 # this adds chi2_weight^2 * (chi2 - gate) nm^2 to sigma^2: two molecules blended into one
 # localization fit badly, and their errors are the ones the other terms miss (z's most,
 # and the lateral tail at high density). Fitted after the other constants
-# (fit_chi2_weight), x and y one weight through both (calibrate._with_chi2_weights),
+# (fit_chi2_weight), x and y one weight through both (calibrate._with_chi2),
 # docs/photometry.md
 CHI2_GATE = 3.0
 CHI2_AXES = ("x", "y", "z")

@@ -79,8 +79,7 @@ def _calibrate(ev: Evaluator, command: str, frames: int) -> dict[str, Any]:
         step_weight=weight,
         window_px=ev.engine.photometry.side,
     )
-    with_chi2 = _with_chi2_term if cfg.refine else _with_chi2_weights
-    cal = with_chi2(cal, err, crlb, near, step, cols.column("chi2"))
+    cal = _with_chi2(cal, err, crlb, near, step, cols.column("chi2"), refined=cfg.refine)
     # the check sets run with it, as a loaded model would
     base = ev.engine.calibration
     if cfg.refine and base is not None:
@@ -142,49 +141,34 @@ def _axis_fits(
     return [lateral, lateral, axial]
 
 
-def _with_chi2_weights(
+def _with_chi2(
     cal: PrecisionCalibration,
     err: np.ndarray,
     crlb: np.ndarray,
     near: np.ndarray,
     step: np.ndarray,
     chi2: np.ndarray,
+    *,
+    refined: bool,
 ) -> PrecisionCalibration:
-    """``cal`` with the chi^2 weight of each of :data:`CHI2_AXES` chosen on the fit set
-    (:func:`fit_chi2_weight`), the other constants as fitted; x and y share one, chosen
-    on both axes' errors (as their other constants, :func:`_axis_fits`)."""
+    """``cal`` with its chi^2 term chosen on the fit set, the other constants as fitted; x
+    and y share theirs, chosen on both axes' errors (as their other constants,
+    :func:`_axis_fits`). The network's: the weight of each of :data:`CHI2_AXES`
+    (:func:`fit_chi2_weight`). Refined positions: gate, exponent, weight and a factor on
+    the other constants per axis (:func:`fit_chi2_term`)."""
     t = torch.from_numpy
     sigma = cal.apply(t(crlb), t(near), t(step)).numpy()
-    lateral = 0.0
-    if "x" in CHI2_AXES:
-        lateral = fit_chi2_weight(
-            np.concatenate([err[:, 0], err[:, 1]]),
-            np.concatenate([sigma[:, 0], sigma[:, 1]]),
-            np.concatenate([chi2, chi2]),
-        )
-    axial = fit_chi2_weight(err[:, 2], sigma[:, 2], chi2) if "z" in CHI2_AXES else 0.0
-    return cal.model_copy(update={"chi2_weight_nm": (lateral, lateral, axial)})
 
+    def lateral(fit: Any) -> Any:
+        pair = [np.concatenate([v[:, 0], v[:, 1]]) for v in (err, sigma)]
+        return fit(*pair, np.concatenate([chi2, chi2]))
 
-def _with_chi2_term(
-    cal: PrecisionCalibration,
-    err: np.ndarray,
-    crlb: np.ndarray,
-    near: np.ndarray,
-    step: np.ndarray,
-    chi2: np.ndarray,
-) -> PrecisionCalibration:
-    """``cal`` (refined positions) with the chi^2 term's gate, exponent and weight and a
-    factor on the other constants, per axis, chosen on the fit set (:func:`fit_chi2_term`);
-    x and y share theirs, as their other constants (:func:`_axis_fits`)."""
-    t = torch.from_numpy
-    sigma = cal.apply(t(crlb), t(near), t(step)).numpy()
-    lateral = fit_chi2_term(
-        np.concatenate([err[:, 0], err[:, 1]]),
-        np.concatenate([sigma[:, 0], sigma[:, 1]]),
-        np.concatenate([chi2, chi2]),
-    )
-    terms = (lateral, lateral, fit_chi2_term(err[:, 2], sigma[:, 2], chi2))
+    if not refined:
+        w = lateral(fit_chi2_weight) if "x" in CHI2_AXES else 0.0
+        axial = fit_chi2_weight(err[:, 2], sigma[:, 2], chi2) if "z" in CHI2_AXES else 0.0
+        return cal.model_copy(update={"chi2_weight_nm": (w, w, axial)})
+    side = lateral(fit_chi2_term)
+    terms = (side, side, fit_chi2_term(err[:, 2], sigma[:, 2], chi2))
     scale = [term.scale for term in terms]
 
     def scaled(values: tuple[float, float, float]) -> tuple[float, ...]:
