@@ -104,7 +104,10 @@ class PrecisionCalibration(BaseModel):
     @classmethod
     def _per_axis(cls, v: Any) -> Any:
         """Records from before the per-axis gate hold one number for all three axes."""
-        return (v,) * 3 if isinstance(v, int | float) else v
+        v = (v,) * 3 if isinstance(v, int | float) else v
+        if any(not isinstance(x, int | float) or x < 0 for x in v):
+            raise ValueError(f"chi2 gate and exponent must be numbers >= 0, got {v!r}")
+        return v
 
     def for_positions(self, refined: bool) -> PrecisionCalibration:
         """The constants that apply to the network's positions or to refined ones."""

@@ -217,7 +217,8 @@ def test_the_chi2_term_search_finds_a_square_root_blend_term_and_the_scale():
     assert 1.1 <= term.gate <= 1.5  # the exponent is not identifiable on these
     assert term.scale == pytest.approx(1 / 1.1, abs=0.05)
     assert term.weight_nm == pytest.approx(12.0, abs=4.0)
-    sigma = np.sqrt((term.scale * 1.1 * true) ** 2 + term.weight_nm**2 * np.sqrt(excess))
+    chosen = np.clip(chi2 - term.gate, 0.0, None) ** term.power  # the sigma it records
+    sigma = np.sqrt((term.scale * 1.1 * true) ** 2 + term.weight_nm**2 * chosen)
     assert abs(np.mean(np.abs(err) <= sigma) - 0.68) < 0.03
 
 
