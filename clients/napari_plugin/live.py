@@ -8,7 +8,7 @@ loses shows as missed messages) and updates one Points layer, ``voxloc live``: p
 in nm in napari's ``(z, y, x)`` order, coloured by z, features ``frame`` (from 0, as on
 the wire), ``z [nm]`` and ``confidence``. Its controls call the service's REST API
 (:class:`~clients.control.ControlClient`): the threshold, refining the positions, and
-which model runs.
+which model runs; a setting another client changes shows in them when the stream has it.
 """
 
 from __future__ import annotations
@@ -140,6 +140,7 @@ class LiveWidget(QWidget):
         self.control: ControlClient | None = None
         self.layer: Points | None = None
         self._worker: FunctionWorker[dict[str, Any]] | None = None
+        self._stream_seen: tuple[str, float | None, bool] | None = None  # see _follow
         self.timer = QTimer(self)
         self.timer.setInterval(int(1000 / refresh_hz))
         self.timer.timeout.connect(self.refresh)
@@ -194,6 +195,7 @@ class LiveWidget(QWidget):
             self._say(f"cannot subscribe: {exc}")
             return
         self.control = ControlClient(self.url_edit.text().strip(), timeout_s=5.0)
+        self._stream_seen = None
         self._ensure_layer()
         self.sync_controls()
         self.connect_button.setText("Disconnect")
@@ -224,6 +226,7 @@ class LiveWidget(QWidget):
             layer.data = zyx(buf.xyz_nm)
             layer.features = buf.features()
             layer.refresh_colors(update_color_mapping=True)
+        self._follow(buf)
         self._say(
             f"{buf.messages} frames, {len(buf.frame)} points shown"
             + (f", {buf.discarded} oldest dropped" if buf.discarded else "")
@@ -231,6 +234,23 @@ class LiveWidget(QWidget):
             + (f"; model {buf.model}, threshold {buf.threshold:g}" if buf.model else "")
             + (", refined" if buf.refined else "")
         )
+
+    def _follow(self, buf: LiveBuffer) -> None:
+        """Show a model, threshold or refine setting that changed in the stream (another
+        client set it). Only a change moves the controls: a value the user is editing, or one
+        just set that the stream has not reached yet, stays as it is."""
+        seen = (buf.model, buf.threshold, buf.refined)
+        if not buf.model or seen == self._stream_seen:
+            return
+        old = self._stream_seen or ("", None, None)
+        self._stream_seen = seen
+        if buf.threshold is not None and buf.threshold != old[1]:
+            if not self.threshold_spin.hasFocus():
+                self.threshold_spin.setValue(buf.threshold)
+        if buf.refined != old[2]:
+            self.refine_box.setChecked(buf.refined)  # emits toggled, not clicked
+        if buf.model != old[0] and self.model_combo.findText(buf.model) >= 0:
+            self.model_combo.setCurrentText(buf.model)
 
     def clear(self) -> None:
         if self.buffer is not None:

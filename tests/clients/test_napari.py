@@ -159,6 +159,13 @@ def test_live_widget_follows_a_running_service(make_napari_viewer, qtbot, demo) 
             assert ctl.config()["refine"] is False
             qtbot.waitUntil(lambda: buf.refined is False, timeout=30_000)
 
+            # another client's settings reach the controls through the stream
+            ctl.set_config(threshold=0.6, refine=True)
+            qtbot.waitUntil(lambda: widget.threshold_spin.value() == 0.6, timeout=30_000)
+            qtbot.waitUntil(widget.refine_box.isChecked, timeout=30_000)
+            ctl.set_config(refine=False)
+            qtbot.waitUntil(lambda: not widget.refine_box.isChecked(), timeout=30_000)
+
             swaps = ctl.stats()["inference"]["model_swaps"]
             qtbot.mouseClick(widget.model_button, qtbot_left())  # reload "default"
             qtbot.waitUntil(lambda: "serving" in widget.message.text(), timeout=120_000)
