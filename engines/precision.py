@@ -53,10 +53,11 @@ STEP_QUANTILES = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 1.0)
 # counting it would scatter every sigma and drop the fraction within sigma below 0.68
 STEP_GATE = 3.0
 # the window fit's chi^2 per pixel (noise-variance units, ~1 for a lone molecule) beyond
-# this adds chi2_weight^2 * (chi2 - gate) nm^2 to sigma^2: two molecules blended into one
-# localization fit badly, and their errors are the ones the other terms miss (z's most,
-# and the lateral tail at high density). Fitted after the other constants
-# (fit_chi2_weight), x and y one weight through both (calibrate._with_chi2),
+# this adds chi2_weight^2 * (chi2 - gate)^chi2_power nm^2 to sigma^2: two molecules
+# blended into one localization fit badly, and their errors are the ones the other terms
+# miss (z's most, and the lateral tail at high density). Fitted after the other constants,
+# x and y one term through both (calibrate._with_chi2): the network's weight at this gate
+# (fit_chi2_weight), refined positions' gate, exponent and weight (fit_chi2_term);
 # docs/photometry.md
 CHI2_GATE = 3.0
 CHI2_AXES = ("x", "y", "z")

@@ -27,6 +27,7 @@ from engines.modeldir import MODEL_JSON
 from engines.precision import (
     AXES,
     CHI2_AXES,
+    CHI2_GATE,
     AxisFit,
     PrecisionCalibration,
     calibration_ok,
@@ -218,7 +219,7 @@ def format_calibration(record: dict[str, Any]) -> str:
             f"crowding = {record['crowding_nm'][a]:.2f} nm, "
             f"step weight = {record.get('step_weight', (0.0,) * 3)[a]:.3f}, "
             f"chi2 weight = {record.get('chi2_weight_nm', (0.0,) * 3)[a]:.1f} nm "
-            f"(gate {_per_axis(record.get('chi2_gate', 3.0))[a]:.2f}, "
+            f"(gate {_per_axis(record.get('chi2_gate', CHI2_GATE))[a]:.2f}, "
             f"power {_per_axis(record.get('chi2_power', 1.0))[a]:.1f})"
         )
     for key, fig in record["figures"].items():
