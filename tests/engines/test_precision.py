@@ -15,6 +15,8 @@ from engines.precision import (
     SPREAD_CENTRAL_WEIGHT,
     STEP_GATE,
     PrecisionCalibration,
+    _margin,
+    _miss,
     _spread2,
     calibration_ok,
     coverage_figures,
@@ -220,6 +222,20 @@ def test_the_chi2_term_search_finds_a_square_root_blend_term_and_the_scale():
     chosen = np.clip(chi2 - term.gate, 0.0, None) ** term.power  # the sigma it records
     sigma = np.sqrt((term.scale * 1.1 * true) ** 2 + term.weight_nm**2 * chosen)
     assert abs(np.mean(np.abs(err) <= sigma) - 0.68) < 0.03
+
+
+def test_the_refined_search_score_is_below_one_exactly_where_the_acceptance_is_met():
+    # sigma 12 % too large: every quintile is within 25 % but the fraction within one sigma
+    # (0.74) is not; unscaled (_miss) that scores as close as a 10 % quintile miss does
+    rng = np.random.default_rng(5)
+    true = rng.uniform(2.0, 8.0, 40000)
+    err = np.abs(rng.normal(0.0, true))
+    for scale in (0.8, 0.9, 1.0, 1.05, 1.12, 1.25):
+        sigma = scale * true
+        one = coverage_figures(np.stack([err] * 3, 1), np.stack([sigma] * 3, 1))
+        assert (_margin(err, sigma) < 1.0) == calibration_ok(one), scale
+    assert _margin(err, 1.12 * true) > 1.0 > _margin(err, 1.05 * true)
+    assert _miss(err, 1.12 * true) < 0.25  # what the old score made of the same miss
 
 
 def test_a_cells_spread_weighs_the_central_half_width_against_the_rms():
