@@ -60,6 +60,11 @@ STEP_GATE = 3.0
 # (fit_chi2_weight), refined positions' gate, exponent and weight (fit_chi2_term);
 # docs/photometry.md
 CHI2_GATE = 3.0
+# the acceptance (issue 15): this fraction within one sigma, +- its tolerance, and every
+# quintile of sigma's rms error within this share of its rms sigma
+TARGET_FRACTION = 0.68
+FRACTION_TOLERANCE = 0.05
+QUINTILE_TOLERANCE = 0.25
 CHI2_AXES = ("x", "y", "z")
 CHI2_WEIGHTS_NM = tuple(0.5 * i for i in range(61))  # the weights fit_chi2_weight tries
 
@@ -306,17 +311,23 @@ def fit_chi2_term(error_nm: np.ndarray, sigma_nm: np.ndarray, chi2: np.ndarray) 
 def _miss(err: np.ndarray, sigma: np.ndarray) -> float:
     """How far ``sigma`` is from the acceptance on ``err``: the worst quintile's |rms
     ratio - 1| plus |fraction within one sigma - 0.68|."""
-    worst = max(abs(r - 1) for r in _quintile_ratios(err, sigma)[0] if math.isfinite(r))
-    return worst + abs(float(np.mean(err <= sigma)) - 0.68)
+    worst, fraction = _acceptance_misses(err, sigma)
+    return worst + fraction
 
 
 def _margin(err: np.ndarray, sigma: np.ndarray) -> float:
-    """As :func:`_miss`, each part over its own tolerance (0.25 for a quintile's ratio,
-    0.05 for the fraction) and the larger one kept: below 1 the acceptance is met. The
-    fraction's tolerance is five times tighter; added unscaled, a search trades it away
-    for a slightly better quintile."""
+    """As :func:`_miss`, each part over its own tolerance (:data:`QUINTILE_TOLERANCE`,
+    :data:`FRACTION_TOLERANCE`) and the larger one kept: below 1 the acceptance is met.
+    The fraction's tolerance is five times tighter; added unscaled, a search trades it
+    away for a slightly better quintile."""
+    worst, fraction = _acceptance_misses(err, sigma)
+    return max(worst / QUINTILE_TOLERANCE, fraction / FRACTION_TOLERANCE)
+
+
+def _acceptance_misses(err: np.ndarray, sigma: np.ndarray) -> tuple[float, float]:
+    """The worst quintile's |rms ratio - 1| and |fraction within one sigma - 0.68|."""
     worst = max(abs(r - 1) for r in _quintile_ratios(err, sigma)[0] if math.isfinite(r))
-    return max(worst / 0.25, abs(float(np.mean(err <= sigma)) - 0.68) / 0.05)
+    return worst, abs(float(np.mean(err <= sigma)) - TARGET_FRACTION)
 
 
 def _quintile_ratios(err: np.ndarray, sigma: np.ndarray) -> tuple[list[float], np.ndarray]:
@@ -395,8 +406,9 @@ def calibration_ok(figures: dict[str, Any]) -> bool:
         f = figures.get(name, {})
         if "fraction_within_1_sigma" not in f:
             return False
-        if abs(f["fraction_within_1_sigma"] - 0.68) > 0.05:
+        if abs(f["fraction_within_1_sigma"] - TARGET_FRACTION) > FRACTION_TOLERANCE:
             return False
-        if any(abs(r - 1.0) > 0.25 for r in f["rms_error_over_rms_sigma_by_quintile"]):
+        ratios = f["rms_error_over_rms_sigma_by_quintile"]
+        if any(abs(r - 1.0) > QUINTILE_TOLERANCE for r in ratios):
             return False
     return True
